@@ -13,7 +13,7 @@ import sys
 # ``func`` on its parser to a callable taking the parsed arguments and returning an exit code.
 SUBCOMMANDS: tuple[str, ...] = (
     "notebookos.server_extension.lab",
-    "notebookos.gpu_broker.simulator.cli",
+    # simulator registered once it lands
 )
 
 

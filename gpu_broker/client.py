@@ -1,0 +1,123 @@
+"""Client of the cluster service, and discovery of (or on-demand start of) the local embedded cluster.
+
+Provisioners and kernel fronts find the cluster through a discovery file: ``$NOTEBOOKOS_CLUSTER_FILE`` when set
+(``notebookos lab`` sets it), else ``<jupyter runtime dir>/notebookos-cluster.json``. When no live cluster is found
+there, :func:`ensure_cluster` starts an ephemeral one that exits once its last kernel is gone, so any Jupyter
+client (jupyter_client, nbclient, papermill, VS Code) can use the notebookos kernelspec with nothing else running.
+"""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from jupyter_core.paths import jupyter_runtime_dir
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+CLUSTER_FILE_ENV = "NOTEBOOKOS_CLUSTER_FILE"
+START_TIMEOUT_S = 60.0
+
+
+class ClusterError(RuntimeError):
+    """The cluster refused a request or could not be reached; the message says which and why."""
+
+
+def discovery_file() -> Path:
+    return Path(os.environ.get(CLUSTER_FILE_ENV) or Path(jupyter_runtime_dir()) / "notebookos-cluster.json")
+
+
+class ClusterClient:
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+
+    @classmethod
+    def from_file(cls, path: Path) -> "ClusterClient":
+        data = json.loads(path.read_text())
+        return cls(data["url"], data["token"])
+
+    async def request(self, method: str, path: str, body: dict | None = None, timeout: float = 60.0) -> Any:
+        req = HTTPRequest(
+            f"{self.url}{path}", method=method, headers={"Authorization": f"token {self.token}"},
+            body=None if body is None and method in ("GET", "DELETE") else json.dumps(body or {}),
+            request_timeout=timeout, connect_timeout=5.0,
+        )
+        try:
+            resp = await AsyncHTTPClient().fetch(req)
+        except HTTPClientError as err:
+            detail = err.response.body.decode(errors="replace") if err.response is not None else ""
+            raise ClusterError(f"cluster at {self.url} answered {method} {path} with {err.code}: {detail}") from None
+        except OSError as err:
+            raise ClusterError(f"cannot reach the notebookos cluster at {self.url}: {err}") from None
+        return json.loads(resp.body) if resp.body else None
+
+    async def alive(self) -> bool:
+        try:
+            await self.request("GET", "/cluster", timeout=5.0)
+        except ClusterError:
+            return False
+        return True
+
+    async def create_kernel(self, kernel_id: str, key: str, signature_scheme: str, cwd: str | None) -> dict:
+        return await self.request("POST", "/kernels", {"kernel_id": kernel_id, "key": key,
+                                                       "signature_scheme": signature_scheme, "cwd": cwd})
+
+    async def delete_kernel(self, kernel_id: str) -> None:
+        await self.request("DELETE", f"/kernels/{kernel_id}")
+
+    async def restart_replica(self, kernel_id: str, replica: int) -> dict:
+        return await self.request("POST", f"/kernels/{kernel_id}/replicas/{replica}/restart")
+
+    async def kill_replica(self, kernel_id: str, replica: int) -> dict:
+        return await self.request("POST", f"/kernels/{kernel_id}/replicas/{replica}/kill")
+
+    async def kernel(self, kernel_id: str) -> dict:
+        return await self.request("GET", f"/kernels/{kernel_id}")
+
+
+async def ensure_cluster(n_hosts: int = 4) -> ClusterClient:
+    """The live cluster named by the discovery file, or a new ephemeral one started for this caller."""
+    path = discovery_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(path.with_suffix(".lock"), "w")
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, fcntl.flock, lock, fcntl.LOCK_EX)
+        if path.exists():
+            client = ClusterClient.from_file(path)
+            if await client.alive():
+                return client
+            path.unlink(missing_ok=True)
+        return await _start_ephemeral(path, n_hosts)
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+async def _start_ephemeral(path: Path, n_hosts: int) -> ClusterClient:
+    state_dir = tempfile.mkdtemp(prefix="notebookos-cluster-")
+    log_path = Path(state_dir) / "cluster.log"
+    with open(log_path, "ab") as logfile:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "notebookos.gpu_broker.service", "--state-dir", state_dir, "--hosts", str(n_hosts),
+             "--ephemeral", "--discovery-file", str(path)],
+            stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ClusterError(f"the embedded notebookos cluster exited at start (code {proc.returncode}); "
+                               f"see {log_path}")
+        if path.exists():
+            client = ClusterClient.from_file(path)
+            if await client.alive():
+                return client
+        await asyncio.sleep(0.05)
+    proc.kill()
+    raise ClusterError(f"the embedded notebookos cluster did not start within {START_TIMEOUT_S:.0f} s; see {log_path}")

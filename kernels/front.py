@@ -1,0 +1,471 @@
+"""The kernel front: what Jupyter believes is the kernel.
+
+One process per notebook kernel. It binds the five Jupyter channels from the connection file the provisioner
+wrote, so Jupyter Server, nbclient or any client talks to it as to a plain kernel, and it fans each request out to
+the kernel's three replicas (ARCHITECTURE.md, "A cell's life" and "Failover"):
+
+* execute requests run one at a time. Each goes to every live replica with ``metadata.notebookos`` naming the
+  attempt and who is invited to LEAD; IOPub and the reply are forwarded only from the replica that announces it was
+  elected; the next cell is sent once the executor's ``idle`` status arrives (its state delta is committed then).
+* other shell requests go to one replica: comms to the executor (widgets live there); completion, inspection and
+  the like to an idle standby while a cell runs, so they answer at once.
+* a replica that stops answering heartbeats is restarted in place; if it was running the cell, the cell is sent
+  again, as a new attempt, to the survivors, with a one-line notice. With fewer than two replicas left the Raft
+  group cannot commit: the front says so in the cell's output and exits, so the kernel is reported dead.
+
+All replicas share the front's message key, so replies and IOPub messages are forwarded as signed frames without
+re-serialization; only execute requests are re-signed, because the front adds its metadata to them.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from jupyter_client.session import Session
+
+from ..gpu_broker.client import ClusterClient, ClusterError, discovery_file
+from .protocol import EXECUTOR_ANNOUNCEMENT, NOTEBOOKOS_META, ReplicaRole
+from .replica_link import ReplicaLink
+
+log = logging.getLogger("notebookos.front")
+
+DELIM = b"<IDS|MSG>"
+# Requests that a standby can answer as well as the executor (the namespaces are the same).
+_READ_ONLY = {"complete_request", "inspect_request", "is_complete_request", "history_request", "kernel_info_request",
+              "comm_info_request"}
+MAJORITY = 2
+# execute_request metadata key that pins the first attempt of a cell to one replica.
+PIN_REPLICA_META = "notebookos_replica"
+EXIT_MAJORITY_LOST = 3
+
+
+@dataclass
+class Frames:
+    """A Jupyter message as received: routing identities, then the signed frames (delimiter first)."""
+
+    idents: list[bytes]
+    body: list[bytes]
+
+    @classmethod
+    def split(cls, frames: list[bytes]) -> "Frames":
+        i = frames.index(DELIM)
+        return cls(frames[:i], frames[i:])
+
+    def header(self) -> dict:
+        return json.loads(self.body[2])
+
+    def parent(self) -> dict:
+        return json.loads(self.body[3])
+
+    def metadata(self) -> dict:
+        return json.loads(self.body[4])
+
+    def content(self) -> dict:
+        return json.loads(self.body[5])
+
+
+@dataclass
+class Cell:
+    """One execute_request from the client, across its attempts."""
+
+    frames: Frames
+    msg: dict
+    attempt: int = 0
+    voters: tuple[int, ...] = ()
+    executor: int | None = None
+    replied: bool = False
+    all_yield: set[int] = field(default_factory=set)
+    buffered: dict[int, list[list[bytes]]] = field(default_factory=dict)
+    outcome: asyncio.Future | None = None
+
+    @property
+    def msg_id(self) -> str:
+        return self.msg["header"]["msg_id"]
+
+
+class KernelFront:
+    def __init__(self, connection: dict, kernel_id: str, replicas: list[dict], cluster: ClusterClient | None) -> None:
+        self.kernel_id = kernel_id
+        self.cluster = cluster
+        self.session = Session(key=connection["key"].encode(), signature_scheme=connection["signature_scheme"])
+        self.ctx = zmq.asyncio.Context()
+        self.connection = connection
+        identity = f"front-{uuid.uuid4()}".encode()
+        self.replicas = [ReplicaLink(self.ctx, r["replica"], r["host"], r["connection"], identity) for r in replicas]
+        self.cells: asyncio.Queue[Cell] = asyncio.Queue()
+        self.pending: Cell | None = None
+        self.previous_executor = 0
+        self.routes: OrderedDict[str, tuple[Any, list[bytes], int]] = OrderedDict()
+        self.finished = asyncio.Event()
+        self.exit_code = 0
+
+    # ------------------------------------------------------------------------------------------ sockets
+
+    def bind(self) -> None:
+        c = self.connection
+        url = f"{c['transport']}://{c['ip']}:"
+        self.shell = self.ctx.socket(zmq.ROUTER)
+        self.control = self.ctx.socket(zmq.ROUTER)
+        self.stdin = self.ctx.socket(zmq.ROUTER)
+        self.iopub = self.ctx.socket(zmq.XPUB)
+        self.hb = self.ctx.socket(zmq.REP)
+        for sock, port in ((self.shell, "shell_port"), (self.control, "control_port"), (self.stdin, "stdin_port"),
+                           (self.iopub, "iopub_port"), (self.hb, "hb_port")):
+            sock.setsockopt(zmq.LINGER, 1000)
+            sock.bind(url + str(c[port]))
+
+    async def run(self) -> int:
+        self.bind()
+        tasks = [
+            self._loop(self.shell, self._on_client_shell),
+            self._loop(self.control, self._on_client_control),
+            self._loop(self.stdin, self._on_client_stdin),
+            self._loop(self.iopub, self._on_subscription),
+            self._heartbeat(),
+            self._run_cells(),
+        ]
+        for r in self.replicas:
+            tasks += [
+                self._loop(r.shell, lambda f, r=r: self._on_replica_shell(r, f, self.shell)),
+                self._loop(r.control, lambda f, r=r: self._on_replica_shell(r, f, self.control)),
+                self._loop(r.stdin, lambda f, r=r: self._on_replica_stdin(r, f)),
+                self._loop(r.iopub, lambda f, r=r: self._on_replica_iopub(r, f)),
+                r.watch_heartbeat(self._on_liveness),
+            ]
+        running = [asyncio.ensure_future(t) for t in tasks]
+        await self.finished.wait()
+        await asyncio.sleep(0.2)  # let the last replies and IOPub messages leave before closing the sockets
+        for t in running:
+            t.cancel()
+        for r in self.replicas:
+            r.close()
+        self.ctx.destroy(linger=500)
+        return self.exit_code
+
+    async def _loop(self, sock: zmq.asyncio.Socket, handler: Any) -> None:
+        while True:
+            frames = await sock.recv_multipart()
+            try:
+                result = handler(frames)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("failed to handle a message")
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await self.hb.send(await self.hb.recv())
+
+    def _on_subscription(self, frames: list[bytes]) -> None:
+        event = frames[0]
+        if event[:1] == b"\x01":
+            self.session.send(self.iopub, "iopub_welcome", {"subscription": event[1:].decode(errors="replace")})
+
+    # --------------------------------------------------------------------------------- client requests
+
+    def _on_client_shell(self, raw: list[bytes]) -> None:
+        frames = Frames.split(raw)
+        header = frames.header()
+        if header["msg_type"] == "execute_request":
+            msg = self.session.deserialize(_strip_delim(frames.body), content=True)
+            self.cells.put_nowait(Cell(frames, msg))
+        elif header["msg_type"] == "shutdown_request":
+            self._shutdown(self.shell, frames)
+        else:
+            self._route(self.shell, frames, header)
+
+    def _on_client_control(self, raw: list[bytes]) -> None:
+        frames = Frames.split(raw)
+        header = frames.header()
+        if header["msg_type"] == "shutdown_request":
+            self._shutdown(self.control, frames)
+        else:
+            self._route(self.control, frames, header)
+
+    def _on_client_stdin(self, raw: list[bytes]) -> None:
+        """input_reply from the client: to the replica that asked, the current executor."""
+        frames = Frames.split(raw)
+        target = self._replica(self.pending.executor if self.pending and self.pending.executor is not None
+                               else self.previous_executor)
+        target.stdin.send_multipart(frames.body)
+
+    def _route(self, client_sock: Any, frames: Frames, header: dict) -> None:
+        """Send a non-execute request to one replica, remembering where its reply goes."""
+        replica = self._target_for(header["msg_type"], client_sock)
+        self.routes[header["msg_id"]] = (client_sock, frames.idents, replica.index)
+        while len(self.routes) > 1024:
+            self.routes.popitem(last=False)
+        sock = replica.control if client_sock is self.control else replica.shell
+        sock.send_multipart(frames.body)
+
+    def _target_for(self, msg_type: str, client_sock: Any) -> ReplicaLink:
+        executor = self.pending.executor if self.pending and self.pending.executor is not None else None
+        if msg_type in _READ_ONLY and self.pending is not None:
+            idle = [r for r in self._alive() if r.index != executor]
+            if idle:
+                return idle[0]
+        preferred = executor if executor is not None else self.previous_executor
+        candidate = self._replica(preferred)
+        if candidate.alive:
+            return candidate
+        alive = self._alive()
+        return alive[0] if alive else candidate
+
+    # --------------------------------------------------------------------------------- replica traffic
+
+    def _on_replica_shell(self, replica: ReplicaLink, raw: list[bytes], client_sock: Any) -> None:
+        frames = Frames.split(raw)
+        header, parent = frames.header(), frames.parent()
+        cell = self.pending
+        if header["msg_type"] == "execute_reply" and cell is not None and parent.get("msg_id") == cell.msg_id:
+            self._on_execute_reply(cell, replica, frames)
+            return
+        route = self.routes.get(parent.get("msg_id", ""))
+        if route is not None and route[2] == replica.index:
+            route[0].send_multipart(route[1] + frames.body)
+
+    def _on_execute_reply(self, cell: Cell, replica: ReplicaLink, frames: Frames) -> None:
+        role = frames.metadata().get(NOTEBOOKOS_META, {}).get("role")
+        if role == ReplicaRole.ALL_YIELD.value:
+            cell.all_yield.add(replica.index)
+            if cell.all_yield.issuperset(r.index for r in self._alive() if r.index in cell.voters):
+                _settle(cell.outcome, "all_yield")
+            return
+        if role != ReplicaRole.EXECUTOR.value:
+            return
+        if cell.executor is None:
+            self._elected(cell, replica.index)
+        if replica.index != cell.executor or cell.replied:
+            return
+        cell.replied = True
+        self.shell.send_multipart(cell.frames.idents + frames.body)
+        content = frames.content()
+        if content.get("status") == "error" and cell.msg["content"].get("stop_on_error", True) \
+                and not cell.msg["content"].get("silent", False):
+            self._abort_queued()
+
+    def _on_replica_iopub(self, replica: ReplicaLink, raw: list[bytes]) -> None:
+        frames = Frames.split(raw)
+        header, parent = frames.header(), frames.parent()
+        cell = self.pending
+        if cell is not None and parent.get("msg_id") == cell.msg_id:
+            if header["msg_type"] == EXECUTOR_ANNOUNCEMENT:
+                if frames.content().get("attempt") == cell.attempt:
+                    self._elected(cell, replica.index)
+                return
+            if cell.executor is None:
+                cell.buffered.setdefault(replica.index, []).append(raw)
+            elif replica.index == cell.executor:
+                self._forward_cell_iopub(cell, raw, frames, header)
+            return
+        route = self.routes.get(parent.get("msg_id", ""))
+        owner = route[2] if route is not None else self.previous_executor
+        if replica.index == owner and header["msg_type"] != EXECUTOR_ANNOUNCEMENT:
+            self.iopub.send_multipart(raw)
+
+    def _forward_cell_iopub(self, cell: Cell, raw: list[bytes], frames: Frames, header: dict) -> None:
+        self.iopub.send_multipart(raw)
+        if header["msg_type"] == "status" and frames.content().get("execution_state") == "idle":
+            _settle(cell.outcome, "done")
+
+    def _elected(self, cell: Cell, executor: int) -> None:
+        cell.executor = executor
+        self.previous_executor = executor
+        for raw in cell.buffered.pop(executor, []):
+            frames = Frames.split(raw)
+            self._forward_cell_iopub(cell, raw, frames, frames.header())
+        cell.buffered.clear()
+
+    def _on_replica_stdin(self, replica: ReplicaLink, raw: list[bytes]) -> None:
+        """input_request from the executor: to the client that sent the running cell."""
+        cell = self.pending
+        if cell is not None and replica.index == cell.executor:
+            self.stdin.send_multipart(cell.frames.idents + Frames.split(raw).body)
+
+    # ------------------------------------------------------------------------------------------- cells
+
+    async def _run_cells(self) -> None:
+        while True:
+            cell = await self.cells.get()
+            self.pending = cell
+            try:
+                await self._run_cell(cell)
+            finally:
+                self.pending = None
+
+    async def _run_cell(self, cell: Cell) -> None:
+        tried_lead: set[int] = set()
+        while True:
+            alive = self._alive()
+            if len(alive) < MAJORITY:
+                self._majority_lost(cell)
+                return
+            if cell.attempt == 0:
+                leads = [self._first_lead(cell, alive)]
+            elif tried_lead:
+                untried = [r.index for r in alive if r.index not in tried_lead]
+                if not untried:
+                    self._fail_cell(cell, "NotebookOSNoExecutor",
+                                    "no replica of this kernel can run the cell now (every replica yielded)")
+                    return
+                leads = untried[:1]
+            else:
+                leads = [r.index for r in alive]  # after a failover, every survivor may lead; the log decides
+            cell.voters = tuple(r.index for r in alive)
+            cell.executor = None
+            cell.all_yield = set()
+            cell.buffered = {}
+            cell.outcome = asyncio.get_running_loop().create_future()
+            self._send_attempt(cell, alive, leads)
+            outcome = await cell.outcome
+            if outcome == "done":
+                return
+            if outcome == "all_yield":
+                tried_lead.update(leads)
+            cell.attempt += 1
+
+    def _first_lead(self, cell: Cell, alive: list[ReplicaLink]) -> int:
+        """The replica invited to lead a cell's first attempt: the one the request pins, if it is alive (tests and
+        operators use ``metadata.notebookos_replica``), else the previous executor, else the first live replica."""
+        pinned = (cell.msg.get("metadata") or {}).get(PIN_REPLICA_META)
+        for wanted in (pinned, self.previous_executor):
+            if isinstance(wanted, int) and any(r.index == wanted for r in alive):
+                return wanted
+        return alive[0].index
+
+    def _send_attempt(self, cell: Cell, alive: list[ReplicaLink], leads: list[int]) -> None:
+        for replica in alive:
+            msg = dict(cell.msg)
+            msg["metadata"] = dict(cell.msg.get("metadata") or {})
+            msg["metadata"][NOTEBOOKOS_META] = {
+                "attempt": cell.attempt, "lead": replica.index in leads, "leads": len(leads), "voters": cell.voters,
+            }
+            replica.shell.send_multipart(self.session.serialize(msg))
+
+    def _abort_queued(self) -> None:
+        """Like ipykernel after an error with stop_on_error: cells queued behind it are aborted, not run."""
+        while not self.cells.empty():
+            queued = self.cells.get_nowait()
+            self._status(queued.msg, "busy")
+            self._reply(queued, {"status": "aborted", "execution_count": None})
+            self._status(queued.msg, "idle")
+
+    # ---------------------------------------------------------------------------------------- failures
+
+    async def _on_liveness(self, replica: ReplicaLink, alive: bool) -> None:
+        if alive:
+            log.info("%s answers again", replica)
+            replica.restarting = False
+            return
+        log.warning("%s lost", replica)
+        cell = self.pending
+        if cell is not None and cell.outcome is not None and not cell.outcome.done() and (
+                cell.executor == replica.index or (cell.executor is None and replica.index in cell.voters)):
+            self._notice(cell.msg, f"notebookos: {replica} was lost while running this cell; "
+                                   "re-running it from the last committed state.\n", clear=True)
+            _settle(cell.outcome, "failover")
+        if len(self._alive()) >= MAJORITY:
+            await self._restart(replica)
+        # Without a majority nothing is restarted: the journal of a lost host may be gone, and the user is told at
+        # the next (or the running) cell that the kernel cannot continue.
+
+    async def _restart(self, replica: ReplicaLink) -> None:
+        if self.cluster is None or replica.restarting:
+            return
+        replica.restarting = True
+        try:
+            await self.cluster.restart_replica(self.kernel_id, replica.index)
+        except ClusterError as err:
+            replica.restarting = False
+            log.error("could not restart %s: %s", replica, err)
+
+    def _majority_lost(self, cell: Cell) -> None:
+        lost = ", ".join(str(r) for r in self.replicas if not r.alive)
+        text = (f"notebookos: this kernel lost {lost}; with fewer than {MAJORITY} of its {len(self.replicas)} "
+                "replicas it cannot commit state, so it cannot continue. Restart the kernel to get a fresh one "
+                "(its variables are gone).\n")
+        self._notice(cell.msg, text)
+        self._fail_cell(cell, "NotebookOSMajorityLost", text.strip())
+        self._abort_queued()
+        self._exit(EXIT_MAJORITY_LOST)
+
+    def _fail_cell(self, cell: Cell, ename: str, evalue: str) -> None:
+        if not cell.replied:
+            self._reply(cell, {"status": "error", "ename": ename, "evalue": evalue, "traceback": [evalue],
+                               "execution_count": None})
+        self._status(cell.msg, "idle")
+
+    def _exit(self, code: int) -> None:
+        self.exit_code = code
+        self.finished.set()
+
+    # ----------------------------------------------------------------------------------- own messages
+
+    def _reply(self, cell: Cell, content: dict) -> None:
+        cell.replied = True
+        self.session.send(self.shell, "execute_reply", content, parent=cell.msg, ident=cell.frames.idents)
+
+    def _status(self, parent: dict, state: str) -> None:
+        self.session.send(self.iopub, "status", {"execution_state": state}, parent=parent)
+
+    def _notice(self, parent: dict, text: str, clear: bool = False) -> None:
+        if clear:
+            self.session.send(self.iopub, "clear_output", {"wait": False}, parent=parent)
+        self.session.send(self.iopub, "stream", {"name": "stderr", "text": text}, parent=parent)
+
+    def _shutdown(self, client_sock: Any, frames: Frames) -> None:
+        msg = self.session.deserialize(_strip_delim(frames.body), content=True)
+        for replica in self._alive():
+            replica.control.send_multipart(frames.body)
+        content = {"status": "ok", "restart": bool(msg["content"].get("restart", False))}
+        self.session.send(client_sock, "shutdown_reply", content, parent=msg, ident=frames.idents)
+        self.session.send(self.iopub, "shutdown_reply", content, parent=msg)
+        self._exit(0)
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def _alive(self) -> list[ReplicaLink]:
+        return [r for r in self.replicas if r.alive]
+
+    def _replica(self, index: int) -> ReplicaLink:
+        return self.replicas[index]
+
+
+def _strip_delim(body: list[bytes]) -> list[bytes]:
+    return body[1:]
+
+
+def _settle(future: asyncio.Future | None, outcome: str) -> None:
+    if future is not None and not future.done():
+        future.set_result(outcome)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m notebookos.kernels.front")
+    parser.add_argument("-f", "--connection-file", required=True)
+    parser.add_argument("--kernel-id", required=True)
+    parser.add_argument("--replicas", required=True, help="JSON file: the cluster's description of the kernel")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("NOTEBOOKOS_LOG_LEVEL", "INFO"), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    connection = json.loads(Path(args.connection_file).read_text())
+    described = json.loads(Path(args.replicas).read_text())
+    cluster_file = discovery_file()
+    cluster = ClusterClient.from_file(cluster_file) if cluster_file.exists() else None
+    front = KernelFront(connection, args.kernel_id, described["replicas"], cluster)
+    return asyncio.run(front.run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

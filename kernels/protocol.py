@@ -1,0 +1,23 @@
+"""Names shared by the kernel front and its replicas on top of the Jupyter messaging protocol.
+
+The front talks to replicas with ordinary Jupyter messages; what notebookos adds travels in ``metadata.notebookos``
+of execute requests and replies, and in one IOPub message type that the front consumes and never forwards.
+"""
+from __future__ import annotations
+
+import enum
+
+# Key under a message's metadata that carries notebookos fields.
+NOTEBOOKOS_META = "notebookos"
+
+# IOPub message by which the elected executor of an attempt announces itself, so that the front knows whose
+# output to forward to the client. Never forwarded to clients.
+EXECUTOR_ANNOUNCEMENT = "notebookos_executor"
+
+
+class ReplicaRole(str, enum.Enum):
+    """A replica's part in one attempt, reported in ``metadata.notebookos.role`` of its execute_reply."""
+
+    EXECUTOR = "executor"
+    STANDBY = "standby"
+    ALL_YIELD = "all_yield"

@@ -1,0 +1,289 @@
+"""The replica kernel: an ipykernel that runs a cell only when the kernel's Raft log elects it.
+
+Three of these run per notebook kernel, on three hosts, behind one kernel front. The front sends every
+execute_request to all of them, with ``metadata.notebookos`` saying which attempt this is and whom it invites to
+LEAD. Each replica appends its proposal to the Raft log and waits for the log to decide (see
+:mod:`notebookos.replication.election`). The elected executor runs the cell like plain ipykernel, replies, then
+captures the state delta and commits it with the execution record, before its ``idle`` status: the front holds the
+kernel's next cell until it sees that idle, so the next cell, wherever it runs, starts from the committed state.
+Standbys answer with a short reply the front discards, and apply committed deltas in log order.
+
+Run as ``python -m notebookos.kernels.replica -f CONNECTION_FILE --ReplicaKernel.config_path=CONFIG``.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+from ipykernel.ipkernel import IPythonKernel
+from ipykernel.kernelapp import IPKernelApp
+from traitlets import Unicode
+
+from ..replication.election import ALL_YIELD, ElectionBook, VoteNeeded
+from ..replication.entries import CellKey, ExecutionRecord, LogEntry, Proposal, Role, Vote
+from ..replication.namespace import NamespaceTracker, StateApplyError, StateDelta
+from ..replication.object_store import open_store
+from ..replication.raft_log import AppendFailed, KernelLog
+from ..replication.replica_config import ReplicaConfig
+from .protocol import EXECUTOR_ANNOUNCEMENT, NOTEBOOKOS_META, ReplicaRole
+
+# How long a replica waits for the log to decide an attempt or commit its record before telling the user that the
+# kernel has lost its majority. Generous: a Raft leader election after a crash takes about a second.
+COMMIT_TIMEOUT_S = 30.0
+
+
+class ReplicaKernel(IPythonKernel):
+    """An IPython kernel that is one of three replicas of a notebook kernel."""
+
+    implementation = "notebookos"
+    implementation_version = "0.1.0"
+
+    config_path = Unicode("", help="Path of the replica's JSON configuration (ReplicaConfig).").tag(config=True)
+
+    def start(self) -> None:
+        super().start()
+        self.replica_config = ReplicaConfig.read(self.config_path)
+        cfg = self.replica_config
+        self._loop = asyncio.get_event_loop()
+        self._entries: asyncio.Queue[LogEntry] = asyncio.Queue()
+        self._waiters: dict[CellKey, list[asyncio.Future[int]]] = {}
+        self._own_records: set[CellKey] = set()
+        self._warned_unpicklable: dict[str, str] = {}
+        self._told_lost: set[str] = set()
+        self.book = ElectionBook(cfg.replica)
+        self.tracker = NamespaceTracker(open_store(cfg.store), inline_limit=cfg.inline_limit)
+        self.tracker.snapshot(self.shell.user_ns)
+        self._applier = self._loop.create_task(self._apply_committed())
+        self.raft = KernelLog(cfg.raft_address, list(cfg.raft_peers), cfg.raft_password, cfg.journal_path, self._on_commit)
+
+    # ----------------------------------------------------------------------------------------------- the log
+
+    def _on_commit(self, entry: LogEntry) -> None:
+        """pysyncobj's thread: hand the entry to the kernel's own loop, preserving log order."""
+        self._loop.call_soon_threadsafe(self._entries.put_nowait, entry)
+
+    async def _apply_committed(self) -> None:
+        """Apply every committed entry, in log order, on the kernel's main thread (the namespace's only writer)."""
+        while True:
+            entry = await self._entries.get()
+            try:
+                if isinstance(entry, Proposal):
+                    vote = self.book.on_proposal(entry)
+                    if vote is not None:
+                        self._cast(vote)
+                elif isinstance(entry, Vote):
+                    self.book.on_vote(entry)
+                elif isinstance(entry, ExecutionRecord):
+                    self._on_record(entry)
+            except Exception:
+                self.log.exception("failed to apply a committed log entry %r", type(entry).__name__)
+            self._wake(getattr(entry, "cell", None))
+
+    def _cast(self, vote: VoteNeeded) -> None:
+        self.raft.append(Vote(vote.cell, self.replica_config.replica, vote.candidate))
+
+    def _wake(self, cell: CellKey | None) -> None:
+        if cell is None:
+            return
+        decided = self.book.decision(cell)
+        if decided is None:
+            return
+        for fut in self._waiters.pop(cell, []):
+            if not fut.done():
+                fut.set_result(decided)
+
+    def _on_record(self, record: ExecutionRecord) -> None:
+        if not self.book.accepts(record):
+            self.log.info("fenced off a record of %s from replica %s", record.cell, record.executor)
+            return
+        if record.cell in self._own_records:
+            self._own_records.discard(record.cell)
+            return
+        delta = StateDelta.from_bytes(record.delta)
+        try:
+            extra = self.tracker.apply(delta, self.shell.user_ns)
+        except StateApplyError as err:
+            # The delta cannot be applied here; the state of this replica is now behind. Logged loudly; the names
+            # are reported to the user if this replica ever executes.
+            self.log.error("%s", err)
+            return
+        self._record_history(record, extra.get("out", _NO_OUTPUT))
+
+    def _record_history(self, record: ExecutionRecord, out: Any) -> None:
+        """Keep In/Out, ``_`` and the execution count identical to the executor's."""
+        shell = self.shell
+        if record.execution_count > 0:
+            shell.execution_count = record.execution_count
+            shell.history_manager.store_inputs(record.execution_count, record.source, record.source)
+            if out is not _NO_OUTPUT:
+                shell.displayhook.update_user_ns(out)
+            shell.execution_count = record.execution_count + 1
+        self.tracker.snapshot(shell.user_ns)
+
+    async def _decision(self, cell: CellKey) -> int:
+        decided = self.book.decision(cell)
+        if decided is not None:
+            return decided
+        fut: asyncio.Future[int] = self._loop.create_future()
+        self._waiters.setdefault(cell, []).append(fut)
+        try:
+            return await asyncio.wait_for(fut, COMMIT_TIMEOUT_S)
+        except TimeoutError:
+            raise AppendFailed(
+                f"the kernel's replicas could not elect an executor within {COMMIT_TIMEOUT_S:.0f} s: "
+                "fewer than two of its three replicas are reachable"
+            ) from None
+
+    # ------------------------------------------------------------------------------------------ execution
+
+    async def execute_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        meta = (parent.get("metadata") or {}).get(NOTEBOOKOS_META)
+        if not meta:
+            self._send_execute_reply(stream, ident, parent, _error_content(
+                "NotebookOSError",
+                "this replica only runs cells sent through its kernel front; connect to the kernel, not a replica",
+            ), ReplicaRole.STANDBY)
+            return
+        me = self.replica_config.replica
+        cell = CellKey(parent["header"]["msg_id"], int(meta["attempt"]))
+        proposal = Proposal(
+            cell=cell,
+            replica=me,
+            role=Role.LEAD if meta.get("lead") else Role.YIELD,
+            leads=int(meta.get("leads", 1)),
+            voters=tuple(meta["voters"]),
+            devices=tuple(meta.get("devices", ())),
+        )
+        try:
+            self.raft.append(proposal)
+            executor = await self._decision(cell)
+        except AppendFailed as err:
+            self._send_execute_reply(stream, ident, parent, _error_content("NotebookOSMajorityLost", str(err)),
+                                     ReplicaRole.EXECUTOR)
+            return
+        if executor == ALL_YIELD:
+            self._send_execute_reply(stream, ident, parent, self._standby_content(), ReplicaRole.ALL_YIELD)
+        elif executor != me:
+            self._send_execute_reply(stream, ident, parent, self._standby_content(), ReplicaRole.STANDBY)
+        else:
+            await self._execute_as_leader(stream, ident, parent, cell)
+
+    async def _execute_as_leader(self, stream: Any, ident: Any, parent: dict[str, Any], cell: CellKey) -> None:
+        self.session.send(self.iopub_socket, EXECUTOR_ANNOUNCEMENT,
+                          {"replica": self.replica_config.replica, "host": self.replica_config.host,
+                           "attempt": cell.attempt}, parent)
+        done = self.book.committed_record(cell.msg_id)
+        if done is not None:
+            # A previous attempt finished and committed before its executor was lost: answer from the log.
+            self._send_execute_reply(stream, ident, parent, done.reply, ReplicaRole.EXECUTOR)
+            return
+        self._tell_lost_names(parent)
+        self._last_reply: dict[str, Any] = {}
+        self.tracker.snapshot(self.shell.user_ns)
+        await super().execute_request(stream, ident, parent)
+        await self._commit_state(parent, cell)
+
+    async def _commit_state(self, parent: dict[str, Any], cell: CellKey) -> None:
+        """Capture what the cell changed and commit it; runs after the reply, before the idle status."""
+        shell = self.shell
+        content = parent["content"]
+        in_history = content.get("store_history", not content.get("silent", False))
+        count = int(self._last_reply.get("execution_count", 0)) if in_history else 0
+        out = shell.user_ns.get("Out", {}).get(count, _NO_OUTPUT) if count else _NO_OUTPUT
+        extra = {} if out is _NO_OUTPUT else {"out": out}
+        delta = self.tracker.capture(shell.user_ns, count, extra=extra)
+        self._warn_unpicklable(delta, parent)
+        record = ExecutionRecord(cell, self.replica_config.replica, count, content.get("code", ""),
+                                 self._last_reply, delta.to_bytes())
+        self._own_records.add(cell)
+        try:
+            await self.raft.append_async(record, COMMIT_TIMEOUT_S)
+        except AppendFailed as err:
+            self._own_records.discard(cell)
+            self._stderr(parent, f"notebookos: this cell's state could not be replicated: {err}\n")
+
+    async def do_execute(self, code: str, silent: bool, store_history: bool = True,
+                         user_expressions: dict | None = None, allow_stdin: bool = False, **kwargs: Any) -> dict:
+        reply = await super().do_execute(code, silent, store_history, user_expressions, allow_stdin, **kwargs)
+        self._last_reply = reply
+        return reply
+
+    def finish_metadata(self, parent: dict[str, Any], metadata: dict[str, Any], reply_content: dict[str, Any]) -> dict:
+        """Only the elected executor runs ipykernel's own execute path: mark its reply as the executor's."""
+        metadata = super().finish_metadata(parent, metadata, reply_content)
+        metadata[NOTEBOOKOS_META] = {"role": ReplicaRole.EXECUTOR.value, "replica": self.replica_config.replica}
+        return metadata
+
+    # --------------------------------------------------------------------------------------- user notices
+
+    def _warn_unpicklable(self, delta: StateDelta, parent: dict[str, Any]) -> None:
+        new = {n: r for n, r in delta.unpicklable.items() if self._warned_unpicklable.get(n) != r}
+        self._warned_unpicklable.update(new)
+        for name in delta.assigned + delta.deleted:
+            self._warned_unpicklable.pop(name, None)
+        if new:
+            listed = "; ".join(f"{n}: {r}" for n, r in sorted(new.items()))
+            self._stderr(parent, f"notebookos: these names will not survive a failover (not replicated): {listed}\n")
+
+    def _tell_lost_names(self, parent: dict[str, Any]) -> None:
+        """On the first cell this replica runs, name what the previous executor had that could not be replicated."""
+        lost = {n: r for n, r in self.tracker.not_replicated.items()
+                if n not in self._told_lost and n not in self.shell.user_ns}
+        if lost:
+            self._told_lost.update(lost)
+            listed = "; ".join(f"{n} ({r})" for n, r in sorted(lost.items()))
+            self._stderr(parent, "notebookos: this cell runs on another replica; these names could not be "
+                                 f"carried over and are undefined here: {listed}\n")
+
+    def _stderr(self, parent: dict[str, Any], text: str) -> None:
+        self.session.send(self.iopub_socket, "stream", {"name": "stderr", "text": text}, parent,
+                          ident=self._topic("stream"))
+
+    # ------------------------------------------------------------------------------------------- replies
+
+    def _standby_content(self) -> dict[str, Any]:
+        return {"status": "ok", "execution_count": self.shell.execution_count, "user_expressions": {}, "payload": []}
+
+    def _send_execute_reply(self, stream: Any, ident: Any, parent: dict[str, Any], content: dict[str, Any],
+                            role: ReplicaRole) -> None:
+        self.session.send(stream, "execute_reply", content, parent, ident=ident,
+                          metadata={NOTEBOOKOS_META: {"role": role.value, "replica": self.replica_config.replica}})
+
+    async def do_shutdown(self, restart: bool) -> dict[str, Any]:
+        self.raft.destroy()
+        return await super().do_shutdown(restart)
+
+
+class _NoOutput:
+    """Marks 'the cell produced no result' (None is a result a cell can produce)."""
+
+
+_NO_OUTPUT = _NoOutput()
+
+
+def _error_content(ename: str, evalue: str) -> dict[str, Any]:
+    return {"status": "error", "ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"]}
+
+
+class ReplicaKernelApp(IPKernelApp):
+    """IPKernelApp with the replica kernel class and per-replica history kept in memory.
+
+    Three replicas of a kernel may share a machine; a shared SQLite history file would see every cell three times.
+    """
+
+    name = "notebookos-replica"
+    kernel_class = ReplicaKernel  # type: ignore[assignment]
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if not any(a.startswith("--HistoryManager.hist_file") for a in argv):
+        argv.append("--HistoryManager.hist_file=:memory:")
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    ReplicaKernelApp.launch_instance(argv=argv)
+
+
+if __name__ == "__main__":
+    main()

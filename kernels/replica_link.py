@@ -1,0 +1,83 @@
+"""The kernel front's connection to one replica: its sockets, and whether it is alive.
+
+Liveness comes from the replica's Jupyter heartbeat channel, which ipykernel answers from a thread outside the
+GIL: a replica busy in a long cell still answers, a killed one or one on a lost host does not.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import zmq
+import zmq.asyncio
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_PERIOD_S = 0.2
+# A replica that has not answered a heartbeat for this long is treated as lost.
+HEARTBEAT_DEAD_AFTER_S = 1.0
+
+
+class ReplicaLink:
+    """DEALER sockets for shell, control and stdin (one identity, as ipykernel routes stdin by the shell
+    identity), a SUB socket for IOPub and a REQ socket for heartbeats."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, index: int, host: str, connection: dict, identity: bytes) -> None:
+        self.index = index
+        self.host = host
+        self.connection = connection
+        self.alive = True
+        self.restarting = False
+        self._ctx = ctx
+        self._identity = identity
+        self.shell = self._dealer("shell_port")
+        self.control = self._dealer("control_port")
+        self.stdin = self._dealer("stdin_port")
+        self.iopub = ctx.socket(zmq.SUB)
+        self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.iopub.connect(self._url("iopub_port"))
+        self._last_beat = time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"replica {self.index} on {self.host}"
+
+    def _url(self, port_name: str) -> str:
+        return f"tcp://{self.connection['ip']}:{self.connection[port_name]}"
+
+    def _dealer(self, port_name: str) -> zmq.asyncio.Socket:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self._identity)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self._url(port_name))
+        return sock
+
+    async def watch_heartbeat(self, on_change: Callable[["ReplicaLink", bool], Awaitable[None]]) -> None:
+        """Ping forever; call ``on_change(self, alive)`` when the replica is lost or answers again."""
+        sock = None
+        while True:
+            if sock is None:
+                sock = self._ctx.socket(zmq.REQ)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.connect(self._url("hb_port"))
+            started = time.monotonic()
+            await sock.send(b"ping")
+            if await sock.poll(int(HEARTBEAT_DEAD_AFTER_S * 1000)):
+                await sock.recv()
+                self._last_beat = time.monotonic()
+                if not self.alive:
+                    self.alive = True
+                    await on_change(self, True)
+            else:
+                # A REQ socket that missed its reply cannot send again: start over with a fresh one.
+                sock.close()
+                sock = None
+                if self.alive and time.monotonic() - self._last_beat >= HEARTBEAT_DEAD_AFTER_S:
+                    self.alive = False
+                    await on_change(self, False)
+            await asyncio.sleep(max(0.0, HEARTBEAT_PERIOD_S - (time.monotonic() - started)))
+
+    def close(self) -> None:
+        for sock in (self.shell, self.control, self.stdin, self.iopub):
+            sock.close(linger=0)

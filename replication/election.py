@@ -1,0 +1,112 @@
+"""Executor election, derived from the committed Raft log alone.
+
+Each replica feeds every committed entry, in log order, into its own :class:`ElectionBook`. Because the log is the
+same everywhere, so are the decisions; no replica needs to ask another who won.
+
+Rules (ARCHITECTURE.md, "A cell's life", step 4):
+
+* One replica invited to LEAD (``leads == 1``): the first committed LEAD proposal of the attempt decides.
+* Several invited: once every voter's proposal is in, each replica votes for the previous executor if it proposed
+  LEAD, else for the first committed LEAD; the first committed vote decides.
+* Every voter YIELDs: the attempt is decided as :data:`ALL_YIELD`; the front retries with a higher attempt number
+  elsewhere.
+
+Fencing: an :class:`ExecutionRecord` counts only if its author is the decided executor of its attempt and no later
+attempt has been decided since. A presumed-dead executor that wakes up late cannot overwrite its successor's state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .entries import CellKey, ExecutionRecord, Proposal, Role, Vote
+
+ALL_YIELD = -1
+_ROUND_WINDOW = 256
+
+
+@dataclass
+class _Round:
+    proposals: list[Proposal] = field(default_factory=list)
+    decided: int | None = None
+    voted: bool = False
+
+
+@dataclass(frozen=True)
+class VoteNeeded:
+    """Returned by :meth:`ElectionBook.on_proposal` when this replica must now append its vote."""
+
+    cell: CellKey
+    candidate: int
+
+
+class ElectionBook:
+    """The election state of one kernel as seen by one replica, updated entry by entry in log order."""
+
+    def __init__(self, replica: int) -> None:
+        self.replica = replica
+        self.previous_executor: int | None = None
+        self._rounds: dict[CellKey, _Round] = {}
+        self._latest: CellKey | None = None
+        self._records: dict[str, ExecutionRecord] = {}
+
+    def decision(self, cell: CellKey) -> int | None:
+        """The executor of ``cell`` (``ALL_YIELD`` if nobody leads), or None while undecided."""
+        rnd = self._rounds.get(cell)
+        return rnd.decided if rnd else None
+
+    def committed_record(self, msg_id: str) -> ExecutionRecord | None:
+        """The accepted execution record of any attempt of this cell, if one is in the log."""
+        return self._records.get(msg_id)
+
+    def on_proposal(self, p: Proposal) -> VoteNeeded | None:
+        if self._superseded(p.cell):
+            return None
+        rnd = self._rounds.setdefault(p.cell, _Round())
+        if rnd.decided is not None:
+            return None
+        rnd.proposals.append(p)
+        leads = [x.replica for x in rnd.proposals if x.role is Role.LEAD]
+        if p.leads <= 1 and leads:
+            self._decide(p.cell, leads[0])
+            return None
+        proposers = {x.replica for x in rnd.proposals}
+        if not proposers.issuperset(p.voters):
+            return None
+        if not leads:
+            self._decide(p.cell, ALL_YIELD)
+            return None
+        if rnd.voted or self.replica not in p.voters:
+            return None
+        rnd.voted = True
+        preferred = self.previous_executor if self.previous_executor in leads else leads[0]
+        return VoteNeeded(p.cell, preferred)
+
+    def on_vote(self, v: Vote) -> None:
+        rnd = self._rounds.get(v.cell)
+        if rnd is not None and rnd.decided is None and not self._superseded(v.cell):
+            self._decide(v.cell, v.candidate)
+
+    def accepts(self, record: ExecutionRecord) -> bool:
+        """Fencing: apply a record only from the decided executor of the latest decided attempt."""
+        if record.cell != self._latest or self.decision(record.cell) != record.executor:
+            return False
+        if record.cell.msg_id in self._records:
+            return False
+        self._records[record.cell.msg_id] = record
+        return True
+
+    def _superseded(self, cell: CellKey) -> bool:
+        """A later attempt of the same cell exists: this attempt's entries arrive too late to matter."""
+        return any(k.msg_id == cell.msg_id and k.attempt > cell.attempt for k in self._rounds)
+
+    def _decide(self, cell: CellKey, executor: int) -> None:
+        self._rounds[cell].decided = executor
+        self._latest = cell
+        if executor != ALL_YIELD:
+            self.previous_executor = executor
+        # Old rounds only matter to recognize late entries; a bounded window is plenty since the front runs one
+        # cell at a time and sends each attempt's proposals right away.
+        while len(self._rounds) > _ROUND_WINDOW:
+            del self._rounds[next(iter(self._rounds))]
+        while len(self._records) > _ROUND_WINDOW:
+            del self._records[next(iter(self._records))]

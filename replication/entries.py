@@ -1,0 +1,73 @@
+"""The entry types of a kernel's Raft log.
+
+Every replica appends to and applies the same totally ordered log, so every decision derived from it (who runs a
+cell, whose state delta counts) is the same on every replica without further messages. Entries are small frozen
+dataclasses; large values never travel in them (a state delta carries a pointer into the object store instead).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class CellKey:
+    """One attempt at running one cell: the client's execute_request msg_id plus the front's attempt number.
+
+    A re-run after failover is a new attempt of the same cell, so its election is separate from the first one and
+    a delta from the earlier attempt can be recognized and fenced off.
+    """
+
+    msg_id: str
+    attempt: int
+
+
+class Role(str, enum.Enum):
+    LEAD = "LEAD"
+    YIELD = "YIELD"
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A replica's bid for one attempt: LEAD (with the devices the scheduler pre-committed for it) or YIELD.
+
+    ``leads`` is how many replicas the front invited to LEAD in this attempt. With one invitation the first
+    committed LEAD decides at once; with several the replicas hold a vote round. ``voters`` lists the replicas the
+    front sent the attempt to, so that every replica knows when all proposals are in.
+    """
+
+    cell: CellKey
+    replica: int
+    role: Role
+    leads: int
+    voters: tuple[int, ...]
+    devices: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Vote:
+    """A replica's vote for the executor of an attempt in which several replicas proposed LEAD."""
+
+    cell: CellKey
+    voter: int
+    candidate: int
+
+
+@dataclass(frozen=True)
+class ExecutionRecord:
+    """What the executor of an attempt produced: its reply and the state delta, in one entry.
+
+    ``delta`` is a serialized :class:`~notebookos.replication.namespace.StateDelta` (large values inside it are
+    pointers into the object store). ``reply`` is the execute_reply content, kept so that a re-sent attempt of a
+    cell whose record is already committed is answered from the log instead of running the cell twice.
+    """
+
+    cell: CellKey
+    executor: int
+    execution_count: int
+    source: str
+    reply: dict
+    delta: bytes
+
+
+LogEntry = Proposal | Vote | ExecutionRecord

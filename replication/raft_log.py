@@ -1,0 +1,109 @@
+"""One kernel's Raft log: a pysyncobj group across the kernel's replicas.
+
+The state machine is deliberately empty: every committed entry is handed, in log order, to a callback owned by the
+replica kernel, which keeps the namespace and the election book. pysyncobj only orders, replicates and journals.
+
+Tuning (see ../shared/notes/FACTS.md): batching is off, so an entry is sent at once instead of waiting for the
+next 100 ms append-entries tick (~1 ms commits on loopback instead of ~100 ms). Peers must authenticate with the
+kernel's password. The journal lives on disk, so a replica restarted in place replays its log and keeps its state.
+Log compaction is off because a restarted replica rebuilds its namespace by replaying the whole log; compaction
+would need a namespace snapshot in the object store (future work) instead of pysyncobj's pickled state.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+
+from .entries import LogEntry
+
+log = logging.getLogger(__name__)
+
+_NEVER = 10**9
+
+
+class AppendFailed(RuntimeError):
+    """An entry could not be committed (no Raft majority, or the entry was discarded by a leader change)."""
+
+
+def raft_conf(password: str, journal_path: str | None) -> SyncObjConf:
+    """The pysyncobj settings for interactive latency; one place so every replica agrees."""
+    return SyncObjConf(
+        password=password,
+        appendEntriesUseBatch=False,
+        journalFile=journal_path,
+        useFork=False,  # forking a process with threads (and CUDA) is unsafe
+        logCompactionMinEntries=_NEVER,
+        logCompactionMinTime=_NEVER,
+        dynamicMembershipChange=True,
+        connectionRetryTime=0.25,  # a peer restarted in place is reconnected within a quarter second
+        connectionTimeout=2.0,
+        raftMinTimeout=0.5,
+        raftMaxTimeout=1.2,
+        commandsWaitLeader=True,
+    )
+
+
+class KernelLog(SyncObj):
+    """The replicated, ordered log of one kernel. ``on_commit`` is called from pysyncobj's thread."""
+
+    def __init__(
+        self,
+        self_address: str,
+        peer_addresses: list[str],
+        password: str,
+        journal_path: str | None,
+        on_commit: Callable[[LogEntry], None],
+    ) -> None:
+        # Attributes set before SyncObj.__init__ are excluded from pysyncobj's serialized state.
+        self._on_commit = on_commit
+        if journal_path:
+            Path(journal_path).parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(self_address, [p for p in peer_addresses if p != self_address], raft_conf(password, journal_path))
+
+    @replicated
+    def _commit(self, entry: LogEntry) -> None:
+        self._on_commit(entry)
+
+    def append(self, entry: LogEntry, done: Callable[[BaseException | None], None] | None = None) -> None:
+        """Append without blocking; ``done`` is called from pysyncobj's thread once the entry is applied here."""
+
+        def callback(_result: object, reason: int) -> None:
+            if done is not None:
+                done(None if reason == FAIL_REASON.SUCCESS else AppendFailed(_describe(reason)))
+
+        self._commit(entry, callback=callback)
+
+    async def append_async(self, entry: LogEntry, timeout: float) -> None:
+        """Append and wait, on the running asyncio loop, until the entry is committed and applied here."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def done(error: BaseException | None) -> None:
+            loop.call_soon_threadsafe(_settle, future, error)
+
+        self.append(entry, done)
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise AppendFailed(
+                f"no Raft majority committed the entry within {timeout:.0f} s: "
+                "fewer than two of this kernel's three replicas are reachable"
+            ) from None
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+def _describe(reason: int) -> str:
+    names = {v: k for k, v in vars(FAIL_REASON).items() if not k.startswith("_")}
+    return f"pysyncobj refused the entry ({names.get(reason, reason)})"

@@ -1,0 +1,39 @@
+"""What a replica process needs to know about its kernel, written by the host agent that starts it.
+
+A JSON file beside the replica's connection file (mode 0600: it holds the Raft password). The host agent writes it,
+the replica kernel reads it; neither imports the other.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    kernel_id: str
+    replica: int  # 0, 1 or 2: the replica's index within its kernel, stable across restarts
+    host: str  # the logical host it runs on
+    raft_address: str  # "127.0.0.1:port" of this replica's Raft node
+    raft_peers: tuple[str, ...]  # all replicas' Raft addresses, this one included, in replica order
+    raft_password: str
+    journal_path: str
+    store: str  # object store location, e.g. "file:///var/lib/notebookos/objects"
+    cwd: str | None = None  # the notebook's directory, where the user's relative paths resolve
+    inline_limit: int = 1 << 20
+
+    def write(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(self), f)
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "ReplicaConfig":
+        data = json.loads(Path(path).read_text())
+        data["raft_peers"] = tuple(data["raft_peers"])
+        return cls(**data)

@@ -1,0 +1,69 @@
+"""``notebookos lab``: the embedded cluster plus JupyterLab, in one command.
+
+Starts the cluster service on this machine (N logical hosts), points the notebookos kernelspec at it through
+``NOTEBOOKOS_CLUSTER_FILE``, and runs JupyterLab in the foreground. Arguments it does not know are passed to
+JupyterLab unchanged (``--port``, ``--no-browser``, ``--IdentityProvider.token=...``), so it can be started headless
+for scripts and tests. Stopping JupyterLab stops the cluster and every replica.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ..gpu_broker.client import CLUSTER_FILE_ENV, ClusterClient
+
+CLUSTER_START_TIMEOUT_S = 60.0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "lab", help="start an embedded cluster and JupyterLab",
+        description="Start an embedded notebookos cluster and JupyterLab. Unknown options go to JupyterLab.",
+    )
+    parser.add_argument("--hosts", type=int, default=4, help="logical hosts in the embedded cluster (default 4)")
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="where replicas keep journals and the object store (default: a new temporary folder)")
+    parser.set_defaults(func=run, accepts_extra=True)
+
+
+def start_cluster(state_dir: Path, hosts: int) -> tuple[subprocess.Popen, Path]:
+    """Start the cluster service and wait until it answers; returns the process and its discovery file."""
+    discovery = state_dir / "cluster.json"
+    discovery.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "notebookos.gpu_broker.service", "--state-dir", str(state_dir),
+                             "--hosts", str(hosts), "--discovery-file", str(discovery)])
+    deadline = time.monotonic() + CLUSTER_START_TIMEOUT_S
+    while not discovery.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit(f"notebookos: the cluster service did not start (exit code {proc.poll()})")
+        time.sleep(0.05)
+    ClusterClient.from_file(discovery)  # validates the file
+    return proc, discovery
+
+
+def run(args: argparse.Namespace) -> int:
+    state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="notebookos-"))
+    state_dir.mkdir(parents=True, exist_ok=True)
+    cluster, discovery = start_cluster(state_dir, args.hosts)
+    env = dict(os.environ, **{CLUSTER_FILE_ENV: str(discovery)})
+    lab_args = list(args.extra)
+    if os.geteuid() == 0 and "--allow-root" not in lab_args:
+        lab_args.append("--allow-root")
+    print(f"notebookos: embedded cluster of {args.hosts} hosts, state in {state_dir}", flush=True)
+    lab = subprocess.Popen([sys.executable, "-m", "jupyterlab", *lab_args], env=env)
+    signal.signal(signal.SIGTERM, lambda *_: lab.terminate())
+    try:
+        return lab.wait()
+    except KeyboardInterrupt:
+        lab.send_signal(signal.SIGINT)
+        return lab.wait()
+    finally:
+        cluster.terminate()
+        cluster.wait(30)

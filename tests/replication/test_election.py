@@ -1,0 +1,119 @@
+"""Executor election and fencing, fed with log entries in the order a Raft log would commit them.
+
+Every replica runs its own ElectionBook over the same committed log; these tests check that they decide the same
+executor and that fencing keeps a late or foreign state delta out.
+"""
+from notebookos.replication.election import ALL_YIELD, ElectionBook, VoteNeeded
+from notebookos.replication.entries import CellKey, ExecutionRecord, Proposal, Role, Vote
+
+VOTERS = (0, 1, 2)
+
+
+def proposal(cell: CellKey, replica: int, lead: bool, leads: int = 1) -> Proposal:
+    return Proposal(cell, replica, Role.LEAD if lead else Role.YIELD, leads, VOTERS)
+
+
+def record(cell: CellKey, executor: int) -> ExecutionRecord:
+    return ExecutionRecord(cell, executor, 1, "x = 1", {"status": "ok"}, b"")
+
+
+def feed(books: list[ElectionBook], entries: list) -> list[Vote]:
+    """Apply entries to every book in order; votes that books ask for are appended to the log, as replicas do."""
+    log = list(entries)
+    votes: list[Vote] = []
+    i = 0
+    while i < len(log):
+        entry = log[i]
+        for book in books:
+            if isinstance(entry, Proposal):
+                need = book.on_proposal(entry)
+                if isinstance(need, VoteNeeded):
+                    vote = Vote(need.cell, book.replica, need.candidate)
+                    votes.append(vote)
+                    log.append(vote)
+            elif isinstance(entry, Vote):
+                book.on_vote(entry)
+        i += 1
+    return votes
+
+
+def books() -> list[ElectionBook]:
+    return [ElectionBook(i) for i in VOTERS]
+
+
+def test_single_invited_lead_decides_without_a_vote_round():
+    cell = CellKey("m1", 0)
+    bs = books()
+    votes = feed(bs, [proposal(cell, 1, False), proposal(cell, 2, True), proposal(cell, 0, False)])
+    assert votes == []
+    assert [b.decision(cell) for b in bs] == [2, 2, 2]
+
+
+def test_decision_is_known_before_all_proposals_arrive():
+    cell = CellKey("m1", 0)
+    bs = books()
+    feed(bs, [proposal(cell, 2, True)])
+    assert [b.decision(cell) for b in bs] == [2, 2, 2]
+
+
+def test_all_yield_is_decided_once_every_voter_proposed():
+    cell = CellKey("m1", 0)
+    bs = books()
+    feed(bs, [proposal(cell, 0, False), proposal(cell, 1, False)])
+    assert bs[0].decision(cell) is None
+    feed(bs, [proposal(cell, 2, False)])
+    assert [b.decision(cell) for b in bs] == [ALL_YIELD] * 3
+
+
+def test_vote_round_prefers_the_previous_executor():
+    bs = books()
+    first = CellKey("m1", 0)
+    feed(bs, [proposal(first, 1, True)])
+    cell = CellKey("m2", 0)
+    votes = feed(bs, [proposal(cell, 0, True, leads=3), proposal(cell, 2, True, leads=3),
+                      proposal(cell, 1, True, leads=3)])
+    assert {v.candidate for v in votes} == {1}
+    assert [b.decision(cell) for b in bs] == [1, 1, 1]
+
+
+def test_vote_round_without_previous_executor_takes_first_committed_lead():
+    bs = books()
+    cell = CellKey("m1", 0)
+    feed(bs, [proposal(cell, 2, True, leads=3), proposal(cell, 0, True, leads=3), proposal(cell, 1, False, leads=3)])
+    assert [b.decision(cell) for b in bs] == [2, 2, 2]
+
+
+def test_record_accepted_only_from_the_elected_executor():
+    bs = books()
+    cell = CellKey("m1", 0)
+    feed(bs, [proposal(cell, 1, True)])
+    assert not bs[0].accepts(record(cell, 2))
+    assert bs[0].accepts(record(cell, 1))
+    assert bs[0].committed_record("m1") is not None
+
+
+def test_late_record_of_a_superseded_attempt_is_fenced_off():
+    bs = books()
+    first, retry = CellKey("m1", 0), CellKey("m1", 1)
+    feed(bs, [proposal(first, 0, True)])
+    feed(bs, [proposal(retry, 1, True, leads=2)])  # the front presumed replica 0 dead and retried
+    feed(bs, [Proposal(retry, 2, Role.LEAD, 2, (1, 2))])
+    assert bs[2].decision(retry) in (1, 2)
+    assert not bs[2].accepts(record(first, 0))
+
+
+def test_late_proposal_of_an_old_attempt_cannot_reopen_it():
+    bs = books()
+    first, retry = CellKey("m1", 0), CellKey("m1", 1)
+    feed(bs, [Proposal(retry, 1, Role.LEAD, 1, (1, 2))])
+    feed(bs, [proposal(first, 0, True)])
+    assert bs[1].decision(first) is None
+    assert bs[1].accepts(record(retry, 1))
+
+
+def test_record_of_an_earlier_cell_is_fenced_once_a_later_cell_is_decided():
+    bs = books()
+    a, b = CellKey("a", 0), CellKey("b", 0)
+    feed(bs, [proposal(a, 0, True), proposal(b, 1, True)])
+    assert not bs[2].accepts(record(a, 0))
+    assert bs[2].accepts(record(b, 1))
