@@ -35,7 +35,7 @@ import zmq.asyncio
 from jupyter_client.session import Session
 
 from ..gpu_broker.client import ClusterClient, ClusterError, discovery_file
-from .protocol import EXECUTOR_ANNOUNCEMENT, NOTEBOOKOS_META, ReplicaRole
+from .protocol import EXECUTOR_ANNOUNCEMENT, NOTEBOOKOS_META, STATE_APPLIED, ReplicaRole
 from .replica_link import ReplicaLink
 
 log = logging.getLogger("notebookos.front")
@@ -258,6 +258,8 @@ class KernelFront:
     def _on_replica_iopub(self, replica: ReplicaLink, raw: list[bytes]) -> None:
         frames = Frames.split(raw)
         header, parent = frames.header(), frames.parent()
+        if header["msg_type"] == STATE_APPLIED:
+            return
         cell = self.pending
         if cell is not None and parent.get("msg_id") == cell.msg_id:
             if header["msg_type"] == EXECUTOR_ANNOUNCEMENT:

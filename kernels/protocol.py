@@ -14,6 +14,10 @@ NOTEBOOKOS_META = "notebookos"
 # output to forward to the client. Never forwarded to clients.
 EXECUTOR_ANNOUNCEMENT = "notebookos_executor"
 
+# IOPub message a standby publishes after applying a cell's committed state (content: replica, attempt, applied_at
+# as wall-clock seconds). The front never forwards it; benchmarks and monitors subscribe to a replica to time sync.
+STATE_APPLIED = "notebookos_state_applied"
+
 
 class ReplicaRole(str, enum.Enum):
     """A replica's part in one attempt, reported in ``metadata.notebookos.role`` of its execute_reply."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
@@ -27,7 +28,7 @@ from ..replication.namespace import NamespaceTracker, StateApplyError, StateDelt
 from ..replication.object_store import open_store
 from ..replication.raft_log import AppendFailed, KernelLog
 from ..replication.replica_config import ReplicaConfig
-from .protocol import EXECUTOR_ANNOUNCEMENT, NOTEBOOKOS_META, ReplicaRole
+from .protocol import EXECUTOR_ANNOUNCEMENT, NOTEBOOKOS_META, STATE_APPLIED, ReplicaRole
 
 # How long a replica waits for the log to decide an attempt or commit its record before telling the user that the
 # kernel has lost its majority. Generous: a Raft leader election after a crash takes about a second.
@@ -110,6 +111,10 @@ class ReplicaKernel(IPythonKernel):
             self.log.error("%s", err)
             return
         self._record_history(record, extra.get("out", _NO_OUTPUT))
+        self.session.send(self.iopub_socket, STATE_APPLIED,
+                          {"replica": self.replica_config.replica, "attempt": record.cell.attempt,
+                           "applied_at": time.time()},
+                          parent={"header": {"msg_id": record.cell.msg_id, "msg_type": "execute_request"}})
 
     def _record_history(self, record: ExecutionRecord, out: Any) -> None:
         """Keep In/Out, ``_`` and the execution count identical to the executor's."""
