@@ -36,7 +36,7 @@ from jupyter_client.session import Session
 
 from ..gpu_broker.client import ClusterClient, ClusterError, discovery_file
 from .protocol import EXECUTOR_ANNOUNCEMENT, NOTEBOOKOS_META, STATE_APPLIED, ReplicaRole
-from .replica_link import ReplicaLink
+from .replica_link import HEARTBEAT_DEAD_AFTER_S, ReplicaLink
 
 log = logging.getLogger("notebookos.front")
 
@@ -45,6 +45,8 @@ DELIM = b"<IDS|MSG>"
 _READ_ONLY = {"complete_request", "inspect_request", "is_complete_request", "history_request", "kernel_info_request",
               "comm_info_request"}
 MAJORITY = 2
+# Header field, copied by replicas into parent_header, that names the attempt a message belongs to.
+ATTEMPT_HEADER = "notebookos_attempt"
 # execute_request metadata key that pins the first attempt of a cell to one replica.
 PIN_REPLICA_META = "notebookos_replica"
 EXIT_MAJORITY_LOST = 3
@@ -83,10 +85,12 @@ class Cell:
     msg: dict
     attempt: int = 0
     voters: tuple[int, ...] = ()
+    leads: tuple[int, ...] = ()
     executor: int | None = None
     replied: bool = False
     all_yield: set[int] = field(default_factory=set)
     buffered: dict[int, list[list[bytes]]] = field(default_factory=dict)
+    idle: list[bytes] | None = None  # the executor's idle status, held until the reply has been forwarded
     outcome: asyncio.Future | None = None
 
     @property
@@ -229,7 +233,8 @@ class KernelFront:
         header, parent = frames.header(), frames.parent()
         cell = self.pending
         if header["msg_type"] == "execute_reply" and cell is not None and parent.get("msg_id") == cell.msg_id:
-            self._on_execute_reply(cell, replica, frames)
+            if parent.get(ATTEMPT_HEADER) == cell.attempt:
+                self._on_execute_reply(cell, replica, frames)
             return
         route = self.routes.get(parent.get("msg_id", ""))
         if route is not None and route[2] == replica.index:
@@ -246,7 +251,10 @@ class KernelFront:
             return
         if cell.executor is None:
             self._elected(cell, replica.index)
-        if replica.index != cell.executor or cell.replied:
+        if replica.index != cell.executor:
+            return
+        if cell.replied:  # answered by an earlier attempt's executor, which died before its state committed
+            self._finish_if_complete(cell)
             return
         cell.replied = True
         self.shell.send_multipart(cell.frames.idents + frames.body)
@@ -254,6 +262,7 @@ class KernelFront:
         if content.get("status") == "error" and cell.msg["content"].get("stop_on_error", True) \
                 and not cell.msg["content"].get("silent", False):
             self._abort_queued()
+        self._finish_if_complete(cell)
 
     def _on_replica_iopub(self, replica: ReplicaLink, raw: list[bytes]) -> None:
         frames = Frames.split(raw)
@@ -262,9 +271,10 @@ class KernelFront:
             return
         cell = self.pending
         if cell is not None and parent.get("msg_id") == cell.msg_id:
+            if parent.get(ATTEMPT_HEADER) != cell.attempt:
+                return  # from an attempt already abandoned
             if header["msg_type"] == EXECUTOR_ANNOUNCEMENT:
-                if frames.content().get("attempt") == cell.attempt:
-                    self._elected(cell, replica.index)
+                self._elected(cell, replica.index)
                 return
             if cell.executor is None:
                 cell.buffered.setdefault(replica.index, []).append(raw)
@@ -277,8 +287,16 @@ class KernelFront:
             self.iopub.send_multipart(raw)
 
     def _forward_cell_iopub(self, cell: Cell, raw: list[bytes], frames: Frames, header: dict) -> None:
-        self.iopub.send_multipart(raw)
         if header["msg_type"] == "status" and frames.content().get("execution_state") == "idle":
+            # The reply (shell socket) and the idle (IOPub) race; the cell is over only when both have gone out.
+            cell.idle = raw
+            self._finish_if_complete(cell)
+            return
+        self.iopub.send_multipart(raw)
+
+    def _finish_if_complete(self, cell: Cell) -> None:
+        if cell.replied and cell.idle is not None:
+            self.iopub.send_multipart(cell.idle)
             _settle(cell.outcome, "done")
 
     def _elected(self, cell: Cell, executor: int) -> None:
@@ -325,9 +343,11 @@ class KernelFront:
             else:
                 leads = [r.index for r in alive]  # after a failover, every survivor may lead; the log decides
             cell.voters = tuple(r.index for r in alive)
+            cell.leads = tuple(leads)
             cell.executor = None
             cell.all_yield = set()
             cell.buffered = {}
+            cell.idle = None
             cell.outcome = asyncio.get_running_loop().create_future()
             self._send_attempt(cell, alive, leads)
             outcome = await cell.outcome
@@ -349,6 +369,9 @@ class KernelFront:
     def _send_attempt(self, cell: Cell, alive: list[ReplicaLink], leads: list[int]) -> None:
         for replica in alive:
             msg = dict(cell.msg)
+            # Replicas copy the request header into every reply and output's parent_header, so this tag tells the
+            # front which attempt a late message belongs to. Clients ignore the extra header field.
+            msg["header"] = dict(cell.msg["header"], **{ATTEMPT_HEADER: cell.attempt})
             msg["metadata"] = dict(cell.msg.get("metadata") or {})
             msg["metadata"][NOTEBOOKOS_META] = {
                 "attempt": cell.attempt, "lead": replica.index in leads, "leads": len(leads), "voters": cell.voters,
@@ -373,14 +396,18 @@ class KernelFront:
         log.warning("%s lost", replica)
         cell = self.pending
         if cell is not None and cell.outcome is not None and not cell.outcome.done() and (
-                cell.executor == replica.index or (cell.executor is None and replica.index in cell.voters)):
+                cell.executor == replica.index or (cell.executor is None and replica.index in cell.leads)):
             self._notice(cell.msg, f"notebookos: {replica} was lost while running this cell; "
                                    "re-running it from the last committed state.\n", clear=True)
             _settle(cell.outcome, "failover")
-        if len(self._alive()) >= MAJORITY:
+        elif cell is not None and len(self._alive()) < MAJORITY:
+            _settle(cell.outcome, "majority lost")  # nothing can commit: say so now rather than at a timeout
+        # Losses close together are one event (a host with two replicas, a rack): wait one detection window before
+        # deciding. Without a majority nothing is restarted, since the journal of a lost host may be gone; the user
+        # is told at the running or the next cell that the kernel cannot continue.
+        await asyncio.sleep(HEARTBEAT_DEAD_AFTER_S)
+        if len(self._alive()) >= MAJORITY and not replica.alive:
             await self._restart(replica)
-        # Without a majority nothing is restarted: the journal of a lost host may be gone, and the user is told at
-        # the next (or the running) cell that the kernel cannot continue.
 
     async def _restart(self, replica: ReplicaLink) -> None:
         if self.cluster is None or replica.restarting:

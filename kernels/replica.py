@@ -13,6 +13,7 @@ Run as ``python -m notebookos.kernels.replica -f CONNECTION_FILE --ReplicaKernel
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import sys
 import time
@@ -83,7 +84,16 @@ class ReplicaKernel(IPythonKernel):
             self._wake(getattr(entry, "cell", None))
 
     def _cast(self, vote: VoteNeeded) -> None:
-        self.raft.append(Vote(vote.cell, self.replica_config.replica, vote.candidate))
+        self._append_in_background(Vote(vote.cell, self.replica_config.replica, vote.candidate))
+
+    def _append_in_background(self, entry: LogEntry) -> None:
+        """Append without waiting here: the outcome is observed through the log (the decision), not the ack."""
+        task = self._loop.create_task(self.raft.append_async(entry, COMMIT_TIMEOUT_S))
+        task.add_done_callback(self._log_failed_append)
+
+    def _log_failed_append(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("%s", task.exception())
 
     def _wake(self, cell: CellKey | None) -> None:
         if cell is None:
@@ -120,11 +130,11 @@ class ReplicaKernel(IPythonKernel):
         """Keep In/Out, ``_`` and the execution count identical to the executor's."""
         shell = self.shell
         if record.execution_count > 0:
-            shell.execution_count = record.execution_count
+            # IPython >= 9 counts the running cell as execution_count - 1 (the displayhook's prompt_count).
+            shell.execution_count = record.execution_count + 1
             shell.history_manager.store_inputs(record.execution_count, record.source, record.source)
             if out is not _NO_OUTPUT:
                 shell.displayhook.update_user_ns(out)
-            shell.execution_count = record.execution_count + 1
         self.tracker.snapshot(shell.user_ns)
 
     async def _decision(self, cell: CellKey) -> int:
@@ -162,7 +172,7 @@ class ReplicaKernel(IPythonKernel):
             devices=tuple(meta.get("devices", ())),
         )
         try:
-            self.raft.append(proposal)
+            self._append_in_background(proposal)
             executor = await self._decision(cell)
         except AppendFailed as err:
             self._send_execute_reply(stream, ident, parent, _error_content("NotebookOSMajorityLost", str(err)),
@@ -177,8 +187,7 @@ class ReplicaKernel(IPythonKernel):
 
     async def _execute_as_leader(self, stream: Any, ident: Any, parent: dict[str, Any], cell: CellKey) -> None:
         self.session.send(self.iopub_socket, EXECUTOR_ANNOUNCEMENT,
-                          {"replica": self.replica_config.replica, "host": self.replica_config.host,
-                           "attempt": cell.attempt}, parent)
+                          {"replica": self.replica_config.replica, "host": self.replica_config.host}, parent)
         done = self.book.committed_record(cell.msg_id)
         if done is not None:
             # A previous attempt finished and committed before its executor was lost: answer from the log.
@@ -207,7 +216,7 @@ class ReplicaKernel(IPythonKernel):
             await self.raft.append_async(record, COMMIT_TIMEOUT_S)
         except AppendFailed as err:
             self._own_records.discard(cell)
-            self._stderr(parent, f"notebookos: this cell's state could not be replicated: {err}\n")
+            self._notify(parent, f"notebookos: this cell's state could not be replicated: {err}\n")
 
     async def do_execute(self, code: str, silent: bool, store_history: bool = True,
                          user_expressions: dict | None = None, allow_stdin: bool = False, **kwargs: Any) -> dict:
@@ -230,7 +239,7 @@ class ReplicaKernel(IPythonKernel):
             self._warned_unpicklable.pop(name, None)
         if new:
             listed = "; ".join(f"{n}: {r}" for n, r in sorted(new.items()))
-            self._stderr(parent, f"notebookos: these names will not survive a failover (not replicated): {listed}\n")
+            self._notify(parent, f"notebookos: these names will not survive a failover (not replicated): {listed}\n")
 
     def _tell_lost_names(self, parent: dict[str, Any]) -> None:
         """On the first cell this replica runs, name what the previous executor had that could not be replicated."""
@@ -239,10 +248,10 @@ class ReplicaKernel(IPythonKernel):
         if lost:
             self._told_lost.update(lost)
             listed = "; ".join(f"{n} ({r})" for n, r in sorted(lost.items()))
-            self._stderr(parent, "notebookos: this cell runs on another replica; these names could not be "
+            self._notify(parent, "notebookos: this cell runs on another replica; these names could not be "
                                  f"carried over and are undefined here: {listed}\n")
 
-    def _stderr(self, parent: dict[str, Any], text: str) -> None:
+    def _notify(self, parent: dict[str, Any], text: str) -> None:
         self.session.send(self.iopub_socket, "stream", {"name": "stderr", "text": text}, parent,
                           ident=self._topic("stream"))
 
@@ -258,7 +267,8 @@ class ReplicaKernel(IPythonKernel):
 
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:
         self.raft.destroy()
-        return await super().do_shutdown(restart)
+        result = super().do_shutdown(restart)
+        return await result if inspect.isawaitable(result) else result
 
 
 class _NoOutput:

@@ -23,6 +23,9 @@ from .entries import LogEntry
 log = logging.getLogger(__name__)
 
 _NEVER = 10**9
+# An append not acknowledged within this time is sent again (a leader may have died with it).
+RETRY_AFTER_S = 2.0
+RETRY_BACKOFF_S = 0.05
 
 
 class AppendFailed(RuntimeError):
@@ -78,21 +81,28 @@ class KernelLog(SyncObj):
         self._commit(entry, callback=callback)
 
     async def append_async(self, entry: LogEntry, timeout: float) -> None:
-        """Append and wait, on the running asyncio loop, until the entry is committed and applied here."""
+        """Append and wait, on the running asyncio loop, until the entry is committed and applied here.
+
+        An append forwarded to a leader that then dies is dropped by pysyncobj (LEADER_CHANGED, DISCARDED): it is
+        sent again until ``timeout``. Entries are idempotent for their consumers (a duplicate proposal, vote or
+        record changes nothing), so a retry after a lost acknowledgement is safe.
+        """
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-
-        def done(error: BaseException | None) -> None:
-            loop.call_soon_threadsafe(_settle, future, error)
-
-        self.append(entry, done)
-        try:
-            await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise AppendFailed(
-                f"no Raft majority committed the entry within {timeout:.0f} s: "
-                "fewer than two of this kernel's three replicas are reachable"
-            ) from None
+        deadline = loop.time() + timeout
+        while True:
+            future: asyncio.Future[None] = loop.create_future()
+            self.append(entry, lambda error, f=future: loop.call_soon_threadsafe(_settle, f, error))
+            remaining = deadline - loop.time()
+            try:
+                await asyncio.wait_for(future, min(RETRY_AFTER_S, max(remaining, 0.001)))
+                return
+            except (AppendFailed, TimeoutError) as err:
+                if loop.time() >= deadline:
+                    raise AppendFailed(
+                        f"no Raft majority committed the entry within {timeout:.0f} s ({err or 'no answer'}): "
+                        "fewer than two of this kernel's three replicas are reachable"
+                    ) from None
+                await asyncio.sleep(min(RETRY_BACKOFF_S, max(deadline - loop.time(), 0)))
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:

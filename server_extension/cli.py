@@ -13,7 +13,7 @@ import sys
 # ``func`` on its parser to a callable taking the parsed arguments and returning an exit code.
 SUBCOMMANDS: tuple[str, ...] = (
     "notebookos.server_extension.lab",
-    # simulator registered once it lands
+    "notebookos.gpu_broker.simulator.cli",
 )
 
 

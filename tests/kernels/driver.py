@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +47,11 @@ class Notebook:
         answers = list(stdin or [])
         out = CellResult(reply={})
         idle = False
+        deadline = time.monotonic() + timeout
         while not (idle and out.reply):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cell did not finish within {timeout} s (reply: {bool(out.reply)}, idle: {idle}, "
+                                   f"stdout: {out.stdout!r}, stderr: {out.stderr!r})")
             if not out.reply and self.kc.shell_channel.msg_ready():
                 reply = self.kc.get_shell_msg(timeout=timeout)
                 if reply["parent_header"].get("msg_id") == msg_id:

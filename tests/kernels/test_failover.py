@@ -1,0 +1,106 @@
+"""Failover with real processes: replicas are killed with SIGKILL, as a crash or a lost host would end them."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from .driver import cluster_kernel, kill
+
+RECOVERY_DEADLINE_S = 60
+
+
+def replicas_of(notebook) -> list[dict]:
+    return cluster_kernel(os.environ["NOTEBOOKOS_CLUSTER_FILE"], notebook.km.kernel_id)["replicas"]
+
+
+def wait_until(predicate, what: str, deadline_s: float = RECOVERY_DEADLINE_S):
+    """Poll the cluster's view until ``predicate`` holds; fail with ``what`` when the deadline passes."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {deadline_s} s waiting for {what}")
+
+
+def executor_pid(notebook) -> int:
+    return notebook.value("__import__('os').getpid()")
+
+
+def test_executor_killed_mid_cell_reruns_on_a_survivor(notebook):
+    assert notebook.run("history = ['before']").status == "ok"
+    victim = executor_pid(notebook)
+    killed = []
+
+    def kill_when_started(text: str) -> None:
+        if "started" in text and not killed:
+            kill(victim)
+            killed.append(victim)
+
+    res = notebook.run(
+        "import os, time\nprint('started', os.getpid(), flush=True)\ntime.sleep(4)\n"
+        "history.append('cell')\nprint('finished', os.getpid())",
+        on_output=kill_when_started,
+    )
+    assert killed == [victim]
+    assert res.status == "ok", (res.reply["content"], res.stderr)
+    assert "was lost while running this cell; re-running it" in res.stderr
+    # The notice clears the interrupted run's output: what remains is the re-run's, on another process.
+    started, finished = res.stdout.splitlines()
+    assert started.split()[0] == "started" and finished.split()[0] == "finished"
+    assert int(started.split()[1]) != victim
+    # The committed state before the cell survived, and the cell's effect is there exactly once.
+    assert notebook.value("history") == ["before", "cell"]
+    # The killed replica is restarted in place and rejoins.
+    wait_until(lambda: all(r["alive"] for r in replicas_of(notebook)) and
+               sum(r["restarts"] for r in replicas_of(notebook)) == 1, "the killed replica to be restarted")
+
+
+def test_killed_standby_is_restarted_and_catches_up(notebook):
+    assert notebook.run("xs = [1]").status == "ok"
+    executor = executor_pid(notebook)
+    standby = next(r for r in replicas_of(notebook) if r["pid"] != executor)
+    kill(standby["pid"])
+    # The kernel keeps going with two replicas while the third is down.
+    res = notebook.run("xs.append(2)")
+    assert res.status == "ok", (res.reply["content"], res.stderr)
+    wait_until(lambda: next(r for r in replicas_of(notebook) if r["replica"] == standby["replica"])["restarts"] == 1,
+               "the standby's restart")
+    assert notebook.run("xs.append(3)").status == "ok"
+    # The restarted replica replays its journal plus what it missed: run a cell on it.
+    assert notebook.value("xs", replica=standby["replica"]) == [1, 2, 3]
+
+
+def test_two_replicas_lost_reports_that_the_kernel_cannot_continue(notebook):
+    assert notebook.run("y = 1").status == "ok"
+    executor = executor_pid(notebook)
+    standbys = [r["pid"] for r in replicas_of(notebook) if r["pid"] != executor]
+    for pid in standbys:
+        kill(pid)
+    res = notebook.run("y + 1", timeout=90)
+    assert res.status == "error"
+    assert "cannot continue" in res.stderr
+    assert "Restart the kernel" in res.stderr
+    wait_until(lambda: not notebook.km.is_alive(), "the kernel to be reported dead", deadline_s=30)
+
+
+def test_unpicklable_names_are_named_and_lost_names_reported_after_failover(notebook):
+    res = notebook.run(
+        "import socket, threading\nkept = 41\nfh = open('/dev/null')\ngen = (i for i in range(3))\n"
+        "sock = socket.socket()\nworker = threading.Thread(target=lambda: None)")
+    assert res.status == "ok", res.error
+    warning = res.stderr
+    assert "will not survive a failover" in warning
+    for name in ("fh", "gen", "sock", "worker"):
+        assert f"{name}:" in warning
+    assert "kept" not in warning
+    kill(executor_pid(notebook))
+    after = notebook.run("kept + 1")
+    assert after.status == "ok", after.error
+    assert after.result == "42"
+    lost_line = next(line for line in after.stderr.splitlines() if "could not be carried over" in line)
+    names = {part.split(" (")[0].strip() for part in lost_line.split("undefined here:")[1].split(";")}
+    assert names == {"fh", "gen", "sock", "worker"}
