@@ -172,7 +172,8 @@ class ReplicaKernel(IPythonKernel):
             devices=tuple(meta.get("devices", ())),
         )
         try:
-            self._append_in_background(proposal)
+            if proposal.role is Role.LEAD or proposal.leads > 1:
+                self._append_in_background(proposal)  # in a single-lead round the others only wait (election.py)
             executor = await self._decision(cell)
         except AppendFailed as err:
             self._send_execute_reply(stream, ident, parent, _error_content("NotebookOSMajorityLost", str(err)),

@@ -5,7 +5,9 @@ same everywhere, so are the decisions; no replica needs to ask another who won.
 
 Rules (ARCHITECTURE.md, "A cell's life", step 4):
 
-* One replica invited to LEAD (``leads == 1``): the first committed LEAD proposal of the attempt decides.
+* One replica invited to LEAD (``leads == 1``): only that replica proposes, and its proposal decides: LEAD makes
+  it the executor, YIELD (it cannot get its GPUs) decides :data:`ALL_YIELD`. The other replicas append nothing,
+  which halves the log traffic of an ordinary cell.
 * Several invited: once every voter's proposal is in, each replica votes for the previous executor if it proposed
   LEAD, else for the first committed LEAD; the first committed vote decides.
 * Every voter YIELDs: the attempt is decided as :data:`ALL_YIELD`; the front retries with a higher attempt number
@@ -65,10 +67,10 @@ class ElectionBook:
         if rnd.decided is not None:
             return None
         rnd.proposals.append(p)
-        leads = [x.replica for x in rnd.proposals if x.role is Role.LEAD]
-        if p.leads <= 1 and leads:
-            self._decide(p.cell, leads[0])
+        if p.leads <= 1:
+            self._decide(p.cell, p.replica if p.role is Role.LEAD else ALL_YIELD)
             return None
+        leads = [x.replica for x in rnd.proposals if x.role is Role.LEAD]
         proposers = {x.replica for x in rnd.proposals}
         if not proposers.issuperset(p.voters):
             return None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 
-from .entries import LogEntry
+from .entries import ExecutionRecord, LogEntry
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class KernelLog(SyncObj):
     ) -> None:
         # Attributes set before SyncObj.__init__ are excluded from pysyncobj's serialized state.
         self._on_commit = on_commit
+        self._peers = list(peer_addresses)  # in replica order: an entry's replica index names its node
         if journal_path:
             Path(journal_path).parent.mkdir(parents=True, exist_ok=True)
         super().__init__(self_address, [p for p in peer_addresses if p != self_address], raft_conf(password, journal_path))
@@ -70,6 +71,18 @@ class KernelLog(SyncObj):
     @replicated
     def _commit(self, entry: LogEntry) -> None:
         self._on_commit(entry)
+        if isinstance(entry, ExecutionRecord):
+            self._follow_executor(entry.executor)
+
+    def _follow_executor(self, executor: int) -> None:
+        """Hand Raft leadership to the replica that executes cells.
+
+        The executor appends most entries (its proposal and its record); as leader it commits them in one round
+        trip instead of forwarding each to another node first. Runs in pysyncobj's thread, on the leader only; a
+        transfer to a replica that is not fully caught up is refused and tried again after the next record.
+        """
+        if self._isLeader() and 0 <= executor < len(self._peers) and self._peers[executor] != self.selfNode.id:
+            self.transferLeadership(self._peers[executor])
 
     def append(self, entry: LogEntry, done: Callable[[BaseException | None], None] | None = None) -> None:
         """Append without blocking; ``done`` is called from pysyncobj's thread once the entry is applied here."""

@@ -44,24 +44,24 @@ def books() -> list[ElectionBook]:
 def test_single_invited_lead_decides_without_a_vote_round():
     cell = CellKey("m1", 0)
     bs = books()
-    votes = feed(bs, [proposal(cell, 1, False), proposal(cell, 2, True), proposal(cell, 0, False)])
+    votes = feed(bs, [proposal(cell, 2, True)])
     assert votes == []
     assert [b.decision(cell) for b in bs] == [2, 2, 2]
 
 
-def test_decision_is_known_before_all_proposals_arrive():
+def test_single_invited_replica_that_yields_decides_all_yield():
     cell = CellKey("m1", 0)
     bs = books()
-    feed(bs, [proposal(cell, 2, True)])
-    assert [b.decision(cell) for b in bs] == [2, 2, 2]
+    feed(bs, [proposal(cell, 1, False)])
+    assert [b.decision(cell) for b in bs] == [ALL_YIELD] * 3
 
 
-def test_all_yield_is_decided_once_every_voter_proposed():
+def test_all_yield_in_a_vote_round_is_decided_once_every_voter_proposed():
     cell = CellKey("m1", 0)
     bs = books()
-    feed(bs, [proposal(cell, 0, False), proposal(cell, 1, False)])
+    feed(bs, [proposal(cell, 0, False, leads=3), proposal(cell, 1, False, leads=3)])
     assert bs[0].decision(cell) is None
-    feed(bs, [proposal(cell, 2, False)])
+    feed(bs, [proposal(cell, 2, False, leads=3)])
     assert [b.decision(cell) for b in bs] == [ALL_YIELD] * 3
 
 
