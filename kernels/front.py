@@ -50,6 +50,7 @@ ATTEMPT_HEADER = "notebookos_attempt"
 # execute_request metadata key that pins the first attempt of a cell to one replica.
 PIN_REPLICA_META = "notebookos_replica"
 EXIT_MAJORITY_LOST = 3
+PARENT_CHECK_S = 1.0
 
 
 @dataclass
@@ -138,6 +139,7 @@ class KernelFront:
             self._loop(self.iopub, self._on_subscription),
             self._heartbeat(),
             self._run_cells(),
+            self._watch_parent(),
         ]
         for r in self.replicas:
             tasks += [
@@ -267,8 +269,8 @@ class KernelFront:
     def _on_replica_iopub(self, replica: ReplicaLink, raw: list[bytes]) -> None:
         frames = Frames.split(raw)
         header, parent = frames.header(), frames.parent()
-        if header["msg_type"] == STATE_APPLIED:
-            return
+        if header["msg_type"] in (STATE_APPLIED, "iopub_welcome"):
+            return  # our own bookkeeping, and replicas greeting the front's subscription (the front greets clients)
         cell = self.pending
         if cell is not None and parent.get("msg_id") == cell.msg_id:
             if parent.get(ATTEMPT_HEADER) != cell.attempt:
@@ -438,6 +440,22 @@ class KernelFront:
     def _exit(self, code: int) -> None:
         self.exit_code = code
         self.finished.set()
+
+    async def _watch_parent(self) -> None:
+        """Like ipykernel: exit when the Jupyter process that started us is gone, removing our replicas, since
+        nobody else will ever clean up after an orphaned kernel."""
+        parent = int(os.environ.get("JPY_PARENT_PID") or 0)
+        if parent <= 1:
+            return
+        while os.getppid() == parent:
+            await asyncio.sleep(PARENT_CHECK_S)
+        log.warning("the Jupyter process %d that started this kernel is gone; removing the kernel", parent)
+        if self.cluster is not None:
+            try:
+                await self.cluster.delete_kernel(self.kernel_id)
+            except ClusterError as err:
+                log.error("could not remove this kernel's replicas: %s", err)
+        self._exit(0)
 
     # ----------------------------------------------------------------------------------- own messages
 

@@ -1,0 +1,45 @@
+"""The kernelspec works from a plain Jupyter client with no cluster configured, and cleans up after itself."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import psutil
+from nbclient import NotebookClient
+
+from notebookos.gpu_broker.client import CLUSTER_FILE_ENV, discovery_file
+
+EXIT_DEADLINE_S = 30
+
+
+def test_nbclient_runs_a_notebook_on_an_on_demand_cluster_that_exits_after(jupyter_env, tmp_path, monkeypatch):
+    monkeypatch.delenv(CLUSTER_FILE_ENV, raising=False)
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import torch\nw = torch.ones(3) * 2"),
+                nbformat.v4.new_code_cell("print(float(w.sum()))")]
+    client = NotebookClient(nb, kernel_name="notebookos", timeout=120, startup_timeout=120,
+                            resources={"metadata": {"path": str(tmp_path)}})
+    seen: dict = {}
+
+    def remember_cluster(**_kwargs) -> None:
+        seen.update(json.loads(discovery_file().read_text()), kernel_id=client.km.kernel_id)
+
+    client.on_cell_executed = remember_cluster
+    client.execute()
+    assert nb.cells[1].outputs[0]["text"].strip() == "6.0"
+    # The embedded cluster started for this client goes away once its last kernel is gone.
+    cluster = psutil.Process(seen["pid"]) if psutil.pid_exists(seen["pid"]) else None
+    if cluster is not None:
+        cluster.wait(EXIT_DEADLINE_S)
+    assert not Path(discovery_file()).exists()
+    assert not [p.pid for p in psutil.process_iter() if _readable(p) and seen["kernel_id"] in " ".join(p.cmdline())]
+
+
+def _readable(p: psutil.Process) -> bool:
+    try:
+        p.cmdline()
+        return True
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False

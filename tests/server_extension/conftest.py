@@ -1,0 +1,44 @@
+"""pytest-jupyter's Jupyter Server fixtures, for this directory only, with the notebookos kernelspec installed.
+
+pytest-jupyter's ``jupyter_server`` plugin is imported here rather than named in ``pytest_plugins``: pytest refuses
+``pytest_plugins`` in a conftest below the rootdir, and as a global plugin its autouse fixtures (a fresh event loop
+per test, ``ServerApp`` cleanup) and its coroutine-test hooks would apply to every test of the suite. Imported into
+this conftest they apply to the tests under this directory only.
+
+``jp_environ`` (used by every server fixture) gives each test its own HOME, data, config and runtime directories
+and replaces jupyter_core's system and environment paths with empty temporary ones, so the kernelspecs installed in
+the virtual environment (``sys.prefix/share/jupyter/kernels``) are hidden. ``notebookos_kernelspec`` copies the
+installed ``notebookos`` kernelspec into the test's data directory, which the server does search. Our session
+fixtures set their variables in ``os.environ`` before any function-scoped fixture runs (higher scopes are set up
+first), and ``jp_environ``'s monkeypatch restores them after each test; ``NOTEBOOKOS_CLUSTER_FILE``, which points the
+provisioner at the session's cluster, is not among the variables it changes.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from pytest_jupyter.jupyter_server import *  # noqa: F403  (fixtures and hooks, scoped to this directory)
+from traitlets.config import Config
+
+
+@pytest.fixture(scope="session")
+def installed_notebookos_kernelspec() -> Path:
+    """The ``notebookos`` kernelspec as installed, found before any test isolates the Jupyter paths."""
+    return Path(KernelSpecManager().get_kernel_spec("notebookos").resource_dir)
+
+
+@pytest.fixture
+def notebookos_kernelspec(installed_notebookos_kernelspec: Path, jp_kernel_dir: Path) -> Path:
+    target = Path(jp_kernel_dir) / "notebookos"
+    shutil.copytree(installed_notebookos_kernelspec, target)
+    return target
+
+
+@pytest.fixture
+def jp_server_config(notebookos_kernelspec: Path, cluster_file: str) -> Config:
+    """A plain Jupyter Server (no terminals) that may run as root, with the notebookos kernelspec and the session's
+    cluster in place before it starts."""
+    return Config({"ServerApp": {"allow_root": True, "jpserver_extensions": {"jupyter_server_terminals": False}}})
