@@ -74,8 +74,10 @@ def lab_server(lab_server_factory: Callable[..., LabServer]) -> LabServer:
 # -- browser -----------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """One Chromium per test module. Not per session: Playwright's sync API keeps an asyncio loop running on the
+    main thread while it is open, which breaks later tests that run their own loop (pytest-jupyter's server)."""
     reason = missing_reason()
     if reason:
         pytest.skip(reason)
