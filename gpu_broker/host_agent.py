@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,6 +93,8 @@ class HostAgent:
                 p.popen.wait()
         for p in procs:
             del self.replicas[(kernel_id, p.config.replica)]
+        # The journal goes with the kernel: a later kernel with the same id (a restart) must start empty.
+        shutil.rmtree(self.workdir / kernel_id, ignore_errors=True)
 
     def stop_all(self) -> None:
         for kernel_id in {k for k, _ in self.replicas}:

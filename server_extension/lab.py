@@ -36,8 +36,10 @@ def start_cluster(state_dir: Path, hosts: int) -> tuple[subprocess.Popen, Path]:
     """Start the cluster service and wait until it answers; returns the process and its discovery file."""
     discovery = state_dir / "cluster.json"
     discovery.unlink(missing_ok=True)
+    # A session of its own: a Ctrl-C meant for JupyterLab (which asks for confirmation) must not stop the cluster
+    # under it; the cluster is stopped when JupyterLab has exited.
     proc = subprocess.Popen([sys.executable, "-m", "notebookos.gpu_broker.service", "--state-dir", str(state_dir),
-                             "--hosts", str(hosts), "--discovery-file", str(discovery)])
+                             "--hosts", str(hosts), "--discovery-file", str(discovery)], start_new_session=True)
     deadline = time.monotonic() + CLUSTER_START_TIMEOUT_S
     while not discovery.exists():
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -1,0 +1,55 @@
+"""Interrupt and restart, as JupyterLab's Kernel menu does them."""
+from __future__ import annotations
+
+import threading
+import time
+
+from .test_failover import replicas_of
+
+
+def test_interrupt_stops_the_running_cell_and_the_kernel_keeps_its_state(notebook):
+    assert notebook.run("kept = 'yes'").status == "ok"
+    started = threading.Event()
+
+    def on_output(text: str) -> None:
+        if "sleeping" in text:
+            started.set()
+            notebook.km.interrupt_kernel()
+
+    res = notebook.run("import time\nprint('sleeping', flush=True)\ntime.sleep(60)\nkept = 'no'", on_output=on_output,
+                       timeout=50)
+    assert started.is_set()
+    assert res.status == "error"
+    assert res.error.startswith("KeyboardInterrupt")
+    assert notebook.value("kept") == "yes"
+
+
+def test_restart_gives_a_fresh_namespace_on_new_replicas(notebook):
+    assert notebook.run("gone = 1").status == "ok"
+    before = {r["pid"] for r in replicas_of(notebook)}
+    notebook.km.restart_kernel(now=False)
+    notebook.kc.wait_for_ready(timeout=120)
+    res = notebook.run("'gone' in dir()")
+    assert res.status == "ok", res.error
+    assert res.result == "False"
+    after = {r["pid"] for r in replicas_of(notebook)}
+    assert len(after) == 3 and not before & after
+
+
+def test_comms_reach_the_executor_and_answer_like_widgets_do(notebook):
+    """ipywidgets rides on comms: a comm opened by the client must reach the kernel's comm target and its
+    messages must come back on IOPub."""
+    code = ("def _target(comm, open_msg):\n"
+            "    comm.send({'echo': open_msg['content']['data']['value'] * 2})\n"
+            "get_ipython().kernel.comm_manager.register_target('notebookos-test', _target)")
+    assert notebook.run(code).status == "ok"
+    kc = notebook.kc
+    msg = kc.session.msg("comm_open", {"comm_id": "c-1", "target_name": "notebookos-test", "data": {"value": 21}})
+    kc.shell_channel.send(msg)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        reply = kc.get_iopub_msg(timeout=30)
+        if reply["msg_type"] == "comm_msg" and reply["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
+            assert reply["content"]["data"] == {"echo": 42}
+            return
+    raise AssertionError("no comm_msg came back")
