@@ -54,6 +54,7 @@ class ReplicaKernel(IPythonKernel):
         self._own_records: set[CellKey] = set()
         self._warned_unpicklable: dict[str, str] = {}
         self._told_lost: set[str] = set()
+        self._unapplied: list[str] = []
         self.book = ElectionBook(cfg.replica)
         self.tracker = NamespaceTracker(open_store(cfg.store), inline_limit=cfg.inline_limit)
         self.tracker.snapshot(self.shell.user_ns)
@@ -116,9 +117,10 @@ class ReplicaKernel(IPythonKernel):
         try:
             extra = self.tracker.apply(delta, self.shell.user_ns)
         except StateApplyError as err:
-            # The delta cannot be applied here; the state of this replica is now behind. Logged loudly; the names
-            # are reported to the user if this replica ever executes.
+            # The delta cannot be applied here, so this replica is behind on the names it carries. Logged, and told
+            # to the user in the first cell this replica runs.
             self.log.error("%s", err)
+            self._unapplied.append(str(err))
             return
         self._record_history(record, extra.get("out", _NO_OUTPUT))
         self.session.send(self.iopub_socket, STATE_APPLIED,
@@ -246,6 +248,9 @@ class ReplicaKernel(IPythonKernel):
         """On the first cell this replica runs, name what the previous executor had that could not be replicated."""
         lost = {n: r for n, r in self.tracker.not_replicated.items()
                 if n not in self._told_lost and n not in self.shell.user_ns}
+        for error in self._unapplied:
+            self._notify(parent, f"notebookos: this replica could not restore part of the state: {error}\n")
+        self._unapplied.clear()
         if lost:
             self._told_lost.update(lost)
             listed = "; ".join(f"{n} ({r})" for n, r in sorted(lost.items()))

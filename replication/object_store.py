@@ -217,16 +217,20 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def open_store(location: str) -> ObjectStore:
-    """The store a configured location names: 'file:///abs/path' or a plain directory path."""
+    """The store a configured location names: 'file:///abs/path', a plain directory path, or 'redis://host:port/db'."""
     if "://" not in location:
         if not location:
             raise ValueError("the object store location is empty; give 'file:///absolute/path' or a directory path")
         return LocalDirectoryStore(location)
     parts = urlsplit(location)
+    if parts.scheme in ("redis", "rediss"):
+        from .redis_store import RedisStore  # imported here: only Redis users need the redis package
+
+        return RedisStore(location)
     if parts.scheme != "file":
         raise ValueError(
             f"unsupported object store location {location!r}: supported are 'file:///absolute/path' and plain "
-            "directory paths (Redis and S3 stores are not available yet)"
+            "directory paths, and 'redis://host:port/db' (S3 stores are not available yet)"
         )
     if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
         raise ValueError(
