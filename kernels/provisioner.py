@@ -53,6 +53,19 @@ class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
                 self.log.warning("notebookos: could not remove the replicas of kernel %s: %s", self.kernel_id, err)
             self._cluster = None
 
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        """What a restarted Jupyter server needs to manage this kernel again (see jupyter_client's persistence)."""
+        info = await super().get_provisioner_info()
+        info.update(replicas_file=str(self._replicas_file) if self._replicas_file else None,
+                    cluster_file=str(discovery_file()) if self._cluster else None)
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        replicas_file, cluster_file = provisioner_info.get("replicas_file"), provisioner_info.get("cluster_file")
+        self._replicas_file = Path(replicas_file) if replicas_file else None
+        self._cluster = ClusterClient.from_file(Path(cluster_file)) if cluster_file else None
+
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
         return recommended
 

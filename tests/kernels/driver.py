@@ -9,6 +9,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from jupyter_client.blocking import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
@@ -102,3 +103,21 @@ def cluster_kernel(cluster_file: str, kernel_id: str) -> dict:
 
 def kill(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
+
+
+RECOVERY_DEADLINE_S = 60
+
+
+def replicas_of(notebook: Notebook) -> list[dict]:
+    return cluster_kernel(os.environ["NOTEBOOKOS_CLUSTER_FILE"], notebook.km.kernel_id)["replicas"]
+
+
+def wait_until(predicate, what: str, deadline_s: float = RECOVERY_DEADLINE_S):
+    """Poll the cluster's view until ``predicate`` holds; fail with ``what`` when the deadline passes."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {deadline_s} s waiting for {what}")

@@ -1,7 +1,10 @@
 """The kernelspec works from a plain Jupyter client with no cluster configured, and cleans up after itself."""
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import urllib.error
 from pathlib import Path
 
 import nbformat
@@ -9,6 +12,9 @@ import psutil
 from nbclient import NotebookClient
 
 from notebookos.gpu_broker.client import CLUSTER_FILE_ENV, discovery_file
+from notebookos.kernels.provisioner import NotebookOSProvisioner
+
+from .driver import cluster_kernel, replicas_of, wait_until
 
 EXIT_DEADLINE_S = 30
 
@@ -43,3 +49,23 @@ def _readable(p: psutil.Process) -> bool:
         return True
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
+
+
+def test_provisioner_info_round_trip_lets_another_manager_clean_up(notebook):
+    """A Jupyter server that restarts re-creates provisioners from their saved info; the copy must still be able
+    to remove the kernel's replicas."""
+    original = notebook.km.provisioner
+    info = asyncio.run(original.get_provisioner_info())
+    copy = NotebookOSProvisioner(kernel_id=notebook.km.kernel_id, kernel_spec=original.kernel_spec)
+    asyncio.run(copy.load_provisioner_info(info))
+    assert len(replicas_of(notebook)) == 3
+    asyncio.run(copy.cleanup(restart=False))
+    wait_until(lambda: _kernel_gone(notebook.km.kernel_id), "the replicas to be removed", deadline_s=30)
+
+
+def _kernel_gone(kernel_id: str) -> bool:
+    try:
+        cluster_kernel(os.environ["NOTEBOOKOS_CLUSTER_FILE"], kernel_id)
+    except urllib.error.HTTPError as err:
+        return err.code == 404
+    return False

@@ -1,30 +1,7 @@
 """Failover with real processes: replicas are killed with SIGKILL, as a crash or a lost host would end them."""
 from __future__ import annotations
 
-import os
-import time
-
-import pytest
-
-from .driver import cluster_kernel, kill
-
-RECOVERY_DEADLINE_S = 60
-
-
-def replicas_of(notebook) -> list[dict]:
-    return cluster_kernel(os.environ["NOTEBOOKOS_CLUSTER_FILE"], notebook.km.kernel_id)["replicas"]
-
-
-def wait_until(predicate, what: str, deadline_s: float = RECOVERY_DEADLINE_S):
-    """Poll the cluster's view until ``predicate`` holds; fail with ``what`` when the deadline passes."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {deadline_s} s waiting for {what}")
-
+from .driver import kill, replicas_of, wait_until
 
 def executor_pid(notebook) -> int:
     return notebook.value("__import__('os').getpid()")

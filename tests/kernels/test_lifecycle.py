@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
-from .test_failover import replicas_of
+from .driver import replicas_of
 
 
 def test_interrupt_stops_the_running_cell_and_the_kernel_keeps_its_state(notebook):
