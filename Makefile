@@ -36,8 +36,10 @@ run: $(STAMP)
 test: $(STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Measurements, not tests: each prints its table and writes benchmarks/results/.
 bench: $(STAMP)
 	$(PY) benchmarks/cell_latency.py
+	$(PY) benchmarks/simulate_june.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
