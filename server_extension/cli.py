@@ -14,6 +14,7 @@ import sys
 SUBCOMMANDS: tuple[str, ...] = (
     "notebookos.server_extension.lab",
     "notebookos.gpu_broker.simulator.cli",
+    "notebookos.gpu_broker.simulator.replay",
 )
 
 
