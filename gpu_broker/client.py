@@ -26,7 +26,16 @@ START_TIMEOUT_S = 60.0
 
 
 class ClusterError(RuntimeError):
-    """The cluster refused a request or could not be reached; the message says which and why."""
+    """The cluster refused a request or could not be reached; the message says which and why.
+
+    ``status`` is the cluster's HTTP status when it answered (404: no such kernel), None when it did not answer;
+    ``detail`` is the cluster's own error message, if it gave one.
+    """
+
+    def __init__(self, message: str, status: int | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
 
 
 def discovery_file() -> Path:
@@ -52,11 +61,18 @@ class ClusterClient:
         try:
             resp = await AsyncHTTPClient().fetch(req)
         except HTTPClientError as err:
-            detail = err.response.body.decode(errors="replace") if err.response is not None else ""
-            raise ClusterError(f"cluster at {self.url} answered {method} {path} with {err.code}: {detail}") from None
+            if err.response is None or err.code == 599:  # time-out, or the connection broke
+                raise ClusterError(f"the notebookos cluster at {self.url} did not answer ({err})") from None
+            detail = _error_detail(err.response.body)
+            raise ClusterError(f"cluster at {self.url} answered {method} {path} with {err.code}: {detail}",
+                               status=err.code, detail=detail) from None
         except OSError as err:
             raise ClusterError(f"cannot reach the notebookos cluster at {self.url}: {err}") from None
-        return json.loads(resp.body) if resp.body else None
+        try:
+            return json.loads(resp.body) if resp.body else None
+        except ValueError:
+            raise ClusterError(f"the notebookos cluster at {self.url} answered {method} {path} with something that "
+                               "is not JSON") from None
 
     async def alive(self) -> bool:
         try:
@@ -80,6 +96,15 @@ class ClusterClient:
 
     async def kernel(self, kernel_id: str) -> dict:
         return await self.request("GET", f"/kernels/{kernel_id}")
+
+
+def _error_detail(body: bytes | None) -> str:
+    """The ``error`` field of the cluster's JSON error body, else the body as text."""
+    text = (body or b"").decode(errors="replace")
+    try:
+        return str(json.loads(text)["error"])
+    except (ValueError, KeyError, TypeError):
+        return text
 
 
 async def ensure_cluster(n_hosts: int = 4) -> ClusterClient:

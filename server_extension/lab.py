@@ -1,9 +1,10 @@
 """``notebookos lab``: the embedded cluster plus JupyterLab, in one command.
 
 Starts the cluster service on this machine (N logical hosts), points the notebookos kernelspec at it through
-``NOTEBOOKOS_CLUSTER_FILE``, and runs JupyterLab in the foreground. Arguments it does not know are passed to
-JupyterLab unchanged (``--port``, ``--no-browser``, ``--IdentityProvider.token=...``), so it can be started headless
-for scripts and tests. Stopping JupyterLab stops the cluster and every replica.
+``NOTEBOOKOS_CLUSTER_FILE``, and runs JupyterLab in the foreground with the notebookos server extension (the REST
+API under ``/api/notebookos/``) enabled. Arguments it does not know are passed to JupyterLab unchanged
+(``--port``, ``--no-browser``, ``--IdentityProvider.token=...``), so it can be started headless for scripts and tests.
+Stopping JupyterLab stops the cluster and every replica.
 """
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from pathlib import Path
 from ..gpu_broker.client import CLUSTER_FILE_ENV, ClusterClient
 
 CLUSTER_START_TIMEOUT_S = 60.0
+# Enables the notebookos server extension (the REST API under /api/notebookos/) in the Jupyter server started here;
+# merged with the extensions Jupyter's config files enable.
+ENABLE_EXTENSION_ARG = "--ServerApp.jpserver_extensions=notebookos.server_extension=True"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -55,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     state_dir.mkdir(parents=True, exist_ok=True)
     cluster, discovery = start_cluster(state_dir, args.hosts)
     env = dict(os.environ, **{CLUSTER_FILE_ENV: str(discovery)})
-    lab_args = list(args.extra)
+    lab_args = [ENABLE_EXTENSION_ARG, *args.extra]
     if os.geteuid() == 0 and "--allow-root" not in lab_args:
         lab_args.append("--allow-root")
     print(f"notebookos: embedded cluster of {args.hosts} hosts, state in {state_dir}", flush=True)

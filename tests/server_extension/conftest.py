@@ -39,6 +39,7 @@ def notebookos_kernelspec(installed_notebookos_kernelspec: Path, jp_kernel_dir: 
 
 @pytest.fixture
 def jp_server_config(notebookos_kernelspec: Path, cluster_file: str) -> Config:
-    """A plain Jupyter Server (no terminals) that may run as root, with the notebookos kernelspec and the session's
-    cluster in place before it starts."""
-    return Config({"ServerApp": {"allow_root": True, "jpserver_extensions": {"jupyter_server_terminals": False}}})
+    """A plain Jupyter Server (no terminals) that may run as root, with the notebookos server extension (the REST
+    API), and the notebookos kernelspec and the session's cluster in place before it starts."""
+    return Config({"ServerApp": {"allow_root": True, "jpserver_extensions": {
+        "jupyter_server_terminals": False, "notebookos.server_extension": True}}})
