@@ -1,7 +1,10 @@
 """Failover with real processes: replicas are killed with SIGKILL, as a crash or a lost host would end them."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from .driver import kill, replicas_of, wait_until
+
 
 def executor_pid(notebook) -> int:
     return notebook.value("__import__('os').getpid()")
@@ -81,3 +84,29 @@ def test_unpicklable_names_are_named_and_lost_names_reported_after_failover(note
     lost_line = next(line for line in after.stderr.splitlines() if "could not be carried over" in line)
     names = {part.split(" (")[0].strip() for part in lost_line.split("undefined here:")[1].split(";")}
     assert names == {"fh", "gen", "sock", "worker"}
+
+
+def test_corrupt_object_found_on_recovery_is_named_not_silently_wrong(notebook, cluster_file):
+    """A standby that must restore state from a damaged object store says which names it could not restore,
+    instead of holding a wrong or missing value without a word."""
+    assert notebook.run("import torch\nweights = torch.arange(10.0)\nsmall = 3").status == "ok"
+    objects = [p for p in (Path(cluster_file).parent / "objects").rglob("*") if p.is_file()]
+    assert objects, "the tensor should have gone to the object store"
+    for path in objects:
+        path.write_bytes(b"damaged")
+    executor = executor_pid(notebook)
+    standby = next(r for r in replicas_of(notebook) if r["pid"] != executor)
+    kill(standby["pid"])
+    restarted = wait_until(lambda: next((r for r in replicas_of(notebook)
+                                         if r["replica"] == standby["replica"] and r["restarts"] == 1 and r["alive"]),
+                                        None), "the standby's restart")
+
+    def first_cell_on_restarted_standby():
+        # The front pins cells to a replica only once it answers heartbeats again; until then cells run elsewhere.
+        res = notebook.run("import os\nos.getpid()", replica=standby["replica"])
+        return res if res.result == str(restarted["pid"]) else None
+
+    res = wait_until(first_cell_on_restarted_standby, "a cell to run on the restarted standby")
+    # It replayed its journal; the record pointing at the damaged object could not be applied, and it says so.
+    notice = next(line for line in res.stderr.splitlines() if "could not restore part of the state" in line)
+    assert "weights" in notice and "small" in notice
