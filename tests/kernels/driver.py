@@ -59,7 +59,7 @@ class Notebook:
                     out.reply = reply
                 continue
             if stdin is not None and self.kc.stdin_channel.msg_ready():
-                req = self.kc.get_stdin_msg(timeout=timeout)
+                self.kc.get_stdin_msg(timeout=timeout)
                 self.kc.input(answers.pop(0))
                 continue
             try:

@@ -11,7 +11,6 @@ import pytest
 from notebookos.replication.object_store import (
     LocalDirectoryStore,
     ObjectCorruptError,
-    ObjectMissingError,
     ObjectStoreError,
     StoreFullError,
     open_store,
@@ -66,22 +65,6 @@ def test_put_rewrites_an_object_found_truncated(store):
     path.write_bytes(b"01234")
     assert store.put(b"0123456789") == key
     assert store.get(key) == b"0123456789"
-
-
-def test_contains_and_delete(store):
-    key = store.put(b"x")
-    assert store.contains(key)
-    store.delete(key)
-    assert not store.contains(key)
-    store.delete(key)  # deleting a missing key is not an error
-
-
-def test_missing_object_raises_object_missing_error_naming_the_key(store):
-    key = store.put(b"x")
-    store.delete(key)
-    with pytest.raises(ObjectMissingError, match=re.escape(key)) as raised:
-        store.get(key)
-    assert isinstance(raised.value, ObjectStoreError)
 
 
 def test_corrupt_object_raises_object_corrupt_error_saying_what_to_do(store):

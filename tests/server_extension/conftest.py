@@ -15,13 +15,19 @@ provisioner at the session's cluster, is not among the variables it changes.
 """
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from pytest_jupyter.jupyter_server import *  # noqa: F403  (fixtures and hooks, scoped to this directory)
+from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
+
+KERNEL_START_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +49,24 @@ def jp_server_config(notebookos_kernelspec: Path, cluster_file: str) -> Config:
     API), and the notebookos kernelspec and the session's cluster in place before it starts."""
     return Config({"ServerApp": {"allow_root": True, "jpserver_extensions": {
         "jupyter_server_terminals": False, "notebookos.server_extension": True}}})
+
+
+@pytest.fixture
+def notebook_session(jp_fetch: Any, jp_asyncio_loop: asyncio.AbstractEventLoop) -> Any:
+    """A notebook session on the notebookos kernel, created over REST: the session's model."""
+    resp = jp_asyncio_loop.run_until_complete(jp_fetch(
+        "api", "sessions", method="POST", request_timeout=KERNEL_START_TIMEOUT_S, body=json.dumps({
+            "path": "notebooks/Untitled.ipynb", "name": "Untitled.ipynb", "type": "notebook",
+            "kernel": {"name": "notebookos"},
+        })))
+    assert resp.code == 201
+    model = json.loads(resp.body)
+    yield model
+    # The server's own cleanup would shut the kernel down too; deleting here keeps each test's footprint on the
+    # cluster to the test. A 404 means the test deleted the session itself.
+    try:
+        jp_asyncio_loop.run_until_complete(jp_fetch("api", "sessions", model["id"], method="DELETE",
+                                                    request_timeout=KERNEL_START_TIMEOUT_S))
+    except HTTPClientError as err:
+        if err.code != 404:
+            raise

@@ -22,8 +22,6 @@ import schemathesis
 from jupyter_server.auth import Authorizer
 from tornado.httpclient import HTTPResponse
 
-from .test_jupyter_server import notebook_session  # noqa: F401  (a fixture: a notebook session on notebookos)
-
 API = ("api", "notebookos")
 PREFIX = "/api/notebookos"
 DOC_URI = "urn:notebookos:openapi"

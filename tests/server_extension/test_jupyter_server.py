@@ -19,7 +19,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 # Starting a kernel places three replicas and starts the front; a first cell waits for the replicas' Raft group.
-KERNEL_START_TIMEOUT_S = 120
+from .conftest import KERNEL_START_TIMEOUT_S
 CELL_TIMEOUT_S = 60
 
 
@@ -88,27 +88,6 @@ async def cluster_get(cluster_file: str, path: str) -> tuple[int, Any]:
     except HTTPClientError as err:
         return err.code, None
     return resp.code, json.loads(resp.body)
-
-
-@pytest.fixture
-def notebook_session(jp_fetch: Any, jp_asyncio_loop: asyncio.AbstractEventLoop) -> Any:
-    """A notebook session on the notebookos kernel, created over REST: the session's model."""
-    resp = jp_asyncio_loop.run_until_complete(jp_fetch(
-        "api", "sessions", method="POST", request_timeout=KERNEL_START_TIMEOUT_S, body=json.dumps({
-            "path": "notebooks/Untitled.ipynb", "name": "Untitled.ipynb", "type": "notebook",
-            "kernel": {"name": "notebookos"},
-        })))
-    assert resp.code == 201
-    model = json.loads(resp.body)
-    yield model
-    # The server's own cleanup would shut the kernel down too; deleting here keeps each test's footprint on the
-    # cluster to the test. A 404 means the test deleted the session itself.
-    try:
-        jp_asyncio_loop.run_until_complete(jp_fetch("api", "sessions", model["id"], method="DELETE",
-                                                    request_timeout=KERNEL_START_TIMEOUT_S))
-    except HTTPClientError as err:
-        if err.code != 404:
-            raise
 
 
 async def open_kernel(jp_ws_fetch: Any, kernel_id: str) -> KernelSocket:
