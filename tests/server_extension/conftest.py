@@ -54,19 +54,29 @@ def jp_server_config(notebookos_kernelspec: Path, cluster_file: str) -> Config:
 @pytest.fixture
 def notebook_session(jp_fetch: Any, jp_asyncio_loop: asyncio.AbstractEventLoop) -> Any:
     """A notebook session on the notebookos kernel, created over REST: the session's model."""
-    resp = jp_asyncio_loop.run_until_complete(jp_fetch(
+    resp = fetch_in_loop(jp_asyncio_loop, jp_fetch,
         "api", "sessions", method="POST", request_timeout=KERNEL_START_TIMEOUT_S, body=json.dumps({
             "path": "notebooks/Untitled.ipynb", "name": "Untitled.ipynb", "type": "notebook",
             "kernel": {"name": "notebookos"},
-        })))
+        }))
     assert resp.code == 201
     model = json.loads(resp.body)
     yield model
     # The server's own cleanup would shut the kernel down too; deleting here keeps each test's footprint on the
     # cluster to the test. A 404 means the test deleted the session itself.
     try:
-        jp_asyncio_loop.run_until_complete(jp_fetch("api", "sessions", model["id"], method="DELETE",
-                                                    request_timeout=KERNEL_START_TIMEOUT_S))
+        fetch_in_loop(jp_asyncio_loop, jp_fetch, "api", "sessions", model["id"], method="DELETE",
+                      request_timeout=KERNEL_START_TIMEOUT_S)
     except HTTPClientError as err:
         if err.code != 404:
             raise
+
+
+def fetch_in_loop(loop: asyncio.AbstractEventLoop, jp_fetch: Any, *parts: str, **kwargs: Any) -> Any:
+    """jp_fetch from a synchronous fixture. The call itself must happen inside the loop: tornado's HTTP client
+    takes the current loop when the request is made, and earlier tests may have left none set."""
+
+    async def fetch() -> Any:
+        return await jp_fetch(*parts, **kwargs)
+
+    return loop.run_until_complete(fetch())

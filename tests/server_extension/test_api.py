@@ -22,6 +22,8 @@ import schemathesis
 from jupyter_server.auth import Authorizer
 from tornado.httpclient import HTTPResponse
 
+from .conftest import fetch_in_loop
+
 API = ("api", "notebookos")
 PREFIX = "/api/notebookos"
 DOC_URI = "urn:notebookos:openapi"
@@ -70,7 +72,7 @@ class Api:
 @pytest.fixture
 def api(jp_fetch: Any, jp_asyncio_loop: asyncio.AbstractEventLoop) -> Api:
     """The API client, holding the document the server serves (itself checked against the document)."""
-    resp = jp_asyncio_loop.run_until_complete(jp_fetch(*API, "openapi.json"))
+    resp = fetch_in_loop(jp_asyncio_loop, jp_fetch, *API, "openapi.json")
     doc = json.loads(resp.body)
     client = Api(jp_fetch, doc)
     client.validate("GET", f"{PREFIX}/openapi.json", resp)
