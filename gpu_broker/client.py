@@ -81,8 +81,9 @@ class ClusterClient:
             return False
         return True
 
-    async def create_kernel(self, kernel_id: str, key: str, signature_scheme: str, cwd: str | None) -> dict:
-        return await self.request("POST", "/kernels", {"kernel_id": kernel_id, "key": key,
+    async def create_kernel(self, kernel_id: str, key: str, signature_scheme: str, cwd: str | None,
+                            gpus: int = 0) -> dict:
+        return await self.request("POST", "/kernels", {"kernel_id": kernel_id, "key": key, "gpus": gpus,
                                                        "signature_scheme": signature_scheme, "cwd": cwd})
 
     async def delete_kernel(self, kernel_id: str) -> None:

@@ -1,18 +1,23 @@
 """The embedded cluster: N logical hosts on this machine, each a host agent, and the kernels placed on them.
 
-This is what ``notebookos lab`` and the provisioner start when no cluster is configured. Placement here is the
-simple rule of ARCHITECTURE.md (three distinct hosts, least loaded first); GPU accounting, migration and autoscaling
-come from the scheduling core in :mod:`notebookos.gpu_broker.core`.
+This is what ``notebookos lab`` and the provisioner start when no cluster is configured. Where replicas go is
+decided by the scheduling core (:mod:`notebookos.gpu_broker.core`), the same code the simulator runs: three
+distinct hosts within the subscription limit, each host carrying ``gpus_per_host`` GPUs (virtual ones where the
+machine has none). Per-cell GPU commitment, migration and autoscaling through the core come next (issue 3).
 """
 from __future__ import annotations
 
 import logging
 import secrets
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..replication.replica_config import ReplicaConfig
+from .core.events import KernelPlaced, PlacementDeferred
+from .core.policies import make_policy
+from .core.scheduler import CoreConfig, SchedulerCore
 from .host_agent import HostAgent, ReplicaProcess
 
 log = logging.getLogger(__name__)
@@ -22,7 +27,7 @@ _CHANNELS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"
 
 
 class PlacementError(RuntimeError):
-    """The kernel's replicas cannot be placed (fewer hosts than replicas)."""
+    """The kernel's replicas cannot be placed now; the message is the scheduler's reason."""
 
 
 @dataclass
@@ -32,17 +37,26 @@ class KernelRecord:
 
 
 class EmbeddedCluster:
-    def __init__(self, state_dir: Path, n_hosts: int = 4) -> None:
+    def __init__(self, state_dir: Path, n_hosts: int = 4, gpus_per_host: int = 1,
+                 subscription_limit: float = CoreConfig.subscription_limit) -> None:
         self.state_dir = Path(state_dir)
         self.store_dir = self.state_dir / "objects"
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        self.hosts = [HostAgent(f"host-{i + 1}", self.state_dir / "hosts" / f"host-{i + 1}") for i in range(n_hosts)]
+        self.gpus_per_host = gpus_per_host
+        self.hosts = {f"host-{i + 1}": HostAgent(f"host-{i + 1}", self.state_dir / "hosts" / f"host-{i + 1}")
+                      for i in range(n_hosts)}
+        self.core = SchedulerCore(make_policy("notebookos"), CoreConfig(
+            host_gpus=gpus_per_host, subscription_limit=subscription_limit,
+            min_hosts=min(REPLICAS_PER_KERNEL, n_hosts), max_hosts=n_hosts))
+        for name in self.hosts:
+            self.core.add_host(name, gpus_per_host, time.time())
         self.kernels: dict[str, KernelRecord] = {}
 
-    def create_kernel(self, kernel_id: str, key: str, signature_scheme: str, cwd: str | None = None) -> dict:
+    def create_kernel(self, kernel_id: str, key: str, signature_scheme: str, cwd: str | None = None,
+                      gpus: int = 0) -> dict:
         if kernel_id in self.kernels:
             raise ValueError(f"kernel {kernel_id} already exists")
-        hosts = self._place()
+        hosts = self._place(kernel_id, gpus)
         raft_ports = [_free_port() for _ in hosts]
         peers = tuple(f"127.0.0.1:{p}" for p in raft_ports)
         password = secrets.token_urlsafe(24)
@@ -72,6 +86,7 @@ class EmbeddedCluster:
 
     def delete_kernel(self, kernel_id: str) -> None:
         record = self.kernels.pop(kernel_id)
+        self.core.close_kernel(kernel_id, time.time())
         for host in {h for h, _ in record.replicas}:
             host.stop_kernel(kernel_id)
 
@@ -91,17 +106,27 @@ class EmbeddedCluster:
 
     def describe(self) -> dict:
         return {
-            "hosts": [{"name": h.name, "replicas": len(h.replicas)} for h in self.hosts],
+            "hosts": [self._describe_host(name, agent) for name, agent in self.hosts.items()],
             "kernels": [self.describe_kernel(k) for k in self.kernels],
+            "subscription_limit": self.core.config.subscription_limit,
         }
 
-    def _place(self) -> list[HostAgent]:
-        if len(self.hosts) < REPLICAS_PER_KERNEL:
-            raise PlacementError(
-                f"a kernel needs {REPLICAS_PER_KERNEL} hosts for its replicas but the cluster has {len(self.hosts)}; "
-                "start it with more hosts"
-            )
-        return sorted(self.hosts, key=lambda h: len(h.replicas))[:REPLICAS_PER_KERNEL]
+    def _describe_host(self, name: str, agent: HostAgent) -> dict:
+        host = self.core.cluster.hosts[name]
+        return {"name": name, "replicas": len(agent.replicas), "gpus": host.gpus, "idle_gpus": host.idle_gpus,
+                "subscribed_gpus": host.subscribed, "subscription_ratio": host.ratio(), "state": host.state.value}
+
+    def _place(self, kernel_id: str, gpus: int) -> list[HostAgent]:
+        """Ask the scheduling core where the replicas go; refuse with its reason when it cannot place them now."""
+        events = self.core.place_kernel(kernel_id, gpus, time.time())
+        placed = next((e for e in events if isinstance(e, KernelPlaced)), None)
+        if placed is not None:
+            return [self.hosts[host] for host in placed.hosts]
+        # The embedded cluster has no provider to add hosts with, so a deferred placement is a refusal.
+        reason = next((e.reason for e in events if isinstance(e, PlacementDeferred)), "no host can take them")
+        self.core.close_kernel(kernel_id, time.time())
+        raise PlacementError(f"cannot place the kernel's {REPLICAS_PER_KERNEL} replicas with {gpus} GPU(s) each: "
+                             f"{reason}. Add hosts, or raise the subscription limit, or ask for fewer GPUs.")
 
 
 def _free_port() -> int:

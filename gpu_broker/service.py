@@ -74,9 +74,12 @@ class KernelsHandler(ClusterHandler):
             raise tornado.web.HTTPError(400, reason=f"missing field {err}") from None
         if kernel_id in self.service.cluster.kernels:
             raise tornado.web.HTTPError(409, reason=f"kernel {kernel_id} already exists")
+        gpus = data.get("gpus", 0)
+        if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 0:
+            raise tornado.web.HTTPError(400, reason=f"gpus must be a whole number of GPUs >= 0, got {gpus!r}")
         try:
             described = self.service.cluster.create_kernel(
-                kernel_id, key, str(data.get("signature_scheme", "hmac-sha256")), data.get("cwd"))
+                kernel_id, key, str(data.get("signature_scheme", "hmac-sha256")), data.get("cwd"), gpus)
         except PlacementError as err:
             raise tornado.web.HTTPError(503, reason=str(err)) from None
         self.service.kernels_changed()
@@ -109,8 +112,8 @@ class ReplicaActionHandler(ClusterHandler):
 
 
 class ClusterService:
-    def __init__(self, state_dir: Path, n_hosts: int, ephemeral: bool) -> None:
-        self.cluster = EmbeddedCluster(state_dir, n_hosts)
+    def __init__(self, state_dir: Path, n_hosts: int, ephemeral: bool, gpus_per_host: int = 1) -> None:
+        self.cluster = EmbeddedCluster(state_dir, n_hosts, gpus_per_host)
         self.token = secrets.token_urlsafe(24)
         self.ephemeral = ephemeral
         self.stopped = asyncio.Event()
@@ -142,8 +145,9 @@ def write_discovery_file(path: Path, url: str, token: str) -> None:
     os.replace(tmp, path)
 
 
-async def serve(state_dir: Path, n_hosts: int, ephemeral: bool, discovery_file: Path, port: int = 0) -> None:
-    service = ClusterService(state_dir, n_hosts, ephemeral)
+async def serve(state_dir: Path, n_hosts: int, ephemeral: bool, discovery_file: Path, port: int = 0,
+                gpus_per_host: int = 1) -> None:
+    service = ClusterService(state_dir, n_hosts, ephemeral, gpus_per_host)
     sockets = tornado.netutil.bind_sockets(port, "127.0.0.1")
     bound = sockets[0].getsockname()[1]
     server = tornado.httpserver.HTTPServer(service.app())
@@ -172,9 +176,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ephemeral", action="store_true", help="exit once the last kernel is gone")
     parser.add_argument("--discovery-file", type=Path, required=True)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--gpus-per-host", type=int, default=1,
+                        help="GPUs of each logical host (virtual GPUs where the machine has none)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(serve(args.state_dir, args.hosts, args.ephemeral, args.discovery_file, args.port))
+    asyncio.run(serve(args.state_dir, args.hosts, args.ephemeral, args.discovery_file, args.port,
+                      args.gpus_per_host))
 
 
 if __name__ == "__main__":

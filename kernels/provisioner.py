@@ -14,11 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
+from traitlets import Integer
 
 from ..gpu_broker.client import CLUSTER_FILE_ENV, ClusterClient, ClusterError, discovery_file, ensure_cluster
 
 
 class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
+    gpus = Integer(0, help="GPUs each cell of this kernel asks for; the kernelspec's provisioner config sets it, "
+                           "and its replicas are placed (subscribed) accordingly").tag(config=True)
+
     _cluster: ClusterClient | None = None
     _replicas_file: Path | None = None
 
@@ -29,7 +33,7 @@ class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
         key = info["key"].decode() if isinstance(info["key"], bytes) else str(info["key"])
         try:
             described = await self._cluster.create_kernel(self.kernel_id, key, info["signature_scheme"],
-                                                          str(kwargs.get("cwd") or os.getcwd()))
+                                                          str(kwargs.get("cwd") or os.getcwd()), self.gpus)
         except ClusterError as err:
             raise RuntimeError(f"notebookos could not place this kernel's replicas: {err}") from err
         connection_file = Path(self.parent.connection_file)

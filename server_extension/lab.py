@@ -31,19 +31,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Start an embedded notebookos cluster and JupyterLab. Unknown options go to JupyterLab.",
     )
     parser.add_argument("--hosts", type=int, default=4, help="logical hosts in the embedded cluster (default 4)")
+    parser.add_argument("--gpus-per-host", type=int, default=1,
+                        help="GPUs of each logical host; virtual GPUs where the machine has none (default 1)")
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="where replicas keep journals and the object store (default: a new temporary folder)")
     parser.set_defaults(func=run, accepts_extra=True)
 
 
-def start_cluster(state_dir: Path, hosts: int) -> tuple[subprocess.Popen, Path]:
+def start_cluster(state_dir: Path, hosts: int, gpus_per_host: int = 1) -> tuple[subprocess.Popen, Path]:
     """Start the cluster service and wait until it answers; returns the process and its discovery file."""
     discovery = state_dir / "cluster.json"
     discovery.unlink(missing_ok=True)
     # A session of its own: a Ctrl-C meant for JupyterLab (which asks for confirmation) must not stop the cluster
     # under it; the cluster is stopped when JupyterLab has exited.
     proc = subprocess.Popen([sys.executable, "-m", "notebookos.gpu_broker.service", "--state-dir", str(state_dir),
-                             "--hosts", str(hosts), "--discovery-file", str(discovery)], start_new_session=True)
+                             "--hosts", str(hosts), "--gpus-per-host", str(gpus_per_host),
+                             "--discovery-file", str(discovery)], start_new_session=True)
     deadline = time.monotonic() + CLUSTER_START_TIMEOUT_S
     while not discovery.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -57,7 +60,7 @@ def start_cluster(state_dir: Path, hosts: int) -> tuple[subprocess.Popen, Path]:
 def run(args: argparse.Namespace) -> int:
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="notebookos-"))
     state_dir.mkdir(parents=True, exist_ok=True)
-    cluster, discovery = start_cluster(state_dir, args.hosts)
+    cluster, discovery = start_cluster(state_dir, args.hosts, args.gpus_per_host)
     env = dict(os.environ, **{CLUSTER_FILE_ENV: str(discovery)})
     lab_args = [ENABLE_EXTENSION_ARG, *args.extra]
     if os.geteuid() == 0 and "--allow-root" not in lab_args:

@@ -86,12 +86,18 @@ def hosts_model(raw_cluster: dict) -> list[dict]:
     for host in raw_cluster.get("hosts", []):
         name = str(host["name"])
         placed = [(k["id"], r) for k in kernels for r in k["replicas"] if r["host"] == name]
-        hosts.append({
+        model = {
             "name": name,
             "replicas": int(host.get("replicas", len(placed))),
             "replicas_alive": sum(r["alive"] for _, r in placed),
             "kernels": sorted({kernel_id for kernel_id, _ in placed}),
-        })
+        }
+        model.update({k: int(host[k]) for k in ("gpus", "idle_gpus", "subscribed_gpus") if k in host})
+        if "subscription_ratio" in host:
+            model["subscription_ratio"] = float(host["subscription_ratio"])
+        if "state" in host:
+            model["state"] = str(host["state"])
+        hosts.append(model)
     return hosts
 
 

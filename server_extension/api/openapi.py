@@ -105,6 +105,13 @@ SCHEMAS: dict = {
             "replicas": {"type": "integer", "minimum": 0, "description": "replicas placed on the host"},
             "replicas_alive": {"type": "integer", "minimum": 0},
             "kernels": {"type": "array", "items": {"type": "string"}, "description": "kernels with a replica here"},
+            "gpus": {"type": "integer", "minimum": 0, "description": "the host's GPUs (virtual where it has none)"},
+            "idle_gpus": {"type": "integer", "minimum": 0, "description": "GPUs not committed to a cell now"},
+            "subscribed_gpus": {"type": "integer", "minimum": 0,
+                                "description": "GPUs requested by the replicas placed on the host"},
+            "subscription_ratio": {"type": "number", "minimum": 0,
+                                   "description": "subscribed_gpus / gpus; placement refuses past the limit"},
+            "state": {"type": "string", "enum": ["active", "draining"]},
         },
     },
     "HostList": {

@@ -1,0 +1,36 @@
+"""The embedded cluster places replicas where the scheduling core says, with real replica processes."""
+from __future__ import annotations
+
+import pytest
+
+from notebookos.gpu_broker.embedded import EmbeddedCluster, PlacementError
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = EmbeddedCluster(tmp_path, n_hosts=4, gpus_per_host=2, subscription_limit=1.0)
+    yield c
+    c.shutdown()
+
+
+def test_replicas_go_to_three_distinct_hosts_and_subscribe_their_gpus(cluster):
+    described = cluster.create_kernel("k1", "key", "hmac-sha256", gpus=2)
+    hosts = [r["host"] for r in described["replicas"]]
+    assert len(set(hosts)) == 3
+    by_name = {h["name"]: h for h in cluster.describe()["hosts"]}
+    for name, host in by_name.items():
+        expected = 2 if name in hosts else 0
+        assert host["subscribed_gpus"] == expected
+        assert host["subscription_ratio"] == expected / 2
+        assert host["idle_gpus"] == 2  # placement subscribes GPUs; only a running cell commits them
+
+
+def test_placement_refuses_past_the_subscription_limit_with_the_reason_and_what_to_do(cluster):
+    cluster.create_kernel("k1", "key", "hmac-sha256", gpus=2)
+    # Only one host is left under the limit (1.0): three replicas cannot be placed.
+    with pytest.raises(PlacementError, match="Add hosts, or raise the subscription limit"):
+        cluster.create_kernel("k2", "key", "hmac-sha256", gpus=2)
+    assert "k2" not in cluster.kernels
+    cluster.delete_kernel("k1")
+    # Closing a kernel frees its subscription: the same request now fits.
+    assert len({r["host"] for r in cluster.create_kernel("k2", "key", "hmac-sha256", gpus=2)["replicas"]}) == 3
