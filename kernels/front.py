@@ -143,8 +143,8 @@ class KernelFront:
         ]
         for r in self.replicas:
             tasks += [
-                self._loop(r.shell, lambda f, r=r: self._on_replica_shell(r, f, self.shell)),
-                self._loop(r.control, lambda f, r=r: self._on_replica_shell(r, f, self.control)),
+                self._loop(r.shell, lambda f, r=r: self._on_replica_reply(r, f)),
+                self._loop(r.control, lambda f, r=r: self._on_replica_reply(r, f)),
                 self._loop(r.stdin, lambda f, r=r: self._on_replica_stdin(r, f)),
                 self._loop(r.iopub, lambda f, r=r: self._on_replica_iopub(r, f)),
                 r.watch_heartbeat(self._on_liveness),
@@ -208,14 +208,16 @@ class KernelFront:
 
     def _route(self, client_sock: Any, frames: Frames, header: dict) -> None:
         """Send a non-execute request to one replica, remembering where its reply goes."""
-        replica = self._target_for(header["msg_type"], client_sock)
+        replica = self._target_for(header["msg_type"])
         self.routes[header["msg_id"]] = (client_sock, frames.idents, replica.index)
         while len(self.routes) > 1024:
             self.routes.popitem(last=False)
         sock = replica.control if client_sock is self.control else replica.shell
         sock.send_multipart(frames.body)
 
-    def _target_for(self, msg_type: str, client_sock: Any) -> ReplicaLink:
+    def _target_for(self, msg_type: str) -> ReplicaLink:
+        """Comms and anything that may change state go to the executor (widgets live there); read-only requests
+        go to an idle standby while a cell runs, so completion answers without waiting for the cell."""
         executor = self.pending.executor if self.pending and self.pending.executor is not None else None
         if msg_type in _READ_ONLY and self.pending is not None:
             idle = [r for r in self._alive() if r.index != executor]
@@ -230,7 +232,8 @@ class KernelFront:
 
     # --------------------------------------------------------------------------------- replica traffic
 
-    def _on_replica_shell(self, replica: ReplicaLink, raw: list[bytes], client_sock: Any) -> None:
+    def _on_replica_reply(self, replica: ReplicaLink, raw: list[bytes]) -> None:
+        """A reply on a replica's shell or control channel: the cell's, or a routed request's, or nobody's."""
         frames = Frames.split(raw)
         header, parent = frames.header(), frames.parent()
         cell = self.pending

@@ -148,6 +148,7 @@ class ReplicaKernel(IPythonKernel):
         try:
             return await asyncio.wait_for(fut, COMMIT_TIMEOUT_S)
         except TimeoutError:
+            self._waiters.pop(cell, None)
             raise AppendFailed(
                 f"the kernel's replicas could not elect an executor within {COMMIT_TIMEOUT_S:.0f} s: "
                 "fewer than two of its three replicas are reachable"
