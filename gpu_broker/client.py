@@ -95,6 +95,20 @@ class ClusterClient:
     async def kill_replica(self, kernel_id: str, replica: int) -> dict:
         return await self.request("POST", f"/kernels/{kernel_id}/replicas/{replica}/kill")
 
+    async def request_execution(self, kernel_id: str, gpus: int) -> dict:
+        """The executor and devices for a cell (``granted``), or ``granted: false`` with the reason it waits."""
+        return await self.request("POST", f"/kernels/{kernel_id}/executions", {"gpus": gpus})
+
+    async def wait_execution(self, kernel_id: str) -> dict:
+        """Wait, as long as it takes, until a queued cell is granted its GPUs."""
+        return await self.request("POST", f"/kernels/{kernel_id}/executions/wait", timeout=7 * 24 * 3600.0)
+
+    async def release_execution(self, kernel_id: str) -> None:
+        await self.request("POST", f"/kernels/{kernel_id}/executions/release")
+
+    async def migrate_replica(self, kernel_id: str, replica: int, host: str) -> dict:
+        return await self.request("POST", f"/kernels/{kernel_id}/replicas/{replica}/migrate", {"host": host})
+
     async def kernel(self, kernel_id: str) -> dict:
         return await self.request("GET", f"/kernels/{kernel_id}")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..replication.replica_config import ReplicaConfig
-from .core.events import KernelPlaced, PlacementDeferred
+from .core.events import Decision, DecisionKind, Event, KernelPlaced, PlacementDeferred
 from .core.policies import make_policy
 from .core.scheduler import CoreConfig, SchedulerCore
 from .host_agent import HostAgent, ReplicaProcess
@@ -74,6 +74,44 @@ class EmbeddedCluster:
         self.kernels[kernel_id] = record
         return self.describe_kernel(kernel_id)
 
+    # ----------------------------------------------------------------------------------- GPUs per cell
+
+    def request_execution(self, kernel_id: str, gpus: int) -> Decision:
+        """The scheduler's decision for a kernel's next cell: an executor with pre-committed devices, a replica to
+        migrate first, or a place in the queue. A request no host could ever satisfy is refused at once."""
+        largest = max((h.gpus for h in self.core.cluster.hosts.values()), default=0)
+        if gpus > largest:
+            raise PlacementError(f"the cell asks for {gpus} GPU(s) but the largest host has {largest}; ask for at "
+                                 f"most {largest} (%gpus {largest}), or add larger hosts")
+        return self.core.request_execution(kernel_id, gpus, time.time())
+
+    def carry_out(self, decision: Decision) -> None:
+        """Do what a granted decision needs before its executor may run: move the replica for MIGRATE."""
+        if decision.kind is DecisionKind.MIGRATE:
+            self._hand_over(decision.kernel_id, decision.replica, decision.host_id)
+        self.core.start_execution(decision.kernel_id, time.time())
+
+    def migrate_replica(self, kernel_id: str, replica: int, host: str) -> dict:
+        """Move a replica to another host on request; the kernel keeps running (ValueError: refused, why)."""
+        self.core.migrate_replica(kernel_id, replica, host, time.time())
+        self._hand_over(kernel_id, replica, host)
+        return self.describe_kernel(kernel_id)
+
+    def _hand_over(self, kernel_id: str, replica: int, host: str) -> None:
+        record = self.kernels[kernel_id]
+        source, _ = record.replicas[replica]
+        target = self.hosts[host]
+        record.replicas[replica] = (target, source.hand_over(kernel_id, replica, target))
+
+    def release(self, kernel_id: str) -> list[Event]:
+        """The cell is over: its GPUs go back to idle; returns what that set off (queued cells granted)."""
+        return self.core.release(kernel_id, time.time())
+
+    def tick(self) -> list[Event]:
+        return self.core.tick(time.time())
+
+    # ------------------------------------------------------------------------------------ replicas
+
     def restart_replica(self, kernel_id: str, replica: int) -> dict:
         host, _ = self.kernels[kernel_id].replicas[replica]
         host.restart_replica(kernel_id, replica)
@@ -95,8 +133,14 @@ class EmbeddedCluster:
             self.delete_kernel(kernel_id)
 
     def describe_kernel(self, kernel_id: str) -> dict:
+        kernel = self.core.cluster.kernels.get(kernel_id)
+        allocation = kernel.allocation if kernel else None
         return {
             "id": kernel_id,
+            "gpus": kernel.gpus if kernel else 0,
+            "allocation": None if allocation is None else {
+                "host": allocation.host_id, "devices": list(allocation.devices), "replica": allocation.replica,
+                "state": allocation.state.value},
             "replicas": [
                 {"replica": p.config.replica, "host": h.name, "alive": p.alive, "pid": p.pid, "restarts": p.restarts,
                  "connection": p.connection}
@@ -113,8 +157,10 @@ class EmbeddedCluster:
 
     def _describe_host(self, name: str, agent: HostAgent) -> dict:
         host = self.core.cluster.hosts[name]
+        holders = {d: a.kernel_id for a in host.allocations.values() for d in a.devices}
         return {"name": name, "replicas": len(agent.replicas), "gpus": host.gpus, "idle_gpus": host.idle_gpus,
-                "subscribed_gpus": host.subscribed, "subscription_ratio": host.ratio(), "state": host.state.value}
+                "subscribed_gpus": host.subscribed, "subscription_ratio": host.ratio(), "state": host.state.value,
+                "devices": [{"device": d, "kernel": holders.get(d)} for d in range(host.gpus)]}
 
     def _place(self, kernel_id: str, gpus: int) -> list[HostAgent]:
         """Ask the scheduling core where the replicas go; refuse with its reason when it cannot place them now."""

@@ -6,6 +6,7 @@ it starts, restarts in place and stops replica processes, and knows which of the
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -63,7 +64,7 @@ class HostAgent:
     def restart_replica(self, kernel_id: str, replica: int) -> ReplicaProcess:
         """Start a dead replica again with the same ports, journal and configuration, so it rejoins its group."""
         proc = self.replicas[(kernel_id, replica)]
-        if proc.alive:
+        if proc.alive or proc.stopped:
             return proc
         proc.restarts += 1
         self._spawn(proc)
@@ -75,6 +76,33 @@ class HostAgent:
         if proc.alive:
             proc.popen.kill()
             proc.popen.wait()
+
+    def hand_over(self, kernel_id: str, replica: int, target: "HostAgent") -> ReplicaProcess:
+        """Move a replica to another host of this machine: stop it, move its folder (journal included), start it
+        there with the same ports and Raft address. It replays its journal and catches up like a restarted replica.
+
+        Only valid where hosts share a network namespace (the embedded cluster); across machines a move is a Raft
+        membership change to a new address.
+        """
+        proc = self.replicas.pop((kernel_id, replica))
+        proc.stopped = True  # a restart asked for meanwhile (the front sees it vanish) must not start it here
+        if proc.alive:
+            proc.popen.send_signal(signal.SIGTERM)
+            try:
+                proc.popen.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+        workdir = target.workdir / kernel_id / f"replica-{replica}"
+        workdir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.move(str(proc.workdir), str(workdir))
+        config = dataclasses.replace(proc.config, host=target.name,
+                                     journal_path=str(workdir / Path(proc.config.journal_path).name))
+        moved = ReplicaProcess(config=config, connection=proc.connection, workdir=workdir, restarts=proc.restarts)
+        target.replicas[(kernel_id, replica)] = moved
+        target._spawn(moved)
+        return moved
 
     def stop_kernel(self, kernel_id: str) -> None:
         """Stop every replica of a kernel on this host: SIGTERM, then SIGKILL after a grace period."""

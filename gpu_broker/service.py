@@ -23,6 +23,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
+from .core.events import Decision, Event
 from .embedded import EmbeddedCluster, PlacementError
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 # An ephemeral cluster lingers this long after its last kernel is gone, so a kernel restart (delete, then create)
 # reuses it instead of starting a new one.
 EPHEMERAL_GRACE_S = 2.0
+TICK_S = 1.0
 
 
 class ClusterHandler(tornado.web.RequestHandler):
@@ -94,6 +96,7 @@ class KernelHandler(ClusterHandler):
 
     async def delete(self, kernel_id: str) -> None:
         self.kernel(kernel_id)
+        self.service.forget(kernel_id)
         await asyncio.get_running_loop().run_in_executor(None, self.service.cluster.delete_kernel, kernel_id)
         self.set_status(204)
         self.finish()
@@ -111,6 +114,52 @@ class ReplicaActionHandler(ClusterHandler):
         self.finish(getattr(self.service.cluster, self.ACTIONS[action])(kernel_id, index))
 
 
+class MigrateHandler(ClusterHandler):
+    async def post(self, kernel_id: str, replica: str) -> None:
+        self.kernel(kernel_id)
+        host = self.body().get("host")
+        if not isinstance(host, str):
+            raise tornado.web.HTTPError(400, reason="give the target host as {\"host\": \"host-N\"}")
+        try:
+            described = await asyncio.get_running_loop().run_in_executor(
+                None, self.service.cluster.migrate_replica, kernel_id, int(replica), host)
+        except ValueError as err:
+            raise tornado.web.HTTPError(409, reason=str(err)) from None
+        self.finish(described)
+
+
+class ExecutionsHandler(ClusterHandler):
+    """A cell's GPUs: ask (``POST .../executions``), wait while queued (``.../executions/wait``), give back
+    (``.../executions/release``)."""
+
+    async def post(self, kernel_id: str, step: str | None = None) -> None:
+        self.kernel(kernel_id)
+        service = self.service
+        if step == "release":
+            await service.release(kernel_id)
+            self.finish({"released": True})
+        elif step == "wait":
+            self.finish(decision_json(await service.wait_for_grant(kernel_id)))
+        else:
+            gpus = self.body().get("gpus")
+            if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 0:
+                raise tornado.web.HTTPError(400, reason=f"gpus must be a whole number of GPUs >= 0, got {gpus!r}")
+            try:
+                decision = await service.request_execution(kernel_id, gpus)
+            except PlacementError as err:
+                raise tornado.web.HTTPError(400, reason=str(err)) from None
+            except ValueError as err:
+                raise tornado.web.HTTPError(409, reason=str(err)) from None
+            self.set_status(200 if decision.granted else 202)
+            self.finish(decision_json(decision))
+
+
+def decision_json(decision: Decision) -> dict[str, Any]:
+    return {"kind": decision.kind.value, "granted": decision.granted, "replica": decision.replica,
+            "host": decision.host_id, "devices": list(decision.devices), "gpus": decision.gpus,
+            "reason": decision.reason}
+
+
 class ClusterService:
     def __init__(self, state_dir: Path, n_hosts: int, ephemeral: bool, gpus_per_host: int = 1) -> None:
         self.cluster = EmbeddedCluster(state_dir, n_hosts, gpus_per_host)
@@ -118,6 +167,56 @@ class ClusterService:
         self.ephemeral = ephemeral
         self.stopped = asyncio.Event()
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._grants: dict[str, asyncio.Future[Decision]] = {}  # queued cells, by kernel, until granted
+
+    async def request_execution(self, kernel_id: str, gpus: int) -> Decision:
+        decision = self.cluster.request_execution(kernel_id, gpus)
+        log.info("scheduler: %s for kernel %s: %s", decision.kind.value, kernel_id, decision.reason)
+        if decision.granted:
+            await self._carry_out(decision)
+        else:
+            self._grants[kernel_id] = asyncio.get_running_loop().create_future()
+        return decision
+
+    async def wait_for_grant(self, kernel_id: str) -> Decision:
+        future = self._grants.get(kernel_id)
+        if future is None:
+            raise tornado.web.HTTPError(409, reason=f"kernel {kernel_id} has no queued cell")
+        try:
+            return await future
+        finally:
+            self._grants.pop(kernel_id, None)
+
+    def forget(self, kernel_id: str) -> None:
+        """The kernel is going away: a cell still waiting for GPUs will never get them."""
+        future = self._grants.pop(kernel_id, None)
+        if future is not None:
+            future.cancel()
+
+    async def release(self, kernel_id: str) -> None:
+        try:
+            events = self.cluster.release(kernel_id)
+        except ValueError as err:
+            raise tornado.web.HTTPError(409, reason=str(err)) from None
+        await self._grant_waiting(events)
+
+    async def tick(self) -> None:
+        """The autoscaler's and the queue's clock: retry waiting work once a second."""
+        while True:
+            await asyncio.sleep(TICK_S)
+            await self._grant_waiting(self.cluster.tick())
+
+    async def _grant_waiting(self, events: list[Event]) -> None:
+        for event in events:
+            log.info("scheduler: %s: %s", type(event).__name__, event.reason)
+            if isinstance(event, Decision) and event.granted:
+                await self._carry_out(event)
+                future = self._grants.get(event.kernel_id)
+                if future is not None and not future.done():
+                    future.set_result(event)
+
+    async def _carry_out(self, decision: Decision) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.cluster.carry_out, decision)
 
     def app(self) -> tornado.web.Application:
         args = {"service": self}
@@ -126,6 +225,8 @@ class ClusterService:
             (r"/kernels", KernelsHandler, args),
             (r"/kernels/([^/]+)", KernelHandler, args),
             (r"/kernels/([^/]+)/replicas/(\d+)/(restart|kill)", ReplicaActionHandler, args),
+            (r"/kernels/([^/]+)/replicas/(\d+)/migrate", MigrateHandler, args),
+            (r"/kernels/([^/]+)/executions(?:/(wait|release))?", ExecutionsHandler, args),
         ])
 
     def kernels_changed(self) -> None:
@@ -159,9 +260,11 @@ async def serve(state_dir: Path, n_hosts: int, ephemeral: bool, discovery_file: 
     log.info("notebookos cluster with %d hosts at http://127.0.0.1:%d", n_hosts, bound)
     if ephemeral:
         service.kernels_changed()
+    ticker = asyncio.ensure_future(service.tick())
     try:
         await service.stopped.wait()
     finally:
+        ticker.cancel()
         server.stop()
         discovery_file.unlink(missing_ok=True)
         await loop.run_in_executor(None, service.cluster.shutdown)

@@ -35,6 +35,7 @@ import zmq.asyncio
 from jupyter_client.session import Session
 
 from ..gpu_broker.client import ClusterClient, ClusterError, discovery_file
+from .gpu_request import parse_gpus_magic
 from .protocol import EXECUTOR_ANNOUNCEMENT, NOTEBOOKOS_META, STATE_APPLIED, ReplicaRole
 from .replica_link import HEARTBEAT_DEAD_AFTER_S, ReplicaLink
 
@@ -100,7 +101,8 @@ class Cell:
 
 
 class KernelFront:
-    def __init__(self, connection: dict, kernel_id: str, replicas: list[dict], cluster: ClusterClient | None) -> None:
+    def __init__(self, connection: dict, kernel_id: str, replicas: list[dict], cluster: ClusterClient | None,
+                 gpus: int = 0) -> None:
         self.kernel_id = kernel_id
         self.cluster = cluster
         self.session = Session(key=connection["key"].encode(), signature_scheme=connection["signature_scheme"])
@@ -108,6 +110,7 @@ class KernelFront:
         self.connection = connection
         identity = f"front-{uuid.uuid4()}".encode()
         self.replicas = [ReplicaLink(self.ctx, r["replica"], r["host"], r["connection"], identity) for r in replicas]
+        self.gpus = gpus  # what each cell asks the scheduler for; `%gpus N` in a cell changes it
         self.cells: asyncio.Queue[Cell] = asyncio.Queue()
         self.pending: Cell | None = None
         self.previous_executor = 0
@@ -263,6 +266,9 @@ class KernelFront:
             return
         cell.replied = True
         self.shell.send_multipart(cell.frames.idents + frames.body)
+        requested = frames.metadata().get(NOTEBOOKOS_META, {}).get("gpus")
+        if isinstance(requested, int) and requested >= 0:
+            self.gpus = requested
         content = frames.content()
         if content.get("status") == "error" and cell.msg["content"].get("stop_on_error", True) \
                 and not cell.msg["content"].get("silent", False):
@@ -300,8 +306,8 @@ class KernelFront:
         self.iopub.send_multipart(raw)
 
     def _finish_if_complete(self, cell: Cell) -> None:
+        """Reply forwarded and idle received: the cell is done (its idle goes out once its GPUs are back)."""
         if cell.replied and cell.idle is not None:
-            self.iopub.send_multipart(cell.idle)
             _settle(cell.outcome, "done")
 
     def _elected(self, cell: Cell, executor: int) -> None:
@@ -336,7 +342,15 @@ class KernelFront:
             if len(alive) < MAJORITY:
                 self._majority_lost(cell)
                 return
-            if cell.attempt == 0:
+            devices: tuple[int, ...] = ()
+            granted = self._gpus_for(cell) > 0
+            if granted:
+                grant = await self._request_gpus(cell)
+                if grant is None:
+                    return
+                leads, devices = [grant["replica"]], tuple(grant["devices"])
+                alive = self._alive()
+            elif cell.attempt == 0:
                 leads = [self._first_lead(cell, alive)]
             elif tried_lead:
                 untried = [r.index for r in alive if r.index not in tried_lead]
@@ -354,13 +368,57 @@ class KernelFront:
             cell.buffered = {}
             cell.idle = None
             cell.outcome = asyncio.get_running_loop().create_future()
-            self._send_attempt(cell, alive, leads)
-            outcome = await cell.outcome
+            self._send_attempt(cell, alive, leads, devices)
+            try:
+                outcome = await cell.outcome
+            finally:
+                if granted:
+                    await self._release_gpus()
             if outcome == "done":
+                self.iopub.send_multipart(cell.idle)  # idle means idle: the cell's GPUs are already released
                 return
             if outcome == "all_yield":
                 tried_lead.update(leads)
             cell.attempt += 1
+
+    def _gpus_for(self, cell: Cell) -> int:
+        """GPUs this cell asks for. A cell that starts with ``%gpus N`` asks for N itself (and so do later cells);
+        a cell of nothing but ``%gpus`` lines needs no GPU, so ``%gpus 0`` works even when GPUs are scarce."""
+        lines = [line.strip() for line in cell.msg["content"].get("code", "").splitlines() if line.strip()]
+        if not lines or not lines[0].startswith("%gpus"):
+            return self.gpus
+        try:
+            wanted = parse_gpus_magic(lines[0])
+        except ValueError:
+            return 0  # the replica runs the magic and shows the user the error
+        if wanted is not None:
+            self.gpus = wanted
+        return 0 if all(line.startswith("%gpus") for line in lines) else self.gpus
+
+    async def _request_gpus(self, cell: Cell) -> dict | None:
+        """Ask the scheduler for this cell's executor and devices; wait, saying so in the cell, while GPUs are busy.
+
+        A replica the scheduler migrated is restarting on its new host: the cell goes out once it answers."""
+        try:
+            grant = await self.cluster.request_execution(self.kernel_id, self.gpus)
+            if not grant["granted"]:
+                self._notice(cell.msg, f"notebookos: waiting for {grant['gpus']} GPU(s): {grant['reason']}\n")
+                grant = await self.cluster.wait_execution(self.kernel_id)
+        except ClusterError as err:
+            self._fail_cell(cell, "NotebookOSGPUUnavailable", err.detail or str(err))
+            return None
+        if grant["kind"] == "migrate":
+            moved = self._replica(grant["replica"])
+            moved.alive = False  # its old process is gone; the next heartbeat answered is the new one's
+            self._notice(cell.msg, f"notebookos: moving {moved} to {grant['host']} for its GPUs.\n")
+            await moved.wait_alive()
+        return grant
+
+    async def _release_gpus(self) -> None:
+        try:
+            await self.cluster.release_execution(self.kernel_id)
+        except ClusterError as err:
+            log.error("could not give this cell's GPUs back: %s", err)
 
     def _first_lead(self, cell: Cell, alive: list[ReplicaLink]) -> int:
         """The replica invited to lead a cell's first attempt: the one the request pins, if it is alive (tests and
@@ -371,7 +429,7 @@ class KernelFront:
                 return wanted
         return alive[0].index
 
-    def _send_attempt(self, cell: Cell, alive: list[ReplicaLink], leads: list[int]) -> None:
+    def _send_attempt(self, cell: Cell, alive: list[ReplicaLink], leads: list[int], devices: tuple[int, ...]) -> None:
         for replica in alive:
             msg = dict(cell.msg)
             # Replicas copy the request header into every reply and output's parent_header, so this tag tells the
@@ -380,6 +438,7 @@ class KernelFront:
             msg["metadata"] = dict(cell.msg.get("metadata") or {})
             msg["metadata"][NOTEBOOKOS_META] = {
                 "attempt": cell.attempt, "lead": replica.index in leads, "leads": len(leads), "voters": cell.voters,
+                "devices": devices, "gpus": self.gpus,
             }
             replica.shell.send_multipart(self.session.serialize(msg))
 
@@ -435,9 +494,13 @@ class KernelFront:
         self._exit(EXIT_MAJORITY_LOST)
 
     def _fail_cell(self, cell: Cell, ename: str, evalue: str) -> None:
+        """End a cell that no replica will answer: the error shows in the cell, like any error."""
+        if cell.executor is None:
+            self._status(cell.msg, "busy")  # no executor's busy was forwarded for this cell
+        error = {"ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"]}
+        self.session.send(self.iopub, "error", error, parent=cell.msg)
         if not cell.replied:
-            self._reply(cell, {"status": "error", "ename": ename, "evalue": evalue, "traceback": [evalue],
-                               "execution_count": None})
+            self._reply(cell, {"status": "error", **error, "execution_count": None})
         self._status(cell.msg, "idle")
 
     def _exit(self, code: int) -> None:
@@ -513,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     described = json.loads(Path(args.replicas).read_text())
     cluster_file = discovery_file()
     cluster = ClusterClient.from_file(cluster_file) if cluster_file.exists() else None
-    front = KernelFront(connection, args.kernel_id, described["replicas"], cluster)
+    front = KernelFront(connection, args.kernel_id, described["replicas"], cluster, int(described.get("gpus", 0)))
     return asyncio.run(front.run())
 
 

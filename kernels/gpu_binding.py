@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import collections
 import operator
-import re
 import time
 import types
 import weakref
@@ -58,7 +57,7 @@ from typing import Any
 import torch
 
 __all__ = [
-    "MAX_DEPTH", "MAX_VISITS", "SKIPPED_PACKAGES", "UNREACHABLE", "BindTimings", "DeviceBinder", "parse_gpus_magic",
+    "MAX_DEPTH", "MAX_VISITS", "SKIPPED_PACKAGES", "UNREACHABLE", "BindTimings", "DeviceBinder",
 ]  # fmt: skip
 
 # Bounds of the namespace walk. Depth counts containment steps from a top-level name; visits count the distinct
@@ -500,30 +499,3 @@ def _nbytes(tensor: torch.Tensor) -> int:
     except (RuntimeError, NotImplementedError):
         return 0
 
-
-_GPUS_ARG = re.compile(r"[0-9]+")
-_SIGNED_INT = re.compile(r"[+-][0-9]+")
-
-
-def parse_gpus_magic(line: str) -> int | None:
-    """Parse the argument of the `%gpus` line magic: `%gpus N` asks for N GPUs from the next cell on (0: cells run
-    without a GPU), bare `%gpus` (None) shows the current request. Accepts the whole line ("%gpus 2") or, as IPython
-    passes it to a line magic, the argument alone ("2", ""). Raises ValueError, with a message for the user, on
-    anything else: negative, non-integer or several arguments."""
-    text = line.strip()
-    if text.startswith("%gpus"):
-        rest = text[len("%gpus"):]
-        if rest and not rest[0].isspace():
-            raise ValueError(f"not a %gpus line: {line!r}")
-        text = rest.strip()
-    if not text:
-        return None
-    args = text.split()
-    if len(args) > 1:
-        raise ValueError(f"%gpus takes one number of GPUs, got {text!r}; e.g. %gpus 1, or %gpus 0 for no GPU")
-    (arg,) = args
-    if _GPUS_ARG.fullmatch(arg):
-        return int(arg)
-    if _SIGNED_INT.fullmatch(arg) and int(arg) < 0:
-        raise ValueError(f"%gpus cannot be negative, got {arg}; use %gpus 0 to run cells without a GPU")
-    raise ValueError(f"%gpus takes a whole number of GPUs (0 or more), got {arg!r}")

@@ -17,19 +17,24 @@ import inspect
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ipykernel.ipkernel import IPythonKernel
 from ipykernel.kernelapp import IPKernelApp
+from IPython.core.error import UsageError
 from traitlets import Unicode
 
 from ..replication.election import ALL_YIELD, ElectionBook, VoteNeeded
 from ..replication.entries import CellKey, ExecutionRecord, LogEntry, Proposal, Role, Vote
 from ..replication.namespace import NamespaceTracker, StateApplyError, StateDelta
-from ..replication.object_store import open_store
+from ..replication.object_store import ObjectStoreError, open_store
 from ..replication.raft_log import AppendFailed, KernelLog
 from ..replication.replica_config import ReplicaConfig
+from .gpu_request import parse_gpus_magic
 from .protocol import EXECUTOR_ANNOUNCEMENT, NOTEBOOKOS_META, STATE_APPLIED, ReplicaRole
+
+if TYPE_CHECKING:
+    from .gpu_binding import BindTimings, DeviceBinder
 
 # How long a replica waits for the log to decide an attempt or commit its record before telling the user that the
 # kernel has lost its majority. Generous: a Raft leader election after a crash takes about a second.
@@ -58,6 +63,9 @@ class ReplicaKernel(IPythonKernel):
         self.book = ElectionBook(cfg.replica)
         self.tracker = NamespaceTracker(open_store(cfg.store), inline_limit=cfg.inline_limit)
         self.tracker.snapshot(self.shell.user_ns)
+        self._binder: DeviceBinder | None = None  # made on first need: it imports torch
+        self._gpus = 0  # GPUs each cell of the kernel asks for, as the front last said (or `%gpus N` changed)
+        self.shell.register_magic_function(self._gpus_magic, "line", "gpus")
         self._applier = self._loop.create_task(self._apply_committed())
         self.raft = KernelLog(cfg.raft_address, list(cfg.raft_peers), cfg.raft_password, cfg.journal_path, self._on_commit)
 
@@ -199,21 +207,60 @@ class ReplicaKernel(IPythonKernel):
             return
         self._tell_lost_names(parent)
         self._last_reply: dict[str, Any] = {}
-        self.tracker.snapshot(self.shell.user_ns)
-        await super().execute_request(stream, ident, parent)
-        await self._commit_state(parent, cell)
+        meta = parent["metadata"][NOTEBOOKOS_META]
+        self._gpus = int(meta.get("gpus", 0))
+        ns = self.shell.user_ns
+        devices = tuple(meta.get("devices", ()))
+        binder = self._binder_for(devices)
+        delta = None
+        try:
+            # Order matters (gpu_binding.py): bind before the snapshot and capture before the release, so that
+            # moving tensors between host and device is never mistaken for the cell changing them.
+            if binder is not None:
+                binder.bind(ns, devices)
+            self.tracker.snapshot(ns)
+            await super().execute_request(stream, ident, parent)
+            delta = self._capture(parent)
+        finally:
+            if binder is not None and binder.bound is not None:
+                self._report_unparked(parent, binder.release(ns))
+        if delta is not None:
+            await self._commit_state(parent, cell, delta)
 
-    async def _commit_state(self, parent: dict[str, Any], cell: CellKey) -> None:
-        """Capture what the cell changed and commit it; runs after the reply, before the idle status."""
+    def _binder_for(self, devices: tuple[int, ...]) -> DeviceBinder | None:
+        """The device binder, once there can be anything to bind: GPUs granted, or torch loaded by the user.
+        Until then no tensor can exist, and replicas start without paying for importing torch."""
+        if self._binder is None and (devices or "torch" in sys.modules):
+            from .gpu_binding import DeviceBinder
+
+            self._binder = DeviceBinder()
+        return self._binder
+
+    def _report_unparked(self, parent: dict[str, Any], timings: BindTimings) -> None:
+        if timings.unparked:
+            listed = "; ".join(f"{n}: {why}" for n, why in sorted(timings.unparked.items()))
+            self._notify(parent, f"notebookos: GPU memory still held after the cell by: {listed}\n")
+
+    def _capture(self, parent: dict[str, Any]) -> StateDelta | None:
+        """What the cell changed, or None (the user is told) when it cannot be stored."""
         shell = self.shell
         content = parent["content"]
         in_history = content.get("store_history", not content.get("silent", False))
         count = int(self._last_reply.get("execution_count", 0)) if in_history else 0
         out = shell.user_ns.get("Out", {}).get(count, _NO_OUTPUT) if count else _NO_OUTPUT
-        extra = {} if out is _NO_OUTPUT else {"out": out}
-        delta = self.tracker.capture(shell.user_ns, count, extra=extra)
+        try:
+            delta = self.tracker.capture(shell.user_ns, count, extra={} if out is _NO_OUTPUT else {"out": out})
+        except ObjectStoreError as err:
+            self._notify(parent, f"notebookos: this cell's state could not be saved, so it will not survive a "
+                                 f"failover: {err}\n")
+            return None
         self._warn_unpicklable(delta, parent)
-        record = ExecutionRecord(cell, self.replica_config.replica, count, content.get("code", ""),
+        return delta
+
+    async def _commit_state(self, parent: dict[str, Any], cell: CellKey, delta: StateDelta) -> None:
+        """Commit the cell's state delta with its record; runs after the reply, before the idle status."""
+        content = parent["content"]
+        record = ExecutionRecord(cell, self.replica_config.replica, delta.execution_count, content.get("code", ""),
                                  self._last_reply, delta.to_bytes())
         self._own_records.add(cell)
         try:
@@ -229,10 +276,26 @@ class ReplicaKernel(IPythonKernel):
         return reply
 
     def finish_metadata(self, parent: dict[str, Any], metadata: dict[str, Any], reply_content: dict[str, Any]) -> dict:
-        """Only the elected executor runs ipykernel's own execute path: mark its reply as the executor's."""
+        """Only the elected executor runs ipykernel's own execute path: mark its reply as the executor's, with the
+        GPU request for the next cells (``%gpus N`` may have changed it)."""
         metadata = super().finish_metadata(parent, metadata, reply_content)
-        metadata[NOTEBOOKOS_META] = {"role": ReplicaRole.EXECUTOR.value, "replica": self.replica_config.replica}
+        metadata[NOTEBOOKOS_META] = {"role": ReplicaRole.EXECUTOR.value, "replica": self.replica_config.replica,
+                                     "gpus": self._gpus}
         return metadata
+
+    def _gpus_magic(self, line: str) -> None:
+        """``%gpus N``: the GPUs each following cell asks for (0: bind none). ``%gpus``: what this cell holds."""
+        try:
+            wanted = parse_gpus_magic(line)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        if wanted is None:
+            held = (self._binder.bound if self._binder else None) or ()
+            where = f"GPU(s) {list(held)} on {self.replica_config.host}" if held else "no GPU"
+            print(f"this kernel asks for {self._gpus} GPU(s) per cell; this cell holds {where}")
+        else:
+            self._gpus = wanted
+            print(f"notebookos: the following cells ask for {wanted} GPU(s)" + (" and bind none" if not wanted else ""))
 
     # --------------------------------------------------------------------------------------- user notices
 

@@ -18,6 +18,10 @@ log = logging.getLogger(__name__)
 HEARTBEAT_PERIOD_S = 0.2
 # A replica that has not answered a heartbeat for this long is treated as lost.
 HEARTBEAT_DEAD_AFTER_S = 1.0
+# How long a replica that is (re)starting may take to answer its first heartbeat before it counts as lost
+# (starting Python, ipykernel and pysyncobj takes 1-3 s here), and how long a migrated one is waited for.
+STARTUP_GRACE_S = 10.0
+START_TIMEOUT_S = 60.0
 
 
 class ReplicaLink:
@@ -39,6 +43,7 @@ class ReplicaLink:
         self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
         self.iopub.connect(self._url("iopub_port"))
         self._last_beat = time.monotonic()
+        self._answered = False
 
     def __repr__(self) -> str:
         return f"replica {self.index} on {self.host}"
@@ -66,6 +71,7 @@ class ReplicaLink:
             if await sock.poll(int(HEARTBEAT_DEAD_AFTER_S * 1000)):
                 await sock.recv()
                 self._last_beat = time.monotonic()
+                self._answered = True
                 if not self.alive:
                     self.alive = True
                     await on_change(self, True)
@@ -73,10 +79,18 @@ class ReplicaLink:
                 # A REQ socket that missed its reply cannot send again: start over with a fresh one.
                 sock.close()
                 sock = None
-                if self.alive and time.monotonic() - self._last_beat >= HEARTBEAT_DEAD_AFTER_S:
+                # A replica still starting (no answer yet) gets more time before it counts as lost.
+                patience = HEARTBEAT_DEAD_AFTER_S if self._answered else STARTUP_GRACE_S
+                if self.alive and time.monotonic() - self._last_beat >= patience:
                     self.alive = False
                     await on_change(self, False)
             await asyncio.sleep(max(0.0, HEARTBEAT_PERIOD_S - (time.monotonic() - started)))
+
+    async def wait_alive(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Until the replica answers heartbeats (it was started or moved); bounded, the watcher does the pinging."""
+        deadline = time.monotonic() + timeout
+        while not self.alive and time.monotonic() < deadline:
+            await asyncio.sleep(HEARTBEAT_PERIOD_S / 2)
 
     def close(self) -> None:
         for sock in (self.shell, self.control, self.stdin, self.iopub):

@@ -102,7 +102,7 @@ class KernelClosed(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReplicaMoved(Event):
-    """An idle replica moved off a draining host (off the critical path: it was not executing)."""
+    """An idle replica moved (off a draining host, or on request): off the critical path, it was not executing."""
 
     kernel_id: str
     replica: int

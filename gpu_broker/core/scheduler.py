@@ -154,6 +154,28 @@ class SchedulerCore:
             raise ValueError(f"kernel {kernel_id!r} has no replica {replica}")
         return self._lose_replica(kernel, replica, now, "replica process died") + self._settle(now)
 
+    def migrate_replica(self, kernel_id: str, replica: int, host_id: str, now: float) -> list[Event]:
+        """An operator moves one replica to another host (the dashboard's "migrate"). Refused, with the reason, when
+        the replica is executing, the target is not active, already holds a replica of the kernel, or would pass
+        the subscription limit."""
+        kernel = self.cluster.kernel(kernel_id)
+        if replica not in kernel.replicas:
+            raise ValueError(f"kernel {kernel_id!r} has no replica {replica}")
+        target = self.cluster.hosts.get(host_id)
+        source = kernel.replicas[replica]
+        if target is None or not target.active:
+            raise ValueError(f"host {host_id!r} is not an active host of this cluster")
+        if kernel.executing and kernel.allocation is not None and kernel.allocation.replica == replica:
+            raise ValueError(f"replica {replica} of kernel {kernel_id!r} is running a cell; migrate it after the cell")
+        if kernel_id in target.replicas:
+            raise ValueError(f"host {host_id!r} already holds a replica of kernel {kernel_id!r}")
+        if target.ratio(kernel.gpus) > self.config.subscription_limit + _EPS:
+            raise ValueError(f"host {host_id!r} would pass the subscription limit "
+                             f"({target.ratio(kernel.gpus):.2f} > {self.config.subscription_limit})")
+        self.cluster.move_replica(kernel, replica, target)
+        return [ReplicaMoved(time=now, reason="moved on request", kernel_id=kernel_id, replica=replica,
+                             from_host=source, to_host=host_id)]
+
     # ----------------------------------------------------------------- cells
     def request_execution(self, kernel_id: str, gpus: int, now: float) -> Decision:
         """Pre-select the executor for a cell and pre-commit ``gpus`` devices for it, or queue the request."""

@@ -93,12 +93,18 @@ class Notebook:
         return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def cluster_kernel(cluster_file: str, kernel_id: str) -> dict:
+def cluster_request(cluster_file: str, method: str, path: str, body: dict | None = None) -> Any:
+    """One call to the cluster service's API, authenticated with the token of its discovery file."""
     data = json.loads(open(cluster_file).read())
-    req = urllib.request.Request(f"{data['url']}/kernels/{kernel_id}",
+    req = urllib.request.Request(f"{data['url']}{path}", method=method,
+                                 data=None if body is None else json.dumps(body).encode(),
                                  headers={"Authorization": f"token {data['token']}"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())
+
+
+def cluster_kernel(cluster_file: str, kernel_id: str) -> dict:
+    return cluster_request(cluster_file, "GET", f"/kernels/{kernel_id}")
 
 
 def kill(pid: int) -> None:

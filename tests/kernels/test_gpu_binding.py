@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from notebookos.kernels import gpu_binding
-from notebookos.kernels.gpu_binding import UNREACHABLE, BindTimings, DeviceBinder, parse_gpus_magic
+from notebookos.kernels.gpu_binding import UNREACHABLE, BindTimings, DeviceBinder
+from notebookos.kernels.gpu_request import parse_gpus_magic
 from notebookos.replication.namespace import NamespaceTracker
 from notebookos.replication.object_store import LocalDirectoryStore
 
