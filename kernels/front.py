@@ -407,11 +407,13 @@ class KernelFront:
         except ClusterError as err:
             self._fail_cell(cell, "NotebookOSGPUUnavailable", err.detail or str(err))
             return None
+        executor = self._replica(grant["replica"])
         if grant["kind"] == "migrate":
-            moved = self._replica(grant["replica"])
-            moved.alive = False  # its old process is gone; the next heartbeat answered is the new one's
-            self._notice(cell.msg, f"notebookos: moving {moved} to {grant['host']} for its GPUs.\n")
-            await moved.wait_alive()
+            executor.alive = False  # its old process is gone; the next heartbeat answered is the new one's
+            self._notice(cell.msg, f"notebookos: moving {executor} to {grant['host']} for its GPUs.\n")
+        # A migrated replica, or one lost and being restarted in place (the scheduler does not know it died), is
+        # waited for: the cell goes to the replica that holds its GPUs.
+        await executor.wait_alive()
         return grant
 
     async def _release_gpus(self) -> None:
