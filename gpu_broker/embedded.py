@@ -13,9 +13,11 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..replication.replica_config import ReplicaConfig
 from .core.events import Decision, DecisionKind, Event, KernelPlaced, PlacementDeferred
+from .core.journal import JournaledCore
 from .core.policies import make_policy
 from .core.scheduler import CoreConfig, SchedulerCore
 from .host_agent import HostAgent, ReplicaProcess
@@ -23,6 +25,7 @@ from .host_agent import HostAgent, ReplicaProcess
 log = logging.getLogger(__name__)
 
 REPLICAS_PER_KERNEL = 3
+POLICY = "notebookos"  # the scheduling policy of the live cluster (the simulator compares it with the others)
 _CHANNELS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
 
@@ -38,18 +41,21 @@ class KernelRecord:
 
 class EmbeddedCluster:
     def __init__(self, state_dir: Path, n_hosts: int = 4, gpus_per_host: int = 1,
-                 subscription_limit: float = CoreConfig.subscription_limit) -> None:
+                 subscription_limit: float = CoreConfig.subscription_limit, journal: bool = False) -> None:
         self.state_dir = Path(state_dir)
         self.store_dir = self.state_dir / "objects"
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.gpus_per_host = gpus_per_host
         self.hosts = {f"host-{i + 1}": HostAgent(f"host-{i + 1}", self.state_dir / "hosts" / f"host-{i + 1}")
                       for i in range(n_hosts)}
-        self.core = SchedulerCore(make_policy("notebookos"), CoreConfig(
-            host_gpus=gpus_per_host, subscription_limit=subscription_limit,
-            min_hosts=min(REPLICAS_PER_KERNEL, n_hosts), max_hosts=n_hosts))
+        self.core_config = CoreConfig(host_gpus=gpus_per_host, subscription_limit=subscription_limit,
+                                      min_hosts=min(REPLICAS_PER_KERNEL, n_hosts), max_hosts=n_hosts)
+        self.core = SchedulerCore(make_policy(POLICY), self.core_config)
+        # With ``journal``, every call the live cluster makes on the core is kept, so that it can be replayed on the
+        # simulator's core and the decisions compared (tests, debugging); it grows with every cell and tick.
+        self.journal = JournaledCore(self.core) if journal else None
         for name in self.hosts:
-            self.core.add_host(name, gpus_per_host, time.time())
+            self._decide("add_host", name, gpus_per_host)
         self.kernels: dict[str, KernelRecord] = {}
 
     def create_kernel(self, kernel_id: str, key: str, signature_scheme: str, cwd: str | None = None,
@@ -83,17 +89,23 @@ class EmbeddedCluster:
         if gpus > largest:
             raise PlacementError(f"the cell asks for {gpus} GPU(s) but the largest host has {largest}; ask for at "
                                  f"most {largest} (%gpus {largest}), or add larger hosts")
-        return self.core.request_execution(kernel_id, gpus, time.time())
+        return self._decide("request_execution", kernel_id, gpus)
 
     def carry_out(self, decision: Decision) -> None:
         """Do what a granted decision needs before its executor may run: move the replica for MIGRATE."""
         if decision.kind is DecisionKind.MIGRATE:
             self._hand_over(decision.kernel_id, decision.replica, decision.host_id)
-        self.core.start_execution(decision.kernel_id, time.time())
+        self._decide("start_execution", decision.kernel_id)
+
+    def _decide(self, method: str, *args: Any) -> Any:
+        """One call on the scheduling core, at the wall-clock time (journaled when asked)."""
+        if self.journal is not None:
+            return self.journal.call(method, *args, now=time.time())
+        return getattr(self.core, method)(*args, time.time())
 
     def migrate_replica(self, kernel_id: str, replica: int, host: str) -> dict:
         """Move a replica to another host on request; the kernel keeps running (ValueError: refused, why)."""
-        self.core.migrate_replica(kernel_id, replica, host, time.time())
+        self._decide("migrate_replica", kernel_id, replica, host)
         self._hand_over(kernel_id, replica, host)
         return self.describe_kernel(kernel_id)
 
@@ -105,10 +117,10 @@ class EmbeddedCluster:
 
     def release(self, kernel_id: str) -> list[Event]:
         """The cell is over: its GPUs go back to idle; returns what that set off (queued cells granted)."""
-        return self.core.release(kernel_id, time.time())
+        return self._decide("release", kernel_id)
 
     def tick(self) -> list[Event]:
-        return self.core.tick(time.time())
+        return self._decide("tick")
 
     # ------------------------------------------------------------------------------------ replicas
 
@@ -124,7 +136,7 @@ class EmbeddedCluster:
 
     def delete_kernel(self, kernel_id: str) -> None:
         record = self.kernels.pop(kernel_id)
-        self.core.close_kernel(kernel_id, time.time())
+        self._decide("close_kernel", kernel_id)
         for host in {h for h, _ in record.replicas}:
             host.stop_kernel(kernel_id)
 
@@ -164,13 +176,13 @@ class EmbeddedCluster:
 
     def _place(self, kernel_id: str, gpus: int) -> list[HostAgent]:
         """Ask the scheduling core where the replicas go; refuse with its reason when it cannot place them now."""
-        events = self.core.place_kernel(kernel_id, gpus, time.time())
+        events = self._decide("place_kernel", kernel_id, gpus)
         placed = next((e for e in events if isinstance(e, KernelPlaced)), None)
         if placed is not None:
             return [self.hosts[host] for host in placed.hosts]
         # The embedded cluster has no provider to add hosts with, so a deferred placement is a refusal.
         reason = next((e.reason for e in events if isinstance(e, PlacementDeferred)), "no host can take them")
-        self.core.close_kernel(kernel_id, time.time())
+        self._decide("close_kernel", kernel_id)
         raise PlacementError(f"cannot place the kernel's {REPLICAS_PER_KERNEL} replicas with {gpus} GPU(s) each: "
                              f"{reason}. Add hosts, or raise the subscription limit, or ask for fewer GPUs.")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -24,7 +25,8 @@ import tornado.netutil
 import tornado.web
 
 from .core.events import Decision, Event
-from .embedded import EmbeddedCluster, PlacementError
+from .core.journal import outcome_json
+from .embedded import POLICY, EmbeddedCluster, PlacementError
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +162,24 @@ def decision_json(decision: Decision) -> dict[str, Any]:
             "reason": decision.reason}
 
 
+class JournalHandler(ClusterHandler):
+    """The core calls of a cluster started with --journal, with their outcomes, for replay on another core."""
+
+    def get(self) -> None:
+        cluster = self.service.cluster
+        if cluster.journal is None:
+            raise tornado.web.HTTPError(404, reason="this cluster keeps no journal; start it with --journal")
+        self.finish({
+            "policy": POLICY, "config": dataclasses.asdict(cluster.core_config),
+            "calls": [{"method": c.method, "args": list(c.args), "now": c.now} for c in cluster.journal.calls],
+            "outcomes": [outcome_json(o) for o in cluster.journal.outcomes],
+        })
+
+
 class ClusterService:
-    def __init__(self, state_dir: Path, n_hosts: int, ephemeral: bool, gpus_per_host: int = 1) -> None:
-        self.cluster = EmbeddedCluster(state_dir, n_hosts, gpus_per_host)
+    def __init__(self, state_dir: Path, n_hosts: int, ephemeral: bool, gpus_per_host: int = 1,
+                 journal: bool = False) -> None:
+        self.cluster = EmbeddedCluster(state_dir, n_hosts, gpus_per_host, journal=journal)
         self.token = secrets.token_urlsafe(24)
         self.ephemeral = ephemeral
         self.stopped = asyncio.Event()
@@ -222,6 +239,7 @@ class ClusterService:
         args = {"service": self}
         return tornado.web.Application([
             (r"/cluster", ClusterRoot, args),
+            (r"/scheduler/journal", JournalHandler, args),
             (r"/kernels", KernelsHandler, args),
             (r"/kernels/([^/]+)", KernelHandler, args),
             (r"/kernels/([^/]+)/replicas/(\d+)/(restart|kill)", ReplicaActionHandler, args),
@@ -247,8 +265,8 @@ def write_discovery_file(path: Path, url: str, token: str) -> None:
 
 
 async def serve(state_dir: Path, n_hosts: int, ephemeral: bool, discovery_file: Path, port: int = 0,
-                gpus_per_host: int = 1) -> None:
-    service = ClusterService(state_dir, n_hosts, ephemeral, gpus_per_host)
+                gpus_per_host: int = 1, journal: bool = False) -> None:
+    service = ClusterService(state_dir, n_hosts, ephemeral, gpus_per_host, journal)
     sockets = tornado.netutil.bind_sockets(port, "127.0.0.1")
     bound = sockets[0].getsockname()[1]
     server = tornado.httpserver.HTTPServer(service.app())
@@ -281,10 +299,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--gpus-per-host", type=int, default=1,
                         help="GPUs of each logical host (virtual GPUs where the machine has none)")
+    parser.add_argument("--journal", action="store_true",
+                        help="keep every scheduling-core call for replay (GET /scheduler/journal); grows without bound")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(serve(args.state_dir, args.hosts, args.ephemeral, args.discovery_file, args.port,
-                      args.gpus_per_host))
+                      args.gpus_per_host, args.journal))
 
 
 if __name__ == "__main__":

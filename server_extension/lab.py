@@ -38,7 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run, accepts_extra=True)
 
 
-def start_cluster(state_dir: Path, hosts: int, gpus_per_host: int = 1) -> tuple[subprocess.Popen, Path]:
+def start_cluster(state_dir: Path, hosts: int, gpus_per_host: int = 1,
+                  extra_args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, Path]:
     """Start the cluster service and wait until it answers; returns the process and its discovery file."""
     discovery = state_dir / "cluster.json"
     discovery.unlink(missing_ok=True)
@@ -46,7 +47,7 @@ def start_cluster(state_dir: Path, hosts: int, gpus_per_host: int = 1) -> tuple[
     # under it; the cluster is stopped when JupyterLab has exited.
     proc = subprocess.Popen([sys.executable, "-m", "notebookos.gpu_broker.service", "--state-dir", str(state_dir),
                              "--hosts", str(hosts), "--gpus-per-host", str(gpus_per_host),
-                             "--discovery-file", str(discovery)], start_new_session=True)
+                             "--discovery-file", str(discovery), *extra_args], start_new_session=True)
     deadline = time.monotonic() + CLUSTER_START_TIMEOUT_S
     while not discovery.exists():
         if proc.poll() is not None or time.monotonic() > deadline:

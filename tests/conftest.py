@@ -25,7 +25,8 @@ def cluster_file(jupyter_env: Path, tmp_path_factory: pytest.TempPathFactory):
     from notebookos.server_extension.lab import start_cluster
 
     state = tmp_path_factory.mktemp("cluster")
-    proc, discovery = start_cluster(state, hosts=4)
+    # --journal: tests compare the live scheduler's decisions with a replay on the simulator's core.
+    proc, discovery = start_cluster(state, hosts=4, extra_args=("--journal",))
     os.environ[CLUSTER_FILE_ENV] = str(discovery)
     yield str(discovery)
     del os.environ[CLUSTER_FILE_ENV]

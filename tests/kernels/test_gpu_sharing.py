@@ -11,6 +11,12 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import start_new_kernel
 
+from notebookos.gpu_broker.core.journal import CoreCall, outcome_json, replay
+from notebookos.gpu_broker.core.policies import make_policy
+from notebookos.gpu_broker.simulator.costs import CostModel
+from notebookos.gpu_broker.simulator.engine import ClusterSpec, Simulation
+from notebookos.gpu_broker.simulator.workload import SessionModel
+
 from .driver import Notebook, cluster_request, replicas_of, wait_until
 
 SPEC = Path(KernelSpecManager().get_kernel_spec("notebookos").resource_dir)
@@ -130,3 +136,23 @@ def test_a_replica_migrated_on_request_keeps_the_state_and_runs_cells_on_its_new
     res = wait_until(on_new_host, "a cell to run on the migrated replica")
     assert res.result == f"('{free}', [1, 2, 3])"
 
+
+
+def test_the_simulators_core_replaying_the_live_calls_decides_the_same(gpu_notebooks, cluster_file):
+    """The live cluster and the simulator share the scheduling core: replaying every call the live cluster made
+    (placements, grants, releases, ticks, with their times) on a core built the way the simulator builds it gives
+    the same decisions, event by event."""
+    nb = gpu_notebooks()
+    assert nb.run("x = 1").status == "ok"
+    assert nb.run("%gpus\nx + 1").status == "ok"
+    journal = cluster_request(cluster_file, "GET", "/scheduler/journal")
+    calls = [CoreCall(c["method"], tuple(c["args"]), c["now"]) for c in journal["calls"]]
+    assert {"add_host", "place_kernel", "request_execution", "release"} <= {c.method for c in calls}
+    config = journal["config"]
+    simulation = Simulation([], make_policy(journal["policy"]),
+                            ClusterSpec(hosts=0, host_gpus=config["host_gpus"], min_hosts=config["min_hosts"],
+                                        max_hosts=config["max_hosts"],
+                                        subscription_limit=config["subscription_limit"]),
+                            SessionModel(), CostModel(), (0.0, None))
+    replayed = [outcome_json(o) for o in replay(calls, simulation.core)]
+    assert replayed == journal["outcomes"]
