@@ -101,6 +101,11 @@ def hosts_model(raw_cluster: dict) -> list[dict]:
     return hosts
 
 
+def gpus_model(raw_cluster: dict) -> list[dict]:
+    return [{"host": str(host["name"]), "device": int(d["device"]), "kernel": d.get("kernel")}
+            for host in raw_cluster.get("hosts", []) for d in host.get("devices", [])]
+
+
 def cluster_model(raw_cluster: dict) -> dict:
     kernels = [kernel_model(k) for k in raw_cluster.get("kernels", [])]
     return {

@@ -16,8 +16,8 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from .cluster import (ClusterRefused, ClusterUnavailable, cluster_model, get_cluster, get_kernel, hosts_model,
-                      kernel_model, replica_action)
+from .cluster import (ClusterRefused, ClusterUnavailable, cluster_model, get_cluster, get_kernel, gpus_model,
+                      hosts_model, kernel_model, replica_action)
 from .metrics import CONTENT_TYPE, Metrics
 from .openapi import API_PREFIX, RESOURCE, document
 
@@ -80,6 +80,13 @@ class HostsHandler(NotebookOSHandler):
         self.reply({"hosts": hosts_model(await self.cluster_call(get_cluster()))})
 
 
+class GpusHandler(NotebookOSHandler):
+    @web.authenticated
+    @authorized("read", resource=RESOURCE)
+    async def get(self) -> None:
+        self.reply({"gpus": gpus_model(await self.cluster_call(get_cluster()))})
+
+
 class KernelsHandler(NotebookOSHandler):
     @web.authenticated
     @authorized("read", resource=RESOURCE)
@@ -133,6 +140,7 @@ def handlers(metrics: Metrics) -> list[tuple[str, type, dict] | tuple[str, type]
         (rf"{API_PREFIX}/openapi\.json", OpenAPIHandler),
         (rf"{API_PREFIX}/cluster", ClusterHandler),
         (rf"{API_PREFIX}/hosts", HostsHandler),
+        (rf"{API_PREFIX}/gpus", GpusHandler),
         (rf"{API_PREFIX}/kernels", KernelsHandler),
         (rf"{API_PREFIX}{kernel}", KernelHandler),
         (rf"{API_PREFIX}{kernel}/replicas/(?P<replica>[^/]+)/(?P<action>kill|restart)", ReplicaActionHandler),

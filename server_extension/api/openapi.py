@@ -114,6 +114,21 @@ SCHEMAS: dict = {
             "state": {"type": "string", "enum": ["active", "draining"]},
         },
     },
+    "Gpu": {
+        "type": "object",
+        "required": ["host", "device", "kernel"],
+        "properties": {
+            "host": {"type": "string"},
+            "device": {"type": "integer", "minimum": 0, "description": "device index on its host"},
+            "kernel": {"type": ["string", "null"],
+                       "description": "the kernel whose running cell holds the GPU; null when idle"},
+        },
+    },
+    "GpuList": {
+        "type": "object",
+        "required": ["gpus"],
+        "properties": {"gpus": {"type": "array", "items": _ref("Gpu")}},
+    },
     "HostList": {
         "type": "object",
         "required": ["hosts"],
@@ -161,6 +176,8 @@ DOCUMENT: dict = {
                                       _json(_ref("Cluster"), "The cluster summary.")),
         f"{API_PREFIX}/hosts": _get("listHosts", "Hosts with their replicas and kernels.",
                                     _json(_ref("HostList"), "The hosts.")),
+        f"{API_PREFIX}/gpus": _get("listGpus", "Every GPU of the cluster and the kernel whose cell holds it now.",
+                                   _json(_ref("GpuList"), "The GPUs.")),
         f"{API_PREFIX}/kernels": _get("listKernels", "Kernels on the cluster with their replicas.",
                                       _json(_ref("KernelList"), "The kernels.")),
         f"{API_PREFIX}/kernels/{{kernel_id}}": _get(

@@ -107,16 +107,17 @@ async def test_openapi_document_describes_the_routes(api: Api, jp_base_url: str)
     for schema in doc["components"]["schemas"].values():
         jsonschema.Draft202012Validator.check_schema(schema)
     assert set(doc["paths"]) == {f"{PREFIX}/{p}" for p in (
-        "openapi.json", "cluster", "hosts", "kernels", "kernels/{kernel_id}", "metrics",
+        "openapi.json", "cluster", "hosts", "gpus", "kernels", "kernels/{kernel_id}", "metrics",
         "kernels/{kernel_id}/replicas/{replica}/kill", "kernels/{kernel_id}/replicas/{replica}/restart")}
     # schemathesis loads it (it refuses documents that are not OpenAPI).
-    assert len([op for op in schemathesis.openapi.from_dict(doc).get_all_operations() if op.ok()]) == 8
+    assert len([op for op in schemathesis.openapi.from_dict(doc).get_all_operations() if op.ok()]) == 9
 
 
 @pytest.mark.parametrize("authorization", ["", "token not-the-token"])
 async def test_requests_without_a_valid_token_are_refused(api: Api, authorization: str) -> None:
     headers = {"Authorization": authorization}
-    for template in (f"{PREFIX}/openapi.json", f"{PREFIX}/cluster", f"{PREFIX}/hosts", f"{PREFIX}/kernels",
+    for template in (f"{PREFIX}/openapi.json", f"{PREFIX}/cluster", f"{PREFIX}/hosts", f"{PREFIX}/gpus",
+                     f"{PREFIX}/kernels",
                      f"{PREFIX}/kernels/{{kernel_id}}", f"{PREFIX}/metrics"):
         resp = await api.call("GET", template, headers=headers, kernel_id="k")
         assert resp.code == 403, template
@@ -136,6 +137,10 @@ async def test_cluster_hosts_kernels_and_metrics(api: Api) -> None:
     assert [h["name"] for h in hosts] == [h["name"] for h in cluster["hosts"]]
     kernels = (await api.json("GET", f"{PREFIX}/kernels"))["kernels"]
     assert len(kernels) == cluster["kernels"]
+    # The session cluster: 4 logical hosts with 1 virtual GPU each, none held between cells.
+    gpus = (await api.json("GET", f"{PREFIX}/gpus"))["gpus"]
+    assert gpus == [{"host": f"host-{i}", "device": 0, "kernel": None} for i in range(1, 5)]
+    assert [h["gpus"] for h in hosts] == [1, 1, 1, 1]
 
     text = (await api.call("GET", f"{PREFIX}/metrics")).body.decode()
     assert metric(text, "notebookos_cluster_up") == 1
