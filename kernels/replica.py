@@ -145,7 +145,6 @@ class ReplicaKernel(IPythonKernel):
             shell.history_manager.store_inputs(record.execution_count, record.source, record.source)
             if out is not _NO_OUTPUT:
                 shell.displayhook.update_user_ns(out)
-        self.tracker.snapshot(shell.user_ns)
 
     async def _decision(self, cell: CellKey) -> int:
         decided = self.book.decision(cell)
