@@ -59,6 +59,13 @@ class ClusterHandler(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.finish({"error": self._reason})
 
+    @staticmethod
+    def gpus(value: Any) -> int:
+        """A GPU count from a request body, or 400."""
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise tornado.web.HTTPError(400, reason=f"gpus must be a whole number of GPUs >= 0, got {value!r}")
+        return value
+
     def kernel(self, kernel_id: str) -> None:
         if kernel_id not in self.service.cluster.kernels:
             raise tornado.web.HTTPError(404, reason=f"no kernel {kernel_id} in this cluster")
@@ -78,9 +85,7 @@ class KernelsHandler(ClusterHandler):
             raise tornado.web.HTTPError(400, reason=f"missing field {err}") from None
         if kernel_id in self.service.cluster.kernels:
             raise tornado.web.HTTPError(409, reason=f"kernel {kernel_id} already exists")
-        gpus = data.get("gpus", 0)
-        if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 0:
-            raise tornado.web.HTTPError(400, reason=f"gpus must be a whole number of GPUs >= 0, got {gpus!r}")
+        gpus = self.gpus(data.get("gpus", 0))
         try:
             described = self.service.cluster.create_kernel(
                 kernel_id, key, str(data.get("signature_scheme", "hmac-sha256")), data.get("cwd"), gpus)
@@ -143,9 +148,7 @@ class ExecutionsHandler(ClusterHandler):
         elif step == "wait":
             self.finish(decision_json(await service.wait_for_grant(kernel_id)))
         else:
-            gpus = self.body().get("gpus")
-            if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 0:
-                raise tornado.web.HTTPError(400, reason=f"gpus must be a whole number of GPUs >= 0, got {gpus!r}")
+            gpus = self.gpus(self.body().get("gpus"))
             try:
                 decision = await service.request_execution(kernel_id, gpus)
             except PlacementError as err:

@@ -136,8 +136,8 @@ class KernelFront:
     async def run(self) -> int:
         self.bind()
         tasks = [
-            self._loop(self.shell, self._on_client_shell),
-            self._loop(self.control, self._on_client_control),
+            self._loop(self.shell, lambda f: self._on_client_request(self.shell, f)),
+            self._loop(self.control, lambda f: self._on_client_request(self.control, f)),
             self._loop(self.stdin, self._on_client_stdin),
             self._loop(self.iopub, self._on_subscription),
             self._heartbeat(),
@@ -183,24 +183,18 @@ class KernelFront:
 
     # --------------------------------------------------------------------------------- client requests
 
-    def _on_client_shell(self, raw: list[bytes]) -> None:
+    def _on_client_request(self, client_sock: Any, raw: list[bytes]) -> None:
+        """A request on the client's shell or control channel: cells are queued (shell only), shutdown is the
+        front's own, anything else goes to one replica."""
         frames = Frames.split(raw)
         header = frames.header()
-        if header["msg_type"] == "execute_request":
+        if header["msg_type"] == "execute_request" and client_sock is self.shell:
             msg = self.session.deserialize(_strip_delim(frames.body), content=True)
             self.cells.put_nowait(Cell(frames, msg))
         elif header["msg_type"] == "shutdown_request":
-            self._shutdown(self.shell, frames)
+            self._shutdown(client_sock, frames)
         else:
-            self._route(self.shell, frames, header)
-
-    def _on_client_control(self, raw: list[bytes]) -> None:
-        frames = Frames.split(raw)
-        header = frames.header()
-        if header["msg_type"] == "shutdown_request":
-            self._shutdown(self.control, frames)
-        else:
-            self._route(self.control, frames, header)
+            self._route(client_sock, frames, header)
 
     def _on_client_stdin(self, raw: list[bytes]) -> None:
         """input_reply from the client: to the replica that asked, the current executor."""
