@@ -52,7 +52,9 @@ class ClusterClient:
         data = json.loads(path.read_text())
         return cls(data["url"], data["token"])
 
-    async def request(self, method: str, path: str, body: dict | None = None, timeout: float = 60.0) -> Any:
+    async def request(self, method: str, path: str, body: dict | None = None, timeout: float = 60.0,
+                      text: bool = False) -> Any:
+        """The JSON answer (None when empty), or the answer as text with ``text``; ClusterError otherwise."""
         req = HTTPRequest(
             f"{self.url}{path}", method=method, headers={"Authorization": f"token {self.token}"},
             body=None if body is None and method in ("GET", "DELETE") else json.dumps(body or {}),
@@ -68,6 +70,8 @@ class ClusterClient:
                                status=err.code, detail=detail) from None
         except OSError as err:
             raise ClusterError(f"cannot reach the notebookos cluster at {self.url}: {err}") from None
+        if text:
+            return resp.body.decode(errors="replace")
         try:
             return json.loads(resp.body) if resp.body else None
         except ValueError:
@@ -82,9 +86,10 @@ class ClusterClient:
         return True
 
     async def create_kernel(self, kernel_id: str, key: str, signature_scheme: str, cwd: str | None,
-                            gpus: int = 0) -> dict:
+                            gpus: int = 0, owner: str | None = None, notebook: str | None = None) -> dict:
         return await self.request("POST", "/kernels", {"kernel_id": kernel_id, "key": key, "gpus": gpus,
-                                                       "signature_scheme": signature_scheme, "cwd": cwd})
+                                                       "signature_scheme": signature_scheme, "cwd": cwd,
+                                                       "owner": owner, "notebook": notebook})
 
     async def delete_kernel(self, kernel_id: str) -> None:
         await self.request("DELETE", f"/kernels/{kernel_id}")
@@ -103,8 +108,11 @@ class ClusterClient:
         """Wait, as long as it takes, until a queued cell is granted its GPUs."""
         return await self.request("POST", f"/kernels/{kernel_id}/executions/wait", timeout=7 * 24 * 3600.0)
 
-    async def release_execution(self, kernel_id: str) -> None:
-        await self.request("POST", f"/kernels/{kernel_id}/executions/release")
+    async def release_execution(self, kernel_id: str, bind_s: float | None = None,
+                                release_s: float | None = None) -> None:
+        """The cell is over; ``bind_s``/``release_s`` are what binding its GPUs cost the executor, if it said."""
+        await self.request("POST", f"/kernels/{kernel_id}/executions/release",
+                           {"bind_s": bind_s, "release_s": release_s})
 
     async def migrate_replica(self, kernel_id: str, replica: int, host: str) -> dict:
         return await self.request("POST", f"/kernels/{kernel_id}/replicas/{replica}/migrate", {"host": host})

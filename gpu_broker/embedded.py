@@ -1,31 +1,42 @@
-"""The embedded cluster: N logical hosts on this machine, each a host agent, and the kernels placed on them.
+"""The embedded cluster: logical hosts on this machine, each a host agent, and the kernels placed on them.
 
-This is what ``notebookos lab`` and the provisioner start when no cluster is configured. Where replicas go is
-decided by the scheduling core (:mod:`notebookos.gpu_broker.core`), the same code the simulator runs: three
-distinct hosts within the subscription limit, each host carrying ``gpus_per_host`` GPUs (virtual ones where the
-machine has none). Per-cell GPU commitment, migration and autoscaling through the core come next (issue 3).
+This is what ``notebookos lab`` and the provisioner start when no cluster is configured. Every decision is the
+scheduling core's (:mod:`notebookos.gpu_broker.core`), the same code the simulator runs; this class calls it with
+what happened, and carries out the events it returns: replicas moved for a drain or scale-in, lost replicas
+replaced on other hosts, hosts added by the autoscaler through the provider (:mod:`.providers`), devices granted
+to cells. Each event also goes to the event log (:mod:`.event_log`), the metrics and the charts' history.
+
+Calls come from one worker thread of the cluster service (so they never interleave); readers (``describe``) may
+come from the service's event loop at any time, and take ``lock`` to see no half-applied change.
 """
 from __future__ import annotations
 
 import logging
 import secrets
 import socket
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..replication.replica_config import ReplicaConfig
-from .core.events import Decision, DecisionKind, Event, KernelPlaced, PlacementDeferred
+from .cells import CellRecord
+from .core.events import (Decision, DecisionKind, Event, ExecutionStarted, HostRemoved, KernelPlaced, PlacementDeferred,
+                          Released, ReplicaMoved, ReplicaReplaced, ScaleOutRequested)
 from .core.journal import JournaledCore
 from .core.policies import make_policy
 from .core.scheduler import CoreConfig, SchedulerCore
-from .host_agent import HostAgent, ReplicaProcess
+from .event_log import EventLog
+from .history import History
+from .host_agent import MOVE_PAUSE_S, HostAgent, ReplicaProcess
+from .metrics import ClusterMetrics
+from .providers import HostProvider, LocalProvider, ProviderError
 
 log = logging.getLogger(__name__)
 
 REPLICAS_PER_KERNEL = 3
-POLICY = "notebookos"  # the scheduling policy of the live cluster (the simulator compares it with the others)
+POLICY = "notebookos"  # the live cluster's default policy (the simulator compares it with the others)
 _CHANNELS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
 
@@ -37,36 +48,52 @@ class PlacementError(RuntimeError):
 class KernelRecord:
     kernel_id: str
     replicas: list[tuple[HostAgent, ReplicaProcess]]
+    owner: str | None = None
+    notebook: str | None = None
+    cell: CellRecord | None = None
+    moving: set[int] = field(default_factory=set)  # replicas being handed over to another host
 
 
 class EmbeddedCluster:
     def __init__(self, state_dir: Path, n_hosts: int = 4, gpus_per_host: int = 1,
-                 subscription_limit: float = CoreConfig.subscription_limit, journal: bool = False) -> None:
+                 subscription_limit: float = CoreConfig.subscription_limit, journal: bool = False,
+                 max_hosts: int | None = None, policy: str = POLICY, provider: HostProvider | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.store_dir = self.state_dir / "objects"
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.gpus_per_host = gpus_per_host
-        self.hosts = {f"host-{i + 1}": HostAgent(f"host-{i + 1}", self.state_dir / "hosts" / f"host-{i + 1}")
-                      for i in range(n_hosts)}
+        self.policy = make_policy(policy)
+        max_hosts = max(max_hosts or n_hosts, n_hosts)
+        self.provider = provider or LocalProvider(self.state_dir / "hosts", max_hosts)
+        # The hosts started with are the floor the autoscaler keeps; it may add hosts up to max_hosts.
         self.core_config = CoreConfig(host_gpus=gpus_per_host, subscription_limit=subscription_limit,
-                                      min_hosts=min(REPLICAS_PER_KERNEL, n_hosts), max_hosts=n_hosts)
-        self.core = SchedulerCore(make_policy(POLICY), self.core_config)
+                                      min_hosts=n_hosts, max_hosts=max_hosts)
+        self.core = SchedulerCore(self.policy, self.core_config)
         # With ``journal``, every call the live cluster makes on the core is kept, so that it can be replayed on the
         # simulator's core and the decisions compared (tests, debugging); it grows with every cell and tick.
         self.journal = JournaledCore(self.core) if journal else None
-        for name in self.hosts:
-            self._decide("add_host", name, gpus_per_host)
+        self.lock = threading.RLock()
+        self.events = EventLog()
+        self.metrics = ClusterMetrics()
+        self.history = History()
+        self.hosts: dict[str, HostAgent] = {}
         self.kernels: dict[str, KernelRecord] = {}
+        self._clock = time.time()  # when GPU-seconds were last accounted
+        self.granted: list[Decision] = []  # decisions for queued cells, taken by the service after each call
+        for _ in range(n_hosts):
+            self.add_host(gpus_per_host, scaled=False)
+
+    # ------------------------------------------------------------------------------------ kernels
 
     def create_kernel(self, kernel_id: str, key: str, signature_scheme: str, cwd: str | None = None,
-                      gpus: int = 0) -> dict:
+                      gpus: int = 0, owner: str | None = None, notebook: str | None = None) -> dict:
         if kernel_id in self.kernels:
             raise ValueError(f"kernel {kernel_id} already exists")
         hosts = self._place(kernel_id, gpus)
         raft_ports = [_free_port() for _ in hosts]
         peers = tuple(f"127.0.0.1:{p}" for p in raft_ports)
         password = secrets.token_urlsafe(24)
-        record = KernelRecord(kernel_id, [])
+        record = KernelRecord(kernel_id, [], owner=owner, notebook=notebook)
         for index, host in enumerate(hosts):
             connection = {name: _free_port() for name in _CHANNELS}
             connection.update(ip="127.0.0.1", transport="tcp", key=key, signature_scheme=signature_scheme,
@@ -77,8 +104,38 @@ class EmbeddedCluster:
                 store=self.store_dir.as_uri(), cwd=cwd,
             )
             record.replicas.append((host, host.start_replica(config, connection)))
-        self.kernels[kernel_id] = record
+        with self.lock:
+            self.kernels[kernel_id] = record
         return self.describe_kernel(kernel_id)
+
+    def delete_kernel(self, kernel_id: str) -> None:
+        with self.lock:
+            record = self.kernels.pop(kernel_id)
+        self._act(self._decide("close_kernel", kernel_id))
+        for host in {h for h, _ in record.replicas}:
+            host.stop_kernel(kernel_id)
+
+    def shutdown(self) -> None:
+        for kernel_id in list(self.kernels):
+            self.delete_kernel(kernel_id)
+
+    def _place(self, kernel_id: str, gpus: int) -> list[HostAgent]:
+        """Ask the scheduling core where the replicas go; refuse with its reason when it cannot place them now."""
+        events = self._decide("place_kernel", kernel_id, gpus)
+        placed = next((e for e in events if isinstance(e, KernelPlaced)), None)
+        if placed is not None:
+            return [self.hosts[host] for host in placed.hosts]
+        # Deferred: the scale-out it asked for may deliver hosts at once (the local provider does), and the core
+        # places the kernel on them as they join.
+        reason = next((e.reason for e in events if isinstance(e, PlacementDeferred)), "no host can take them")
+        self._act(events)
+        replicas = self.core.cluster.kernels[kernel_id].replicas
+        if len(replicas) == self.policy.replicas:
+            return [self.hosts[replicas[i]] for i in sorted(replicas)]
+        # A kernel start does not wait longer: it is refused with the reason.
+        self._act(self._decide("close_kernel", kernel_id))
+        raise PlacementError(f"cannot place the kernel's {self.policy.replicas} replica(s) with {gpus} GPU(s) each: "
+                             f"{reason}. Add hosts, or raise the subscription limit, or ask for fewer GPUs.")
 
     # ----------------------------------------------------------------------------------- GPUs per cell
 
@@ -89,7 +146,14 @@ class EmbeddedCluster:
         if gpus > largest:
             raise PlacementError(f"the cell asks for {gpus} GPU(s) but the largest host has {largest}; ask for at "
                                  f"most {largest} (%gpus {largest}), or add larger hosts")
-        return self._decide("request_execution", kernel_id, gpus)
+        record = self.kernels[kernel_id]
+        record.cell = CellRecord(gpus=gpus, submitted=time.time())
+        decision = self._decide("request_execution", kernel_id, gpus)
+        record.cell.decided(decision)
+        self._act(list(decision.events))
+        if decision.granted:
+            self.carry_out(decision)
+        return decision
 
     def carry_out(self, decision: Decision) -> None:
         """Do what a granted decision needs before its executor may run: move the replica for MIGRATE."""
@@ -97,97 +161,247 @@ class EmbeddedCluster:
             self._hand_over(decision.kernel_id, decision.replica, decision.host_id)
         self._decide("start_execution", decision.kernel_id)
 
-    def _decide(self, method: str, *args: Any) -> Any:
-        """One call on the scheduling core, at the wall-clock time (journaled when asked)."""
-        if self.journal is not None:
-            return self.journal.call(method, *args, now=time.time())
-        return getattr(self.core, method)(*args, time.time())
+    def release(self, kernel_id: str, bind_s: float | None = None, release_s: float | None = None) -> None:
+        """The cell is over: its GPUs go back to idle; queued cells that can now run are granted."""
+        cell = self.kernels[kernel_id].cell
+        self._act(self._decide("release", kernel_id))
+        if cell is not None:
+            cell.bind_s, cell.release_s = bind_s, release_s
+            for value, histogram in ((bind_s, self.metrics.bind_seconds), (release_s, self.metrics.release_seconds)):
+                if value is not None:
+                    histogram.observe(value)
 
-    def migrate_replica(self, kernel_id: str, replica: int, host: str) -> dict:
-        """Move a replica to another host on request; the kernel keeps running (ValueError: refused, why)."""
-        self._decide("migrate_replica", kernel_id, replica, host)
-        self._hand_over(kernel_id, replica, host)
-        return self.describe_kernel(kernel_id)
+    def tick(self) -> None:
+        """Retry waiting work, let the autoscaler act, and close a history sample when one is due."""
+        self._act(self._decide("tick"))
+        core = self.core
+        with self.lock:
+            self.history.maybe_sample(time.time(), core.cluster.total_gpus, core.used_gpus,
+                                      len(core.waiting_requests))
 
-    def _hand_over(self, kernel_id: str, replica: int, host: str) -> None:
-        record = self.kernels[kernel_id]
-        source, _ = record.replicas[replica]
-        target = self.hosts[host]
-        record.replicas[replica] = (target, source.hand_over(kernel_id, replica, target))
-
-    def release(self, kernel_id: str) -> list[Event]:
-        """The cell is over: its GPUs go back to idle; returns what that set off (queued cells granted)."""
-        return self._decide("release", kernel_id)
-
-    def tick(self) -> list[Event]:
-        return self._decide("tick")
+    def take_granted(self) -> list[Decision]:
+        """Decisions for queued cells made since the last call (the service answers their waiting fronts)."""
+        granted, self.granted = self.granted, []
+        return granted
 
     # ------------------------------------------------------------------------------------ replicas
 
-    def restart_replica(self, kernel_id: str, replica: int) -> dict:
-        host, _ = self.kernels[kernel_id].replicas[replica]
-        host.restart_replica(kernel_id, replica)
+    def migrate_replica(self, kernel_id: str, replica: int, host: str) -> dict:
+        """Move a replica to another host on request; the kernel keeps running (ValueError: refused, why)."""
+        if host not in self.hosts:
+            raise ValueError(f"there is no host {host!r}; hosts: {', '.join(self.hosts)}")
+        self._act(self._decide("migrate_replica", kernel_id, replica, host))
+        return self.describe_kernel(kernel_id)
+
+    def replace_replica(self, kernel_id: str, replica: int) -> dict:
+        """A replica's process died: the scheduler places a replacement on another host, which takes over the
+        dead replica's journal (the host lives on, so its disk does) and catches up from the log. Nothing happens
+        for a replica that is alive, being moved, or already waiting for room."""
+        record = self.kernels[kernel_id]
+        _, proc = record.replicas[replica]
+        placed = replica in self.core.cluster.kernels[kernel_id].replicas
+        if proc.alive or replica in record.moving or not placed:
+            return self.describe_kernel(kernel_id)
+        self._act(self._decide("replica_lost", kernel_id, replica))
         return self.describe_kernel(kernel_id)
 
     def kill_replica(self, kernel_id: str, replica: int) -> dict:
         host, _ = self.kernels[kernel_id].replicas[replica]
         host.kill_replica(kernel_id, replica)
+        self.events.append("replica_killed", time.time(), "killed by the operator (fault drill)", host=host.name,
+                           kernel=kernel_id, replica=replica)
         return self.describe_kernel(kernel_id)
 
-    def delete_kernel(self, kernel_id: str) -> None:
-        record = self.kernels.pop(kernel_id)
-        self._decide("close_kernel", kernel_id)
-        for host in {h for h, _ in record.replicas}:
-            host.stop_kernel(kernel_id)
+    def _hand_over(self, kernel_id: str, replica: int, host: str, pause_s: float = 0.0) -> None:
+        record = self.kernels[kernel_id]
+        source, _ = record.replicas[replica]
+        target = self.hosts[host]
+        record.moving.add(replica)
+        try:
+            moved = source.hand_over(kernel_id, replica, target, pause_s)
+            with self.lock:
+                record.replicas[replica] = (target, moved)
+        finally:
+            record.moving.discard(replica)
 
-    def shutdown(self) -> None:
-        for kernel_id in list(self.kernels):
-            self.delete_kernel(kernel_id)
+    # --------------------------------------------------------------------------------------- hosts
+
+    def add_host(self, gpus: int | None = None, scaled: bool = True) -> dict:
+        """A new host from the provider (the operator's "add host", or a scale-out); ProviderError if it cannot."""
+        agent = self.provider.add_host(gpus or self.gpus_per_host)
+        with self.lock:
+            self.hosts[agent.name] = agent
+        self._act(self._decide("add_host", agent.name, gpus or self.gpus_per_host))
+        if scaled:
+            self.metrics.scale_events.labels("out").inc()
+            self.history.scaled()
+        return self._describe_host(agent.name)
+
+    def drain_host(self, name: str) -> dict:
+        """Stop placing work on a host and move its replicas away (those running a cell move after it)."""
+        self._host(name)
+        self._act(self._decide("drain_host", name))
+        return self._describe_host(name)
+
+    def remove_host(self, name: str) -> None:
+        """Take away a host that holds nothing (ValueError otherwise: drain it first)."""
+        self._host(name)
+        self._act(self._decide("remove_host", name))
+
+    def resize_host(self, name: str, gpus: int) -> dict:
+        """Change a host's GPU count (ValueError while cells use its GPUs)."""
+        self.provider.resize_host(self._host(name), gpus)
+        self._act(self._decide("resize_host", name, gpus))
+        return self._describe_host(name)
+
+    def _host(self, name: str) -> HostAgent:
+        if name not in self.hosts:
+            raise KeyError(f"there is no host {name!r}; hosts: {', '.join(self.hosts)}")
+        return self.hosts[name]
+
+    # ----------------------------------------------------------------------- the core and its events
+
+    def _decide(self, method: str, *args: Any) -> Any:
+        """One call on the scheduling core at the wall-clock time (journaled when asked), its events logged."""
+        with self.lock:
+            now = time.time()
+            self.metrics.gpu_seconds.inc(self.core.used_gpus * max(0.0, now - self._clock))
+            self._clock = now
+            if self.journal is not None:
+                result = self.journal.call(method, *args, now=now)
+            else:
+                result = getattr(self.core, method)(*args, now)
+            for event in [result, *result.events] if isinstance(result, Decision) else result or []:
+                self._note(event)
+        return result
+
+    def _note(self, event: Event) -> None:
+        """Log an event and count it; remember what the service must act on (grants for queued cells)."""
+        self.events.record(event)
+        metrics = self.metrics
+        if isinstance(event, Decision):
+            metrics.decisions.labels(event.kind.value).inc()
+            if event.kind is DecisionKind.MIGRATE:
+                metrics.migrations.labels("all_yield").inc()
+                self.history.migrated()
+        elif isinstance(event, (ExecutionStarted, Released)):
+            cell = self.kernels[event.kernel_id].cell if event.kernel_id in self.kernels else None
+            if cell is None:
+                return
+            if isinstance(event, Released):
+                cell.ended = event.time
+                return
+            cell.started = event.time
+            metrics.interactivity_delay.observe(event.time - cell.submitted)
+            self.history.cell_started(event.time - cell.submitted)
+        elif isinstance(event, ReplicaMoved):
+            metrics.migrations.labels("drain" if event.reason.startswith("drain") else
+                                      "request" if event.reason == "moved on request" else "scale_in").inc()
+            self.history.migrated()
+        elif isinstance(event, ReplicaReplaced):
+            metrics.replacements.inc()
+        elif isinstance(event, HostRemoved) and event.reason != "removed by the operator after draining":
+            metrics.scale_events.labels("in").inc()
+            self.history.scaled()
+
+    def _act(self, events: list[Event]) -> None:
+        """Carry out what the core decided besides grants: move and replace replicas, add and remove hosts."""
+        for event in events:
+            if isinstance(event, Decision) and event.granted:
+                record = self.kernels.get(event.kernel_id)
+                if record is not None and record.cell is not None:
+                    record.cell.decided(event)
+                self.granted.append(event)
+            elif isinstance(event, ReplicaMoved):
+                # The core moves only replicas it does not see executing; a kernel without GPUs runs cells it
+                # never hears of, so the replica may be running one: the pause makes the front re-run it.
+                self._hand_over(event.kernel_id, event.replica, event.to_host, MOVE_PAUSE_S)
+            elif isinstance(event, ReplicaReplaced):
+                self._hand_over(event.kernel_id, event.replica, event.host_id)
+                self.kernels[event.kernel_id].replicas[event.replica][1].restarts += 1
+            elif isinstance(event, HostRemoved):
+                with self.lock:
+                    agent = self.hosts.pop(event.host_id)
+                self.provider.remove_host(agent)
+            elif isinstance(event, ScaleOutRequested):
+                self._scale_out(event.hosts)
+
+    def _scale_out(self, count: int) -> None:
+        for added in range(count):
+            try:
+                self.add_host()
+            except ProviderError as err:
+                log.warning("scale-out stopped: %s", err)
+                self.events.append("scale_out_failed", time.time(), str(err), data={"hosts": count - added})
+                self._act(self._decide("scale_out_failed", count - added))
+                return
+
+    # ------------------------------------------------------------------------------------ read-outs
 
     def describe_kernel(self, kernel_id: str) -> dict:
-        kernel = self.core.cluster.kernels.get(kernel_id)
-        allocation = kernel.allocation if kernel else None
-        return {
-            "id": kernel_id,
-            "gpus": kernel.gpus if kernel else 0,
-            "allocation": None if allocation is None else {
-                "host": allocation.host_id, "devices": list(allocation.devices), "replica": allocation.replica,
-                "state": allocation.state.value},
-            "replicas": [
-                {"replica": p.config.replica, "host": h.name, "alive": p.alive, "pid": p.pid, "restarts": p.restarts,
-                 "connection": p.connection}
-                for h, p in self.kernels[kernel_id].replicas
-            ],
-        }
+        with self.lock:
+            record = self.kernels[kernel_id]
+            kernel = self.core.cluster.kernels.get(kernel_id)
+            allocation = kernel.allocation if kernel else None
+            executor = allocation.replica if allocation else (kernel.previous_executor if kernel else None)
+            return {
+                "id": kernel_id,
+                "gpus": kernel.gpus if kernel else 0,
+                "owner": record.owner,
+                "notebook": record.notebook,
+                "allocation": None if allocation is None else {
+                    "host": allocation.host_id, "devices": list(allocation.devices), "replica": allocation.replica,
+                    "state": allocation.state.value, "since": allocation.since},
+                "cell": record.cell.json() if record.cell else None,
+                "replicas": [
+                    {"replica": p.config.replica, "host": h.name, "alive": p.alive, "pid": p.pid,
+                     "restarts": p.restarts, "connection": p.connection,
+                     # Known for kernels that ask for GPUs (the scheduler picks their executor); None otherwise.
+                     "role": None if executor is None else "executor" if p.config.replica == executor else "standby",
+                     "state": _replica_state(p, p.config.replica in record.moving)}
+                    for h, p in record.replicas
+                ],
+            }
 
     def describe(self) -> dict:
-        return {
-            "hosts": [self._describe_host(name, agent) for name, agent in self.hosts.items()],
-            "kernels": [self.describe_kernel(k) for k in self.kernels],
-            "subscription_limit": self.core.config.subscription_limit,
-        }
+        with self.lock:
+            core = self.core
+            return {
+                "policy": self.policy.name,
+                # A host the core has removed leaves self.hosts a moment later, once its agent is given back.
+                "hosts": [self._describe_host(name) for name in self.hosts if name in core.cluster.hosts],
+                "kernels": [self.describe_kernel(k) for k in self.kernels],
+                "subscription_limit": core.config.subscription_limit,
+                "max_hosts": core.config.max_hosts,
+                "pending_cells": len(core.waiting_requests),
+                "pending_hosts": core.pending_hosts,
+            }
 
-    def _describe_host(self, name: str, agent: HostAgent) -> dict:
-        host = self.core.cluster.hosts[name]
-        holders = {d: a.kernel_id for a in host.allocations.values() for d in a.devices}
-        return {"name": name, "replicas": len(agent.replicas), "gpus": host.gpus, "idle_gpus": host.idle_gpus,
-                "subscribed_gpus": host.subscribed, "subscription_ratio": host.ratio(), "state": host.state.value,
-                "devices": [{"device": d, "kernel": holders.get(d)} for d in range(host.gpus)]}
+    def _describe_host(self, name: str) -> dict:
+        with self.lock:
+            host = self.core.cluster.hosts[name]
+            held = {d: a for a in host.allocations.values() for d in a.devices}
+            return {
+                "name": name, "replicas": len(self.hosts[name].replicas), "gpus": host.gpus,
+                "idle_gpus": host.idle_gpus, "subscribed_gpus": host.subscribed, "subscription_ratio": host.ratio(),
+                "state": host.state.value,
+                "devices": [{"device": d, "kernel": held[d].kernel_id if d in held else None,
+                             "replica": held[d].replica if d in held else None,
+                             "state": held[d].state.value if d in held else "idle",
+                             "since": held[d].since if d in held else None} for d in range(host.gpus)],
+            }
 
-    def _place(self, kernel_id: str, gpus: int) -> list[HostAgent]:
-        """Ask the scheduling core where the replicas go; refuse with its reason when it cannot place them now."""
-        events = self._decide("place_kernel", kernel_id, gpus)
-        placed = next((e for e in events if isinstance(e, KernelPlaced)), None)
-        if placed is not None:
-            return [self.hosts[host] for host in placed.hosts]
-        # The embedded cluster has no provider to add hosts with, so a deferred placement is a refusal.
-        reason = next((e.reason for e in events if isinstance(e, PlacementDeferred)), "no host can take them")
-        self._decide("close_kernel", kernel_id)
-        raise PlacementError(f"cannot place the kernel's {REPLICAS_PER_KERNEL} replicas with {gpus} GPU(s) each: "
-                             f"{reason}. Add hosts, or raise the subscription limit, or ask for fewer GPUs.")
+
+def _replica_state(proc: ReplicaProcess, moving: bool) -> str:
+    if moving:
+        return "migrating"
+    if not proc.alive:
+        return "lost"
+    return "ready" if proc.ready else "catching_up"
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,10 @@ from ..replication.replica_config import ReplicaConfig
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 5.0
+# A replica moved while it may be running a cell (drain, on request) stays down this long before it starts on its
+# new host: longer than the kernel front's loss detection (1 s of missed heartbeats, kernels/replica_link.py), so
+# the front sees the loss and re-runs the cell elsewhere, instead of waiting for a reply the new process never sends.
+MOVE_PAUSE_S = 1.5
 
 
 @dataclass
@@ -38,6 +43,11 @@ class ReplicaProcess:
     @property
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
+
+    @property
+    def ready(self) -> bool:
+        """The replica has caught up with its Raft group (see ReplicaConfig.ready_marker)."""
+        return self.config.ready_marker.exists()
 
     @property
     def pid(self) -> int | None:
@@ -77,12 +87,12 @@ class HostAgent:
             proc.popen.kill()
             proc.popen.wait()
 
-    def hand_over(self, kernel_id: str, replica: int, target: "HostAgent") -> ReplicaProcess:
+    def hand_over(self, kernel_id: str, replica: int, target: "HostAgent", pause_s: float = 0.0) -> ReplicaProcess:
         """Move a replica to another host of this machine: stop it, move its folder (journal included), start it
         there with the same ports and Raft address. It replays its journal and catches up like a restarted replica.
 
         Only valid where hosts share a network namespace (the embedded cluster); across machines a move is a Raft
-        membership change to a new address.
+        membership change to a new address. ``pause_s``: how long it stays down between the two (MOVE_PAUSE_S).
         """
         proc = self.replicas.pop((kernel_id, replica))
         proc.stopped = True  # a restart asked for meanwhile (the front sees it vanish) must not start it here
@@ -93,6 +103,7 @@ class HostAgent:
             except subprocess.TimeoutExpired:
                 proc.popen.kill()
                 proc.popen.wait()
+        time.sleep(pause_s)
         workdir = target.workdir / kernel_id / f"replica-{replica}"
         workdir.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -129,6 +140,7 @@ class HostAgent:
             self.stop_kernel(kernel_id)
 
     def _spawn(self, proc: ReplicaProcess) -> None:
+        proc.config.ready_marker.unlink(missing_ok=True)
         conn_file = proc.workdir / "connection.json"
         conn_file.write_text(json.dumps(proc.connection))
         os.chmod(conn_file, 0o600)

@@ -17,16 +17,25 @@ import os
 import secrets
 import shutil
 import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST
 
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from .core.events import Decision, Event
+from .core.events import Decision
 from .core.journal import outcome_json
+from .core.policies import POLICIES
+from .core.scheduler import CoreConfig
 from .embedded import POLICY, EmbeddedCluster, PlacementError
+from .inventory import nvml_gpu_count
+from .providers import ProviderError
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +86,7 @@ class ClusterRoot(ClusterHandler):
 
 
 class KernelsHandler(ClusterHandler):
-    def post(self) -> None:
+    async def post(self) -> None:
         data = self.body()
         try:
             kernel_id, key = str(data["kernel_id"]), str(data["key"])
@@ -86,11 +95,9 @@ class KernelsHandler(ClusterHandler):
         if kernel_id in self.service.cluster.kernels:
             raise tornado.web.HTTPError(409, reason=f"kernel {kernel_id} already exists")
         gpus = self.gpus(data.get("gpus", 0))
-        try:
-            described = self.service.cluster.create_kernel(
-                kernel_id, key, str(data.get("signature_scheme", "hmac-sha256")), data.get("cwd"), gpus)
-        except PlacementError as err:
-            raise tornado.web.HTTPError(503, reason=str(err)) from None
+        described = await self.service.run(
+            self.service.cluster.create_kernel, kernel_id, key, str(data.get("signature_scheme", "hmac-sha256")),
+            data.get("cwd"), gpus, _text(data.get("owner")), _text(data.get("notebook")))
         self.service.kernels_changed()
         self.set_status(201)
         self.finish(described)
@@ -104,57 +111,49 @@ class KernelHandler(ClusterHandler):
     async def delete(self, kernel_id: str) -> None:
         self.kernel(kernel_id)
         self.service.forget(kernel_id)
-        await asyncio.get_running_loop().run_in_executor(None, self.service.cluster.delete_kernel, kernel_id)
+        await self.service.run(self.service.cluster.delete_kernel, kernel_id)
         self.set_status(204)
         self.finish()
         self.service.kernels_changed()
 
 
 class ReplicaActionHandler(ClusterHandler):
-    ACTIONS = {"restart": "restart_replica", "kill": "kill_replica"}
+    """``restart``: the kernel front lost the replica; the scheduler replaces it (on another host). ``kill``: the
+    fault drill. ``migrate``: move it to the host named in the body."""
 
-    def post(self, kernel_id: str, replica: str, action: str) -> None:
+    ACTIONS = {"restart": "replace_replica", "kill": "kill_replica", "migrate": "migrate_replica"}
+
+    async def post(self, kernel_id: str, replica: str, action: str) -> None:
         self.kernel(kernel_id)
         index = int(replica)
         if index >= len(self.service.cluster.kernels[kernel_id].replicas):
             raise tornado.web.HTTPError(404, reason=f"kernel {kernel_id} has no replica {index}")
-        self.finish(getattr(self.service.cluster, self.ACTIONS[action])(kernel_id, index))
-
-
-class MigrateHandler(ClusterHandler):
-    async def post(self, kernel_id: str, replica: str) -> None:
-        self.kernel(kernel_id)
-        host = self.body().get("host")
-        if not isinstance(host, str):
-            raise tornado.web.HTTPError(400, reason="give the target host as {\"host\": \"host-N\"}")
-        try:
-            described = await asyncio.get_running_loop().run_in_executor(
-                None, self.service.cluster.migrate_replica, kernel_id, int(replica), host)
-        except ValueError as err:
-            raise tornado.web.HTTPError(409, reason=str(err)) from None
-        self.finish(described)
+        args: tuple[Any, ...] = (kernel_id, index)
+        if action == "migrate":
+            host = self.body().get("host")
+            if not isinstance(host, str):
+                raise tornado.web.HTTPError(400, reason="give the target host as {\"host\": \"host-N\"}")
+            args += (host,)
+        self.finish(await self.service.run(getattr(self.service.cluster, self.ACTIONS[action]), *args))
 
 
 class ExecutionsHandler(ClusterHandler):
     """A cell's GPUs: ask (``POST .../executions``), wait while queued (``.../executions/wait``), give back
-    (``.../executions/release``)."""
+    (``.../executions/release``, with the bind and release times the executor measured)."""
 
     async def post(self, kernel_id: str, step: str | None = None) -> None:
         self.kernel(kernel_id)
         service = self.service
         if step == "release":
-            await service.release(kernel_id)
+            data = self.body()
+            await service.run(service.cluster.release, kernel_id, _seconds(data.get("bind_s")),
+                              _seconds(data.get("release_s")))
             self.finish({"released": True})
         elif step == "wait":
             self.finish(decision_json(await service.wait_for_grant(kernel_id)))
         else:
             gpus = self.gpus(self.body().get("gpus"))
-            try:
-                decision = await service.request_execution(kernel_id, gpus)
-            except PlacementError as err:
-                raise tornado.web.HTTPError(400, reason=str(err)) from None
-            except ValueError as err:
-                raise tornado.web.HTTPError(409, reason=str(err)) from None
+            decision = await service.request_execution(kernel_id, gpus)
             self.set_status(200 if decision.granted else 202)
             self.finish(decision_json(decision))
 
@@ -165,6 +164,77 @@ def decision_json(decision: Decision) -> dict[str, Any]:
             "reason": decision.reason}
 
 
+class HostsHandler(ClusterHandler):
+    """``POST /hosts`` adds a host (``{"gpus": N}``, default the cluster's GPUs per host)."""
+
+    async def post(self) -> None:
+        data = self.body()
+        gpus = self.gpus(data["gpus"]) if "gpus" in data else None
+        if gpus == 0:
+            raise tornado.web.HTTPError(400, reason="a host needs at least 1 GPU")
+        self.set_status(201)
+        self.finish(await self.service.run(self.service.cluster.add_host, gpus))
+
+
+class HostHandler(ClusterHandler):
+    """``PATCH`` changes a host's GPU count, ``DELETE`` removes a drained host, ``POST .../drain`` drains it."""
+
+    async def patch(self, name: str) -> None:
+        data = self.body()
+        if "gpus" not in data:
+            raise tornado.web.HTTPError(400, reason="give the new GPU count as {\"gpus\": N}")
+        self.finish(await self.service.run(self.service.cluster.resize_host, name, self.gpus(data["gpus"])))
+
+    async def delete(self, name: str) -> None:
+        await self.service.run(self.service.cluster.remove_host, name)
+        self.set_status(204)
+        self.finish()
+
+
+class DrainHandler(ClusterHandler):
+    async def post(self, name: str) -> None:
+        self.finish(await self.service.run(self.service.cluster.drain_host, name))
+
+
+class EventsHandler(ClusterHandler):
+    """``GET /events?since=SEQ&limit=N&host=&kernel=&kind=``: logged events after SEQ, oldest first.
+    ``GET /events/wait?since=SEQ&timeout=S``: the same, but waits up to S seconds (at most 60) for one to come."""
+
+    async def get(self, wait: str | None = None) -> None:
+        since = self._int("since", 0)
+        filters = {k: self.get_query_argument(k, None) for k in ("host", "kernel", "kind")}
+        log_ = self.service.cluster.events
+        if wait and log_.last_seq <= since:
+            timeout = min(self._int("timeout", 25), 60)
+            await self.service.new_event(since, timeout)
+        self.finish({"events": log_.since(since, limit=self._int("limit", 0) or None, **filters),
+                     "last_seq": log_.last_seq})
+
+    def _int(self, name: str, default: int) -> int:
+        raw = self.get_query_argument(name, None)
+        if raw is None:
+            return default
+        if not (raw.isascii() and raw.isdigit() and len(raw) < 16):
+            raise tornado.web.HTTPError(400, reason=f"{name} must be a whole number >= 0, got {raw[:40]!r}")
+        return int(raw)
+
+
+class HistoryHandler(ClusterHandler):
+    def get(self) -> None:
+        try:
+            seconds = float(self.get_query_argument("seconds", "3600"))
+        except ValueError:
+            raise tornado.web.HTTPError(400, reason="seconds must be a number") from None
+        history = self.service.cluster.history
+        self.finish({"interval_s": history.interval_s, "samples": history.since(time.time(), seconds)})
+
+
+class MetricsHandler(ClusterHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(self.service.cluster.metrics.render())
+
+
 class JournalHandler(ClusterHandler):
     """The core calls of a cluster started with --journal, with their outcomes, for replay on another core."""
 
@@ -173,29 +243,75 @@ class JournalHandler(ClusterHandler):
         if cluster.journal is None:
             raise tornado.web.HTTPError(404, reason="this cluster keeps no journal; start it with --journal")
         self.finish({
-            "policy": POLICY, "config": dataclasses.asdict(cluster.core_config),
+            "policy": cluster.policy.name, "config": dataclasses.asdict(cluster.core_config),
             "calls": [{"method": c.method, "args": list(c.args), "now": c.now} for c in cluster.journal.calls],
             "outcomes": [outcome_json(o) for o in cluster.journal.outcomes],
         })
 
 
+def _text(value: Any) -> str | None:
+    return str(value)[:1000] if isinstance(value, str) and value else None
+
+
+def _seconds(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
+
+
 class ClusterService:
-    def __init__(self, state_dir: Path, n_hosts: int, ephemeral: bool, gpus_per_host: int = 1,
-                 journal: bool = False) -> None:
-        self.cluster = EmbeddedCluster(state_dir, n_hosts, gpus_per_host, journal=journal)
+    def __init__(self, cluster: EmbeddedCluster, ephemeral: bool) -> None:
+        self.cluster = cluster
         self.token = secrets.token_urlsafe(24)
         self.ephemeral = ephemeral
         self.stopped = asyncio.Event()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._grants: dict[str, asyncio.Future[Decision]] = {}  # queued cells, by kernel, until granted
+        # Every change to the cluster runs on this one thread, in arrival order: the scheduling core and the host
+        # agents never see two changes interleave, and the event loop never blocks on a replica being moved.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cluster")
+        self._loop = asyncio.get_running_loop()
+        self._event_waiters: list[asyncio.Future[None]] = []
+        cluster.events.listeners.append(lambda _entry: self._loop.call_soon_threadsafe(self._wake_event_waiters))
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run one change on the cluster's thread; answer its refusals as HTTP errors with the reason. Cells that
+        the change let through (GPUs freed, hosts added) get their grants on the same thread, then are answered."""
+        def change() -> tuple[Any, list[Decision]]:
+            result = fn(*args)
+            granted = self.cluster.take_granted()
+            for decision in granted:
+                self.cluster.carry_out(decision)
+            return result, granted
+
+        try:
+            result, granted = await self._loop.run_in_executor(self._worker, change)
+        except PlacementError as err:
+            raise tornado.web.HTTPError(503, reason=str(err)) from None
+        except (KeyError, ProviderError) as err:
+            status = 404 if isinstance(err, KeyError) else 409
+            raise tornado.web.HTTPError(status, reason=str(err.args[0] if err.args else err)) from None
+        except ValueError as err:
+            raise tornado.web.HTTPError(409, reason=str(err)) from None
+        for decision in granted:
+            log.info("scheduler: granted queued cell of kernel %s: %s", decision.kernel_id, decision.reason)
+            future = self._grants.get(decision.kernel_id)
+            if future is not None and not future.done():
+                future.set_result(decision)
+        return result
 
     async def request_execution(self, kernel_id: str, gpus: int) -> Decision:
-        decision = self.cluster.request_execution(kernel_id, gpus)
+        # The future exists before the request is made: a queued cell may be granted within the same change (the
+        # scale-out it set off delivered a host at once), and that grant must find someone to tell.
+        self._grants[kernel_id] = self._loop.create_future()
+        try:
+            decision = await self.run(self.cluster.request_execution, kernel_id, gpus)
+        except tornado.web.HTTPError as err:
+            self._grants.pop(kernel_id, None)
+            if err.status_code == 503:  # a request no host can ever satisfy: the user's mistake, said at once
+                err.status_code = 400
+            raise
         log.info("scheduler: %s for kernel %s: %s", decision.kind.value, kernel_id, decision.reason)
         if decision.granted:
-            await self._carry_out(decision)
-        else:
-            self._grants[kernel_id] = asyncio.get_running_loop().create_future()
+            self._grants.pop(kernel_id, None)
         return decision
 
     async def wait_for_grant(self, kernel_id: str) -> Decision:
@@ -213,40 +329,49 @@ class ClusterService:
         if future is not None:
             future.cancel()
 
-    async def release(self, kernel_id: str) -> None:
+    async def new_event(self, since: int, timeout: float) -> None:
+        """Until the event log has a record after ``since``, or ``timeout`` seconds."""
+        if self.cluster.events.last_seq > since:
+            return
+        waiter = self._loop.create_future()
+        self._event_waiters.append(waiter)
         try:
-            events = self.cluster.release(kernel_id)
-        except ValueError as err:
-            raise tornado.web.HTTPError(409, reason=str(err)) from None
-        await self._grant_waiting(events)
+            await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            if waiter in self._event_waiters:
+                self._event_waiters.remove(waiter)
+
+    def _wake_event_waiters(self) -> None:
+        waiters, self._event_waiters = self._event_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def tick(self) -> None:
         """The autoscaler's and the queue's clock: retry waiting work once a second."""
         while True:
             await asyncio.sleep(TICK_S)
-            await self._grant_waiting(self.cluster.tick())
-
-    async def _grant_waiting(self, events: list[Event]) -> None:
-        for event in events:
-            log.info("scheduler: %s: %s", type(event).__name__, event.reason)
-            if isinstance(event, Decision) and event.granted:
-                await self._carry_out(event)
-                future = self._grants.get(event.kernel_id)
-                if future is not None and not future.done():
-                    future.set_result(event)
-
-    async def _carry_out(self, decision: Decision) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.cluster.carry_out, decision)
+            try:
+                await self.run(self.cluster.tick)
+            except tornado.web.HTTPError as err:
+                log.error("scheduler tick failed: %s", err.reason)
 
     def app(self) -> tornado.web.Application:
         args = {"service": self}
         return tornado.web.Application([
             (r"/cluster", ClusterRoot, args),
             (r"/scheduler/journal", JournalHandler, args),
+            (r"/events(?:/(wait))?", EventsHandler, args),
+            (r"/history", HistoryHandler, args),
+            (r"/metrics", MetricsHandler, args),
+            (r"/hosts", HostsHandler, args),
+            (r"/hosts/([^/]+)", HostHandler, args),
+            (r"/hosts/([^/]+)/drain", DrainHandler, args),
             (r"/kernels", KernelsHandler, args),
             (r"/kernels/([^/]+)", KernelHandler, args),
-            (r"/kernels/([^/]+)/replicas/(\d+)/(restart|kill)", ReplicaActionHandler, args),
-            (r"/kernels/([^/]+)/replicas/(\d+)/migrate", MigrateHandler, args),
+            (r"/kernels/([^/]+)/replicas/(\d+)/(restart|kill|migrate)", ReplicaActionHandler, args),
             (r"/kernels/([^/]+)/executions(?:/(wait|release))?", ExecutionsHandler, args),
         ])
 
@@ -255,7 +380,10 @@ class ClusterService:
             self._idle_timer.cancel()
             self._idle_timer = None
         if self.ephemeral and not self.cluster.kernels:
-            self._idle_timer = asyncio.get_running_loop().call_later(EPHEMERAL_GRACE_S, self.stopped.set)
+            self._idle_timer = self._loop.call_later(EPHEMERAL_GRACE_S, self.stopped.set)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True)
 
 
 def write_discovery_file(path: Path, url: str, token: str) -> None:
@@ -267,19 +395,23 @@ def write_discovery_file(path: Path, url: str, token: str) -> None:
     os.replace(tmp, path)
 
 
-async def serve(state_dir: Path, n_hosts: int, ephemeral: bool, discovery_file: Path, port: int = 0,
-                gpus_per_host: int = 1, journal: bool = False) -> None:
-    service = ClusterService(state_dir, n_hosts, ephemeral, gpus_per_host, journal)
-    sockets = tornado.netutil.bind_sockets(port, "127.0.0.1")
+async def serve(args: argparse.Namespace) -> None:
+    gpus_per_host = args.gpus_per_host or nvml_gpu_count() or 1
+    cluster = EmbeddedCluster(args.state_dir, args.hosts, gpus_per_host, journal=args.journal,
+                              max_hosts=args.max_hosts, policy=args.policy,
+                              subscription_limit=args.subscription_limit)
+    service = ClusterService(cluster, args.ephemeral)
+    sockets = tornado.netutil.bind_sockets(args.port, "127.0.0.1")
     bound = sockets[0].getsockname()[1]
     server = tornado.httpserver.HTTPServer(service.app())
     server.add_sockets(sockets)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stopped.set)
-    write_discovery_file(discovery_file, f"http://127.0.0.1:{bound}", service.token)
-    log.info("notebookos cluster with %d hosts at http://127.0.0.1:%d", n_hosts, bound)
-    if ephemeral:
+    write_discovery_file(args.discovery_file, f"http://127.0.0.1:{bound}", service.token)
+    log.info("notebookos cluster (%s policy) with %d hosts of %d GPU(s) at http://127.0.0.1:%d", cluster.policy.name,
+             args.hosts, gpus_per_host, bound)
+    if args.ephemeral:
         service.kernels_changed()
     ticker = asyncio.ensure_future(service.tick())
     try:
@@ -287,27 +419,33 @@ async def serve(state_dir: Path, n_hosts: int, ephemeral: bool, discovery_file: 
     finally:
         ticker.cancel()
         server.stop()
-        discovery_file.unlink(missing_ok=True)
-        await loop.run_in_executor(None, service.cluster.shutdown)
-        if ephemeral:
-            shutil.rmtree(state_dir, ignore_errors=True)
+        args.discovery_file.unlink(missing_ok=True)
+        await service.run(cluster.shutdown)
+        service.close()
+        if args.ephemeral:
+            shutil.rmtree(args.state_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m notebookos.gpu_broker.service")
     parser.add_argument("--state-dir", type=Path, required=True)
-    parser.add_argument("--hosts", type=int, default=4)
+    parser.add_argument("--hosts", type=int, default=4, help="hosts to start with; the autoscaler keeps at least these")
+    parser.add_argument("--max-hosts", type=int, default=None,
+                        help="most hosts the autoscaler may run (default: --hosts, no scale-out)")
     parser.add_argument("--ephemeral", action="store_true", help="exit once the last kernel is gone")
     parser.add_argument("--discovery-file", type=Path, required=True)
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--gpus-per-host", type=int, default=1,
-                        help="GPUs of each logical host (virtual GPUs where the machine has none)")
+    parser.add_argument("--gpus-per-host", type=int, default=None,
+                        help="GPUs of each logical host: virtual GPUs (default: the GPUs NVML sees, else 1)")
+    parser.add_argument("--policy", choices=sorted(p for p in POLICIES if POLICIES[p].replicas),
+                        default=POLICY, help="scheduling policy (reservation: one replica holding its GPUs)")
+    parser.add_argument("--subscription-limit", type=float, default=CoreConfig.subscription_limit,
+                        help="most GPUs the replicas on a host may ask for, per GPU of the host")
     parser.add_argument("--journal", action="store_true",
                         help="keep every scheduling-core call for replay (GET /scheduler/journal); grows without bound")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(serve(args.state_dir, args.hosts, args.ephemeral, args.discovery_file, args.port,
-                      args.gpus_per_host, args.journal))
+    asyncio.run(serve(args))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from jupyter_client.session import Session
 
 from ..gpu_broker.client import ClusterClient, ClusterError, discovery_file
 from .gpu_request import parse_gpus_magic
-from .protocol import EXECUTOR_ANNOUNCEMENT, NOTEBOOKOS_META, STATE_APPLIED, ReplicaRole
+from .protocol import EXECUTOR_ANNOUNCEMENT, GPU_RELEASED, NOTEBOOKOS_META, STATE_APPLIED, ReplicaRole
 from .replica_link import HEARTBEAT_DEAD_AFTER_S, ReplicaLink
 
 log = logging.getLogger("notebookos.front")
@@ -45,7 +45,6 @@ DELIM = b"<IDS|MSG>"
 # Requests that a standby can answer as well as the executor (the namespaces are the same).
 _READ_ONLY = {"complete_request", "inspect_request", "is_complete_request", "history_request", "kernel_info_request",
               "comm_info_request"}
-MAJORITY = 2
 # Header field, copied by replicas into parent_header, that names the attempt a message belongs to.
 ATTEMPT_HEADER = "notebookos_attempt"
 # execute_request metadata key that pins the first attempt of a cell to one replica.
@@ -94,6 +93,7 @@ class Cell:
     buffered: dict[int, list[list[bytes]]] = field(default_factory=dict)
     idle: list[bytes] | None = None  # the executor's idle status, held until the reply has been forwarded
     outcome: asyncio.Future | None = None
+    gpu_times: dict = field(default_factory=dict)  # bind_s / release_s, as the executor measured them
 
     @property
     def msg_id(self) -> str:
@@ -110,6 +110,8 @@ class KernelFront:
         self.connection = connection
         identity = f"front-{uuid.uuid4()}".encode()
         self.replicas = [ReplicaLink(self.ctx, r["replica"], r["host"], r["connection"], identity) for r in replicas]
+        # Raft commits with a majority: 2 of 3 replicas (1 of 1 under the reservation policy, which keeps one).
+        self.majority = len(self.replicas) // 2 + 1
         self.gpus = gpus  # what each cell asks the scheduler for; `%gpus N` in a cell changes it
         self.cells: asyncio.Queue[Cell] = asyncio.Queue()
         self.pending: Cell | None = None
@@ -281,6 +283,9 @@ class KernelFront:
             if header["msg_type"] == EXECUTOR_ANNOUNCEMENT:
                 self._elected(cell, replica.index)
                 return
+            if header["msg_type"] == GPU_RELEASED:
+                cell.gpu_times = frames.content()
+                return
             if cell.executor is None:
                 cell.buffered.setdefault(replica.index, []).append(raw)
             elif replica.index == cell.executor:
@@ -333,7 +338,7 @@ class KernelFront:
         tried_lead: set[int] = set()
         while True:
             alive = self._alive()
-            if len(alive) < MAJORITY:
+            if len(alive) < self.majority:
                 self._majority_lost(cell)
                 return
             devices: tuple[int, ...] = ()
@@ -367,7 +372,7 @@ class KernelFront:
                 outcome = await cell.outcome
             finally:
                 if granted:
-                    await self._release_gpus()
+                    await self._release_gpus(cell)
             if outcome == "done":
                 self.iopub.send_multipart(cell.idle)  # idle means idle: the cell's GPUs are already released
                 return
@@ -410,9 +415,11 @@ class KernelFront:
         await executor.wait_alive()
         return grant
 
-    async def _release_gpus(self) -> None:
+    async def _release_gpus(self, cell: Cell) -> None:
+        times = cell.gpu_times
+        cell.gpu_times = {}
         try:
-            await self.cluster.release_execution(self.kernel_id)
+            await self.cluster.release_execution(self.kernel_id, times.get("bind_s"), times.get("release_s"))
         except ClusterError as err:
             log.error("could not give this cell's GPUs back: %s", err)
 
@@ -460,13 +467,13 @@ class KernelFront:
             self._notice(cell.msg, f"notebookos: {replica} was lost while running this cell; "
                                    "re-running it from the last committed state.\n", clear=True)
             _settle(cell.outcome, "failover")
-        elif cell is not None and len(self._alive()) < MAJORITY:
+        elif cell is not None and len(self._alive()) < self.majority:
             _settle(cell.outcome, "majority lost")  # nothing can commit: say so now rather than at a timeout
         # Losses close together are one event (a host with two replicas, a rack): wait one detection window before
         # deciding. Without a majority nothing is restarted, since the journal of a lost host may be gone; the user
         # is told at the running or the next cell that the kernel cannot continue.
         await asyncio.sleep(HEARTBEAT_DEAD_AFTER_S)
-        if len(self._alive()) >= MAJORITY and not replica.alive:
+        if len(self._alive()) >= self.majority and not replica.alive:
             await self._restart(replica)
 
     async def _restart(self, replica: ReplicaLink) -> None:
@@ -481,7 +488,7 @@ class KernelFront:
 
     def _majority_lost(self, cell: Cell) -> None:
         lost = ", ".join(str(r) for r in self.replicas if not r.alive)
-        text = (f"notebookos: this kernel lost {lost}; with fewer than {MAJORITY} of its {len(self.replicas)} "
+        text = (f"notebookos: this kernel lost {lost}; with fewer than {self.majority} of its {len(self.replicas)} "
                 "replicas it cannot commit state, so it cannot continue. Restart the kernel to get a fresh one "
                 "(its variables are gone).\n")
         self._notice(cell.msg, text)

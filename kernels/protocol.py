@@ -18,6 +18,10 @@ EXECUTOR_ANNOUNCEMENT = "notebookos_executor"
 # as wall-clock seconds). The front never forwards it; benchmarks and monitors subscribe to a replica to time sync.
 STATE_APPLIED = "notebookos_state_applied"
 
+# IOPub message the executor publishes once a cell's GPUs are released (content: bind_s, release_s, seconds), before
+# its idle; the front passes the times to the cluster with the release. Never forwarded to clients.
+GPU_RELEASED = "notebookos_gpu_released"
+
 
 class ReplicaRole(str, enum.Enum):
     """A replica's part in one attempt, reported in ``metadata.notebookos.role`` of its execute_reply."""

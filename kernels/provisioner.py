@@ -8,6 +8,7 @@ kernelspec works from any Jupyter client.
 """
 from __future__ import annotations
 
+import getpass
 import json
 import os
 from pathlib import Path
@@ -31,9 +32,14 @@ class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
         self._cluster = await ensure_cluster()
         info = self.connection_info
         key = info["key"].decode() if isinstance(info["key"], bytes) else str(info["key"])
+        env = kwargs.get("env") or os.environ
+        # Shown on the dashboard: whose kernel this is (the Hub user, else the account running Jupyter) and the
+        # notebook it serves (Jupyter Server names the session's path in the kernel's environment).
+        owner = env.get("JUPYTERHUB_USER") or getpass.getuser()
         try:
             described = await self._cluster.create_kernel(self.kernel_id, key, info["signature_scheme"],
-                                                          str(kwargs.get("cwd") or os.getcwd()), self.gpus)
+                                                          str(kwargs.get("cwd") or os.getcwd()), self.gpus,
+                                                          owner=owner, notebook=env.get("JPY_SESSION_NAME"))
         except ClusterError as err:
             raise RuntimeError(f"notebookos could not place this kernel's replicas: {err}") from err
         connection_file = Path(self.parent.connection_file)

@@ -31,7 +31,7 @@ from ..replication.object_store import ObjectStoreError, open_store
 from ..replication.raft_log import AppendFailed, KernelLog
 from ..replication.replica_config import ReplicaConfig
 from .gpu_request import parse_gpus_magic
-from .protocol import EXECUTOR_ANNOUNCEMENT, NOTEBOOKOS_META, STATE_APPLIED, ReplicaRole
+from .protocol import EXECUTOR_ANNOUNCEMENT, GPU_RELEASED, NOTEBOOKOS_META, STATE_APPLIED, ReplicaRole
 
 if TYPE_CHECKING:
     from .gpu_binding import BindTimings, DeviceBinder
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 # How long a replica waits for the log to decide an attempt or commit its record before telling the user that the
 # kernel has lost its majority. Generous: a Raft leader election after a crash takes about a second.
 COMMIT_TIMEOUT_S = 30.0
+READY_POLL_S = 0.05
 
 
 class ReplicaKernel(IPythonKernel):
@@ -68,6 +69,15 @@ class ReplicaKernel(IPythonKernel):
         self.shell.register_magic_function(self._gpus_magic, "line", "gpus")
         self._applier = self._loop.create_task(self._apply_committed())
         self.raft = KernelLog(cfg.raft_address, list(cfg.raft_peers), cfg.raft_password, cfg.journal_path, self._on_commit)
+        self._loop.create_task(self._report_ready())
+
+    async def _report_ready(self) -> None:
+        """Tell the host agent (through a marker file) once this replica has applied what its group had committed
+        when it joined: pysyncobj's ready flag, and nothing left in the apply queue. Checked every 50 ms; a
+        restarted replica replaying a long journal takes seconds."""
+        while not (self.raft.isReady() and self._entries.empty()):
+            await asyncio.sleep(READY_POLL_S)
+        self.replica_config.ready_marker.touch()
 
     # ----------------------------------------------------------------------------------------------- the log
 
@@ -222,7 +232,7 @@ class ReplicaKernel(IPythonKernel):
             delta = self._capture(parent)
         finally:
             if binder is not None and binder.bound is not None:
-                self._report_unparked(parent, binder.release(ns))
+                self._report_release(parent, binder.release(ns))
         if delta is not None:
             await self._commit_state(parent, cell, delta)
 
@@ -235,7 +245,9 @@ class ReplicaKernel(IPythonKernel):
             self._binder = DeviceBinder()
         return self._binder
 
-    def _report_unparked(self, parent: dict[str, Any], timings: BindTimings) -> None:
+    def _report_release(self, parent: dict[str, Any], timings: BindTimings) -> None:
+        self.session.send(self.iopub_socket, GPU_RELEASED, {"bind_s": timings.bind_s, "release_s": timings.release_s},
+                          parent)
         if timings.unparked:
             listed = "; ".join(f"{n}: {why}" for n, why in sorted(timings.unparked.items()))
             self._notify(parent, f"notebookos: GPU memory still held after the cell by: {listed}\n")

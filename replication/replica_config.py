@@ -10,6 +10,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+READY_MARKER = "ready"
+
 
 @dataclass(frozen=True)
 class ReplicaConfig:
@@ -23,6 +25,12 @@ class ReplicaConfig:
     store: str  # object store location, e.g. "file:///var/lib/notebookos/objects"
     cwd: str | None = None  # the notebook's directory, where the user's relative paths resolve
     inline_limit: int = 1 << 20
+
+    @property
+    def ready_marker(self) -> Path:
+        """Written by the replica beside its journal once it has applied what its group had committed when it
+        (re)joined; the host agent removes it before each start and reports the replica "catching up" until then."""
+        return Path(self.journal_path).parent / READY_MARKER
 
     def write(self, path: str | os.PathLike) -> None:
         path = Path(path)

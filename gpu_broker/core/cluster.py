@@ -38,6 +38,19 @@ class Cluster:
         self.total_gpus -= host.gpus
         return host
 
+    def resize_host(self, host_id: str, gpus: int) -> Host:
+        """Give an idle host another GPU count (a logical host reconfigured, a GPU taken out for repair)."""
+        host = self.host(host_id)
+        if gpus < 1:
+            raise ValueError(f"host {host_id!r}: a host needs at least 1 GPU, got {gpus}")
+        if host.allocations:
+            raise ValueError(f"host {host_id!r} has GPUs in use by {len(host.allocations)} kernel(s); change its GPU "
+                             "count once their cells are over (or drain it first)")
+        self.total_gpus += gpus - host.gpus
+        host.gpus = gpus
+        host.idle_devices = list(range(gpus))
+        return host
+
     def host(self, host_id: str) -> Host:
         try:
             return self.hosts[host_id]
@@ -95,7 +108,8 @@ class Cluster:
 
     # ----------------------------------------------------------- allocations
     def allocate(
-        self, kernel: Kernel, host: Host, gpus: int, replica: int | None, held: bool, state: AllocationState
+        self, kernel: Kernel, host: Host, gpus: int, replica: int | None, held: bool, state: AllocationState,
+        now: float,
     ) -> Allocation:
         if kernel.allocation is not None:
             raise ValueError(f"kernel {kernel.kernel_id!r} already has GPUs allocated on {kernel.allocation.host_id!r}")
@@ -103,7 +117,7 @@ class Cluster:
             raise ValueError(f"host {host.host_id!r} has {host.idle_gpus} idle GPU(s), {gpus} requested")
         devices = tuple(host.idle_devices[:gpus])
         del host.idle_devices[:gpus]
-        allocation = Allocation(kernel.kernel_id, host.host_id, devices, replica, state, held)
+        allocation = Allocation(kernel.kernel_id, host.host_id, devices, replica, state, held, now)
         host.allocations[kernel.kernel_id] = allocation
         kernel.allocation = allocation
         self.used_gpus += gpus

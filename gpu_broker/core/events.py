@@ -59,6 +59,12 @@ class HostAdded(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HostResized(Event):
+    host_id: str
+    gpus: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HostRemoved(Event):
     host_id: str
 

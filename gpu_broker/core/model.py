@@ -30,6 +30,7 @@ class Allocation:
     replica: int | None  # executor replica index; None for a container outside the replica set
     state: AllocationState
     held: bool  # held for the session's whole life (reservation): releasing a cell keeps it
+    since: float  # when the devices were taken (pre-committed, or committed for a held session)
 
     @property
     def gpus(self) -> int:

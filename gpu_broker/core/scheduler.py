@@ -32,6 +32,7 @@ from .events import (
     HostDrained,
     HostDrainStarted,
     HostRemoved,
+    HostResized,
     KernelClosed,
     KernelPlaced,
     PlacementDeferred,
@@ -102,6 +103,14 @@ class SchedulerCore:
         """Take away a host that holds nothing (drain it first)."""
         self.cluster.remove_host(host_id)
         return [HostRemoved(time=now, reason="removed by the operator after draining", host_id=host_id)]
+
+    def resize_host(self, host_id: str, gpus: int, now: float) -> list[Event]:
+        """An operator changed an idle host's GPU count; waiting work may fit now (or fit less)."""
+        before = self.cluster.host(host_id).gpus
+        self.cluster.resize_host(host_id, gpus)
+        resized = HostResized(time=now, reason=f"GPU count changed from {before} to {gpus} by the operator",
+                              host_id=host_id, gpus=gpus)
+        return [resized] + self._settle(now)
 
     def drain_host(self, host_id: str, now: float, remove: bool = False) -> list[Event]:
         """Stop placing work on a host and move its idle replicas away; with ``remove``, take it away once empty.
@@ -298,7 +307,8 @@ class SchedulerCore:
         for index, host in zip(missing, chosen):
             self.cluster.place_replica(kernel, index, host)
             if self.policy.holds_gpus:
-                self.cluster.allocate(kernel, host, kernel.gpus, index, held=True, state=AllocationState.COMMITTED)
+                self.cluster.allocate(kernel, host, kernel.gpus, index, held=True, state=AllocationState.COMMITTED,
+                                      now=now)
         ratios = ", ".join(f"{h.host_id} {h.ratio():.2f}" for h in chosen)
         why = f"{self.policy.placement_rule}; subscription ratio after placement: {ratios}"
         if not kernel.ever_placed:
@@ -367,7 +377,8 @@ class SchedulerCore:
 
     def _commit(self, kernel: Kernel, request: ExecutionRequest, kind: DecisionKind, index: int | None, host: Host,
                 source: str | None, now: float, why: str) -> Decision:
-        allocation = self.cluster.allocate(kernel, host, request.gpus, index, held=False, state=AllocationState.PENDING)
+        allocation = self.cluster.allocate(kernel, host, request.gpus, index, held=False, state=AllocationState.PENDING,
+                                              now=now)
         kernel.executing = True
         kernel.last_gpus = request.gpus
         return self._decision(kernel, request, kind, index, host.host_id, allocation.devices, source, now, why)
@@ -474,7 +485,8 @@ class SchedulerCore:
                 self.cluster.free(kernel)
             source = self.cluster.move_replica(kernel, index, target)
             if held:
-                self.cluster.allocate(kernel, target, kernel.gpus, index, held=True, state=AllocationState.COMMITTED)
+                self.cluster.allocate(kernel, target, kernel.gpus, index, held=True, state=AllocationState.COMMITTED,
+                                      now=now)
             events.append(ReplicaMoved(time=now, reason=why, kernel_id=kernel.kernel_id, replica=index,
                                        from_host=source.host_id, to_host=target.host_id))
         return events

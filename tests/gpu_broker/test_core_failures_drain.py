@@ -8,6 +8,7 @@ from notebookos.gpu_broker.core.events import (
     ExecutionInterrupted,
     HostDrained,
     HostRemoved,
+    HostResized,
     PlacementDeferred,
     ReplicaLost,
     ReplicaMoved,
@@ -127,3 +128,19 @@ def test_deferred_placement_is_reported_with_the_reason():
     core = make_core(hosts=2)
     [deferred] = of_type(core.place_kernel("k", 4, now=0), PlacementDeferred)
     assert "only 2 distinct host(s)" in deferred.reason
+
+
+def test_an_idle_host_can_be_resized_and_waiting_work_uses_the_new_gpus():
+    core = make_core(hosts=3, gpus=1)
+    core.place_kernel("k", 2, now=0)
+    assert core.request_execution("k", 2, now=1.0).kind is DecisionKind.QUEUED  # no host has 2 GPUs yet
+    host = core.cluster.kernels["k"].replicas[0]
+    events = core.resize_host(host, 2, now=2.0)
+    [resized] = of_type(events, HostResized)
+    assert resized.gpus == 2 and core.cluster.total_gpus == 4
+    [granted] = [e for e in events if getattr(e, "kind", None) is DecisionKind.LEAD]
+    assert granted.host_id == host and granted.devices == (0, 1)
+    with pytest.raises(ValueError, match="GPUs in use"):  # not while a cell uses them
+        core.resize_host(host, 1, now=3.0)
+    with pytest.raises(ValueError, match="at least 1 GPU"):
+        core.resize_host("h2" if host != "h2" else "h1", 0, now=3.0)

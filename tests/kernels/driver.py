@@ -93,14 +93,18 @@ class Notebook:
         return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def cluster_request(cluster_file: str, method: str, path: str, body: dict | None = None) -> Any:
-    """One call to the cluster service's API, authenticated with the token of its discovery file."""
+def cluster_request(cluster_file: str, method: str, path: str, body: dict | None = None, text: bool = False) -> Any:
+    """One call to the cluster service's API, authenticated with the token of its discovery file: its JSON answer
+    (None for 204), or with ``text`` the answer as text (``/metrics``)."""
     data = json.loads(open(cluster_file).read())
     req = urllib.request.Request(f"{data['url']}{path}", method=method,
                                  data=None if body is None else json.dumps(body).encode(),
                                  headers={"Authorization": f"token {data['token']}"})
     with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
+        answer = resp.read()
+    if text:
+        return answer.decode()
+    return json.loads(answer) if answer else None
 
 
 def cluster_kernel(cluster_file: str, kernel_id: str) -> dict:

@@ -34,7 +34,7 @@ def test_executor_killed_mid_cell_reruns_on_a_survivor(notebook):
     assert int(started.split()[1]) != victim
     # The committed state before the cell survived, and the cell's effect is there exactly once.
     assert notebook.value("history") == ["before", "cell"]
-    # The killed replica is restarted in place and rejoins.
+    # The killed replica is replaced (on another host, with its journal) and rejoins.
     wait_until(lambda: all(r["alive"] for r in replicas_of(notebook)) and
                sum(r["restarts"] for r in replicas_of(notebook)) == 1, "the killed replica to be restarted")
 

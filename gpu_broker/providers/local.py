@@ -1,0 +1,39 @@
+"""Logical hosts on this machine: the embedded cluster's provider.
+
+Each host is a name and a working directory; replicas on every host are processes of this machine. Hosts are named
+``host-1``, ``host-2``, ... in the order they were added, never reusing a name within a cluster's life, so the
+event log stays unambiguous. GPUs are the ones the cluster was configured with (virtual where there are none).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ..host_agent import HostAgent
+from .base import HostProvider, ProviderError
+
+
+class LocalProvider(HostProvider):
+    def __init__(self, hosts_dir: Path, max_hosts: int | None) -> None:
+        self.hosts_dir = Path(hosts_dir)
+        self.max_hosts = max_hosts
+        self.running = 0
+        self._next = 1
+
+    def add_host(self, gpus: int) -> HostAgent:
+        if self.max_hosts is not None and self.running >= self.max_hosts:
+            raise ProviderError(f"the local provider runs at most {self.max_hosts} hosts (--max-hosts); remove a "
+                                "drained host first or start the cluster with a higher --max-hosts")
+        name = f"host-{self._next}"
+        self._next += 1
+        self.running += 1
+        return HostAgent(name, self.hosts_dir / name)
+
+    def remove_host(self, agent: HostAgent) -> None:
+        if agent.replicas:
+            raise ProviderError(f"{agent.name} still runs {len(agent.replicas)} replica(s); drain it first")
+        self.running -= 1
+        shutil.rmtree(agent.workdir, ignore_errors=True)
+
+    def resize_host(self, agent: HostAgent, gpus: int) -> None:
+        """Logical hosts take any GPU count: their GPUs are configuration (or a share of this machine's)."""
