@@ -10,7 +10,7 @@ its own clients (a replica's connection info, which carries the kernel's message
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from ...gpu_broker.client import CLUSTER_FILE_ENV, ClusterClient, ClusterError, discovery_file
 
@@ -45,11 +45,13 @@ def _client() -> ClusterClient:
                                  f"{_what_to_do(path)}") from None
 
 
-async def cluster_request(method: str, path: str) -> Any:
-    """One request to the cluster service; its JSON answer, or ClusterUnavailable / ClusterRefused."""
+async def cluster_request(method: str, path: str, body: dict | None = None, text: bool = False,
+                          timeout: float = REQUEST_TIMEOUT_S) -> Any:
+    """One request to the cluster service; its JSON answer (its text with ``text``), or ClusterUnavailable /
+    ClusterRefused."""
     client = _client()
     try:
-        return await client.request(method, path, timeout=REQUEST_TIMEOUT_S)
+        return await client.request(method, path, body, timeout=timeout, text=text)
     except ClusterError as err:
         if err.status is None:
             said = str(err)
@@ -66,12 +68,20 @@ async def cluster_request(method: str, path: str) -> Any:
 
 def replica_model(raw: dict) -> dict:
     return {"index": int(raw["replica"]), "host": str(raw["host"]), "alive": bool(raw["alive"]),
-            "pid": raw.get("pid"), "restarts": int(raw.get("restarts", 0))}
+            "pid": raw.get("pid"), "restarts": int(raw.get("restarts", 0)), "role": raw.get("role"),
+            "state": str(raw.get("state") or ("ready" if raw["alive"] else "lost"))}
+
+
+_CELL_FIELDS = ("state", "gpus", "decision", "reason", "host", "devices", "submitted", "started", "ended", "bind_s",
+                "release_s")
 
 
 def kernel_model(raw: dict) -> dict:
     replicas = [replica_model(r) for r in raw.get("replicas", [])]
-    return {"id": str(raw["id"]), "replicas": replicas, "replicas_alive": sum(r["alive"] for r in replicas)}
+    cell = raw.get("cell")
+    return {"id": str(raw["id"]), "owner": raw.get("owner"), "notebook": raw.get("notebook"),
+            "gpus": int(raw.get("gpus", 0)), "replicas": replicas, "replicas_alive": sum(r["alive"] for r in replicas),
+            "cell": None if not cell else {k: cell.get(k) for k in _CELL_FIELDS}}
 
 
 def replica_counts(kernels: list[dict]) -> dict:
@@ -80,39 +90,57 @@ def replica_counts(kernels: list[dict]) -> dict:
     return {"total": len(replicas), "alive": alive, "dead": len(replicas) - alive}
 
 
+def host_model(host: dict, kernels: list[dict]) -> dict:
+    name = str(host["name"])
+    placed = [(k["id"], r) for k in kernels for r in k["replicas"] if r["host"] == name]
+    return {
+        "name": name,
+        "state": str(host.get("state", "active")),
+        "gpus": int(host.get("gpus", 0)),
+        "idle_gpus": int(host.get("idle_gpus", 0)),
+        "subscribed_gpus": int(host.get("subscribed_gpus", 0)),
+        "subscription_ratio": float(host.get("subscription_ratio", 0.0)),
+        "replicas": int(host.get("replicas", len(placed))),
+        "replicas_alive": sum(r["alive"] for _, r in placed),
+        "kernels": sorted({kernel_id for kernel_id, _ in placed}),
+    }
+
+
 def hosts_model(raw_cluster: dict) -> list[dict]:
     kernels = [kernel_model(k) for k in raw_cluster.get("kernels", [])]
-    hosts = []
-    for host in raw_cluster.get("hosts", []):
-        name = str(host["name"])
-        placed = [(k["id"], r) for k in kernels for r in k["replicas"] if r["host"] == name]
-        model = {
-            "name": name,
-            "replicas": int(host.get("replicas", len(placed))),
-            "replicas_alive": sum(r["alive"] for _, r in placed),
-            "kernels": sorted({kernel_id for kernel_id, _ in placed}),
-        }
-        model.update({k: int(host[k]) for k in ("gpus", "idle_gpus", "subscribed_gpus") if k in host})
-        if "subscription_ratio" in host:
-            model["subscription_ratio"] = float(host["subscription_ratio"])
-        if "state" in host:
-            model["state"] = str(host["state"])
-        hosts.append(model)
-    return hosts
+    return [host_model(host, kernels) for host in raw_cluster.get("hosts", [])]
 
 
 def gpus_model(raw_cluster: dict) -> list[dict]:
-    return [{"host": str(host["name"]), "device": int(d["device"]), "kernel": d.get("kernel")}
+    return [{"host": str(host["name"]), "device": int(d["device"]), "state": str(d.get("state", "idle")),
+             "kernel": d.get("kernel"), "replica": d.get("replica"), "since": d.get("since")}
             for host in raw_cluster.get("hosts", []) for d in host.get("devices", [])]
 
 
 def cluster_model(raw_cluster: dict) -> dict:
     kernels = [kernel_model(k) for k in raw_cluster.get("kernels", [])]
+    gpus = gpus_model(raw_cluster)
+    hosts = hosts_model(raw_cluster)
+    total = sum(h["gpus"] for h in hosts)
     return {
-        "hosts": [{"name": h["name"], "replicas": h["replicas"]} for h in hosts_model(raw_cluster)],
+        "policy": raw_cluster.get("policy"),
+        "hosts": [{"name": h["name"], "replicas": h["replicas"]} for h in hosts],
         "kernels": len(kernels),
         "replicas": replica_counts(kernels),
+        "gpus": {"total": total, **{state: sum(g["state"] == state for g in gpus)
+                                    for state in ("idle", "pending", "committed")}},
+        "subscription_ratio": sum(h["subscribed_gpus"] for h in hosts) / total if total else 0.0,
+        "subscription_limit": raw_cluster.get("subscription_limit"),
+        "pending_cells": int(raw_cluster.get("pending_cells", 0)),
+        "pending_hosts": int(raw_cluster.get("pending_hosts", 0)),
+        "max_hosts": raw_cluster.get("max_hosts"),
     }
+
+
+# --- calls ------------------------------------------------------------------------------------------------------
+
+def _kernel_path(kernel_id: str) -> str:
+    return f"/kernels/{quote(kernel_id, safe='')}"
 
 
 async def get_cluster() -> dict:
@@ -121,10 +149,41 @@ async def get_cluster() -> dict:
 
 
 async def get_kernel(kernel_id: str) -> dict:
-    return kernel_model(await cluster_request("GET", f"/kernels/{quote(kernel_id, safe='')}"))
+    return kernel_model(await cluster_request("GET", _kernel_path(kernel_id)))
 
 
-async def replica_action(kernel_id: str, replica: int, action: str) -> dict:
-    assert action in ("kill", "restart")
+async def delete_kernel(kernel_id: str) -> None:
+    await cluster_request("DELETE", _kernel_path(kernel_id))
+
+
+async def replica_action(kernel_id: str, replica: int, action: str, body: dict | None = None) -> dict:
+    assert action in ("kill", "restart", "migrate")
     return kernel_model(await cluster_request(
-        "POST", f"/kernels/{quote(kernel_id, safe='')}/replicas/{replica}/{action}"))
+        "POST", f"{_kernel_path(kernel_id)}/replicas/{replica}/{action}", body))
+
+
+async def host_request(method: str, name: str | None = None, action: str = "", body: dict | None = None) -> dict | None:
+    """Add (POST, no name), change (PATCH), drain (POST with action "drain") or remove (DELETE) a host; the host's
+    model afterwards (None once removed)."""
+    path = "/hosts" + (f"/{quote(name, safe='')}" if name is not None else "") + (f"/{action}" if action else "")
+    raw = await cluster_request(method, path, body)
+    if raw is None:
+        return None
+    kernels = [kernel_model(k) for k in (await get_cluster()).get("kernels", [])]
+    return host_model(raw, kernels)
+
+
+async def get_events(query: dict[str, str], wait: bool = False, timeout: float = REQUEST_TIMEOUT_S) -> dict:
+    """The cluster's event log after ``query['since']``, filtered; with ``wait``, held until one comes (or the
+    cluster's own time-out)."""
+    path = "/events" + ("/wait" if wait else "") + ("?" + urlencode(query) if query else "")
+    return await cluster_request("GET", path, timeout=timeout)
+
+
+async def get_history(seconds: float) -> dict:
+    return await cluster_request("GET", f"/history?seconds={seconds}")
+
+
+async def get_cluster_metrics() -> str:
+    """The cluster service's own Prometheus text (bind latency, interactivity delay, GPU-seconds, ...)."""
+    return await cluster_request("GET", "/metrics", text=True)

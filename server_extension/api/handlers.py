@@ -2,9 +2,10 @@
 
 Every method is behind Jupyter Server's authentication (``@web.authenticated``: an API request without a valid
 token or login cookie gets 403) and its authorizer (``@authorized`` on the ``notebookos`` resource: ``read`` for
-GETs, ``write`` for the replica actions, which is what "admin" means here). Errors are JSON
+GETs, ``write`` for every changing action, which is what "admin" means here). Errors are JSON
 (``{"message": ..., "reason": ...}``, Jupyter's APIHandler format): 400 for a malformed request, 404 for an unknown
-kernel or replica, 503 when the cluster is not there, with what to do about it.
+kernel, replica or host, 409 when the cluster refuses an action (with its reason), 503 when the cluster is not there,
+with what to do about it.
 """
 from __future__ import annotations
 
@@ -15,11 +16,16 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
+from tornado.iostream import StreamClosedError
 
-from .cluster import (ClusterRefused, ClusterUnavailable, cluster_model, get_cluster, get_kernel, gpus_model,
-                      hosts_model, kernel_model, replica_action)
+from .cluster import (ClusterRefused, ClusterUnavailable, cluster_model, delete_kernel, get_cluster,
+                      get_cluster_metrics, get_events, get_history, get_kernel, gpus_model, host_request, hosts_model,
+                      kernel_model, replica_action)
 from .metrics import CONTENT_TYPE, Metrics
 from .openapi import API_PREFIX, RESOURCE, document
+
+STREAM_WAIT_S = 15  # how long the event stream waits for an event before it writes a keep-alive comment
+STREAM_RETRY_MS = 3000  # how soon a browser reconnects after the stream ends
 
 ADMIN_MESSAGE = (f"This action needs the notebookos admin permission (action 'write' on resource '{RESOURCE}'); "
                  "reading needs 'read' only.")
@@ -54,9 +60,38 @@ class NotebookOSHandler(APIHandler):
         except ClusterUnavailable as err:
             raise web.HTTPError(503, str(err), reason="Cluster Unavailable") from None
         except ClusterRefused as err:
-            if err.status == 404:
-                raise web.HTTPError(404, str(err)) from None
+            if err.status in (400, 404, 409):  # the cluster refused, saying why: a mistake the user can mend
+                raise web.HTTPError(err.status, str(err)) from None
             raise web.HTTPError(502, f"the notebookos cluster answered {err.status}: {err}") from None
+
+
+    def json_body(self) -> dict[str, Any]:
+        """The request's JSON object body (empty: {}), or 400 saying what is wrong with it."""
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError as err:
+            raise web.HTTPError(400, f"the request body is not JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise web.HTTPError(400, "the request body must be a JSON object")
+        return data
+
+    def only_query(self, *allowed: str) -> None:
+        """400 for a query parameter this endpoint does not take (a typo would otherwise be silently ignored)."""
+        unknown = sorted(set(self.request.query_arguments) - set(allowed))
+        if unknown:
+            raise web.HTTPError(400, f"unknown query parameter {unknown[0][:40]!r}; this endpoint takes "
+                                     f"{', '.join(allowed) or 'none'}")
+
+    def gpu_count(self, data: dict[str, Any], required: bool) -> int | None:
+        """``gpus`` of a request body: a whole number of at least 1 (or absent when not ``required``)."""
+        value = data.get("gpus")
+        if value is None and not required:
+            return None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON Schema's integer: 2.0 is one
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1024:
+            raise web.HTTPError(400, f"gpus must be a whole number from 1 to 1024, got {value!r}")
+        return value
 
 
 class OpenAPIHandler(NotebookOSHandler):
@@ -64,6 +99,17 @@ class OpenAPIHandler(NotebookOSHandler):
     @authorized("read", resource=RESOURCE)
     def get(self) -> None:
         self.reply(document(self.base_url))
+
+
+class MeHandler(NotebookOSHandler):
+    """Who is asking and whether they may act: the dashboard shows its actions only to admins."""
+
+    @web.authenticated
+    @authorized("read", resource=RESOURCE)
+    def get(self) -> None:
+        user = self.current_user
+        admin = self.authorizer.is_authorized(self, user, "write", RESOURCE)
+        self.reply({"name": getattr(user, "name", None) or getattr(user, "username", "") or "", "admin": bool(admin)})
 
 
 class ClusterHandler(NotebookOSHandler):
@@ -78,6 +124,35 @@ class HostsHandler(NotebookOSHandler):
     @authorized("read", resource=RESOURCE)
     async def get(self) -> None:
         self.reply({"hosts": hosts_model(await self.cluster_call(get_cluster()))})
+
+    @web.authenticated
+    @authorized("write", resource=RESOURCE, message=ADMIN_MESSAGE)
+    async def post(self) -> None:
+        gpus = self.gpu_count(self.json_body(), required=False)
+        self.set_status(201)
+        self.reply(await self.cluster_call(host_request("POST", body={} if gpus is None else {"gpus": gpus})))
+
+
+class HostHandler(NotebookOSHandler):
+    @web.authenticated
+    @authorized("write", resource=RESOURCE, message=ADMIN_MESSAGE)
+    async def patch(self, name: str) -> None:
+        gpus = self.gpu_count(self.json_body(), required=True)
+        self.reply(await self.cluster_call(host_request("PATCH", name, body={"gpus": gpus})))
+
+    @web.authenticated
+    @authorized("write", resource=RESOURCE, message=ADMIN_MESSAGE)
+    async def delete(self, name: str) -> None:
+        await self.cluster_call(host_request("DELETE", name))
+        self.set_status(204)
+        self.finish()
+
+
+class DrainHandler(NotebookOSHandler):
+    @web.authenticated
+    @authorized("write", resource=RESOURCE, message=ADMIN_MESSAGE)
+    async def post(self, name: str) -> None:
+        self.reply(await self.cluster_call(host_request("POST", name, "drain")))
 
 
 class GpusHandler(NotebookOSHandler):
@@ -101,6 +176,19 @@ class KernelHandler(NotebookOSHandler):
     async def get(self, kernel_id: str) -> None:
         self.reply(await self.cluster_call(get_kernel(kernel_id)))
 
+    @web.authenticated
+    @authorized("write", resource=RESOURCE, message=ADMIN_MESSAGE)
+    async def delete(self, kernel_id: str) -> None:
+        """Shut the kernel down: through this server's kernel manager when it started the kernel (its sessions and
+        clients are told), else on the cluster directly (a kernel of another Jupyter server sharing the cluster)."""
+        await self.cluster_call(get_kernel(kernel_id))  # 404 for a kernel the cluster does not know
+        if kernel_id in self.kernel_manager:
+            await self.kernel_manager.shutdown_kernel(kernel_id)
+        else:
+            await self.cluster_call(delete_kernel(kernel_id))
+        self.set_status(204)
+        self.finish()
+
 
 class ReplicaActionHandler(NotebookOSHandler):
     @web.authenticated
@@ -108,12 +196,99 @@ class ReplicaActionHandler(NotebookOSHandler):
     async def post(self, kernel_id: str, replica: str, action: str) -> None:
         if not (replica.isascii() and replica.isdigit()):
             raise web.HTTPError(400, f"the replica must be an index (0, 1, 2, ...), not {replica[:40]!r}")
+        body = None
+        if action == "migrate":
+            host = self.json_body().get("host")
+            if not isinstance(host, str) or not host:
+                raise web.HTTPError(400, 'give the target host as {"host": "host-N"}')
+            body = {"host": host}
         kernel = await self.cluster_call(get_kernel(kernel_id))
         # Compared as text first: an index of thousands of digits is refused without making it an int.
         if len(replica) > 6 or int(replica) >= len(kernel["replicas"]):
             raise web.HTTPError(404, f"kernel {kernel_id} has no replica {replica[:40]}; it has "
                                      f"{len(kernel['replicas'])}")
-        self.reply(await self.cluster_call(replica_action(kernel_id, int(replica), action)))
+        self.reply(await self.cluster_call(replica_action(kernel_id, int(replica), action, body)))
+
+
+class EventsHandler(NotebookOSHandler):
+    """The scheduler's decisions and operators' actions, oldest first, after ``since`` and filtered."""
+
+    @web.authenticated
+    @authorized("read", resource=RESOURCE)
+    async def get(self) -> None:
+        self.reply(await self.cluster_call(get_events(event_query(self))))
+
+
+class EventStreamHandler(NotebookOSHandler):
+    """The same events as server-sent events, as they happen. Resumes after ``Last-Event-ID`` (what EventSource
+    sends when it reconnects) or ``?since=``; a comment line every time-out keeps proxies from closing it."""
+
+    _track_activity = False  # an open dashboard is not user activity (it would keep an idle server from culling)
+
+    @web.authenticated
+    @authorized("read", resource=RESOURCE)
+    async def get(self) -> None:
+        query = event_query(self)
+        since = self.request.headers.get("Last-Event-ID", "")
+        if since.isascii() and since.isdigit() and len(since) < 16:
+            query["since"] = since
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        self.write(f"retry: {STREAM_RETRY_MS}\n\n")
+        try:
+            while not self.request.connection.stream.closed():
+                try:
+                    answer = await get_events(query, wait=True, timeout=STREAM_WAIT_S + 10)
+                except (ClusterUnavailable, ClusterRefused) as err:
+                    # The browser reconnects after `retry`; until the cluster is back it hears why.
+                    self.write(f"event: cluster_unavailable\ndata: {json.dumps({'message': str(err)})}\n\n")
+                    await self.flush()
+                    break
+                for event in answer["events"]:
+                    self.write(f"id: {event['seq']}\ndata: {json.dumps(event)}\n\n")
+                if not answer["events"]:
+                    self.write(": keepalive\n\n")
+                query["since"] = str(answer["last_seq"])
+                await self.flush()
+        except StreamClosedError:
+            return
+        self.finish()
+
+
+def event_query(handler: NotebookOSHandler) -> dict[str, str]:
+    """``since``, ``limit`` (whole numbers) and the ``host``, ``kernel``, ``kind`` filters of an events request."""
+    handler.only_query("since", "limit", "host", "kernel", "kind")
+    query: dict[str, str] = {}
+    for name in ("since", "limit"):
+        raw = handler.get_query_argument(name, None)
+        if raw is not None:
+            if not (raw.isascii() and raw.isdigit() and len(raw) < 16):
+                raise web.HTTPError(400, f"{name} must be a whole number >= 0, got {raw[:40]!r}")
+            query[name] = raw
+    for name in ("host", "kernel", "kind"):
+        raw = handler.get_query_argument(name, None)
+        if raw:
+            query[name] = raw[:200]
+    if "kernel" not in query and "since" not in query:
+        query.setdefault("limit", "1000")  # the whole log can be large; a first look gets the latest
+    query["timeout"] = str(STREAM_WAIT_S)
+    return query
+
+
+class HistoryHandler(NotebookOSHandler):
+    @web.authenticated
+    @authorized("read", resource=RESOURCE)
+    async def get(self) -> None:
+        self.only_query("seconds")
+        raw = self.get_query_argument("seconds", "3600")
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = -1.0
+        if not 0 < seconds <= 24 * 3600:
+            raise web.HTTPError(400, f"seconds must be a number from 1 to 86400, got {raw[:40]!r}")
+        self.reply(await self.cluster_call(get_history(seconds)))
 
 
 class MetricsHandler(NotebookOSHandler):
@@ -126,23 +301,32 @@ class MetricsHandler(NotebookOSHandler):
     @authorized("read", resource=RESOURCE)
     async def get(self) -> None:
         try:
-            raw = await get_cluster()
+            raw, counted = await get_cluster(), await get_cluster_metrics()
         except (ClusterUnavailable, ClusterRefused) as err:
             self.log.warning("notebookos metrics: %s", err)
-            raw = None
-        self.finish(self.metrics.render(raw), set_content_type=CONTENT_TYPE)
+            raw, counted = None, ""
+        # The cluster service counts what happens to cells (bind latency, GPU-seconds, ...); this server adds the
+        # gauges of the cluster's current shape. Both are in the text format, so they concatenate.
+        self.finish(self.metrics.render(raw) + counted.encode(), set_content_type=CONTENT_TYPE)
 
 
 def handlers(metrics: Metrics) -> list[tuple[str, type, dict] | tuple[str, type]]:
     """The API's routes, relative to the server's base URL."""
     kernel = r"/kernels/(?P<kernel_id>[^/]+)"
+    host = r"/hosts/(?P<name>[^/]+)"
     return [
         (rf"{API_PREFIX}/openapi\.json", OpenAPIHandler),
+        (rf"{API_PREFIX}/me", MeHandler),
         (rf"{API_PREFIX}/cluster", ClusterHandler),
         (rf"{API_PREFIX}/hosts", HostsHandler),
+        (rf"{API_PREFIX}{host}", HostHandler),
+        (rf"{API_PREFIX}{host}/drain", DrainHandler),
         (rf"{API_PREFIX}/gpus", GpusHandler),
         (rf"{API_PREFIX}/kernels", KernelsHandler),
         (rf"{API_PREFIX}{kernel}", KernelHandler),
-        (rf"{API_PREFIX}{kernel}/replicas/(?P<replica>[^/]+)/(?P<action>kill|restart)", ReplicaActionHandler),
+        (rf"{API_PREFIX}{kernel}/replicas/(?P<replica>[^/]+)/(?P<action>kill|restart|migrate)", ReplicaActionHandler),
+        (rf"{API_PREFIX}/events", EventsHandler),
+        (rf"{API_PREFIX}/events/stream", EventStreamHandler),
+        (rf"{API_PREFIX}/history", HistoryHandler),
         (rf"{API_PREFIX}/metrics", MetricsHandler, {"metrics": metrics}),
     ]

@@ -43,26 +43,50 @@ def _get(operation_id: str, summary: str, ok: dict, *, params: list | None = Non
           "x-notebookos-permission": "read"}
     if params:
         op["parameters"] = params
+    if any(p["in"] == "query" for p in params or ()):
+        responses["400"] = _error("A malformed query parameter: the message says which.")
     return {"get": op}
 
 
-def _replica_action(action: str, summary: str) -> dict:
-    return {"post": {
-        "operationId": f"{action}Replica",
-        "summary": summary,
-        "description": "Needs the admin permission: action `write` on the `notebookos` resource.",
-        "parameters": [_KERNEL_ID, _REPLICA],
-        "x-notebookos-permission": "write",
-        "responses": {
-            "200": _json(_ref("Kernel"), "The kernel after the action."),
-            "400": _error("The replica index is not a non-negative integer."),
-            "403": _FORBIDDEN,
-            "404": _error("No such kernel, or the kernel has no such replica."),
-            "502": _BAD_GATEWAY,
-            "503": _UNAVAILABLE,
-        },
-    }}
+def _action(operation_id: str, summary: str, ok: dict, *, params: list | None = None, body: dict | None = None,
+            status: str = "200", not_found: str = "No such kernel or replica.", conflict: str | None = None) -> dict:
+    """A changing action: admin only, with the statuses it answers."""
+    responses = {status: ok, "403": _FORBIDDEN, "404": _error(not_found), "502": _BAD_GATEWAY, "503": _UNAVAILABLE}
+    if params or body:
+        responses["400"] = _error("A malformed request: the message says which field is wrong.")
+    if conflict:
+        responses["409"] = _error(conflict)
+    op = {"operationId": operation_id, "summary": summary, "x-notebookos-permission": "write",
+          "description": f"Needs the admin permission: action `write` on the `{RESOURCE}` resource.",
+          "responses": responses}
+    if params:
+        op["parameters"] = params
+    if body:
+        op["requestBody"] = {"required": "required" in body, "content": {"application/json": {"schema": body}}}
+    return op
 
+
+def _replica_action(action: str, summary: str, body: dict | None = None, conflict: str | None = None) -> dict:
+    return {"post": _action(f"{action}Replica", summary, _json(_ref("Kernel"), "The kernel after the action."),
+                            params=[_KERNEL_ID, _REPLICA], body=body, conflict=conflict)}
+
+
+_NAME = {"name": "name", "in": "path", "required": True, "description": "host name",
+         "schema": {"type": "string", "minLength": 1}}
+_GPUS_BODY = {"type": "object", "properties": {"gpus": {"type": "integer", "minimum": 1, "maximum": 1024}}}
+_TIME = {"type": ["number", "null"], "description": "epoch seconds"}
+_NULL_STR = {"type": ["string", "null"]}
+_MAX_SEQ = 10**15 - 1  # sequence numbers and limits are refused past 15 digits
+_EVENT_QUERY = [
+    {"name": "since", "in": "query", "required": False, "description": "only events after this sequence number",
+     "schema": {"type": "integer", "minimum": 0, "maximum": _MAX_SEQ}},
+    {"name": "limit", "in": "query", "required": False, "description": "at most this many (the latest)",
+     "schema": {"type": "integer", "minimum": 0, "maximum": _MAX_SEQ}},
+    {"name": "host", "in": "query", "required": False, "schema": {"type": "string"}},
+    {"name": "kernel", "in": "query", "required": False, "schema": {"type": "string"}},
+    {"name": "kind", "in": "query", "required": False, "schema": {"type": "string"},
+     "description": "e.g. decision, replica_moved, host_added, scale_out_requested"},
+]
 
 SCHEMAS: dict = {
     "Error": {
@@ -70,26 +94,54 @@ SCHEMAS: dict = {
         "required": ["message"],
         "properties": {"message": {"type": "string"}, "reason": {"type": ["string", "null"]}},
     },
+    "Me": {
+        "type": "object",
+        "required": ["name", "admin"],
+        "properties": {"name": {"type": "string"},
+                       "admin": {"type": "boolean", "description": "may take changing actions"}},
+    },
     "Replica": {
         "type": "object",
-        "required": ["index", "host", "alive", "pid", "restarts"],
+        "required": ["index", "host", "alive", "pid", "restarts", "role", "state"],
         "additionalProperties": False,
         "properties": {
             "index": {"type": "integer", "minimum": 0},
             "host": {"type": "string", "description": "the host the replica is placed on"},
             "alive": {"type": "boolean", "description": "whether its process is running"},
             "pid": {"type": ["integer", "null"], "description": "its process id on its host, if started"},
-            "restarts": {"type": "integer", "minimum": 0, "description": "in-place restarts so far"},
+            "restarts": {"type": "integer", "minimum": 0, "description": "restarts and replacements so far"},
+            "role": {"enum": ["executor", "standby", None],
+                     "description": "executor: the replica the scheduler last gave the kernel's GPUs; null for a "
+                                    "kernel that has not asked for GPUs (its executor is elected among replicas)"},
+            "state": {"enum": ["ready", "catching_up", "migrating", "lost"]},
+        },
+    },
+    "Cell": {
+        "type": ["object", "null"],
+        "description": "the kernel's current or last cell that asked for GPUs",
+        "properties": {
+            "state": {"enum": ["queued", "running", "done"]},
+            "gpus": {"type": "integer", "minimum": 0},
+            "decision": {"type": "string", "description": "lead, migrate, queued, ..."},
+            "reason": {"type": "string", "description": "the scheduler's reason for its decision"},
+            "host": _NULL_STR,
+            "devices": {"type": "array", "items": {"type": "integer"}},
+            "submitted": _TIME, "started": _TIME, "ended": _TIME,
+            "bind_s": {"type": ["number", "null"]}, "release_s": {"type": ["number", "null"]},
         },
     },
     "Kernel": {
         "type": "object",
-        "required": ["id", "replicas", "replicas_alive"],
+        "required": ["id", "owner", "notebook", "gpus", "replicas", "replicas_alive", "cell"],
         "additionalProperties": False,
         "properties": {
             "id": {"type": "string"},
+            "owner": _NULL_STR,
+            "notebook": {"type": ["string", "null"], "description": "the notebook's path, when Jupyter said it"},
+            "gpus": {"type": "integer", "minimum": 0, "description": "GPUs each cell asks for"},
             "replicas": {"type": "array", "items": _ref("Replica")},
             "replicas_alive": {"type": "integer", "minimum": 0},
+            "cell": _ref("Cell"),
         },
     },
     "KernelList": {
@@ -99,29 +151,33 @@ SCHEMAS: dict = {
     },
     "Host": {
         "type": "object",
-        "required": ["name", "replicas", "replicas_alive", "kernels"],
+        "required": ["name", "state", "gpus", "idle_gpus", "subscribed_gpus", "subscription_ratio", "replicas",
+                     "replicas_alive", "kernels"],
         "properties": {
             "name": {"type": "string"},
-            "replicas": {"type": "integer", "minimum": 0, "description": "replicas placed on the host"},
-            "replicas_alive": {"type": "integer", "minimum": 0},
-            "kernels": {"type": "array", "items": {"type": "string"}, "description": "kernels with a replica here"},
+            "state": {"enum": ["active", "draining", "starting", "lost"]},
             "gpus": {"type": "integer", "minimum": 0, "description": "the host's GPUs (virtual where it has none)"},
             "idle_gpus": {"type": "integer", "minimum": 0, "description": "GPUs not committed to a cell now"},
             "subscribed_gpus": {"type": "integer", "minimum": 0,
                                 "description": "GPUs requested by the replicas placed on the host"},
             "subscription_ratio": {"type": "number", "minimum": 0,
                                    "description": "subscribed_gpus / gpus; placement refuses past the limit"},
-            "state": {"type": "string", "enum": ["active", "draining"]},
+            "replicas": {"type": "integer", "minimum": 0, "description": "replicas placed on the host"},
+            "replicas_alive": {"type": "integer", "minimum": 0},
+            "kernels": {"type": "array", "items": {"type": "string"}, "description": "kernels with a replica here"},
         },
     },
     "Gpu": {
         "type": "object",
-        "required": ["host", "device", "kernel"],
+        "required": ["host", "device", "state", "kernel", "replica", "since"],
         "properties": {
             "host": {"type": "string"},
             "device": {"type": "integer", "minimum": 0, "description": "device index on its host"},
-            "kernel": {"type": ["string", "null"],
-                       "description": "the kernel whose running cell holds the GPU; null when idle"},
+            "state": {"enum": ["idle", "pending", "committed"],
+                      "description": "pending: reserved for an executor that has not started yet"},
+            "kernel": {"type": ["string", "null"], "description": "the kernel whose cell holds the GPU"},
+            "replica": {"type": ["integer", "null"], "description": "the executor replica holding it"},
+            "since": {"type": ["number", "null"], "description": "epoch seconds since it is held"},
         },
     },
     "GpuList": {
@@ -136,8 +192,10 @@ SCHEMAS: dict = {
     },
     "Cluster": {
         "type": "object",
-        "required": ["hosts", "kernels", "replicas"],
+        "required": ["policy", "hosts", "kernels", "replicas", "gpus", "subscription_ratio", "subscription_limit",
+                     "pending_cells", "pending_hosts", "max_hosts"],
         "properties": {
+            "policy": {"type": ["string", "null"], "description": "the scheduling policy"},
             "hosts": {
                 "type": "array",
                 "description": "every host with the number of replicas placed on it",
@@ -150,6 +208,53 @@ SCHEMAS: dict = {
                 "required": ["total", "alive", "dead"],
                 "properties": {k: {"type": "integer", "minimum": 0} for k in ("total", "alive", "dead")},
             },
+            "gpus": {
+                "type": "object",
+                "required": ["total", "idle", "pending", "committed"],
+                "properties": {k: {"type": "integer", "minimum": 0} for k in ("total", "idle", "pending", "committed")},
+            },
+            "subscription_ratio": {"type": "number", "minimum": 0,
+                                   "description": "GPUs subscribed by all replicas over all GPUs"},
+            "subscription_limit": {"type": ["number", "null"]},
+            "pending_cells": {"type": "integer", "minimum": 0, "description": "cells waiting for GPUs"},
+            "pending_hosts": {"type": "integer", "minimum": 0, "description": "hosts asked for, not arrived yet"},
+            "max_hosts": {"type": ["integer", "null"], "description": "the autoscaler's ceiling"},
+        },
+    },
+    "Event": {
+        "type": "object",
+        "required": ["seq", "time", "kind", "reason", "host", "kernel", "replica", "data"],
+        "properties": {
+            "seq": {"type": "integer", "minimum": 1},
+            "time": {"type": "number", "description": "epoch seconds"},
+            "kind": {"type": "string"},
+            "reason": {"type": "string", "description": "why the scheduler (or operator) did it"},
+            "host": _NULL_STR, "kernel": _NULL_STR, "replica": {"type": ["integer", "null"]},
+            "data": {"type": "object", "description": "the rest of the event's fields, by kind"},
+        },
+    },
+    "EventList": {
+        "type": "object",
+        "required": ["events", "last_seq"],
+        "properties": {"events": {"type": "array", "items": _ref("Event")},
+                       "last_seq": {"type": "integer", "minimum": 0}},
+    },
+    "History": {
+        "type": "object",
+        "required": ["interval_s", "samples"],
+        "properties": {
+            "interval_s": {"type": "number"},
+            "samples": {"type": "array", "items": {
+                "type": "object",
+                "required": ["time", "gpus_total", "gpus_committed", "pending_cells", "delay_p50", "delay_p99",
+                             "migrations", "scale_events"],
+                "properties": {
+                    "time": {"type": "number"},
+                    "gpus_total": {"type": "integer"}, "gpus_committed": {"type": "integer"},
+                    "pending_cells": {"type": "integer"},
+                    "delay_p50": {"type": ["number", "null"]}, "delay_p99": {"type": ["number", "null"]},
+                    "migrations": {"type": "integer"}, "scale_events": {"type": "integer"},
+                }}},
         },
     },
 }
@@ -162,8 +267,8 @@ DOCUMENT: dict = {
         "description": (
             "The notebookos cluster as seen from Jupyter Server. Every endpoint needs Jupyter Server "
             "authentication (a token in `Authorization: token <token>`, or the login cookie with its XSRF "
-            f"token); reads need action `read` on the `{RESOURCE}` resource, changing actions (the replica fault "
-            "drills) need `write`, the admin permission."
+            f"token); reads need action `read` on the `{RESOURCE}` resource, changing actions (hosts, migrations, "
+            "fault drills, shutdowns) need `write`, the admin permission."
         ),
     },
     "servers": [{"url": "/"}],
@@ -174,21 +279,61 @@ DOCUMENT: dict = {
                                                   "The OpenAPI document.")),
         f"{API_PREFIX}/cluster": _get("getCluster", "Summary: hosts, replicas per host, kernels.",
                                       _json(_ref("Cluster"), "The cluster summary.")),
-        f"{API_PREFIX}/hosts": _get("listHosts", "Hosts with their replicas and kernels.",
-                                    _json(_ref("HostList"), "The hosts.")),
+        f"{API_PREFIX}/hosts": {
+            **_get("listHosts", "Hosts with their GPUs, replicas and kernels.", _json(_ref("HostList"), "The hosts.")),
+            "post": _action("addHost", "Add a host (from the cluster's provider); `gpus` defaults to the cluster's "
+                                       "GPUs per host.", _json(_ref("Host"), "The new host."), body=_GPUS_BODY,
+                            status="201", not_found="Not used.",
+                            conflict="The provider cannot add a host (its maximum is reached); the message says "
+                                     "what to do."),
+        },
+        f"{API_PREFIX}/hosts/{{name}}": {
+            "patch": _action("resizeHost", "Change a host's GPU count (not while cells use its GPUs).",
+                             _json(_ref("Host"), "The host."), params=[_NAME],
+                             body={**_GPUS_BODY, "required": ["gpus"]}, not_found="No such host.",
+                             conflict="Cells use the host's GPUs now; the message says what to do."),
+            "delete": _action("removeHost", "Remove a drained host.", {"description": "Removed."}, params=[_NAME],
+                              status="204", not_found="No such host.",
+                              conflict="The host still holds replicas: drain it first."),
+        },
+        f"{API_PREFIX}/hosts/{{name}}/drain": {"post": _action(
+            "drainHost", "Stop placing work on the host and move its replicas away (replicas running a cell move "
+                         "after it).", _json(_ref("Host"), "The host, now draining."), params=[_NAME],
+            not_found="No such host.")},
         f"{API_PREFIX}/gpus": _get("listGpus", "Every GPU of the cluster and the kernel whose cell holds it now.",
                                    _json(_ref("GpuList"), "The GPUs.")),
         f"{API_PREFIX}/kernels": _get("listKernels", "Kernels on the cluster with their replicas.",
                                       _json(_ref("KernelList"), "The kernels.")),
-        f"{API_PREFIX}/kernels/{{kernel_id}}": _get(
-            "getKernel", "One kernel with its replicas (never its connection info).",
-            _json(_ref("Kernel"), "The kernel."), params=[_KERNEL_ID], not_found=True),
+        f"{API_PREFIX}/kernels/{{kernel_id}}": {
+            **_get("getKernel", "One kernel with its replicas (never its connection info).",
+                   _json(_ref("Kernel"), "The kernel."), params=[_KERNEL_ID], not_found=True),
+            "delete": _action("shutdownKernel", "Shut the kernel down (through Jupyter when this server started "
+                                                "it, so its sessions know).", {"description": "Shut down."},
+                              params=[_KERNEL_ID], status="204", not_found="No such kernel."),
+        },
         f"{API_PREFIX}/kernels/{{kernel_id}}/replicas/{{replica}}/kill": _replica_action(
             "kill", "Fault drill: SIGKILL the replica's process, as a crash would. The kernel front notices and "
-                    "restarts it in place."),
+                    "the scheduler replaces it on another host."),
         f"{API_PREFIX}/kernels/{{kernel_id}}/replicas/{{replica}}/restart": _replica_action(
-            "restart", "Start a dead replica again in place (same ports and journal); nothing happens to a live "
-                       "one."),
+            "restart", "Replace a dead replica (on another host where one has room); nothing happens to a live one."),
+        f"{API_PREFIX}/kernels/{{kernel_id}}/replicas/{{replica}}/migrate": _replica_action(
+            "migrate", "Move the replica to the named host; the kernel keeps running.",
+            body={"type": "object", "required": ["host"], "properties": {"host": {"type": "string", "minLength": 1}}},
+            conflict="The scheduler refused the move (the replica runs a cell, the host already holds a replica "
+                     "of the kernel, is not active, or would pass the subscription limit); the message says which."),
+        f"{API_PREFIX}/me": _get("getMe", "The user asking, and whether they may take changing actions.",
+                                 _json(_ref("Me"), "The user.")),
+        f"{API_PREFIX}/events": _get("listEvents", "The scheduler's decisions and operators' actions, oldest first.",
+                                     _json(_ref("EventList"), "The events."), params=_EVENT_QUERY),
+        f"{API_PREFIX}/events/stream": _get(
+            "streamEvents", "The same events as server-sent events, as they happen (resumes after Last-Event-ID).",
+            {"description": "`text/event-stream`: `id: <seq>` and `data: <Event as JSON>` per event.",
+             "content": {"text/event-stream": {"schema": {"type": "string"}}}}, params=_EVENT_QUERY),
+        f"{API_PREFIX}/history": _get(
+            "getHistory", "Samples of the last hour for charts: GPUs committed and total, pending cells, delays.",
+            _json(_ref("History"), "The samples."),
+            params=[{"name": "seconds", "in": "query", "required": False,
+                     "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400}}]),
         f"{API_PREFIX}/metrics": _get(
             "getMetrics", "Prometheus metrics of the cluster (text exposition format).",
             {"description": "Prometheus text; `notebookos_cluster_up` is 0 when the cluster does not answer.",
