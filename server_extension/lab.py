@@ -31,23 +31,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Start an embedded notebookos cluster and JupyterLab. Unknown options go to JupyterLab.",
     )
     parser.add_argument("--hosts", type=int, default=4, help="logical hosts in the embedded cluster (default 4)")
-    parser.add_argument("--gpus-per-host", type=int, default=1,
-                        help="GPUs of each logical host; virtual GPUs where the machine has none (default 1)")
+    parser.add_argument("--gpus-per-host", type=int, default=None,
+                        help="GPUs of each logical host (default: the GPUs NVML sees, else 1 virtual GPU)")
+    parser.add_argument("--max-hosts", type=int, default=None,
+                        help="let the autoscaler add logical hosts up to this many (default: --hosts, no scale-out)")
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="where replicas keep journals and the object store (default: a new temporary folder)")
     parser.set_defaults(func=run, accepts_extra=True)
 
 
-def start_cluster(state_dir: Path, hosts: int, gpus_per_host: int = 1,
+def start_cluster(state_dir: Path, hosts: int, gpus_per_host: int | None = None,
                   extra_args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, Path]:
-    """Start the cluster service and wait until it answers; returns the process and its discovery file."""
+    """Start the cluster service and wait until it answers; returns the process and its discovery file.
+    ``gpus_per_host`` None: the GPUs NVML sees on this machine, else 1 virtual GPU per host."""
     discovery = state_dir / "cluster.json"
     discovery.unlink(missing_ok=True)
     # A session of its own: a Ctrl-C meant for JupyterLab (which asks for confirmation) must not stop the cluster
     # under it; the cluster is stopped when JupyterLab has exited.
     proc = subprocess.Popen([sys.executable, "-m", "notebookos.gpu_broker.service", "--state-dir", str(state_dir),
-                             "--hosts", str(hosts), "--gpus-per-host", str(gpus_per_host),
-                             "--discovery-file", str(discovery), *extra_args], start_new_session=True)
+                             "--hosts", str(hosts), "--discovery-file", str(discovery),
+                             *(("--gpus-per-host", str(gpus_per_host)) if gpus_per_host else ()), *extra_args],
+                            start_new_session=True)
     deadline = time.monotonic() + CLUSTER_START_TIMEOUT_S
     while not discovery.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -61,7 +65,8 @@ def start_cluster(state_dir: Path, hosts: int, gpus_per_host: int = 1,
 def run(args: argparse.Namespace) -> int:
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="notebookos-"))
     state_dir.mkdir(parents=True, exist_ok=True)
-    cluster, discovery = start_cluster(state_dir, args.hosts, args.gpus_per_host)
+    extra = ("--max-hosts", str(args.max_hosts)) if args.max_hosts else ()
+    cluster, discovery = start_cluster(state_dir, args.hosts, args.gpus_per_host, extra)
     env = dict(os.environ, **{CLUSTER_FILE_ENV: str(discovery)})
     lab_args = [ENABLE_EXTENSION_ARG, *args.extra]
     if os.geteuid() == 0 and "--allow-root" not in lab_args:

@@ -165,6 +165,10 @@ async def test_cluster_hosts_kernels_and_metrics(api: Api) -> None:
     assert metric(text, "notebookos_kernels") == cluster["kernels"]
     assert 'notebookos_replicas{state="alive"}' in text and 'notebookos_replicas{state="dead"}' in text
     assert 'notebookos_host_replicas{host="host-1",state="alive"}' in text
+    # The cluster service's own counters come with them.
+    for counted in ("notebookos_gpu_seconds_committed_total", "notebookos_interactivity_delay_seconds_count",
+                    "notebookos_gpu_bind_seconds_count", 'notebookos_scale_events_total{direction="out"}'):
+        assert counted in text, counted
 
 
 async def test_unknown_kernel_and_malformed_replica(api: Api) -> None:
