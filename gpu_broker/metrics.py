@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from .core.events import DecisionKind
+
 # Bind and release take milliseconds on an idle GPU and seconds for a large model; interactivity delay ranges from
 # the few milliseconds of a LEAD to the minutes of a scale-out.
 _BIND_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0)
+MIGRATION_CAUSES = ("all_yield", "drain", "request", "scale_in")
 _DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
@@ -35,6 +38,14 @@ class ClusterMetrics:
                                     registry=r)
         self.decisions = Counter("notebookos_scheduler_decisions", "Execution requests, by the scheduler's answer",
                                  ["kind"], registry=r)
+
+        # Every known label value exists from the start, so a rate() over them works before the first event.
+        for direction in ("out", "in"):
+            self.scale_events.labels(direction)
+        for cause in MIGRATION_CAUSES:
+            self.migrations.labels(cause)
+        for kind in DecisionKind:
+            self.decisions.labels(kind.value)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
