@@ -67,7 +67,10 @@ class SchedulerCore:
         self.pending_hosts = 0  # requested from the provider, not yet added
         self._queue: dict[str, ExecutionRequest] = {}  # by kernel id, in arrival order
         self._unplaced: dict[str, Kernel] = {}  # kernels with replicas still to place (new, or replacing lost)
-        self._avoid: dict[str, set[str]] = {}  # kernel id -> hosts where one of its replicas died
+        # kernel id -> hosts where one of its replicas died and has not been replaced yet: a replacement goes
+        # elsewhere; once every replica is placed again the hosts are forgiven (with few hosts, remembering every
+        # past loss would leave a kernel nowhere to go after a few of them).
+        self._avoid: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------- read-outs
     @property
@@ -315,6 +318,7 @@ class SchedulerCore:
             kernel.ever_placed = True
             hosts = tuple(kernel.replicas[i] for i in sorted(kernel.replicas))
             return [KernelPlaced(time=now, reason=why, kernel_id=kernel.kernel_id, hosts=hosts)]
+        self._avoid.pop(kernel.kernel_id, None)
         return [
             ReplicaReplaced(time=now, reason=why, kernel_id=kernel.kernel_id, replica=i, host_id=h.host_id)
             for i, h in zip(missing, chosen)

@@ -144,3 +144,16 @@ def test_an_idle_host_can_be_resized_and_waiting_work_uses_the_new_gpus():
         core.resize_host(host, 1, now=3.0)
     with pytest.raises(ValueError, match="at least 1 GPU"):
         core.resize_host("h2" if host != "h2" else "h1", 0, now=3.0)
+
+
+def test_hosts_where_replicas_died_are_forgiven_once_the_kernel_is_whole_again():
+    """Four hosts, one replica lost after another: each replacement avoids the host its replica just died on, and a
+    kernel that has lost replicas on every host still gets replacements."""
+    core = make_core(hosts=4, gpus=1)
+    core.place_kernel("k", 1, now=0)
+    for loss in range(6):
+        index = loss % 3
+        died_on = core.cluster.kernels["k"].replicas[index]
+        [replaced] = of_type(core.replica_lost("k", index, now=float(loss + 1)), ReplicaReplaced)
+        assert replaced.host_id != died_on
+        assert len(set(core.cluster.kernels["k"].replicas.values())) == 3
