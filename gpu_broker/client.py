@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 CLUSTER_FILE_ENV = "NOTEBOOKOS_CLUSTER_FILE"
 START_TIMEOUT_S = 60.0
+BUSY_RETRIES = 5  # alive() checks (5 s time-out each, 1 s apart) of a cluster whose process still runs
+_LOCK_WAITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notebookos-cluster-lock")
 
 
 class ClusterError(RuntimeError):
@@ -131,21 +134,42 @@ def _error_detail(body: bytes | None) -> str:
 
 
 async def ensure_cluster(n_hosts: int = 4) -> ClusterClient:
-    """The live cluster named by the discovery file, or a new ephemeral one started for this caller."""
+    """The live cluster named by the discovery file, or a new ephemeral one started for this caller.
+
+    Callers in other processes (and other kernels starting in this one) take turns through a file lock, waited for
+    on a thread of its own: on asyncio's shared executor, many kernels starting at once would fill every thread
+    with lock waits and starve the name lookups of the very check that the cluster is alive.
+    """
     path = discovery_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = open(path.with_suffix(".lock"), "w")
     try:
-        await asyncio.get_running_loop().run_in_executor(None, fcntl.flock, lock, fcntl.LOCK_EX)
+        await asyncio.get_running_loop().run_in_executor(_LOCK_WAITER, fcntl.flock, lock, fcntl.LOCK_EX)
         if path.exists():
             client = ClusterClient.from_file(path)
-            if await client.alive():
-                return client
+            for _ in range(BUSY_RETRIES):
+                if await client.alive():
+                    return client
+                if not _process_exists(path):
+                    break
+                await asyncio.sleep(1.0)  # busy rather than gone: never start a second cluster over a live one
+            else:
+                raise ClusterError(f"the notebookos cluster named in {path} runs but has not answered for "
+                                   f"{BUSY_RETRIES * 6} s; see its log (cluster.log in its state folder)")
             path.unlink(missing_ok=True)
         return await _start_ephemeral(path, n_hosts)
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
+
+
+def _process_exists(path: Path) -> bool:
+    """Whether the process that wrote the discovery file still runs."""
+    try:
+        os.kill(int(json.loads(path.read_text())["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
 
 
 async def _start_ephemeral(path: Path, n_hosts: int) -> ClusterClient:

@@ -52,6 +52,7 @@ class KernelRecord:
     notebook: str | None = None
     cell: CellRecord | None = None
     moving: set[int] = field(default_factory=set)  # replicas being handed over to another host
+    ports: set[int] = field(default_factory=set)  # every port its replicas use, for their whole life
 
 
 class EmbeddedCluster:
@@ -79,6 +80,7 @@ class EmbeddedCluster:
         self.hosts: dict[str, HostAgent] = {}
         self.kernels: dict[str, KernelRecord] = {}
         self._clock = time.time()  # when GPU-seconds were last accounted
+        self._ports: set[int] = set()  # handed to replicas: never handed out twice while their kernel lives
         self.granted: list[Decision] = []  # decisions for queued cells, taken by the service after each call
         for _ in range(n_hosts):
             self.add_host(gpus_per_host, scaled=False)
@@ -90,12 +92,12 @@ class EmbeddedCluster:
         if kernel_id in self.kernels:
             raise ValueError(f"kernel {kernel_id} already exists")
         hosts = self._place(kernel_id, gpus)
-        raft_ports = [_free_port() for _ in hosts]
+        raft_ports = [self._new_port() for _ in hosts]
         peers = tuple(f"127.0.0.1:{p}" for p in raft_ports)
         password = secrets.token_urlsafe(24)
-        record = KernelRecord(kernel_id, [], owner=owner, notebook=notebook)
+        record = KernelRecord(kernel_id, [], owner=owner, notebook=notebook, ports=set(raft_ports))
         for index, host in enumerate(hosts):
-            connection = {name: _free_port() for name in _CHANNELS}
+            connection = {name: self._new_port() for name in _CHANNELS}
             connection.update(ip="127.0.0.1", transport="tcp", key=key, signature_scheme=signature_scheme,
                               kernel_name="notebookos-replica")
             config = ReplicaConfig(
@@ -103,6 +105,7 @@ class EmbeddedCluster:
                 raft_password=password, journal_path=str(host.workdir / kernel_id / f"replica-{index}" / "raft.journal"),
                 store=self.store_dir.as_uri(), cwd=cwd,
             )
+            record.ports.update(connection[name] for name in _CHANNELS)
             record.replicas.append((host, host.start_replica(config, connection)))
         with self.lock:
             self.kernels[kernel_id] = record
@@ -114,6 +117,7 @@ class EmbeddedCluster:
         self._act(self._decide("close_kernel", kernel_id))
         for host in {h for h, _ in record.replicas}:
             host.stop_kernel(kernel_id)
+        self._ports -= record.ports
 
     def shutdown(self) -> None:
         for kernel_id in list(self.kernels):
@@ -152,13 +156,21 @@ class EmbeddedCluster:
         record.cell.decided(decision)
         self._act(list(decision.events))
         if decision.granted:
-            self.carry_out(decision)
+            self.granted.append(decision)
         return decision
 
-    def carry_out(self, decision: Decision) -> None:
-        """Do what a granted decision needs before its executor may run: move the replica for MIGRATE."""
-        if decision.kind is DecisionKind.MIGRATE:
-            self._hand_over(decision.kernel_id, decision.replica, decision.host_id)
+    def prepare(self, decision: Decision) -> ReplicaProcess | None:
+        """What a granted decision needs before its executor may run: for MIGRATE, the replica moved (the process
+        to wait for until it has caught up, returned); nothing for LEAD."""
+        if decision.kind is not DecisionKind.MIGRATE:
+            return None
+        self._hand_over(decision.kernel_id, decision.replica, decision.host_id)
+        return self.kernels[decision.kernel_id].replicas[decision.replica][1]
+
+    def start(self, decision: Decision) -> None:
+        """The executor is ready to run the cell: its devices are committed (ValueError if the kernel has gone)."""
+        if decision.kernel_id not in self.kernels:
+            raise ValueError(f"kernel {decision.kernel_id} was shut down before its cell started")
         self._decide("start_execution", decision.kernel_id)
 
     def release(self, kernel_id: str, bind_s: float | None = None, release_s: float | None = None) -> None:
@@ -336,6 +348,18 @@ class EmbeddedCluster:
                 self._act(self._decide("scale_out_failed", count - added))
                 return
 
+    def _new_port(self) -> int:
+        """A port free now and not handed to any replica of this cluster. A replica binds its ports only when it
+        starts, so a port found free a moment ago is not yet taken: without the record, two kernels started close
+        together could both be given it (and a replica restarted with its ports would fail again and again)."""
+        while True:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            if port not in self._ports:
+                self._ports.add(port)
+                return port
+
     # ------------------------------------------------------------------------------------ read-outs
 
     def describe_kernel(self, kernel_id: str) -> dict:
@@ -398,10 +422,3 @@ def _replica_state(proc: ReplicaProcess, moving: bool) -> str:
     if not proc.alive:
         return "lost"
     return "ready" if proc.ready else "catching_up"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-

@@ -34,6 +34,7 @@ from .core.journal import outcome_json
 from .core.policies import POLICIES
 from .core.scheduler import CoreConfig
 from .embedded import POLICY, EmbeddedCluster, PlacementError
+from .host_agent import ReplicaProcess
 from .inventory import nvml_gpu_count
 from .providers import ProviderError
 
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 # reuses it instead of starting a new one.
 EPHEMERAL_GRACE_S = 2.0
 TICK_S = 1.0
+MOVE_TIMEOUT_S = 60.0  # longest a cell waits for its migrated executor to catch up
+READY_POLL_S = 0.05
 
 
 class ClusterHandler(tornado.web.RequestHandler):
@@ -274,13 +277,9 @@ class ClusterService:
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run one change on the cluster's thread; answer its refusals as HTTP errors with the reason. Cells that
-        the change let through (GPUs freed, hosts added) get their grants on the same thread, then are answered."""
+        the change let through (GPUs freed, hosts added, or the request itself) are then started and answered."""
         def change() -> tuple[Any, list[Decision]]:
-            result = fn(*args)
-            granted = self.cluster.take_granted()
-            for decision in granted:
-                self.cluster.carry_out(decision)
-            return result, granted
+            return fn(*args), self.cluster.take_granted()
 
         try:
             result, granted = await self._loop.run_in_executor(self._worker, change)
@@ -292,11 +291,37 @@ class ClusterService:
         except ValueError as err:
             raise tornado.web.HTTPError(409, reason=str(err)) from None
         for decision in granted:
-            log.info("scheduler: granted queued cell of kernel %s: %s", decision.kernel_id, decision.reason)
-            future = self._grants.get(decision.kernel_id)
-            if future is not None and not future.done():
-                future.set_result(decision)
+            await self._start(decision)
         return result
+
+    async def _start(self, decision: Decision) -> None:
+        """Carry out a granted decision: move the replica for MIGRATE and wait, off the cluster's thread, until it
+        has caught up; then commit the devices and answer the waiting front."""
+        try:
+            moved = await self._loop.run_in_executor(self._worker, self.cluster.prepare, decision)
+            if moved is not None:
+                await self._until_caught_up(moved)
+                self.cluster.events.append(
+                    "replica_ready" if moved.ready else "replica_not_ready", time.time(),
+                    "caught up on its new host" if moved.ready else f"not caught up after {MOVE_TIMEOUT_S:.0f} s; "
+                    "the cell goes to it anyway", host=moved.config.host, kernel=decision.kernel_id,
+                    replica=decision.replica)
+            await self._loop.run_in_executor(self._worker, self.cluster.start, decision)
+        except ValueError as err:  # the kernel went away meanwhile
+            log.info("scheduler: grant for kernel %s dropped: %s", decision.kernel_id, err)
+            return
+        log.info("scheduler: %s for kernel %s started: %s", decision.kind.value, decision.kernel_id, decision.reason)
+        future = self._grants.get(decision.kernel_id)
+        if future is not None and not future.done():
+            future.set_result(decision)
+
+    async def _until_caught_up(self, proc: ReplicaProcess) -> None:
+        """A moved replica restarts and replays its journal (seconds); its cell waits for that, not the scheduler's
+        thread. Bounded: a replica that never catches up is the front's to detect."""
+        deadline = self._loop.time() + MOVE_TIMEOUT_S
+        while not proc.ready and proc.popen is not None and proc.popen.poll() is None and \
+                self._loop.time() < deadline:
+            await asyncio.sleep(READY_POLL_S)
 
     async def request_execution(self, kernel_id: str, gpus: int) -> Decision:
         # The future exists before the request is made: a queued cell may be granted within the same change (the
@@ -417,9 +442,10 @@ async def serve(args: argparse.Namespace) -> None:
     try:
         await service.stopped.wait()
     finally:
+        # The file goes first: while it exists, clients take the cluster for alive (or busy), not for gone.
+        args.discovery_file.unlink(missing_ok=True)
         ticker.cancel()
         server.stop()
-        args.discovery_file.unlink(missing_ok=True)
         await service.run(cluster.shutdown)
         service.close()
         if args.ephemeral:

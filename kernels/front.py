@@ -53,6 +53,10 @@ EXIT_MAJORITY_LOST = 3
 PARENT_CHECK_S = 1.0
 
 
+class MalformedMessage(ValueError):
+    """Frames that are not a Jupyter wire-protocol message."""
+
+
 @dataclass
 class Frames:
     """A Jupyter message as received: routing identities, then the signed frames (delimiter first)."""
@@ -62,7 +66,10 @@ class Frames:
 
     @classmethod
     def split(cls, frames: list[bytes]) -> "Frames":
-        i = frames.index(DELIM)
+        try:
+            i = frames.index(DELIM)
+        except ValueError:
+            raise MalformedMessage(f"a message of {len(frames)} frame(s) without the {DELIM!r} delimiter") from None
         return cls(frames[:i], frames[i:])
 
     def header(self) -> dict:
@@ -171,6 +178,8 @@ class KernelFront:
                 result = handler(frames)
                 if asyncio.iscoroutine(result):
                     await result
+            except MalformedMessage as err:  # not a Jupyter peer (a port scanner, a stray reconnect): one line
+                log.warning("ignored %s", err)
             except Exception:
                 log.exception("failed to handle a message")
 

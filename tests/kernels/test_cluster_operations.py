@@ -102,6 +102,10 @@ def test_a_cell_finding_every_gpu_busy_waits_then_migrates_to_the_first_gpu_free
     cluster_file, start_notebook = cluster
     waiting_nb = start_notebook()
     busy = [start_notebook() for _ in range(4)]
+    # Fifteen replicas started close together: no port is given to two of them.
+    ports = [port for nb in [waiting_nb, *busy] for r in kernel_of(cluster_file, nb)["replicas"]
+             for name, port in r["connection"].items() if name.endswith("_port")]
+    assert len(ports) == len(set(ports)) == 5 * 3 * 5
     held = [HeldCell(nb, tmp_path / f"stop-{i}") for i, nb in enumerate(busy)]
     assert len(held_devices(cluster_file)) == 4, "every GPU of the cluster should be committed"
     # The one GPU that is no use to the waiting kernel without a move: on the host where it has no replica.
@@ -126,6 +130,10 @@ def test_a_cell_finding_every_gpu_busy_waits_then_migrates_to_the_first_gpu_free
     last = kernel_of(cluster_file, waiting_nb)["cell"]
     assert last["state"] == "done" and last["decision"] == "migrate" and last["host"] == elsewhere
     assert last["submitted"] < last["started"] <= last["ended"]
+    # Its GPU was committed only once the moved replica had caught up on its new host.
+    kinds = [e["kind"] for e in events(cluster_file, kernel=waiting_nb.km.kernel_id)]
+    ready = kinds.index("replica_ready")
+    assert kinds[ready - 1: ready + 2] == ["decision", "replica_ready", "execution_started"]
     for h, nb in zip(held, busy):
         if nb.km.kernel_id != holder:
             h.release()
