@@ -1,4 +1,5 @@
-"""The notebookos Jupyter Server extension: the REST API under ``/api/notebookos/`` (see :mod:`.api`).
+"""The notebookos Jupyter Server extension: the REST API under ``/api/notebookos/`` (see :mod:`.api`) and the admin
+dashboard at ``/notebookos/`` (see :mod:`.dashboard`).
 
 Enabled with ``--ServerApp.jpserver_extensions={'notebookos.server_extension': True}``, which ``notebookos lab``
 passes to the Jupyter server it starts. Jupyter Server is imported only when the extension loads, so the
@@ -16,6 +17,8 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
-    from .api import load
+    from .api import load as load_api
+    from .dashboard import load as load_dashboard
 
-    load(serverapp)
+    load_api(serverapp)
+    load_dashboard(serverapp)

@@ -53,6 +53,11 @@ class NotebookOSHandler(APIHandler):
     def reply(self, model: Any) -> None:
         self.finish(json.dumps(model))
 
+    async def notebook_paths(self) -> dict[str, str]:
+        """Kernel id -> the path of the notebook its session serves, for the sessions of this server (relative to
+        the server's root, as JupyterLab shows it; kernels of other servers keep what their provisioner said)."""
+        return {s["kernel"]["id"]: s["path"] for s in await self.session_manager.list_sessions() if s.get("kernel")}
+
     async def cluster_call(self, coro: Any) -> Any:
         """Await a call on the cluster, turning its failures into HTTP errors."""
         try:
@@ -167,14 +172,15 @@ class KernelsHandler(NotebookOSHandler):
     @authorized("read", resource=RESOURCE)
     async def get(self) -> None:
         raw = await self.cluster_call(get_cluster())
-        self.reply({"kernels": [kernel_model(k) for k in raw.get("kernels", [])]})
+        paths = await self.notebook_paths()
+        self.reply({"kernels": [with_notebook(kernel_model(k), paths) for k in raw.get("kernels", [])]})
 
 
 class KernelHandler(NotebookOSHandler):
     @web.authenticated
     @authorized("read", resource=RESOURCE)
     async def get(self, kernel_id: str) -> None:
-        self.reply(await self.cluster_call(get_kernel(kernel_id)))
+        self.reply(with_notebook(await self.cluster_call(get_kernel(kernel_id)), await self.notebook_paths()))
 
     @web.authenticated
     @authorized("write", resource=RESOURCE, message=ADMIN_MESSAGE)
@@ -237,6 +243,7 @@ class EventStreamHandler(NotebookOSHandler):
         self.set_header("X-Accel-Buffering", "no")
         self.write(f"retry: {STREAM_RETRY_MS}\n\n")
         try:
+            await self.flush()  # the browser reports the stream open once the headers arrive: send them now
             while not self.request.connection.stream.closed():
                 try:
                     answer = await get_events(query, wait=True, timeout=STREAM_WAIT_S + 10)
@@ -254,6 +261,12 @@ class EventStreamHandler(NotebookOSHandler):
         except StreamClosedError:
             return
         self.finish()
+
+
+def with_notebook(kernel: dict, paths: dict[str, str]) -> dict:
+    if kernel["id"] in paths:
+        kernel["notebook"] = paths[kernel["id"]]
+    return kernel
 
 
 def event_query(handler: NotebookOSHandler) -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import getpass
 import json
 import time
 from typing import Any
@@ -212,6 +213,8 @@ async def test_kill_a_replica_and_see_it_restarted(api: Api, notebook_session: d
     kernels = (await api.json("GET", f"{PREFIX}/kernels"))["kernels"]
     [kernel] = [k for k in kernels if k["id"] == kernel_id]
     assert [r["index"] for r in kernel["replicas"]] == [0, 1, 2]
+    # Who and what it serves: the notebook as the session names it, the account that runs Jupyter.
+    assert kernel["notebook"] == notebook_session["path"] and kernel["owner"] == getpass.getuser()
     assert all(r["alive"] and r["restarts"] == 0 for r in kernel["replicas"]) and kernel["replicas_alive"] == 3
     assert await api.json("GET", one, kernel_id=kernel_id) == kernel
     hosts = (await api.json("GET", f"{PREFIX}/hosts"))["hosts"]
