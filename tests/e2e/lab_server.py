@@ -26,7 +26,8 @@ from typing import Any, Sequence
 import psutil
 
 JUPYTER = Path(sys.prefix) / "bin" / "jupyter"
-# The notebookos service waits 2 s after its last kernel before exiting (gpu_broker.service.EPHEMERAL_GRACE_S).
+# The notebookos service waits 2 s after its last kernel before exiting (EPHEMERAL_GRACE_S in
+# gpu_broker/service/cluster_service.py).
 EPHEMERAL_EXIT_S = 10.0
 
 # Environment variables that would point Jupyter at the user's own folders or config; the isolated environment

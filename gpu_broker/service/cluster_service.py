@@ -1,0 +1,168 @@
+"""The cluster service: one embedded cluster, changed on one thread, answering its clients asynchronously.
+
+It runs every change on the cluster's worker thread, carries out grants (waiting for a migrated executor to catch
+up), answers fronts whose cells wait for GPUs, wakes the event-stream long-polls, and runs the scheduler's tick.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import tornado.web
+
+from ..core.events import Decision
+from ..embedded import EmbeddedCluster, PlacementError
+from ..host_agent import ReplicaProcess
+from ..providers import ProviderError
+from .handlers import routes
+
+log = logging.getLogger(__name__)
+
+# An ephemeral cluster lingers this long after its last kernel is gone, so a kernel restart (delete, then create)
+# reuses it instead of starting a new one.
+EPHEMERAL_GRACE_S = 2.0
+TICK_S = 1.0
+MOVE_TIMEOUT_S = 60.0  # longest a cell waits for its migrated executor to catch up
+READY_POLL_S = 0.05
+
+
+class ClusterService:
+    def __init__(self, cluster: EmbeddedCluster, ephemeral: bool) -> None:
+        self.cluster = cluster
+        self.token = secrets.token_urlsafe(24)
+        self.ephemeral = ephemeral
+        self.stopped = asyncio.Event()
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._grants: dict[str, asyncio.Future[Decision]] = {}  # queued cells, by kernel, until granted
+        # Every change to the cluster runs on this one thread, in arrival order: the scheduling core and the host
+        # agents never see two changes interleave, and the event loop never blocks on a replica being moved.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cluster")
+        self._loop = asyncio.get_running_loop()
+        self._event_waiters: list[asyncio.Future[None]] = []
+        cluster.events.listeners.append(lambda _entry: self._loop.call_soon_threadsafe(self._wake_event_waiters))
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run one change on the cluster's thread; answer its refusals as HTTP errors with the reason. Cells that
+        the change let through (GPUs freed, hosts added, or the request itself) are then started and answered."""
+        def change() -> tuple[Any, list[Decision]]:
+            return fn(*args), self.cluster.take_granted()
+
+        try:
+            result, granted = await self._loop.run_in_executor(self._worker, change)
+        except PlacementError as err:
+            raise tornado.web.HTTPError(503, reason=str(err)) from None
+        except (KeyError, ProviderError) as err:
+            status = 404 if isinstance(err, KeyError) else 409
+            raise tornado.web.HTTPError(status, reason=str(err.args[0] if err.args else err)) from None
+        except ValueError as err:
+            raise tornado.web.HTTPError(409, reason=str(err)) from None
+        for decision in granted:
+            await self._start(decision)
+        return result
+
+    async def _start(self, decision: Decision) -> None:
+        """Carry out a granted decision: move the replica for MIGRATE and wait, off the cluster's thread, until it
+        has caught up; then commit the devices and answer the waiting front."""
+        try:
+            moved = await self._loop.run_in_executor(self._worker, self.cluster.prepare, decision)
+            if moved is not None:
+                await self._until_caught_up(moved)
+                self.cluster.events.append(
+                    "replica_ready" if moved.ready else "replica_not_ready", time.time(),
+                    "caught up on its new host" if moved.ready else f"not caught up after {MOVE_TIMEOUT_S:.0f} s; "
+                    "the cell goes to it anyway", host=moved.config.host, kernel=decision.kernel_id,
+                    replica=decision.replica)
+            await self._loop.run_in_executor(self._worker, self.cluster.start, decision)
+        except ValueError as err:  # the kernel went away meanwhile
+            log.info("scheduler: grant for kernel %s dropped: %s", decision.kernel_id, err)
+            return
+        log.info("scheduler: %s for kernel %s started: %s", decision.kind.value, decision.kernel_id, decision.reason)
+        future = self._grants.get(decision.kernel_id)
+        if future is not None and not future.done():
+            future.set_result(decision)
+
+    async def _until_caught_up(self, proc: ReplicaProcess) -> None:
+        """A moved replica restarts and replays its journal (seconds); its cell waits for that, not the scheduler's
+        thread. Bounded: a replica that never catches up is the front's to detect."""
+        deadline = self._loop.time() + MOVE_TIMEOUT_S
+        while not proc.ready and proc.popen is not None and proc.popen.poll() is None and \
+                self._loop.time() < deadline:
+            await asyncio.sleep(READY_POLL_S)
+
+    async def request_execution(self, kernel_id: str, gpus: int) -> Decision:
+        # The future exists before the request is made: a queued cell may be granted within the same change (the
+        # scale-out it set off delivered a host at once), and that grant must find someone to tell.
+        self._grants[kernel_id] = self._loop.create_future()
+        try:
+            decision = await self.run(self.cluster.request_execution, kernel_id, gpus)
+        except tornado.web.HTTPError as err:
+            self._grants.pop(kernel_id, None)
+            if err.status_code == 503:  # a request no host can ever satisfy: the user's mistake, said at once
+                err.status_code = 400
+            raise
+        log.info("scheduler: %s for kernel %s: %s", decision.kind.value, kernel_id, decision.reason)
+        if decision.granted:
+            self._grants.pop(kernel_id, None)
+        return decision
+
+    async def wait_for_grant(self, kernel_id: str) -> Decision:
+        future = self._grants.get(kernel_id)
+        if future is None:
+            raise tornado.web.HTTPError(409, reason=f"kernel {kernel_id} has no queued cell")
+        try:
+            return await future
+        finally:
+            self._grants.pop(kernel_id, None)
+
+    def forget(self, kernel_id: str) -> None:
+        """The kernel is going away: a cell still waiting for GPUs will never get them."""
+        future = self._grants.pop(kernel_id, None)
+        if future is not None:
+            future.cancel()
+
+    async def new_event(self, since: int, timeout: float) -> None:
+        """Until the event log has a record after ``since``, or ``timeout`` seconds."""
+        if self.cluster.events.last_seq > since:
+            return
+        waiter = self._loop.create_future()
+        self._event_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            if waiter in self._event_waiters:
+                self._event_waiters.remove(waiter)
+
+    def _wake_event_waiters(self) -> None:
+        waiters, self._event_waiters = self._event_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def tick(self) -> None:
+        """The autoscaler's and the queue's clock: retry waiting work once a second."""
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                await self.run(self.cluster.tick)
+            except tornado.web.HTTPError as err:
+                log.error("scheduler tick failed: %s", err.reason)
+
+    def app(self) -> tornado.web.Application:
+        return tornado.web.Application(routes(self))
+
+    def kernels_changed(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self.ephemeral and not self.cluster.kernels:
+            self._idle_timer = self._loop.call_later(EPHEMERAL_GRACE_S, self.stopped.set)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True)

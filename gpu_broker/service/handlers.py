@@ -1,0 +1,252 @@
+"""The cluster service's HTTP handlers: token authentication, JSON in and out, errors as JSON with a message.
+
+Every change goes through :meth:`ClusterService.run`, which runs it on the cluster's thread and turns the
+cluster's refusals into 4xx answers with the reason; reads describe the cluster directly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+import tornado.web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ..core.events import Decision
+from ..core.journal import outcome_json
+
+if TYPE_CHECKING:
+    from .cluster_service import ClusterService
+
+
+class ClusterHandler(tornado.web.RequestHandler):
+    """Base handler: token authentication and JSON in and out, errors as JSON with a message."""
+
+    def initialize(self, service: "ClusterService") -> None:
+        self.service = service
+
+    def prepare(self) -> None:
+        supplied = self.request.headers.get("Authorization", "")
+        if not secrets.compare_digest(supplied, f"token {self.service.token}"):
+            raise tornado.web.HTTPError(401, reason="missing or wrong cluster token")
+
+    def body(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError as err:
+            raise tornado.web.HTTPError(400, reason=f"request body is not JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise tornado.web.HTTPError(400, reason="request body must be a JSON object")
+        return data
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.finish({"error": self._reason})
+
+    @staticmethod
+    def gpus(value: Any) -> int:
+        """A GPU count from a request body, or 400."""
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise tornado.web.HTTPError(400, reason=f"gpus must be a whole number of GPUs >= 0, got {value!r}")
+        return value
+
+    def kernel(self, kernel_id: str) -> None:
+        if kernel_id not in self.service.cluster.kernels:
+            raise tornado.web.HTTPError(404, reason=f"no kernel {kernel_id} in this cluster")
+
+
+class ClusterRoot(ClusterHandler):
+    def get(self) -> None:
+        self.finish(self.service.cluster.describe())
+
+
+class KernelsHandler(ClusterHandler):
+    async def post(self) -> None:
+        data = self.body()
+        try:
+            kernel_id, key = str(data["kernel_id"]), str(data["key"])
+        except KeyError as err:
+            raise tornado.web.HTTPError(400, reason=f"missing field {err}") from None
+        if kernel_id in self.service.cluster.kernels:
+            raise tornado.web.HTTPError(409, reason=f"kernel {kernel_id} already exists")
+        gpus = self.gpus(data.get("gpus", 0))
+        described = await self.service.run(
+            self.service.cluster.create_kernel, kernel_id, key, str(data.get("signature_scheme", "hmac-sha256")),
+            data.get("cwd"), gpus, _text(data.get("owner")), _text(data.get("notebook")))
+        self.service.kernels_changed()
+        self.set_status(201)
+        self.finish(described)
+
+
+class KernelHandler(ClusterHandler):
+    def get(self, kernel_id: str) -> None:
+        self.kernel(kernel_id)
+        self.finish(self.service.cluster.describe_kernel(kernel_id))
+
+    async def delete(self, kernel_id: str) -> None:
+        self.kernel(kernel_id)
+        self.service.forget(kernel_id)
+        await self.service.run(self.service.cluster.delete_kernel, kernel_id)
+        self.set_status(204)
+        self.finish()
+        self.service.kernels_changed()
+
+
+class ReplicaActionHandler(ClusterHandler):
+    """``restart``: the kernel front lost the replica; the scheduler replaces it (on another host). ``kill``: the
+    fault drill. ``migrate``: move it to the host named in the body."""
+
+    ACTIONS = {"restart": "replace_replica", "kill": "kill_replica", "migrate": "migrate_replica"}
+
+    async def post(self, kernel_id: str, replica: str, action: str) -> None:
+        self.kernel(kernel_id)
+        index = int(replica)
+        if index >= len(self.service.cluster.kernels[kernel_id].replicas):
+            raise tornado.web.HTTPError(404, reason=f"kernel {kernel_id} has no replica {index}")
+        args: tuple[Any, ...] = (kernel_id, index)
+        if action == "migrate":
+            host = self.body().get("host")
+            if not isinstance(host, str):
+                raise tornado.web.HTTPError(400, reason="give the target host as {\"host\": \"host-N\"}")
+            args += (host,)
+        self.finish(await self.service.run(getattr(self.service.cluster, self.ACTIONS[action]), *args))
+
+
+class ExecutionsHandler(ClusterHandler):
+    """A cell's GPUs: ask (``POST .../executions``), wait while queued (``.../executions/wait``), give back
+    (``.../executions/release``, with the bind and release times the executor measured)."""
+
+    async def post(self, kernel_id: str, step: str | None = None) -> None:
+        self.kernel(kernel_id)
+        service = self.service
+        if step == "release":
+            data = self.body()
+            await service.run(service.cluster.release, kernel_id, _seconds(data.get("bind_s")),
+                              _seconds(data.get("release_s")))
+            self.finish({"released": True})
+        elif step == "wait":
+            self.finish(decision_json(await service.wait_for_grant(kernel_id)))
+        else:
+            gpus = self.gpus(self.body().get("gpus"))
+            decision = await service.request_execution(kernel_id, gpus)
+            self.set_status(200 if decision.granted else 202)
+            self.finish(decision_json(decision))
+
+
+def decision_json(decision: Decision) -> dict[str, Any]:
+    return {"kind": decision.kind.value, "granted": decision.granted, "replica": decision.replica,
+            "host": decision.host_id, "devices": list(decision.devices), "gpus": decision.gpus,
+            "reason": decision.reason}
+
+
+class HostsHandler(ClusterHandler):
+    """``POST /hosts`` adds a host (``{"gpus": N}``, default the cluster's GPUs per host)."""
+
+    async def post(self) -> None:
+        data = self.body()
+        gpus = self.gpus(data["gpus"]) if "gpus" in data else None
+        if gpus == 0:
+            raise tornado.web.HTTPError(400, reason="a host needs at least 1 GPU")
+        self.set_status(201)
+        self.finish(await self.service.run(self.service.cluster.add_host, gpus))
+
+
+class HostHandler(ClusterHandler):
+    """``PATCH`` changes a host's GPU count, ``DELETE`` removes a drained host, ``POST .../drain`` drains it."""
+
+    async def patch(self, name: str) -> None:
+        data = self.body()
+        if "gpus" not in data:
+            raise tornado.web.HTTPError(400, reason="give the new GPU count as {\"gpus\": N}")
+        self.finish(await self.service.run(self.service.cluster.resize_host, name, self.gpus(data["gpus"])))
+
+    async def delete(self, name: str) -> None:
+        await self.service.run(self.service.cluster.remove_host, name)
+        self.set_status(204)
+        self.finish()
+
+
+class DrainHandler(ClusterHandler):
+    async def post(self, name: str) -> None:
+        self.finish(await self.service.run(self.service.cluster.drain_host, name))
+
+
+class EventsHandler(ClusterHandler):
+    """``GET /events?since=SEQ&limit=N&host=&kernel=&kind=``: logged events after SEQ, oldest first.
+    ``GET /events/wait?since=SEQ&timeout=S``: the same, but waits up to S seconds (at most 60) for one to come."""
+
+    async def get(self, wait: str | None = None) -> None:
+        since = self._int("since", 0)
+        filters = {k: self.get_query_argument(k, None) for k in ("host", "kernel", "kind")}
+        log_ = self.service.cluster.events
+        if wait and log_.last_seq <= since:
+            timeout = min(self._int("timeout", 25), 60)
+            await self.service.new_event(since, timeout)
+        self.finish({"events": log_.since(since, limit=self._int("limit", 0) or None, **filters),
+                     "last_seq": log_.last_seq})
+
+    def _int(self, name: str, default: int) -> int:
+        raw = self.get_query_argument(name, None)
+        if raw is None:
+            return default
+        if not (raw.isascii() and raw.isdigit() and len(raw) < 16):
+            raise tornado.web.HTTPError(400, reason=f"{name} must be a whole number >= 0, got {raw[:40]!r}")
+        return int(raw)
+
+
+class HistoryHandler(ClusterHandler):
+    def get(self) -> None:
+        try:
+            seconds = float(self.get_query_argument("seconds", "3600"))
+        except ValueError:
+            raise tornado.web.HTTPError(400, reason="seconds must be a number") from None
+        history = self.service.cluster.history
+        self.finish({"interval_s": history.interval_s, "samples": history.since(time.time(), seconds)})
+
+
+class MetricsHandler(ClusterHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(self.service.cluster.metrics.render())
+
+
+class JournalHandler(ClusterHandler):
+    """The core calls of a cluster started with --journal, with their outcomes, for replay on another core."""
+
+    def get(self) -> None:
+        cluster = self.service.cluster
+        if cluster.journal is None:
+            raise tornado.web.HTTPError(404, reason="this cluster keeps no journal; start it with --journal")
+        self.finish({
+            "policy": cluster.policy.name, "config": dataclasses.asdict(cluster.core_config),
+            "calls": [{"method": c.method, "args": list(c.args), "now": c.now} for c in cluster.journal.calls],
+            "outcomes": [outcome_json(o) for o in cluster.journal.outcomes],
+        })
+
+
+def _text(value: Any) -> str | None:
+    return str(value)[:1000] if isinstance(value, str) and value else None
+
+
+def _seconds(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
+
+
+def routes(service: "ClusterService") -> list[tuple[str, type, dict]]:
+    """The service's API; every handler gets the service."""
+    args = {"service": service}
+    return [
+        (r"/cluster", ClusterRoot, args),
+        (r"/scheduler/journal", JournalHandler, args),
+        (r"/events(?:/(wait))?", EventsHandler, args),
+        (r"/history", HistoryHandler, args),
+        (r"/metrics", MetricsHandler, args),
+        (r"/hosts", HostsHandler, args),
+        (r"/hosts/([^/]+)", HostHandler, args),
+        (r"/hosts/([^/]+)/drain", DrainHandler, args),
+        (r"/kernels", KernelsHandler, args),
+        (r"/kernels/([^/]+)", KernelHandler, args),
+        (r"/kernels/([^/]+)/replicas/(\d+)/(restart|kill|migrate)", ReplicaActionHandler, args),
+        (r"/kernels/([^/]+)/executions(?:/(wait|release))?", ExecutionsHandler, args),
+    ]
