@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from .event_log import EventLog
 from .history import History
 from .host_agent import MOVE_PAUSE_S, HostAgent, ReplicaProcess
 from .metrics import ClusterMetrics
+from .ports import PortPool
 from .providers import HostProvider, LocalProvider, ProviderError
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class EmbeddedCluster:
         self.hosts: dict[str, HostAgent] = {}
         self.kernels: dict[str, KernelRecord] = {}
         self._clock = time.time()  # when GPU-seconds were last accounted
-        self._ports: set[int] = set()  # handed to replicas: never handed out twice while their kernel lives
+        self.ports = PortPool()  # replicas' ports: never picked by another program, never handed out twice
         self.granted: list[Decision] = []  # decisions for queued cells, taken by the service after each call
         for _ in range(n_hosts):
             self.add_host(gpus_per_host, scaled=False)
@@ -92,12 +92,12 @@ class EmbeddedCluster:
         if kernel_id in self.kernels:
             raise ValueError(f"kernel {kernel_id} already exists")
         hosts = self._place(kernel_id, gpus)
-        raft_ports = [self._new_port() for _ in hosts]
+        raft_ports = [self.ports.take() for _ in hosts]
         peers = tuple(f"127.0.0.1:{p}" for p in raft_ports)
         password = secrets.token_urlsafe(24)
         record = KernelRecord(kernel_id, [], owner=owner, notebook=notebook, ports=set(raft_ports))
         for index, host in enumerate(hosts):
-            connection = {name: self._new_port() for name in _CHANNELS}
+            connection = {name: self.ports.take() for name in _CHANNELS}
             connection.update(ip="127.0.0.1", transport="tcp", key=key, signature_scheme=signature_scheme,
                               kernel_name="notebookos-replica")
             config = ReplicaConfig(
@@ -117,7 +117,7 @@ class EmbeddedCluster:
         self._act(self._decide("close_kernel", kernel_id))
         for host in {h for h, _ in record.replicas}:
             host.stop_kernel(kernel_id)
-        self._ports -= record.ports
+        self.ports.release(record.ports)
 
     def shutdown(self) -> None:
         for kernel_id in list(self.kernels):
@@ -347,18 +347,6 @@ class EmbeddedCluster:
                 self.events.append("scale_out_failed", time.time(), str(err), data={"hosts": count - added})
                 self._act(self._decide("scale_out_failed", count - added))
                 return
-
-    def _new_port(self) -> int:
-        """A port free now and not handed to any replica of this cluster. A replica binds its ports only when it
-        starts, so a port found free a moment ago is not yet taken: without the record, two kernels started close
-        together could both be given it (and a replica restarted with its ports would fail again and again)."""
-        while True:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-            if port not in self._ports:
-                self._ports.add(port)
-                return port
 
     # ------------------------------------------------------------------------------------ read-outs
 

@@ -18,6 +18,7 @@ import tornado.web
 from ..core.events import Decision
 from ..embedded import EmbeddedCluster, PlacementError
 from ..host_agent import ReplicaProcess
+from ..ports import PortsExhausted
 from ..providers import ProviderError
 from .handlers import routes
 
@@ -54,7 +55,7 @@ class ClusterService:
 
         try:
             result, granted = await self._loop.run_in_executor(self._worker, change)
-        except PlacementError as err:
+        except (PlacementError, PortsExhausted) as err:
             raise tornado.web.HTTPError(503, reason=str(err)) from None
         except (KeyError, ProviderError) as err:
             status = 404 if isinstance(err, KeyError) else 409
