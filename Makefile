@@ -40,6 +40,7 @@ test: $(STAMP) system-deps
 bench: $(STAMP)
 	$(PY) benchmarks/cell_latency.py
 	$(PY) benchmarks/simulate_june.py
+	$(PY) benchmarks/gpu_sharing.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
