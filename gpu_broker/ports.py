@@ -45,7 +45,7 @@ class PortPool:
             for _ in range(len(self.ports)):
                 port = self._next
                 self._next = port + 1 if port + 1 < self.ports.stop else self.ports.start
-                if port not in self._in_use and _free(port):
+                if port not in self._in_use and is_free(port):
                     self._in_use.add(port)
                     return port
         raise PortsExhausted(f"every port from {self.ports.start} to {self.ports.stop - 1} is in use; stop kernels "
@@ -56,7 +56,8 @@ class PortPool:
             self._in_use -= ports
 
 
-def _free(port: int) -> bool:
+def is_free(port: int) -> bool:
+    """Nothing listens on (or holds) the port on loopback now."""
     with socket.socket() as sock:
         try:
             sock.bind(("127.0.0.1", port))

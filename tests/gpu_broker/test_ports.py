@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from notebookos.gpu_broker.ports import EPHEMERAL_RANGE_FILE, PortPool, PortsExhausted, default_range
+from notebookos.gpu_broker.ports import EPHEMERAL_RANGE_FILE, PortPool, PortsExhausted, default_range, is_free
 
 
 def test_the_default_range_stays_clear_of_the_ports_the_system_hands_out():
@@ -19,7 +19,7 @@ def test_the_default_range_stays_clear_of_the_ports_the_system_hands_out():
 
 def test_ports_are_free_never_given_twice_and_come_back_when_released():
     candidates = default_range()
-    start = next(p for p in range(candidates.start, candidates.stop - 4) if all(free(p + i) for i in range(4)))
+    start = next(p for p in range(candidates.start, candidates.stop - 4) if all(is_free(p + i) for i in range(4)))
     pool = PortPool(range(start, start + 4))
     with socket.socket() as busy:  # another program listens on the range's first port
         busy.bind(("127.0.0.1", start))
@@ -31,11 +31,3 @@ def test_ports_are_free_never_given_twice_and_come_back_when_released():
         pool.release({given[0]})
         assert pool.take() == given[0]
 
-
-def free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
