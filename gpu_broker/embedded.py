@@ -192,7 +192,8 @@ class EmbeddedCluster:
                                       len(core.waiting_requests))
 
     def take_granted(self) -> list[Decision]:
-        """Decisions for queued cells made since the last call (the service answers their waiting fronts)."""
+        """Grants made since the last call, for the cell just requested or for queued ones: the service starts
+        them (moving a replica first for MIGRATE) and answers their fronts."""
         granted, self.granted = self.granted, []
         return granted
 
@@ -312,7 +313,7 @@ class EmbeddedCluster:
             self.history.migrated()
         elif isinstance(event, ReplicaReplaced):
             metrics.replacements.inc()
-        elif isinstance(event, HostRemoved) and event.reason != "removed by the operator after draining":
+        elif isinstance(event, HostRemoved):  # by the autoscaler or the operator, like hosts added
             metrics.scale_events.labels("in").inc()
             self.history.scaled()
 
