@@ -225,3 +225,20 @@ def test_a_kernel_that_finds_no_room_scales_the_cluster_out(tmp_path, jupyter_en
         with pytest.raises(urllib.error.HTTPError) as refused:
             cluster_request(cluster_file, "POST", "/hosts", {})
         assert refused.value.code == 409 and "--max-hosts" in refused.value.read().decode()
+
+
+def test_under_the_reservation_policy_a_kernel_holds_its_gpu_for_its_whole_life(tmp_path, jupyter_env, gpu_spec):
+    """The baseline the GPU-sharing benchmark compares with, run live: one replica per kernel (a one-node Raft
+    group), its GPU committed from start to shutdown, and a kernel that finds no free GPU refused with the reason."""
+    args = ("--policy", "reservation")
+    with running_cluster(tmp_path / "state", gpu_spec, hosts=2, extra_args=args) as (cluster_file, start_notebook):
+        nb = start_notebook()
+        [replica] = kernel_of(cluster_file, nb)["replicas"]
+        assert held_devices(cluster_file) == {f"{replica['host']}:0": nb.km.kernel_id}  # idle, and holding it
+        assert nb.run("x = 41").status == "ok"
+        assert nb.run("x + 1").result == "42"
+        assert held_devices(cluster_file) == {f"{replica['host']}:0": nb.km.kernel_id}
+        start_notebook()
+        assert len(held_devices(cluster_file)) == 2
+        with pytest.raises(RuntimeError, match="only 0 distinct host"):
+            start_notebook()
