@@ -21,6 +21,26 @@ _DEFAULT_MODEL = SessionModel()
 _DEFAULT_COSTS = CostModel()
 
 
+def add_session_arguments(parser: argparse.ArgumentParser, title: str) -> None:
+    """The session model's options, in trace minutes; ``simulate`` and ``replay`` take the same ones."""
+    sessions = parser.add_argument_group(title)
+    sessions.add_argument("--open-before-min", type=_minutes, default=_DEFAULT_MODEL.open_before_s / 60,
+                          help="a notebook opens this long before its first training event")
+    sessions.add_argument("--idle-timeout-min", type=_minutes, default=_DEFAULT_MODEL.idle_timeout_s / 60,
+                          help="an idle culler closes a notebook this long after a training event ('inf': never)")
+    sessions.add_argument("--close-after-min", type=_minutes, default=None,
+                          help="a notebook closes this long after its session's last event (default: the idle timeout)")
+
+
+def session_model(args: argparse.Namespace) -> SessionModel:
+    """The SessionModel the options of :func:`add_session_arguments` describe."""
+    return SessionModel(
+        open_before_s=args.open_before_min * 60.0,
+        idle_timeout_s=args.idle_timeout_min * 60.0,
+        close_after_s=None if args.close_after_min is None else args.close_after_min * 60.0,
+    )
+
+
 def _minutes(text: str) -> float:
     """Minutes as a float; ``inf`` (or ``never``) for no limit."""
     if text.strip().lower() in ("inf", "never", "none"):
@@ -71,13 +91,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     cluster.add_argument("--subscription-limit", type=float, default=_DEFAULT_CLUSTER.subscription_limit,
                          help="max GPUs subscribed by replicas on a host / its GPUs")
     cluster.add_argument("--tick-s", type=float, default=_DEFAULT_CLUSTER.tick_s, help="autoscaler period, seconds")
-    sessions = parser.add_argument_group("session model (the trace does not record it)")
-    sessions.add_argument("--open-before-min", type=_minutes, default=_DEFAULT_MODEL.open_before_s / 60,
-                          help="a notebook opens this long before its first training event")
-    sessions.add_argument("--idle-timeout-min", type=_minutes, default=_DEFAULT_MODEL.idle_timeout_s / 60,
-                          help="an idle culler closes a notebook this long after a training event ('inf': never)")
-    sessions.add_argument("--close-after-min", type=_minutes, default=None,
-                          help="a notebook closes this long after its session's last event (default: the idle timeout)")
+    add_session_arguments(parser, "session model (the trace does not record it)")
     costs = parser.add_argument_group("costs, seconds")
     costs.add_argument("--container-start-s", type=float, default=_DEFAULT_COSTS.container_start_s)
     costs.add_argument("--state-restore-s", type=float, default=_DEFAULT_COSTS.state_restore_s)
@@ -102,11 +116,7 @@ def run(args: argparse.Namespace) -> int:
                 subscription_limit=args.subscription_limit,
                 tick_s=args.tick_s,
             ),
-            model=SessionModel(
-                open_before_s=args.open_before_min * 60.0,
-                idle_timeout_s=args.idle_timeout_min * 60.0,
-                close_after_s=None if args.close_after_min is None else args.close_after_min * 60.0,
-            ),
+            model=session_model(args),
             costs=CostModel(args.container_start_s, args.state_restore_s, args.scale_out_s),
         )
         result = run_experiment(experiment, progress=not args.no_progress)

@@ -45,7 +45,7 @@ from rich.markup import escape
 from rich.table import Table
 from tornado.websocket import WebSocketClosedError
 
-from .cli import _minutes
+from .cli import add_session_arguments, session_model
 from .experiment import BUNDLED_TRACE
 from .lab_driver import Execution, JupyterRest, KernelChannel, LabError, OwnLab
 from .trace import TraceError, TraceEvent, load_trace, reconstruct_sessions, select_window
@@ -566,14 +566,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     server.add_argument("--url", default=None, help="base URL of a running Jupyter server with the notebookos kernel")
     server.add_argument("--token", default=None, help="its token; $JUPYTER_TOKEN when not given")
     server.add_argument("--hosts", type=int, default=4, help="logical hosts of the lab this command starts")
-    sessions = parser.add_argument_group("session model, trace minutes (as notebookos simulate)")
-    model = SessionModel()
-    sessions.add_argument("--open-before-min", type=_minutes, default=model.open_before_s / 60,
-                          help="a notebook opens this long before its first training event")
-    sessions.add_argument("--idle-timeout-min", type=_minutes, default=model.idle_timeout_s / 60,
-                          help="an idle notebook closes this long after a training event")
-    sessions.add_argument("--close-after-min", type=_minutes, default=None,
-                          help="a notebook closes this long after its session's last event (default: idle timeout)")
+    add_session_arguments(parser, "session model, trace minutes (as notebookos simulate)")
     parser.add_argument("--wait-threshold-s", type=float, default=DEFAULT_WAIT_THRESHOLD_S,
                         help="a live cell 'started at once' if submit -> execution start is at most this (wall s)")
     parser.add_argument("--cell-timeout-s", type=float, default=300.0,
@@ -605,10 +598,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.max_sessions is not None and args.max_sessions < 1:
             raise ValueError("--max-sessions must be at least 1")
-        model = SessionModel(
-            open_before_s=args.open_before_min * 60.0, idle_timeout_s=args.idle_timeout_min * 60.0,
-            close_after_s=None if args.close_after_min is None else args.close_after_min * 60.0,
-        )
+        model = session_model(args)
         plans = select_plans(args.trace, args.start_min, args.minutes, args.max_sessions, model)
         schedule = build_schedule(plans, model, args.time_scale)
         if args.compare_simulator:
