@@ -234,7 +234,7 @@ class EventStreamHandler(NotebookOSHandler):
     @web.authenticated
     @authorized("read", resource=RESOURCE)
     async def get(self) -> None:
-        query = event_query(self)
+        query = {**event_query(self), "timeout": str(STREAM_WAIT_S)}  # how long each long-poll waits
         since = self.request.headers.get("Last-Event-ID", "")
         if since.isascii() and since.isdigit() and len(since) < 16:
             query["since"] = since
@@ -285,7 +285,6 @@ def event_query(handler: NotebookOSHandler) -> dict[str, str]:
             query[name] = raw[:200]
     if "kernel" not in query and "since" not in query:
         query.setdefault("limit", "1000")  # the whole log can be large; a first look gets the latest
-    query["timeout"] = str(STREAM_WAIT_S)
     return query
 
 
