@@ -24,6 +24,7 @@ from .cells import CellRecord
 from .core.events import (Decision, DecisionKind, Event, ExecutionStarted, HostRemoved, KernelPlaced, PlacementDeferred,
                           Released, ReplicaMoved, ReplicaReplaced, ScaleOutRequested)
 from .core.journal import JournaledCore
+from .core.model import Allocation
 from .core.policies import make_policy
 from .core.scheduler import CoreConfig, SchedulerCore
 from .event_log import EventLog
@@ -398,11 +399,15 @@ class EmbeddedCluster:
                 "name": name, "replicas": len(self.hosts[name].replicas), "gpus": host.gpus,
                 "idle_gpus": host.idle_gpus, "subscribed_gpus": host.subscribed, "subscription_ratio": host.ratio(),
                 "state": host.state.value,
-                "devices": [{"device": d, "kernel": held[d].kernel_id if d in held else None,
-                             "replica": held[d].replica if d in held else None,
-                             "state": held[d].state.value if d in held else "idle",
-                             "since": held[d].since if d in held else None} for d in range(host.gpus)],
+                "devices": [_describe_device(d, held.get(d)) for d in range(host.gpus)],
             }
+
+
+def _describe_device(device: int, holder: Allocation | None) -> dict:
+    if holder is None:
+        return {"device": device, "kernel": None, "replica": None, "state": "idle", "since": None}
+    return {"device": device, "kernel": holder.kernel_id, "replica": holder.replica, "state": holder.state.value,
+            "since": holder.since}
 
 
 def _replica_state(proc: ReplicaProcess, moving: bool) -> str:
