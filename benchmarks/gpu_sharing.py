@@ -61,9 +61,9 @@ from rich.table import Table
 from cell_latency import children_output_to, isolate_jupyter
 from latency_report import load_snapshot, machine_context, summarize
 
-from notebookos.gpu_broker.client import CLUSTER_FILE_ENV, ClusterClient
-from notebookos.gpu_broker.core.policies import POLICIES
-from notebookos.gpu_broker.inventory import nvml_gpu_count
+from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterClient
+from notebookos.gpu_broker.scheduler.policies import POLICIES
+from notebookos.gpu_broker.cluster.inventory import nvml_gpu_count
 from notebookos.server_extension.lab import start_cluster
 
 RESULTS = Path(__file__).resolve().parent / "results"

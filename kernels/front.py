@@ -34,7 +34,7 @@ import zmq
 import zmq.asyncio
 from jupyter_client.session import Session
 
-from ..gpu_broker.client import ClusterClient, ClusterError, discovery_file
+from ..gpu_broker.cluster.client import ClusterClient, ClusterError, discovery_file
 from .gpu_request import parse_gpus_magic
 from .protocol import EXECUTOR_ANNOUNCEMENT, GPU_RELEASED, NOTEBOOKOS_META, STATE_APPLIED, ReplicaRole
 from .replica_link import HEARTBEAT_DEAD_AFTER_S, ReplicaLink

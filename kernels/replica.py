@@ -29,7 +29,7 @@ from ..replication.entries import CellKey, ExecutionRecord, LogEntry, Proposal, 
 from ..replication.namespace import NamespaceTracker, StateApplyError, StateDelta
 from ..replication.object_store import ObjectStoreError, open_store
 from ..replication.raft_log import AppendFailed, KernelLog
-from ..replication.replica_config import ReplicaConfig
+from .replica_config import ReplicaConfig
 from .gpu_request import parse_gpus_magic
 from .protocol import EXECUTOR_ANNOUNCEMENT, GPU_RELEASED, NOTEBOOKOS_META, STATE_APPLIED, ReplicaRole
 

@@ -14,7 +14,7 @@ import sys
 SUBCOMMANDS: tuple[str, ...] = (
     "notebookos.server_extension.lab",
     "notebookos.gpu_broker.simulator.cli",
-    "notebookos.gpu_broker.simulator.replay",
+    "notebookos.gpu_broker.loadtest.replay",
 )
 
 

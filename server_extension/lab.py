@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..gpu_broker.client import CLUSTER_FILE_ENV, ClusterClient
+from ..gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterClient
 
 CLUSTER_START_TIMEOUT_S = 60.0
 # Enables the notebookos server extension (the REST API under /api/notebookos/) in the Jupyter server started here;
@@ -48,7 +48,7 @@ def start_cluster(state_dir: Path, hosts: int, gpus_per_host: int | None = None,
     discovery.unlink(missing_ok=True)
     # A session of its own: a Ctrl-C meant for JupyterLab (which asks for confirmation) must not stop the cluster
     # under it; the cluster is stopped when JupyterLab has exited.
-    proc = subprocess.Popen([sys.executable, "-m", "notebookos.gpu_broker.service", "--state-dir", str(state_dir),
+    proc = subprocess.Popen([sys.executable, "-m", "notebookos.gpu_broker.cluster.service", "--state-dir", str(state_dir),
                              "--hosts", str(hosts), "--discovery-file", str(discovery),
                              *(("--gpus-per-host", str(gpus_per_host)) if gpus_per_host else ()), *extra_args],
                             start_new_session=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..core.policies import POLICIES
+from ..scheduler.policies import POLICIES
 from .costs import CostModel
 from .engine import ClusterSpec
 from .experiment import BUNDLED_TRACE, Experiment, run_experiment

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.events import DecisionKind
+from ..scheduler.events import DecisionKind
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..core.events import (
+from ..scheduler.events import (
     Decision,
     DecisionKind,
     Event,
@@ -22,8 +22,8 @@ from ..core.events import (
     ReplicaMoved,
     ScaleOutRequested,
 )
-from ..core.policies import Policy
-from ..core.scheduler import CoreConfig, SchedulerCore
+from ..scheduler.policies import Policy
+from ..scheduler.core import CoreConfig, SchedulerCore
 from .costs import CostModel
 from .metrics import PolicyResult, Recorder
 from .workload import NotebookPlan, SessionModel, SessionPlan

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..core.policies import POLICIES, make_policy
+from ..scheduler.policies import POLICIES, make_policy
 from .costs import CostModel
 from .engine import ClusterSpec, Simulation
 from .metrics import PolicyResult

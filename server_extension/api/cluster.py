@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from ...gpu_broker.client import CLUSTER_FILE_ENV, ClusterClient, ClusterError, discovery_file
+from ...gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterClient, ClusterError, discovery_file
 
 REQUEST_TIMEOUT_S = 30.0
 

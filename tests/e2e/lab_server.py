@@ -27,7 +27,7 @@ import psutil
 
 JUPYTER = Path(sys.prefix) / "bin" / "jupyter"
 # The notebookos service waits 2 s after its last kernel before exiting (EPHEMERAL_GRACE_S in
-# gpu_broker/service/cluster_service.py).
+# gpu_broker/cluster/service/cluster_service.py).
 EPHEMERAL_EXIT_S = 10.0
 
 # Environment variables that would point Jupyter at the user's own folders or config; the isolated environment

@@ -31,7 +31,7 @@ if _missing:
 
 from playwright.sync_api import expect  # noqa: E402
 
-from notebookos.gpu_broker.client import CLUSTER_FILE_ENV  # noqa: E402
+from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV  # noqa: E402
 from notebookos.server_extension.lab import ENABLE_EXTENSION_ARG, start_cluster  # noqa: E402
 
 pytestmark = pytest.mark.browser

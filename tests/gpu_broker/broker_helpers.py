@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from notebookos.gpu_broker.core.events import Event
-from notebookos.gpu_broker.core.policies import Policy, make_policy
-from notebookos.gpu_broker.core.scheduler import CoreConfig, SchedulerCore
+from notebookos.gpu_broker.scheduler.events import Event
+from notebookos.gpu_broker.scheduler.policies import Policy, make_policy
+from notebookos.gpu_broker.scheduler.core import CoreConfig, SchedulerCore
 
 DATA = Path(__file__).parent / "data"
 

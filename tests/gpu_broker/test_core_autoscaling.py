@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import math
 
-from notebookos.gpu_broker.core.autoscaler import ScalingContext
-from notebookos.gpu_broker.core.events import DecisionKind, HostRemoved, ReplicaMoved, ScaleOutRequested
-from notebookos.gpu_broker.core.policies import NotebookOSPlus
+from notebookos.gpu_broker.scheduler.autoscaler import ScalingContext
+from notebookos.gpu_broker.scheduler.events import DecisionKind, HostRemoved, ReplicaMoved, ScaleOutRequested
+from notebookos.gpu_broker.scheduler.policies import NotebookOSPlus
 
 from broker_helpers import make_core, of_type
 

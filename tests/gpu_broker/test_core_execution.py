@@ -5,9 +5,9 @@ import itertools
 
 import pytest
 
-from notebookos.gpu_broker.core.events import Decision, DecisionKind, Released, ScaleOutRequested
-from notebookos.gpu_broker.core.model import AllocationState
-from notebookos.gpu_broker.core.scheduler import SchedulerCore
+from notebookos.gpu_broker.scheduler.events import Decision, DecisionKind, Released, ScaleOutRequested
+from notebookos.gpu_broker.scheduler.model import AllocationState
+from notebookos.gpu_broker.scheduler.core import SchedulerCore
 
 from broker_helpers import make_core, of_type
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from notebookos.gpu_broker.core.events import (
+from notebookos.gpu_broker.scheduler.events import (
     DecisionKind,
     ExecutionInterrupted,
     HostDrained,

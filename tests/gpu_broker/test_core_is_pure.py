@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import notebookos.gpu_broker.core as core_package
+import notebookos.gpu_broker.scheduler as core_package
 
 ALLOWED = {"__future__", "dataclasses", "enum", "typing", "math", "bisect", "heapq"}
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from notebookos.gpu_broker.core.events import ReplicaMoved
+from notebookos.gpu_broker.scheduler.events import ReplicaMoved
 
 from broker_helpers import make_core
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from notebookos.gpu_broker.core.events import KernelPlaced, PlacementDeferred, ScaleOutRequested
+from notebookos.gpu_broker.scheduler.events import KernelPlaced, PlacementDeferred, ScaleOutRequested
 
 from broker_helpers import make_core, of_type
 

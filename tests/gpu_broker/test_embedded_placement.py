@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from notebookos.gpu_broker.embedded import EmbeddedCluster, PlacementError
+from notebookos.gpu_broker.cluster.embedded import EmbeddedCluster, PlacementError
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
 """The cluster's event log (what the dashboard's stream shows) and the charts' history samples."""
 from __future__ import annotations
 
-from notebookos.gpu_broker.core.events import Decision, DecisionKind, ReplicaMoved, ScaleOutRequested
-from notebookos.gpu_broker.event_log import EventLog
-from notebookos.gpu_broker.history import History
+from notebookos.gpu_broker.scheduler.events import Decision, DecisionKind, ReplicaMoved, ScaleOutRequested
+from notebookos.gpu_broker.cluster.event_log import EventLog
+from notebookos.gpu_broker.cluster.history import History
 
 
 def test_core_events_become_flat_numbered_records_with_their_reason():

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from notebookos.gpu_broker.inventory import nvml_gpu_count
+from notebookos.gpu_broker.cluster.inventory import nvml_gpu_count
 
 needs_nvidia = pytest.mark.skipif(shutil.which("nvidia-smi") is None, reason="no NVIDIA driver on this machine")
 

@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from notebookos.gpu_broker.ports import EPHEMERAL_RANGE_FILE, PortPool, PortsExhausted, default_range, is_free
+from notebookos.gpu_broker.cluster.ports import EPHEMERAL_RANGE_FILE, PortPool, PortsExhausted, default_range, is_free
 
 
 def test_the_default_range_stays_clear_of_the_ports_the_system_hands_out():

@@ -8,7 +8,7 @@ import tempfile
 import psutil
 import pytest
 
-from notebookos.gpu_broker.simulator import replay
+from notebookos.gpu_broker.loadtest import replay
 from notebookos.gpu_broker.simulator.workload import SessionModel
 from notebookos.server_extension import cli
 
@@ -22,7 +22,7 @@ MIN = 60.0
 
 
 def test_replay_is_registered_in_the_notebookos_command():
-    assert "notebookos.gpu_broker.simulator.replay" in cli.SUBCOMMANDS
+    assert "notebookos.gpu_broker.loadtest.replay" in cli.SUBCOMMANDS
 
 
 def test_schedule_scales_every_trace_time_and_starts_at_the_first_opening():

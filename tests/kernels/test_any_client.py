@@ -11,7 +11,7 @@ import nbformat
 import psutil
 from nbclient import NotebookClient
 
-from notebookos.gpu_broker.client import CLUSTER_FILE_ENV, discovery_file
+from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV, discovery_file
 from notebookos.kernels.provisioner import NotebookOSProvisioner
 
 from .driver import cluster_kernel, replicas_of, wait_until

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from jupyter_client.manager import start_new_kernel
 
-from notebookos.gpu_broker.client import CLUSTER_FILE_ENV
+from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV
 from notebookos.server_extension.lab import start_cluster
 
 from .driver import Notebook, cluster_request, wait_until

@@ -11,8 +11,8 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import start_new_kernel
 
-from notebookos.gpu_broker.core.journal import CoreCall, outcome_json, replay
-from notebookos.gpu_broker.core.policies import make_policy
+from notebookos.gpu_broker.scheduler.journal import CoreCall, outcome_json, replay
+from notebookos.gpu_broker.scheduler.policies import make_policy
 from notebookos.gpu_broker.simulator.costs import CostModel
 from notebookos.gpu_broker.simulator.engine import ClusterSpec, Simulation
 from notebookos.gpu_broker.simulator.workload import SessionModel

@@ -185,7 +185,7 @@ async def test_unknown_kernel_and_malformed_replica(api: Api) -> None:
 
 async def test_cluster_unreachable_is_503_with_what_to_do(api: Api, monkeypatch: pytest.MonkeyPatch,
                                                           tmp_path: Any) -> None:
-    from notebookos.gpu_broker.client import CLUSTER_FILE_ENV
+    from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV
 
     monkeypatch.setenv(CLUSTER_FILE_ENV, str(tmp_path / "missing.json"))
     down = await api.json("GET", f"{PREFIX}/cluster", 503)

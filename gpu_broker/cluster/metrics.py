@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from .core.events import DecisionKind
+from ..scheduler.events import DecisionKind
 
 # Bind and release take milliseconds on an idle GPU and seconds for a large model; interactivity delay ranges from
 # the few milliseconds of a LEAD to the minutes of a scale-out.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .core.events import Decision
+from ..scheduler.events import Decision
 
 
 @dataclass

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .core.events import Decision, Event
+from ..scheduler.events import Decision, Event
 
 CAPACITY = 10_000
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")

@@ -1,7 +1,7 @@
 """The embedded cluster: logical hosts on this machine, each a host agent, and the kernels placed on them.
 
 This is what ``notebookos lab`` and the provisioner start when no cluster is configured. Every decision is the
-scheduling core's (:mod:`notebookos.gpu_broker.core`), the same code the simulator runs; this class calls it with
+scheduling core's (:mod:`notebookos.gpu_broker.scheduler`), the same code the simulator runs; this class calls it with
 what happened, and carries out the events it returns: replicas moved for a drain or scale-in, lost replicas
 replaced on other hosts, hosts added by the autoscaler through the provider (:mod:`.providers`), devices granted
 to cells. Each event also goes to the event log (:mod:`.event_log`), the metrics and the charts' history.
@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..replication.replica_config import ReplicaConfig
+from ...kernels.replica_config import ReplicaConfig
 from .cells import CellRecord
-from .core.events import (Decision, DecisionKind, Event, ExecutionStarted, HostRemoved, KernelPlaced, PlacementDeferred,
+from ..scheduler.events import (Decision, DecisionKind, Event, ExecutionStarted, HostRemoved, KernelPlaced, PlacementDeferred,
                           Released, ReplicaMoved, ReplicaReplaced, ScaleOutRequested)
-from .core.journal import JournaledCore
-from .core.model import Allocation
-from .core.policies import make_policy
-from .core.scheduler import CoreConfig, SchedulerCore
+from ..scheduler.journal import JournaledCore
+from ..scheduler.model import Allocation
+from ..scheduler.policies import make_policy
+from ..scheduler.core import CoreConfig, SchedulerCore
 from .event_log import EventLog
 from .history import History
 from .host_agent import MOVE_PAUSE_S, HostAgent, ReplicaProcess

@@ -15,7 +15,7 @@ from typing import Any
 
 import tornado.web
 
-from ..core.events import Decision
+from ...scheduler.events import Decision
 from ..embedded import EmbeddedCluster, PlacementError
 from ..host_agent import ReplicaProcess
 from ..ports import PortsExhausted

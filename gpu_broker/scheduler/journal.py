@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .events import Event
-from .scheduler import SchedulerCore
+from .core import SchedulerCore
 
 
 @dataclass(frozen=True)

@@ -45,11 +45,11 @@ from rich.markup import escape
 from rich.table import Table
 from tornado.websocket import WebSocketClosedError
 
-from .cli import add_session_arguments, session_model
-from .experiment import BUNDLED_TRACE
+from ..simulator.cli import add_session_arguments, session_model
+from ..simulator.experiment import BUNDLED_TRACE
 from .lab_driver import Execution, JupyterRest, KernelChannel, LabError, OwnLab
-from .trace import TraceError, TraceEvent, load_trace, reconstruct_sessions, select_window
-from .workload import SessionModel, SessionPlan, plan_session
+from ..simulator.trace import TraceError, TraceEvent, load_trace, reconstruct_sessions, select_window
+from ..simulator.workload import SessionModel, SessionPlan, plan_session
 
 # A cell counts as started without waiting when its submit -> execute_input delay is at most this (wall seconds):
 # well above the replication path's own cost on an idle machine (tens of milliseconds), well below anything a user
@@ -408,9 +408,9 @@ def simulate_same(plans: list[SessionPlan], model: SessionModel, start_min: floa
     """The simulator's ``notebookos`` policy on the same sessions and session model, on a fixed cluster of
     ``hosts`` x ``gpus_per_host`` with the simulator's default costs. Delays in trace seconds, and divided by the
     time scale for the replay clock."""
-    from ..core.policies import make_policy
-    from .costs import CostModel
-    from .engine import ClusterSpec, Simulation
+    from ..scheduler.policies import make_policy
+    from ..simulator.costs import CostModel
+    from ..simulator.engine import ClusterSpec, Simulation
 
     start_s = start_min * 60.0
     cluster = ClusterSpec(hosts=hosts, host_gpus=gpus_per_host, min_hosts=hosts, max_hosts=hosts)

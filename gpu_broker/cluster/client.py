@@ -177,7 +177,7 @@ async def _start_ephemeral(path: Path, n_hosts: int) -> ClusterClient:
     log_path = Path(state_dir) / "cluster.log"
     with open(log_path, "ab") as logfile:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "notebookos.gpu_broker.service", "--state-dir", state_dir, "--hosts", str(n_hosts),
+            [sys.executable, "-m", "notebookos.gpu_broker.cluster.service", "--state-dir", state_dir, "--hosts", str(n_hosts),
              "--ephemeral", "--discovery-file", str(path)],
             stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )

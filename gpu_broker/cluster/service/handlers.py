@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import tornado.web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..core.events import Decision
-from ..core.journal import outcome_json
+from ...scheduler.events import Decision
+from ...scheduler.journal import outcome_json
 
 if TYPE_CHECKING:
     from .cluster_service import ClusterService

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..replication.replica_config import ReplicaConfig
+from ...kernels.replica_config import ReplicaConfig
 
 log = logging.getLogger(__name__)
 

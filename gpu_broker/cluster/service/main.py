@@ -1,4 +1,4 @@
-"""``python -m notebookos.gpu_broker.service``: start a cluster service and write its discovery file."""
+"""``python -m notebookos.gpu_broker.cluster.service``: start a cluster service and write its discovery file."""
 from __future__ import annotations
 
 import argparse
@@ -13,8 +13,8 @@ from pathlib import Path
 import tornado.httpserver
 import tornado.netutil
 
-from ..core.policies import POLICIES
-from ..core.scheduler import CoreConfig
+from ...scheduler.policies import POLICIES
+from ...scheduler.core import CoreConfig
 from ..embedded import POLICY, EmbeddedCluster
 from ..inventory import nvml_gpu_count
 from .cluster_service import ClusterService
@@ -64,7 +64,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m notebookos.gpu_broker.service")
+    parser = argparse.ArgumentParser(prog="python -m notebookos.gpu_broker.cluster.service")
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--hosts", type=int, default=4, help="hosts to start with; the autoscaler keeps at least these")
     parser.add_argument("--max-hosts", type=int, default=None,
