@@ -110,7 +110,7 @@ def children_output_to(log: TextIO) -> Iterator[None]:
 def running_cluster(state_dir: Path, log: TextIO) -> Iterator[Path]:
     """An embedded notebookos cluster of 4 logical hosts, as tests/conftest.py starts it; stopped on exit."""
     from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV
-    from notebookos.server_extension.lab import start_cluster
+    from notebookos.gpu_broker.cluster.launcher import start_cluster
 
     with children_output_to(log):
         proc, discovery = start_cluster(state_dir, hosts=4)

@@ -64,7 +64,7 @@ from latency_report import load_snapshot, machine_context, summarize
 from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterClient
 from notebookos.gpu_broker.scheduler.policies import POLICIES
 from notebookos.gpu_broker.cluster.inventory import nvml_gpu_count
-from notebookos.server_extension.lab import start_cluster
+from notebookos.gpu_broker.cluster.launcher import start_cluster
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KERNEL_NAME = "notebookos-bench-1gpu"

@@ -17,7 +17,8 @@ from typing import Any
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Integer
 
-from ..gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterClient, ClusterError, discovery_file, ensure_cluster
+from ..gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterClient, ClusterError, discovery_file
+from ..gpu_broker.cluster.launcher import ensure_cluster
 
 
 class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]

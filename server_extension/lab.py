@@ -14,12 +14,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from ..gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterClient
+from ..gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterError
+from ..gpu_broker.cluster.launcher import start_cluster
 
-CLUSTER_START_TIMEOUT_S = 60.0
 # Enables the notebookos server extension (the REST API under /api/notebookos/) in the Jupyter server started here;
 # merged with the extensions Jupyter's config files enable.
 ENABLE_EXTENSION_ARG = "--ServerApp.jpserver_extensions=notebookos.server_extension=True"
@@ -40,33 +39,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run, accepts_extra=True)
 
 
-def start_cluster(state_dir: Path, hosts: int, gpus_per_host: int | None = None,
-                  extra_args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, Path]:
-    """Start the cluster service and wait until it answers; returns the process and its discovery file.
-    ``gpus_per_host`` None: the GPUs NVML sees on this machine, else 1 virtual GPU per host."""
-    discovery = state_dir / "cluster.json"
-    discovery.unlink(missing_ok=True)
-    # A session of its own: a Ctrl-C meant for JupyterLab (which asks for confirmation) must not stop the cluster
-    # under it; the cluster is stopped when JupyterLab has exited.
-    proc = subprocess.Popen([sys.executable, "-m", "notebookos.gpu_broker.cluster.service", "--state-dir", str(state_dir),
-                             "--hosts", str(hosts), "--discovery-file", str(discovery),
-                             *(("--gpus-per-host", str(gpus_per_host)) if gpus_per_host else ()), *extra_args],
-                            start_new_session=True)
-    deadline = time.monotonic() + CLUSTER_START_TIMEOUT_S
-    while not discovery.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit(f"notebookos: the cluster service did not start (exit code {proc.poll()})")
-        time.sleep(0.05)
-    ClusterClient.from_file(discovery)  # validates the file
-    return proc, discovery
-
-
 def run(args: argparse.Namespace) -> int:
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="notebookos-"))
     state_dir.mkdir(parents=True, exist_ok=True)
     extra = ("--max-hosts", str(args.max_hosts)) if args.max_hosts else ()
-    cluster, discovery = start_cluster(state_dir, args.hosts, args.gpus_per_host, extra)
+    try:
+        cluster, discovery = start_cluster(state_dir, args.hosts, args.gpus_per_host, extra)
+    except ClusterError as err:
+        print(f"notebookos: {err}", file=sys.stderr)
+        return 1
     env = dict(os.environ, **{CLUSTER_FILE_ENV: str(discovery)})
     lab_args = [ENABLE_EXTENSION_ARG, *args.extra]
     if os.geteuid() == 0 and "--allow-root" not in lab_args:

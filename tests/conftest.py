@@ -22,7 +22,7 @@ def jupyter_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cluster_file(jupyter_env: Path, tmp_path_factory: pytest.TempPathFactory):
     """A real embedded cluster service (4 logical hosts) shared by the session's kernels."""
     from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV
-    from notebookos.server_extension.lab import start_cluster
+    from notebookos.gpu_broker.cluster.launcher import start_cluster
 
     state = tmp_path_factory.mktemp("cluster")
     # --journal: tests compare the live scheduler's decisions with a replay on the simulator's core.

@@ -1,21 +1,13 @@
-"""Client of the cluster service, and discovery of (or on-demand start of) the local embedded cluster.
+"""Client of the cluster service, and where to find it.
 
 Provisioners and kernel fronts find the cluster through a discovery file: ``$NOTEBOOKOS_CLUSTER_FILE`` when set
-(``notebookos lab`` sets it), else ``<jupyter runtime dir>/notebookos-cluster.json``. When no live cluster is found
-there, :func:`ensure_cluster` starts an ephemeral one that exits once its last kernel is gone, so any Jupyter
-client (jupyter_client, nbclient, papermill, VS Code) can use the notebookos kernelspec with nothing else running.
+(``notebookos lab`` sets it), else ``<jupyter runtime dir>/notebookos-cluster.json``; :mod:`.launcher` starts one
+when none answers there.
 """
 from __future__ import annotations
 
-import asyncio
-import fcntl
 import json
 import os
-import subprocess
-import sys
-import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +15,6 @@ from jupyter_core.paths import jupyter_runtime_dir
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 CLUSTER_FILE_ENV = "NOTEBOOKOS_CLUSTER_FILE"
-START_TIMEOUT_S = 60.0
-BUSY_RETRIES = 5  # alive() checks (5 s time-out each, 1 s apart) of a cluster whose process still runs
-_LOCK_WAITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notebookos-cluster-lock")
 
 
 class ClusterError(RuntimeError):
@@ -131,65 +120,3 @@ def _error_detail(body: bytes | None) -> str:
         return str(json.loads(text)["error"])
     except (ValueError, KeyError, TypeError):
         return text
-
-
-async def ensure_cluster(n_hosts: int = 4) -> ClusterClient:
-    """The live cluster named by the discovery file, or a new ephemeral one started for this caller.
-
-    Callers in other processes (and other kernels starting in this one) take turns through a file lock, waited for
-    on a thread of its own: on asyncio's shared executor, many kernels starting at once would fill every thread
-    with lock waits and starve the name lookups of the very check that the cluster is alive.
-    """
-    path = discovery_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = open(path.with_suffix(".lock"), "w")
-    try:
-        await asyncio.get_running_loop().run_in_executor(_LOCK_WAITER, fcntl.flock, lock, fcntl.LOCK_EX)
-        if path.exists():
-            client = ClusterClient.from_file(path)
-            for _ in range(BUSY_RETRIES):
-                if await client.alive():
-                    return client
-                if not _process_exists(path):
-                    break
-                await asyncio.sleep(1.0)  # busy rather than gone: never start a second cluster over a live one
-            else:
-                raise ClusterError(f"the notebookos cluster named in {path} runs but has not answered for "
-                                   f"{BUSY_RETRIES * 6} s; see its log (cluster.log in its state folder)")
-            path.unlink(missing_ok=True)
-        return await _start_ephemeral(path, n_hosts)
-    finally:
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        lock.close()
-
-
-def _process_exists(path: Path) -> bool:
-    """Whether the process that wrote the discovery file still runs."""
-    try:
-        os.kill(int(json.loads(path.read_text())["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return True
-
-
-async def _start_ephemeral(path: Path, n_hosts: int) -> ClusterClient:
-    state_dir = tempfile.mkdtemp(prefix="notebookos-cluster-")
-    log_path = Path(state_dir) / "cluster.log"
-    with open(log_path, "ab") as logfile:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "notebookos.gpu_broker.cluster.service", "--state-dir", state_dir, "--hosts", str(n_hosts),
-             "--ephemeral", "--discovery-file", str(path)],
-            stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ClusterError(f"the embedded notebookos cluster exited at start (code {proc.returncode}); "
-                               f"see {log_path}")
-        if path.exists():
-            client = ClusterClient.from_file(path)
-            if await client.alive():
-                return client
-        await asyncio.sleep(0.05)
-    proc.kill()
-    raise ClusterError(f"the embedded notebookos cluster did not start within {START_TIMEOUT_S:.0f} s; see {log_path}")

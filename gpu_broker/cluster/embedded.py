@@ -17,13 +17,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from ...kernels.replica_config import ReplicaConfig
 from .cells import CellRecord
 from ..scheduler.events import (Decision, DecisionKind, Event, ExecutionStarted, HostRemoved, KernelPlaced, PlacementDeferred,
                           Released, ReplicaMoved, ReplicaReplaced, ScaleOutRequested)
-from ..scheduler.journal import JournaledCore
+from ..scheduler.journal import CoreJournal
 from ..scheduler.model import Allocation
 from ..scheduler.policies import make_policy
 from ..scheduler.core import CoreConfig, SchedulerCore
@@ -35,6 +35,7 @@ from .ports import PortPool
 from .providers import HostProvider, LocalProvider, ProviderError
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 REPLICAS_PER_KERNEL = 3
 POLICY = "notebookos"  # the live cluster's default policy (the simulator compares it with the others)
@@ -73,7 +74,7 @@ class EmbeddedCluster:
         self.core = SchedulerCore(self.policy, self.core_config)
         # With ``journal``, every call the live cluster makes on the core is kept, so that it can be replayed on the
         # simulator's core and the decisions compared (tests, debugging); it grows with every cell and tick.
-        self.journal = JournaledCore(self.core) if journal else None
+        self.journal = CoreJournal() if journal else None
         self.lock = threading.RLock()
         self.events = EventLog()
         self.metrics = ClusterMetrics()
@@ -115,7 +116,7 @@ class EmbeddedCluster:
     def delete_kernel(self, kernel_id: str) -> None:
         with self.lock:
             record = self.kernels.pop(kernel_id)
-        self._act(self._decide("close_kernel", kernel_id))
+        self._act(self._decide(self.core.close_kernel, kernel_id))
         for host in {h for h, _ in record.replicas}:
             host.stop_kernel(kernel_id)
         self.ports.release(record.ports)
@@ -126,7 +127,7 @@ class EmbeddedCluster:
 
     def _place(self, kernel_id: str, gpus: int) -> list[HostAgent]:
         """Ask the scheduling core where the replicas go; refuse with its reason when it cannot place them now."""
-        events = self._decide("place_kernel", kernel_id, gpus)
+        events = self._decide(self.core.place_kernel, kernel_id, gpus)
         placed = next((e for e in events if isinstance(e, KernelPlaced)), None)
         if placed is not None:
             return [self.hosts[host] for host in placed.hosts]
@@ -138,7 +139,7 @@ class EmbeddedCluster:
         if len(replicas) == self.policy.replicas:
             return [self.hosts[replicas[i]] for i in sorted(replicas)]
         # A kernel start does not wait longer: it is refused with the reason.
-        self._act(self._decide("close_kernel", kernel_id))
+        self._act(self._decide(self.core.close_kernel, kernel_id))
         raise PlacementError(f"cannot place the kernel's {self.policy.replicas} replica(s) with {gpus} GPU(s) each: "
                              f"{reason}. Add hosts, or raise the subscription limit, or ask for fewer GPUs.")
 
@@ -153,7 +154,7 @@ class EmbeddedCluster:
                                  f"most {largest} (%gpus {largest}), or add larger hosts")
         record = self.kernels[kernel_id]
         record.cell = CellRecord(gpus=gpus, submitted=time.time())
-        decision = self._decide("request_execution", kernel_id, gpus)
+        decision = self._decide(self.core.request_execution, kernel_id, gpus)
         record.cell.decided(decision)
         self._act(list(decision.events))
         if decision.granted:
@@ -172,12 +173,12 @@ class EmbeddedCluster:
         """The executor is ready to run the cell: its devices are committed (ValueError if the kernel has gone)."""
         if decision.kernel_id not in self.kernels:
             raise ValueError(f"kernel {decision.kernel_id} was shut down before its cell started")
-        self._decide("start_execution", decision.kernel_id)
+        self._decide(self.core.start_execution, decision.kernel_id)
 
     def release(self, kernel_id: str, bind_s: float | None = None, release_s: float | None = None) -> None:
         """The cell is over: its GPUs go back to idle; queued cells that can now run are granted."""
         cell = self.kernels[kernel_id].cell
-        self._act(self._decide("release", kernel_id))
+        self._act(self._decide(self.core.release, kernel_id))
         if cell is not None:
             cell.bind_s, cell.release_s = bind_s, release_s
             for value, histogram in ((bind_s, self.metrics.bind_seconds), (release_s, self.metrics.release_seconds)):
@@ -186,7 +187,7 @@ class EmbeddedCluster:
 
     def tick(self) -> None:
         """Retry waiting work, let the autoscaler act, and close a history sample when one is due."""
-        self._act(self._decide("tick"))
+        self._act(self._decide(self.core.tick))
         core = self.core
         with self.lock:
             self.history.maybe_sample(time.time(), core.cluster.total_gpus, core.used_gpus,
@@ -204,7 +205,7 @@ class EmbeddedCluster:
         """Move a replica to another host on request; the kernel keeps running (ValueError: refused, why)."""
         if host not in self.hosts:
             raise ValueError(f"there is no host {host!r}; hosts: {', '.join(self.hosts)}")
-        self._act(self._decide("migrate_replica", kernel_id, replica, host))
+        self._act(self._decide(self.core.migrate_replica, kernel_id, replica, host))
         return self.describe_kernel(kernel_id)
 
     def replace_replica(self, kernel_id: str, replica: int) -> dict:
@@ -216,7 +217,7 @@ class EmbeddedCluster:
         placed = replica in self.core.cluster.kernels[kernel_id].replicas
         if proc.alive or replica in record.moving or not placed:
             return self.describe_kernel(kernel_id)
-        self._act(self._decide("replica_lost", kernel_id, replica))
+        self._act(self._decide(self.core.replica_lost, kernel_id, replica))
         return self.describe_kernel(kernel_id)
 
     def kill_replica(self, kernel_id: str, replica: int) -> dict:
@@ -245,7 +246,7 @@ class EmbeddedCluster:
         agent = self.provider.add_host(gpus or self.gpus_per_host)
         with self.lock:
             self.hosts[agent.name] = agent
-        self._act(self._decide("add_host", agent.name, gpus or self.gpus_per_host))
+        self._act(self._decide(self.core.add_host, agent.name, gpus or self.gpus_per_host))
         if scaled:
             self.metrics.scale_events.labels("out").inc()
             self.history.scaled()
@@ -254,18 +255,18 @@ class EmbeddedCluster:
     def drain_host(self, name: str) -> dict:
         """Stop placing work on a host and move its replicas away (those running a cell move after it)."""
         self._host(name)
-        self._act(self._decide("drain_host", name))
+        self._act(self._decide(self.core.drain_host, name))
         return self._describe_host(name)
 
     def remove_host(self, name: str) -> None:
         """Take away a host that holds nothing (ValueError otherwise: drain it first)."""
         self._host(name)
-        self._act(self._decide("remove_host", name))
+        self._act(self._decide(self.core.remove_host, name))
 
     def resize_host(self, name: str, gpus: int) -> dict:
         """Change a host's GPU count (ValueError while cells use its GPUs)."""
         self.provider.resize_host(self._host(name), gpus)
-        self._act(self._decide("resize_host", name, gpus))
+        self._act(self._decide(self.core.resize_host, name, gpus))
         return self._describe_host(name)
 
     def _host(self, name: str) -> HostAgent:
@@ -275,16 +276,16 @@ class EmbeddedCluster:
 
     # ----------------------------------------------------------------------- the core and its events
 
-    def _decide(self, method: str, *args: Any) -> Any:
-        """One call on the scheduling core at the wall-clock time (journaled when asked), its events logged."""
+    def _decide(self, method: Callable[..., R], *args: Any) -> R:
+        """One call on the scheduling core (a bound method of ``self.core``, its arguments but the time) at the
+        wall-clock time, journaled when asked, its events logged."""
         with self.lock:
             now = time.time()
             self.metrics.gpu_seconds.inc(self.core.used_gpus * max(0.0, now - self._clock))
             self._clock = now
+            result = method(*args, now)
             if self.journal is not None:
-                result = self.journal.call(method, *args, now=now)
-            else:
-                result = getattr(self.core, method)(*args, now)
+                self.journal.record(method.__name__, args, now, result)
             for event in [result, *result.events] if isinstance(result, Decision) else result or []:
                 self._note(event)
         return result
@@ -347,7 +348,7 @@ class EmbeddedCluster:
             except ProviderError as err:
                 log.warning("scale-out stopped: %s", err)
                 self.events.append("scale_out_failed", time.time(), str(err), data={"hosts": count - added})
-                self._act(self._decide("scale_out_failed", count - added))
+                self._act(self._decide(self.core.scale_out_failed, count - added))
                 return
 
     # ------------------------------------------------------------------------------------ read-outs

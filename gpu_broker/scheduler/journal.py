@@ -23,18 +23,15 @@ class CoreCall:
 
 
 @dataclass
-class JournaledCore:
-    """A SchedulerCore whose every call goes through :meth:`call`, recorded with its outcome."""
+class CoreJournal:
+    """The calls a driver made on a SchedulerCore, in order, each with its outcome."""
 
-    core: SchedulerCore
     calls: list[CoreCall] = field(default_factory=list)
     outcomes: list[Any] = field(default_factory=list)
 
-    def call(self, method: str, *args: Any, now: float) -> Any:
-        result = getattr(self.core, method)(*args, now)
+    def record(self, method: str, args: tuple[Any, ...], now: float, outcome: Any) -> None:
         self.calls.append(CoreCall(method, args, now))
-        self.outcomes.append(result)
-        return result
+        self.outcomes.append(outcome)
 
 
 def replay(calls: list[CoreCall], core: SchedulerCore) -> list[Any]:

@@ -1,7 +1,7 @@
 """The admin dashboard end to end: a real embedded cluster (4 hosts, 1 virtual GPU each), a real JupyterLab server
 with the notebookos extension, a real kernel, and the page in headless Chromium.
 
-The cluster is started as ``notebookos lab`` starts it (``server_extension.lab.start_cluster``) and the server gets
+The cluster is started as ``notebookos lab`` starts it (``gpu_broker.cluster.launcher.start_cluster``) and the server gets
 the same extension switch and ``NOTEBOOKOS_CLUSTER_FILE``; one cluster and one server serve the whole module (a
 second server, with a read-only authorizer, shares the cluster for the last test). Every page check is
 cross-checked against a direct API call. The tests run in order and share one GPU kernel: the drain and resize
@@ -32,7 +32,8 @@ if _missing:
 from playwright.sync_api import expect  # noqa: E402
 
 from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV  # noqa: E402
-from notebookos.server_extension.lab import ENABLE_EXTENSION_ARG, start_cluster  # noqa: E402
+from notebookos.gpu_broker.cluster.launcher import start_cluster  # noqa: E402
+from notebookos.server_extension.lab import ENABLE_EXTENSION_ARG  # noqa: E402
 
 pytestmark = pytest.mark.browser
 

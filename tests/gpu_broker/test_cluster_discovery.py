@@ -5,7 +5,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from notebookos.gpu_broker.cluster.client import ensure_cluster
+from notebookos.gpu_broker.cluster.launcher import ensure_cluster
 
 
 def test_concurrent_starts_in_one_process_share_the_live_cluster(cluster_file):

@@ -17,7 +17,7 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 
 from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV
-from notebookos.server_extension.lab import start_cluster
+from notebookos.gpu_broker.cluster.launcher import start_cluster
 
 from .driver import Notebook, cluster_request, wait_until
 from .test_gpu_sharing import SPEC, held_devices
