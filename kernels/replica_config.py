@@ -5,6 +5,7 @@ the replica kernel reads it; neither imports the other.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -17,12 +18,12 @@ READY_MARKER = "ready"
 class ReplicaConfig:
     kernel_id: str
     replica: int  # 0, 1 or 2: the replica's index within its kernel, stable across restarts
-    host: str  # the logical host it runs on
-    raft_address: str  # "127.0.0.1:port" of this replica's Raft node
+    host: str  # the host it runs on
+    raft_address: str  # "address:port" of this replica's Raft node, on its host's address
     raft_peers: tuple[str, ...]  # all replicas' Raft addresses, this one included, in replica order
     raft_password: str
-    journal_path: str
-    store: str  # object store location, e.g. "file:///var/lib/notebookos/objects"
+    journal_path: str  # chosen by the host agent, under its state folder
+    store: str  # object store location, e.g. "file:///var/lib/notebookos/objects" (the host agent's, unless shared)
     cwd: str | None = None  # the notebook's directory, where the user's relative paths resolve
     inline_limit: int = 1 << 20
 
@@ -42,6 +43,14 @@ class ReplicaConfig:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "ReplicaConfig":
-        data = json.loads(Path(path).read_text())
-        data["raft_peers"] = tuple(data["raft_peers"])
-        return cls(**data)
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ReplicaConfig":
+        """From its JSON form (a file, or an agent's API); TypeError or ValueError if it is not one."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict):
+            raise ValueError("a replica configuration is a JSON object")
+        if not set(data) <= fields:
+            raise ValueError(f"not a replica configuration: unknown fields {sorted(set(data) - fields)}")
+        return cls(**{**data, "raft_peers": tuple(data["raft_peers"])})

@@ -13,6 +13,8 @@ import sys
 # ``func`` on its parser to a callable taking the parsed arguments and returning an exit code.
 SUBCOMMANDS: tuple[str, ...] = (
     "notebookos.server_extension.lab",
+    "notebookos.gpu_broker.cluster.service.main",
+    "notebookos.gpu_broker.cluster.agent.daemon",
     "notebookos.gpu_broker.simulator.cli",
     "notebookos.gpu_broker.loadtest.replay",
 )

@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 from ..gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterError
-from ..gpu_broker.cluster.launcher import start_cluster
+from ..gpu_broker.cluster.join_token import TokenError, read_token
+from ..gpu_broker.cluster.launcher import start_cluster, write_remote_discovery_file
 
 # Enables the notebookos server extension (the REST API under /api/notebookos/) in the Jupyter server started here;
 # merged with the extensions Jupyter's config files enable.
@@ -36,23 +37,51 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="let the autoscaler add logical hosts up to this many (default: --hosts, no scale-out)")
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="where replicas keep journals and the object store (default: a new temporary folder)")
+    network = parser.add_argument_group("a cluster of several machines")
+    network.add_argument("--listen", default=None, metavar="ADDR:PORT",
+                         help="the cluster service listens here, so that agents on GPU machines can join it")
+    network.add_argument("--join-token-file", type=Path, default=None,
+                         help="the token agents join with (created, mode 0600, if missing)")
+    network.add_argument("--object-store", default=None, metavar="URL",
+                         help="an object store every host reaches, e.g. redis://10.0.0.1:6379/0")
+    network.add_argument("--cluster", default=None, metavar="URL",
+                         help="use the cluster service at URL (`notebookos cluster`) instead of starting one")
+    network.add_argument("--cluster-token-file", type=Path, default=None,
+                         help="with --cluster: the file holding its token (its join token works)")
     parser.set_defaults(func=run, accepts_extra=True)
 
 
+def _cluster_options(args: argparse.Namespace) -> tuple[str, ...]:
+    """The service options ``notebookos lab`` passes through to the cluster it starts."""
+    pairs = (("--max-hosts", args.max_hosts), ("--listen", args.listen), ("--join-token-file", args.join_token_file),
+             ("--object-store", args.object_store))
+    return tuple(item for flag, value in pairs if value is not None for item in (flag, str(value)))
+
+
 def run(args: argparse.Namespace) -> int:
+    if (args.cluster is None) != (args.cluster_token_file is None):
+        print("notebookos: --cluster and --cluster-token-file go together", file=sys.stderr)
+        return 2
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="notebookos-"))
     state_dir.mkdir(parents=True, exist_ok=True)
-    extra = ("--max-hosts", str(args.max_hosts)) if args.max_hosts else ()
+    cluster: subprocess.Popen | None = None
     try:
-        cluster, discovery = start_cluster(state_dir, args.hosts, args.gpus_per_host, extra)
-    except ClusterError as err:
+        if args.cluster:
+            discovery = state_dir / "cluster.json"
+            write_remote_discovery_file(discovery, args.cluster, read_token(args.cluster_token_file))
+            where = f"the cluster at {args.cluster}"
+        else:
+            cluster, discovery = start_cluster(state_dir, args.hosts, args.gpus_per_host, _cluster_options(args))
+            where = f"a cluster of {args.hosts} logical hosts" + (f", agents join at {args.listen}" if args.listen
+                                                                  else "")
+    except (ClusterError, TokenError) as err:
         print(f"notebookos: {err}", file=sys.stderr)
         return 1
     env = dict(os.environ, **{CLUSTER_FILE_ENV: str(discovery)})
     lab_args = [ENABLE_EXTENSION_ARG, *args.extra]
     if os.geteuid() == 0 and "--allow-root" not in lab_args:
         lab_args.append("--allow-root")
-    print(f"notebookos: embedded cluster of {args.hosts} hosts, state in {state_dir}", flush=True)
+    print(f"notebookos: {where}, state in {state_dir}", flush=True)
     lab = subprocess.Popen([sys.executable, "-m", "jupyterlab", *lab_args], env=env)
     signal.signal(signal.SIGTERM, lambda *_: lab.terminate())
     try:
@@ -61,5 +90,6 @@ def run(args: argparse.Namespace) -> int:
         lab.send_signal(signal.SIGINT)
         return lab.wait()
     finally:
-        cluster.terminate()
-        cluster.wait(30)
+        if cluster is not None:
+            cluster.terminate()
+            cluster.wait(30)

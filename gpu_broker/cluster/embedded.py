@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from ...kernels.replica_config import ReplicaConfig
+from .agent.remote import RemoteHost
 from .cells import CellRecord
 from ..scheduler.events import (Decision, DecisionKind, Event, ExecutionStarted, HostRemoved, KernelPlaced, PlacementDeferred,
                           Released, ReplicaMoved, ReplicaReplaced, ScaleOutRequested)
@@ -29,7 +30,7 @@ from ..scheduler.policies import make_policy
 from ..scheduler.core import CoreConfig, SchedulerCore
 from .event_log import EventLog
 from .history import History
-from .host_agent import MOVE_PAUSE_S, HostAgent, ReplicaProcess
+from .host_agent import MOVE_PAUSE_S, HostAgent, ReplicaHost, ReplicaView
 from .metrics import ClusterMetrics
 from .ports import PortPool
 from .providers import HostProvider, LocalProvider, ProviderError
@@ -49,25 +50,30 @@ class PlacementError(RuntimeError):
 @dataclass
 class KernelRecord:
     kernel_id: str
-    replicas: list[tuple[HostAgent, ReplicaProcess]]
+    replicas: list[tuple[ReplicaHost, ReplicaView]]
     owner: str | None = None
     notebook: str | None = None
     cell: CellRecord | None = None
     moving: set[int] = field(default_factory=set)  # replicas being handed over to another host
-    ports: set[int] = field(default_factory=set)  # every port its replicas use, for their whole life
 
 
 class EmbeddedCluster:
     def __init__(self, state_dir: Path, n_hosts: int = 4, gpus_per_host: int = 1,
                  subscription_limit: float = CoreConfig.subscription_limit, journal: bool = False,
-                 max_hosts: int | None = None, policy: str = POLICY, provider: HostProvider | None = None) -> None:
+                 max_hosts: int | None = None, policy: str = POLICY, provider: HostProvider | None = None,
+                 object_store: str | None = None, host_timeout_s: float = 5.0) -> None:
         self.state_dir = Path(state_dir)
         self.store_dir = self.state_dir / "objects"
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        # A store every host reaches (Redis), or None: each host keeps objects in its own store.
+        self.object_store = object_store
+        self.host_timeout_s = host_timeout_s  # an agent silent this long has lost its host
         self.gpus_per_host = gpus_per_host
         self.policy = make_policy(policy)
         max_hosts = max(max_hosts or n_hosts, n_hosts)
-        self.provider = provider or LocalProvider(self.state_dir / "hosts", max_hosts)
+        # Logical hosts share this machine's network stack and disk: one port pool and one object store.
+        self.provider = provider or LocalProvider(self.state_dir / "hosts", max_hosts, PortPool(),
+                                                  object_store or self.store_dir.as_uri())
         # The hosts started with are the floor the autoscaler keeps; it may add hosts up to max_hosts.
         self.core_config = CoreConfig(host_gpus=gpus_per_host, subscription_limit=subscription_limit,
                                       min_hosts=n_hosts, max_hosts=max_hosts)
@@ -79,10 +85,9 @@ class EmbeddedCluster:
         self.events = EventLog()
         self.metrics = ClusterMetrics()
         self.history = History()
-        self.hosts: dict[str, HostAgent] = {}
+        self.hosts: dict[str, ReplicaHost] = {}
         self.kernels: dict[str, KernelRecord] = {}
         self._clock = time.time()  # when GPU-seconds were last accounted
-        self.ports = PortPool()  # replicas' ports: never picked by another program, never handed out twice
         self.granted: list[Decision] = []  # decisions for queued cells, taken by the service after each call
         for _ in range(n_hosts):
             self.add_host(gpus_per_host, scaled=False)
@@ -94,21 +99,25 @@ class EmbeddedCluster:
         if kernel_id in self.kernels:
             raise ValueError(f"kernel {kernel_id} already exists")
         hosts = self._place(kernel_id, gpus)
-        raft_ports = [self.ports.take() for _ in hosts]
-        peers = tuple(f"127.0.0.1:{p}" for p in raft_ports)
-        password = secrets.token_urlsafe(24)
-        record = KernelRecord(kernel_id, [], owner=owner, notebook=notebook, ports=set(raft_ports))
-        for index, host in enumerate(hosts):
-            connection = {name: self.ports.take() for name in _CHANNELS}
-            connection.update(ip="127.0.0.1", transport="tcp", key=key, signature_scheme=signature_scheme,
-                              kernel_name="notebookos-replica")
-            config = ReplicaConfig(
-                kernel_id=kernel_id, replica=index, host=host.name, raft_address=peers[index], raft_peers=peers,
-                raft_password=password, journal_path=str(host.workdir / kernel_id / f"replica-{index}" / "raft.journal"),
-                store=self.store_dir.as_uri(), cwd=cwd,
-            )
-            record.ports.update(connection[name] for name in _CHANNELS)
-            record.replicas.append((host, host.start_replica(config, connection)))
+        record = KernelRecord(kernel_id, [], owner=owner, notebook=notebook)
+        try:
+            # Each host chooses the ports its replica binds, on its own address; Raft peers dial those addresses.
+            ports = [host.take_ports(kernel_id, 1 + len(_CHANNELS)) for host in hosts]
+            peers = tuple(f"{host.address}:{taken[0]}" for host, taken in zip(hosts, ports))
+            password = secrets.token_urlsafe(24)
+            for index, host in enumerate(hosts):
+                connection = dict(zip(_CHANNELS, ports[index][1:]))
+                connection.update(transport="tcp", key=key, signature_scheme=signature_scheme,
+                                  kernel_name="notebookos-replica")
+                config = ReplicaConfig(kernel_id=kernel_id, replica=index, host=host.name, raft_address=peers[index],
+                                       raft_peers=peers, raft_password=password, journal_path="",
+                                       store=self.object_store or "", cwd=cwd)
+                record.replicas.append((host, host.start_replica(config, connection)))
+        except Exception:
+            for host in hosts:
+                host.stop_kernel(kernel_id)
+            self._act(self._decide(self.core.close_kernel, kernel_id))
+            raise
         with self.lock:
             self.kernels[kernel_id] = record
         return self.describe_kernel(kernel_id)
@@ -119,13 +128,12 @@ class EmbeddedCluster:
         self._act(self._decide(self.core.close_kernel, kernel_id))
         for host in {h for h, _ in record.replicas}:
             host.stop_kernel(kernel_id)
-        self.ports.release(record.ports)
 
     def shutdown(self) -> None:
         for kernel_id in list(self.kernels):
             self.delete_kernel(kernel_id)
 
-    def _place(self, kernel_id: str, gpus: int) -> list[HostAgent]:
+    def _place(self, kernel_id: str, gpus: int) -> list[ReplicaHost]:
         """Ask the scheduling core where the replicas go; refuse with its reason when it cannot place them now."""
         events = self._decide(self.core.place_kernel, kernel_id, gpus)
         placed = next((e for e in events if isinstance(e, KernelPlaced)), None)
@@ -161,7 +169,7 @@ class EmbeddedCluster:
             self.granted.append(decision)
         return decision
 
-    def prepare(self, decision: Decision) -> ReplicaProcess | None:
+    def prepare(self, decision: Decision) -> ReplicaView | None:
         """What a granted decision needs before its executor may run: for MIGRATE, the replica moved (the process
         to wait for until it has caught up, returned); nothing for LEAD."""
         if decision.kind is not DecisionKind.MIGRATE:
@@ -186,7 +194,12 @@ class EmbeddedCluster:
                     histogram.observe(value)
 
     def tick(self) -> None:
-        """Retry waiting work, let the autoscaler act, and close a history sample when one is due."""
+        """Declare silent agents' hosts lost, retry waiting work, let the autoscaler act, and close a history
+        sample when one is due."""
+        for host in [h for h in self.hosts.values() if isinstance(h, RemoteHost) and not h.lost]:
+            silent = time.monotonic() - host.last_heartbeat
+            if silent > self.host_timeout_s:
+                self._lose_host(host, f"no heartbeat from its agent for {silent:.1f} s")
         self._act(self._decide(self.core.tick))
         core = self.core
         with self.lock:
@@ -213,9 +226,9 @@ class EmbeddedCluster:
         dead replica's journal (the host lives on, so its disk does) and catches up from the log. Nothing happens
         for a replica that is alive, being moved, or already waiting for room."""
         record = self.kernels[kernel_id]
-        _, proc = record.replicas[replica]
+        host, proc = record.replicas[replica]
         placed = replica in self.core.cluster.kernels[kernel_id].replicas
-        if proc.alive or replica in record.moving or not placed:
+        if proc.alive or replica in record.moving or not placed or isinstance(host, RemoteHost):
             return self.describe_kernel(kernel_id)
         self._act(self._decide(self.core.replica_lost, kernel_id, replica))
         return self.describe_kernel(kernel_id)
@@ -231,6 +244,9 @@ class EmbeddedCluster:
         record = self.kernels[kernel_id]
         source, _ = record.replicas[replica]
         target = self.hosts[host]
+        if not (isinstance(source, HostAgent) and isinstance(target, HostAgent)):
+            raise ValueError(f"cannot move replica {replica} of kernel {kernel_id} from {source.name} to {host}: "
+                             "moving a replica between machines needs a Raft membership change (not built yet)")
         record.moving.add(replica)
         try:
             moved = source.hand_over(kernel_id, replica, target, pause_s)
@@ -252,6 +268,43 @@ class EmbeddedCluster:
             self.history.scaled()
         return self._describe_host(agent.name)
 
+    def join_agent(self, name: str, address: str, gpus: int, url: str, token: str,
+                   replicas: list[dict[str, Any]]) -> dict:
+        """A ``notebookos agent`` joined with the join token: its machine becomes a host. An agent that joins again
+        under its name from the same address (it was restarted, or the service was) keeps the host and its
+        replicas; ValueError if the name belongs to another machine or to a logical host."""
+        known = self.hosts.get(name)
+        if known is not None:
+            if not isinstance(known, RemoteHost) or known.address != address:
+                where = known.address if isinstance(known, RemoteHost) else "this cluster's own machine"
+                raise ValueError(f"host name {name!r} is taken by {where}; start the agent with another --name")
+            known.url, known.token = url, token
+            known.heartbeat(replicas)
+            self.events.append("agent_rejoined", time.time(), f"the agent at {address} joined again", host=name)
+            return self._describe_host(name)
+        host = RemoteHost(name, address, url, token)
+        with self.lock:
+            self.hosts[name] = host
+        self.core.autoscaler.count_fixed_hosts(+1)
+        self._act(self._decide(self.core.add_host, name, gpus))
+        return self._describe_host(name)
+
+    def agent_heartbeat(self, name: str, replicas: list[dict[str, Any]]) -> None:
+        """An agent's report of its replicas; KeyError for an agent this cluster does not know (it joins again)."""
+        host = self.hosts.get(name)
+        if not isinstance(host, RemoteHost) or host.lost:
+            raise KeyError(f"no host {name!r} has joined this cluster")
+        host.heartbeat(replicas)
+
+    def _lose_host(self, host: RemoteHost, why: str) -> None:
+        """The host's machine is gone or cut off: the scheduling core gives back its GPUs and places its
+        replicas elsewhere; the kernel fronts re-run a cell it was running."""
+        log.warning("host %s lost: %s", host.name, why)
+        host.mark_lost()
+        self.events.append("host_lost", time.time(), why, host=host.name)
+        self.core.autoscaler.count_fixed_hosts(-1)
+        self._act(self._decide(self.core.host_lost, host.name))
+
     def drain_host(self, name: str) -> dict:
         """Stop placing work on a host and move its replicas away (those running a cell move after it)."""
         self._host(name)
@@ -265,11 +318,15 @@ class EmbeddedCluster:
 
     def resize_host(self, name: str, gpus: int) -> dict:
         """Change a host's GPU count (ValueError while cells use its GPUs)."""
-        self.provider.resize_host(self._host(name), gpus)
+        host = self._host(name)
+        if not isinstance(host, HostAgent):
+            raise ValueError(f"{name} is a machine of its own: its agent advertises its GPUs (restart the agent "
+                             "with another --gpus to change them)")
+        self.provider.resize_host(host, gpus)
         self._act(self._decide(self.core.resize_host, name, gpus))
         return self._describe_host(name)
 
-    def _host(self, name: str) -> HostAgent:
+    def _host(self, name: str) -> ReplicaHost:
         if name not in self.hosts:
             raise KeyError(f"there is no host {name!r}; hosts: {', '.join(self.hosts)}")
         return self.hosts[name]
@@ -332,14 +389,32 @@ class EmbeddedCluster:
                 # never hears of, so the replica may be running one: the pause makes the front re-run it.
                 self._hand_over(event.kernel_id, event.replica, event.to_host, MOVE_PAUSE_S)
             elif isinstance(event, ReplicaReplaced):
-                self._hand_over(event.kernel_id, event.replica, event.host_id)
-                self.kernels[event.kernel_id].replicas[event.replica][1].restarts += 1
+                self._replace(event)
             elif isinstance(event, HostRemoved):
                 with self.lock:
                     agent = self.hosts.pop(event.host_id)
-                self.provider.remove_host(agent)
+                if isinstance(agent, HostAgent):
+                    self.provider.remove_host(agent)
             elif isinstance(event, ScaleOutRequested):
                 self._scale_out(event.hosts)
+
+    def _replace(self, event: ReplicaReplaced) -> None:
+        """Start a replacement for a dead replica on the host the core chose. Between logical hosts the old disk is
+        still there: the replacement takes over the dead replica's journal. Across machines it would have to join
+        the Raft group as a new member (not built yet): the kernel runs on its two other replicas meanwhile."""
+        record = self.kernels.get(event.kernel_id)
+        if record is None:
+            return
+        source, _ = record.replicas[event.replica]
+        target = self.hosts[event.host_id]
+        if isinstance(source, HostAgent) and isinstance(target, HostAgent):
+            self._hand_over(event.kernel_id, event.replica, event.host_id)
+            record.replicas[event.replica][1].restarts += 1
+            return
+        self.events.append("replacement_unavailable", time.time(),
+                           f"replica {event.replica} cannot be replaced on {event.host_id} yet: moving a replica "
+                           "between machines needs a Raft membership change; the kernel runs on its other replicas",
+                           host=source.name, kernel=event.kernel_id, replica=event.replica)
 
     def _scale_out(self, count: int) -> None:
         for added in range(count):
@@ -369,7 +444,7 @@ class EmbeddedCluster:
                     "state": allocation.state.value, "since": allocation.since},
                 "cell": record.cell.json() if record.cell else None,
                 "replicas": [
-                    {"replica": p.config.replica, "host": h.name, "alive": p.alive, "pid": p.pid,
+                    {"replica": p.config.replica, "host": h.name, "address": h.address, "alive": p.alive, "pid": p.pid,
                      "restarts": p.restarts, "connection": p.connection,
                      # Known for kernels that ask for GPUs (the scheduler picks their executor); None otherwise.
                      "role": None if executor is None else "executor" if p.config.replica == executor else "standby",
@@ -397,7 +472,8 @@ class EmbeddedCluster:
             host = self.core.cluster.hosts[name]
             held = {d: a for a in host.allocations.values() for d in a.devices}
             return {
-                "name": name, "replicas": len(self.hosts[name].replicas), "gpus": host.gpus,
+                "name": name, "address": self.hosts[name].address, "replicas": len(self.hosts[name].replicas),
+                "gpus": host.gpus,
                 "idle_gpus": host.idle_gpus, "subscribed_gpus": host.subscribed, "subscription_ratio": host.ratio(),
                 "state": host.state.value,
                 "devices": [_describe_device(d, held.get(d)) for d in range(host.gpus)],
@@ -411,7 +487,7 @@ def _describe_device(device: int, holder: Allocation | None) -> dict:
             "since": holder.since}
 
 
-def _replica_state(proc: ReplicaProcess, moving: bool) -> str:
+def _replica_state(proc: ReplicaView, moving: bool) -> str:
     if moving:
         return "migrating"
     if not proc.alive:

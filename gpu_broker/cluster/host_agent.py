@@ -1,8 +1,13 @@
-"""A host agent: owns one (logical) host's replica processes.
+"""A host agent: owns one host's replica processes, the ports they bind and the folder they keep state in.
 
 In embedded mode every host agent lives in the cluster process and its "host" is a name plus a working directory
-on this machine; on a real cluster the same class runs inside ``notebookos agent`` on each GPU machine. Either way
-it starts, restarts in place and stops replica processes, and knows which of them are alive.
+on this machine, all on 127.0.0.1; on a real cluster the same class runs inside ``notebookos agent`` on each GPU
+machine (:mod:`.agent`), bound to that machine's address, with its journals and objects under its own state
+folder. Either way it starts and stops replica processes, knows which of them are alive, and chooses the paths
+and ports they use: the cluster only says which kernel, which replica and who its Raft peers are.
+
+Replica processes run in sessions of their own, so they outlive an agent that dies or is restarted; a new agent
+on the same state folder re-adopts the ones still running (:meth:`HostAgent.adopt`).
 """
 from __future__ import annotations
 
@@ -17,8 +22,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from ...kernels.replica_config import ReplicaConfig
+from .ports import PortPool
 
 log = logging.getLogger(__name__)
 
@@ -27,22 +34,31 @@ STOP_GRACE_S = 5.0
 # new host: longer than the kernel front's loss detection (1 s of missed heartbeats, kernels/replica_link.py), so
 # the front sees the loss and re-runs the cell elsewhere, instead of waiting for a reply the new process never sends.
 MOVE_PAUSE_S = 1.5
+REPLICA_MODULE = "notebookos.kernels.replica"
+CONFIG_FILE, CONNECTION_FILE, PID_FILE, JOURNAL_FILE = "replica.json", "connection.json", "replica.pid", "raft.journal"
 
 
 @dataclass
 class ReplicaProcess:
-    """One replica process and the files it needs to be started again in place."""
+    """One replica process and the files it needs to be started again in place.
+
+    ``popen`` is set for a process this agent started; ``adopted_pid`` for one a previous agent on this state
+    folder started and this one took over (it is not our child, so its exit code cannot be known).
+    """
 
     config: ReplicaConfig
     connection: dict
     workdir: Path
     popen: subprocess.Popen | None = None
+    adopted_pid: int | None = None
     restarts: int = 0
     stopped: bool = field(default=False)
 
     @property
     def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return self.adopted_pid is not None and _is_replica_process(self.adopted_pid)
 
     @property
     def ready(self) -> bool:
@@ -51,41 +67,98 @@ class ReplicaProcess:
 
     @property
     def pid(self) -> int | None:
-        return self.popen.pid if self.popen else None
+        return self.popen.pid if self.popen else self.adopted_pid
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit status of a process that has ended (negative: killed by that signal); None otherwise."""
+        return self.popen.poll() if self.popen is not None else None
+
+    @property
+    def ports(self) -> set[int]:
+        """Every port the replica binds: its five Jupyter channels and its Raft node."""
+        return {v for k, v in self.connection.items() if k.endswith("_port")} | \
+            {int(self.config.raft_address.rsplit(":", 1)[1])}
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM, then SIGKILL once ``grace_s`` has passed; returns when the process is gone."""
+        self.stopped = True
+        self._signal(signal.SIGTERM)
+        if not self._wait(grace_s):
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; returns when the process is gone."""
+        self._signal(signal.SIGKILL)
+        self._wait(STOP_GRACE_S)
+
+    def _signal(self, sig: int) -> None:
+        if self.alive and self.pid is not None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _wait(self, timeout: float) -> bool:
+        if self.popen is not None:
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return False
+            return True
+        deadline = time.monotonic() + timeout
+        while self.alive and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not self.alive
+
+    def describe(self) -> dict[str, Any]:
+        """What the agent reports about the replica: to the cluster in heartbeats, and in its own API."""
+        return {"kernel_id": self.config.kernel_id, "replica": self.config.replica, "pid": self.pid,
+                "alive": self.alive, "ready": self.ready, "exit_code": self.exit_code, "restarts": self.restarts,
+                "connection": self.connection}
 
 
 class HostAgent:
-    """Starts and stops replica processes on one host."""
+    """Starts and stops replica processes on one host.
 
-    def __init__(self, name: str, workdir: Path, python: str = sys.executable) -> None:
+    ``address``: where this host's replicas bind and where their peers and the kernel front reach them.
+    ``ports``: the pool the replicas' ports come from (the embedded cluster's logical hosts share one, as they share
+    one network stack). ``store``: the object store replicas use unless the cluster names a shared one.
+    """
+
+    def __init__(self, name: str, workdir: Path, address: str = "127.0.0.1", ports: PortPool | None = None,
+                 store: str | None = None, python: str = sys.executable) -> None:
         self.name = name
         self.workdir = Path(workdir)
+        self.address = address
+        self.ports = ports or PortPool(address=address)
+        self.store = store or (self.workdir / "objects").as_uri()
         self.python = python
         self.replicas: dict[tuple[str, int], ReplicaProcess] = {}
+        self._kernel_ports: dict[str, set[int]] = {}  # handed out for a kernel's replicas here, until it stops
+
+    def take_ports(self, kernel_id: str, count: int) -> list[int]:
+        """Ports for replicas of ``kernel_id`` about to start here; released when the kernel stops on this host."""
+        ports = [self.ports.take() for _ in range(count)]
+        self._kernel_ports.setdefault(kernel_id, set()).update(ports)
+        return ports
 
     def start_replica(self, config: ReplicaConfig, connection: dict) -> ReplicaProcess:
+        """Start a replica; the agent chooses its folder, journal, object store (unless ``config.store`` names a
+        shared one) and working directory (the notebook's folder where this host has it, else the replica's)."""
         workdir = self.workdir / config.kernel_id / f"replica-{config.replica}"
         workdir.mkdir(parents=True, exist_ok=True)
-        proc = ReplicaProcess(config=config, connection=connection, workdir=workdir)
+        cwd = config.cwd if config.cwd and Path(config.cwd).is_dir() else str(workdir)
+        config = dataclasses.replace(config, host=self.name, journal_path=str(workdir / JOURNAL_FILE),
+                                     store=config.store or self.store, cwd=cwd)
+        proc = ReplicaProcess(config=config, connection={**connection, "ip": self.address}, workdir=workdir)
         self.replicas[(config.kernel_id, config.replica)] = proc
-        self._spawn(proc)
-        return proc
-
-    def restart_replica(self, kernel_id: str, replica: int) -> ReplicaProcess:
-        """Start a dead replica again with the same ports, journal and configuration, so it rejoins its group."""
-        proc = self.replicas[(kernel_id, replica)]
-        if proc.alive or proc.stopped:
-            return proc
-        proc.restarts += 1
         self._spawn(proc)
         return proc
 
     def kill_replica(self, kernel_id: str, replica: int) -> None:
         """SIGKILL, as a crash would: the fault drill used by tests and the dashboard."""
-        proc = self.replicas[(kernel_id, replica)]
-        if proc.alive:
-            proc.popen.kill()
-            proc.popen.wait()
+        self.replicas[(kernel_id, replica)].kill()
 
     def hand_over(self, kernel_id: str, replica: int, target: "HostAgent", pause_s: float = 0.0) -> ReplicaProcess:
         """Move a replica to another host of this machine: stop it, move its folder (journal included), start it
@@ -95,68 +168,132 @@ class HostAgent:
         membership change to a new address. ``pause_s``: how long it stays down between the two (MOVE_PAUSE_S).
         """
         proc = self.replicas.pop((kernel_id, replica))
-        proc.stopped = True  # a restart asked for meanwhile (the front sees it vanish) must not start it here
-        if proc.alive:
-            proc.popen.send_signal(signal.SIGTERM)
-            try:
-                proc.popen.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait()
+        proc.stop()  # a restart asked for meanwhile (the front sees it vanish) must not start it here
         time.sleep(pause_s)
         workdir = target.workdir / kernel_id / f"replica-{replica}"
         workdir.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(workdir, ignore_errors=True)
         shutil.move(str(proc.workdir), str(workdir))
-        config = dataclasses.replace(proc.config, host=target.name,
-                                     journal_path=str(workdir / Path(proc.config.journal_path).name))
+        config = dataclasses.replace(proc.config, host=target.name, journal_path=str(workdir / JOURNAL_FILE))
         moved = ReplicaProcess(config=config, connection=proc.connection, workdir=workdir, restarts=proc.restarts)
+        self._kernel_ports.get(kernel_id, set()).difference_update(proc.ports)
+        target._kernel_ports.setdefault(kernel_id, set()).update(proc.ports)
         target.replicas[(kernel_id, replica)] = moved
         target._spawn(moved)
         return moved
 
     def stop_kernel(self, kernel_id: str) -> None:
-        """Stop every replica of a kernel on this host: SIGTERM, then SIGKILL after a grace period."""
+        """Stop every replica of a kernel on this host (SIGTERM, then SIGKILL after a grace period), free its
+        ports and delete its folder: a later kernel with the same id (a restart) must start empty."""
         procs = [p for (k, _), p in self.replicas.items() if k == kernel_id]
         for p in procs:
             p.stopped = True
-            if p.alive:
-                p.popen.send_signal(signal.SIGTERM)
+            p._signal(signal.SIGTERM)
         for p in procs:
-            if p.popen is None:
-                continue
-            try:
-                p.popen.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                p.popen.kill()
-                p.popen.wait()
-        for p in procs:
+            if not p._wait(STOP_GRACE_S):
+                p.kill()
             del self.replicas[(kernel_id, p.config.replica)]
-        # The journal goes with the kernel: a later kernel with the same id (a restart) must start empty.
+        self.ports.release(self._kernel_ports.pop(kernel_id, set()))
         shutil.rmtree(self.workdir / kernel_id, ignore_errors=True)
 
     def stop_all(self) -> None:
-        for kernel_id in {k for k, _ in self.replicas}:
+        for kernel_id in {k for k, _ in self.replicas} | set(self._kernel_ports):
             self.stop_kernel(kernel_id)
+
+    def adopt(self) -> list[ReplicaProcess]:
+        """Take over the replicas a previous agent on this state folder started and that still run (an agent
+        restart must not cost any kernel its replica); the folders of those that died are left for the cluster to
+        stop or replace."""
+        adopted = []
+        for config_file in sorted(self.workdir.glob(f"*/replica-*/{CONFIG_FILE}")):
+            workdir = config_file.parent
+            try:
+                pid = int((workdir / PID_FILE).read_text())
+                config = ReplicaConfig.read(config_file)
+                connection = json.loads((workdir / CONNECTION_FILE).read_text())
+            except (OSError, ValueError, TypeError, KeyError):
+                continue
+            if not _is_replica_process(pid):
+                continue
+            proc = ReplicaProcess(config=config, connection=connection, workdir=workdir, adopted_pid=pid)
+            self.replicas[(config.kernel_id, config.replica)] = proc
+            self.ports.claim(proc.ports)
+            self._kernel_ports.setdefault(config.kernel_id, set()).update(proc.ports)
+            adopted.append(proc)
+            log.info("adopted replica %s/%d (pid %d)", config.kernel_id, config.replica, pid)
+        return adopted
 
     def _spawn(self, proc: ReplicaProcess) -> None:
         proc.config.ready_marker.unlink(missing_ok=True)
-        conn_file = proc.workdir / "connection.json"
-        conn_file.write_text(json.dumps(proc.connection))
-        os.chmod(conn_file, 0o600)
-        config_file = proc.workdir / "replica.json"
+        conn_file = proc.workdir / CONNECTION_FILE
+        _write_private(conn_file, json.dumps(proc.connection))
+        config_file = proc.workdir / CONFIG_FILE
         proc.config.write(config_file)
         env = dict(os.environ)
         env["IPYTHONDIR"] = str(proc.workdir / "ipython")
         env["NOTEBOOKOS_HOST"] = self.name
         env.pop("NOTEBOOKOS_CLUSTER_FILE", None)
-        logfile = open(proc.workdir / "replica.log", "ab")
-        proc.popen = subprocess.Popen(
-            [self.python, "-m", "notebookos.kernels.replica", "-f", str(conn_file),
-             f"--ReplicaKernel.config_path={config_file}"],
-            stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=proc.config.cwd or proc.workdir,
-            start_new_session=True,
-        )
-        logfile.close()
+        with open(proc.workdir / "replica.log", "ab") as logfile:
+            proc.popen = subprocess.Popen(
+                [self.python, "-m", REPLICA_MODULE, "-f", str(conn_file), f"--ReplicaKernel.config_path={config_file}"],
+                stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                cwd=proc.config.cwd or proc.workdir, start_new_session=True,
+            )
+        proc.adopted_pid = None
+        (proc.workdir / PID_FILE).write_text(str(proc.popen.pid))
         log.info("started replica %s/%d on %s (pid %d)", proc.config.kernel_id, proc.config.replica, self.name,
                  proc.popen.pid)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it holds the kernel's message key), mode 0600 from its creation."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _is_replica_process(pid: int) -> bool:
+    """Whether ``pid`` is a running replica process (not a pid the system has since given to something else)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return REPLICA_MODULE.encode() in cmdline and status.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class ReplicaView(Protocol):
+    """What the cluster reads about a replica, wherever it runs: a process of this machine (ReplicaProcess) or one
+    an agent on another machine reports (agent.remote.RemoteReplica)."""
+
+    config: ReplicaConfig
+    connection: dict
+    restarts: int
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+
+class ReplicaHost(Protocol):
+    """What the cluster asks of a host: a HostAgent in the cluster's process (logical hosts), or the proxy of a
+    ``notebookos agent`` on another machine (agent.remote.RemoteHost)."""
+
+    name: str
+    address: str
+    replicas: dict[tuple[str, int], Any]
+
+    def take_ports(self, kernel_id: str, count: int) -> list[int]: ...
+
+    def start_replica(self, config: ReplicaConfig, connection: dict) -> ReplicaView: ...
+
+    def kill_replica(self, kernel_id: str, replica: int) -> None: ...
+
+    def stop_kernel(self, kernel_id: str) -> None: ...
+
+    def stop_all(self) -> None: ...

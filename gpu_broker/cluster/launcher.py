@@ -78,6 +78,11 @@ async def ensure_cluster(n_hosts: int = 4) -> ClusterClient:
         await loop.run_in_executor(_LOCK_WAITER, fcntl.flock, lock, fcntl.LOCK_EX)
         if path.exists():
             client = ClusterClient.from_file(path)
+            if _names_remote_cluster(path):
+                if await client.alive():
+                    return client
+                raise ClusterError(f"the notebookos cluster at {client.url} (named in {path}) does not answer; "
+                                   "check that its service runs and that this machine can reach it")
             for _ in range(BUSY_RETRIES):
                 if await client.alive():
                     return client
@@ -95,6 +100,21 @@ async def ensure_cluster(n_hosts: int = 4) -> ClusterClient:
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
+
+
+def write_remote_discovery_file(path: Path, url: str, token: str) -> None:
+    """Name a cluster service that runs elsewhere (``notebookos lab --cluster``): no pid, so it is never replaced
+    by an on-demand local cluster when it does not answer."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"url": url, "token": token, "pid": None}, f)
+
+
+def _names_remote_cluster(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("pid", 0) is None
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _process_exists(path: Path) -> bool:

@@ -33,8 +33,11 @@ def default_range() -> range:
 
 
 class PortPool:
-    def __init__(self, ports: range | None = None) -> None:
+    """Ports of one network address: loopback for the embedded cluster, the machine's address for an agent."""
+
+    def __init__(self, ports: range | None = None, address: str = "127.0.0.1") -> None:
         self.ports = ports or default_range()
+        self.address = address
         self._in_use: set[int] = set()
         self._next = self.ports.start
         self._lock = threading.Lock()
@@ -45,22 +48,27 @@ class PortPool:
             for _ in range(len(self.ports)):
                 port = self._next
                 self._next = port + 1 if port + 1 < self.ports.stop else self.ports.start
-                if port not in self._in_use and is_free(port):
+                if port not in self._in_use and is_free(port, self.address):
                     self._in_use.add(port)
                     return port
         raise PortsExhausted(f"every port from {self.ports.start} to {self.ports.stop - 1} is in use; stop kernels "
                              "or give the cluster a larger range")
+
+    def claim(self, ports: set[int]) -> None:
+        """Mark ports as in use that were handed out before this pool existed (replicas an agent re-adopts)."""
+        with self._lock:
+            self._in_use |= ports
 
     def release(self, ports: set[int]) -> None:
         with self._lock:
             self._in_use -= ports
 
 
-def is_free(port: int) -> bool:
-    """Nothing listens on (or holds) the port on loopback now."""
+def is_free(port: int, address: str = "127.0.0.1") -> bool:
+    """Nothing listens on (or holds) the port on ``address`` now."""
     with socket.socket() as sock:
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((address, port))
         except OSError:
             return False
     return True

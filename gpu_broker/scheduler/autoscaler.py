@@ -46,6 +46,13 @@ class Autoscaler:
         self.max_hosts = max_hosts
         self.surplus_since: float | None = None
 
+    def count_fixed_hosts(self, delta: int) -> None:
+        """Hosts that came (+1) or went (-1) on their own, such as agents joining: they are not the provider's, so
+        the autoscaler must neither take them away nor count them against the hosts it may add."""
+        self.min_hosts += delta
+        if self.max_hosts is not None:
+            self.max_hosts += delta
+
     def plan(
         self,
         ctx: ScalingContext,

@@ -1,7 +1,8 @@
 """Training-event traces: load a CSV in the Sensei June format and rebuild its notebook sessions.
 
-The format (see /work/shared/traces/README.md): one row per training event with ``job_id``, ``num_gpu``,
-``submit_time`` (minutes from the start of the trace) and ``duration`` (minutes); ``iterations``, ``model_name``
+The format (the production trace of the NotebookOS paper, bundled in benchmarks/data/): one row per training event
+with ``job_id``, ``num_gpu``, ``submit_time`` (minutes from the start of the trace) and ``duration`` (minutes);
+``iterations``, ``model_name``
 and ``interval`` are carried but unused. There is no session column: a session is a run of consecutive rows whose
 events do not overlap and move forward in time, and a row that starts before the previous row's end begins a new
 session. Times are converted to seconds here, the unit of the scheduling core.

@@ -10,12 +10,15 @@ import shutil
 from pathlib import Path
 
 from ..host_agent import HostAgent
+from ..ports import PortPool
 from .base import HostProvider, ProviderError
 
 
 class LocalProvider(HostProvider):
-    def __init__(self, hosts_dir: Path, max_hosts: int | None) -> None:
+    def __init__(self, hosts_dir: Path, max_hosts: int | None, ports: PortPool, store: str) -> None:
         self.hosts_dir = Path(hosts_dir)
+        self.ports = ports  # one network stack: one pool for every logical host
+        self.store = store  # one disk: one object store for every logical host
         self.max_hosts = max_hosts
         self.running = 0
         self._next = 1
@@ -27,7 +30,7 @@ class LocalProvider(HostProvider):
         name = f"host-{self._next}"
         self._next += 1
         self.running += 1
-        return HostAgent(name, self.hosts_dir / name)
+        return HostAgent(name, self.hosts_dir / name, ports=self.ports, store=self.store)
 
     def remove_host(self, agent: HostAgent) -> None:
         if agent.replicas:

@@ -17,7 +17,8 @@ import tornado.web
 
 from ...scheduler.events import Decision
 from ..embedded import EmbeddedCluster, PlacementError
-from ..host_agent import ReplicaProcess
+from ..agent.remote import AgentError
+from ..host_agent import ReplicaView
 from ..ports import PortsExhausted
 from ..providers import ProviderError
 from .handlers import routes
@@ -33,9 +34,11 @@ READY_POLL_S = 0.05
 
 
 class ClusterService:
-    def __init__(self, cluster: EmbeddedCluster, ephemeral: bool) -> None:
+    def __init__(self, cluster: EmbeddedCluster, ephemeral: bool, join_token: str | None = None) -> None:
         self.cluster = cluster
         self.token = secrets.token_urlsafe(24)
+        # Agents join with it; a Jupyter server given the same file (notebookos lab --cluster) may use it too.
+        self.join_token = join_token
         self.ephemeral = ephemeral
         self.stopped = asyncio.Event()
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -55,7 +58,7 @@ class ClusterService:
 
         try:
             result, granted = await self._loop.run_in_executor(self._worker, change)
-        except (PlacementError, PortsExhausted) as err:
+        except (PlacementError, PortsExhausted, AgentError) as err:
             raise tornado.web.HTTPError(503, reason=str(err)) from None
         except (KeyError, ProviderError) as err:
             status = 404 if isinstance(err, KeyError) else 409
@@ -87,12 +90,11 @@ class ClusterService:
         if future is not None and not future.done():
             future.set_result(decision)
 
-    async def _until_caught_up(self, proc: ReplicaProcess) -> None:
+    async def _until_caught_up(self, proc: ReplicaView) -> None:
         """A moved replica restarts and replays its journal (seconds); its cell waits for that, not the scheduler's
         thread. Bounded: a replica that never catches up is the front's to detect."""
         deadline = self._loop.time() + MOVE_TIMEOUT_S
-        while not proc.ready and proc.popen is not None and proc.popen.poll() is None and \
-                self._loop.time() < deadline:
+        while not proc.ready and proc.alive and self._loop.time() < deadline:
             await asyncio.sleep(READY_POLL_S)
 
     async def request_execution(self, kernel_id: str, gpus: int) -> Decision:

@@ -6,7 +6,9 @@ cluster's refusals into 4xx answers with the reason; reads describe the cluster 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
+import re
 import secrets
 import time
 from typing import TYPE_CHECKING, Any
@@ -28,9 +30,11 @@ class ClusterHandler(tornado.web.RequestHandler):
         self.service = service
 
     def prepare(self) -> None:
-        supplied = self.request.headers.get("Authorization", "")
-        if not secrets.compare_digest(supplied, f"token {self.service.token}"):
+        if not any(self._presents(token) for token in (self.service.token, self.service.join_token) if token):
             raise tornado.web.HTTPError(401, reason="missing or wrong cluster token")
+
+    def _presents(self, token: str) -> bool:
+        return secrets.compare_digest(self.request.headers.get("Authorization", ""), f"token {token}")
 
     def body(self) -> dict[str, Any]:
         try:
@@ -132,6 +136,41 @@ class ExecutionsHandler(ClusterHandler):
             decision = await service.request_execution(kernel_id, gpus)
             self.set_status(200 if decision.granted else 202)
             self.finish(decision_json(decision))
+
+
+class AgentsHandler(ClusterHandler):
+    """``POST /agents``: a ``notebookos agent`` joins with the join token (the cluster's own token is not enough:
+    it is the Jupyter servers'). ``POST /agents/{name}/heartbeat``: its report of the replicas it runs; 404 for an
+    agent the cluster does not know (it then joins again)."""
+
+    def prepare(self) -> None:
+        if not (self.service.join_token and self._presents(self.service.join_token)):
+            raise tornado.web.HTTPError(401, reason="missing or wrong join token" if self.service.join_token else
+                                        "this cluster takes no agents (start it with --join-token-file)")
+
+    async def post(self, name: str | None = None) -> None:
+        data = self.body()
+        replicas = data.get("replicas", [])
+        if not isinstance(replicas, list) or not all(isinstance(r, dict) for r in replicas):
+            raise tornado.web.HTTPError(400, reason="replicas must be a list of replica reports")
+        if name is not None:
+            await self.service.run(self.service.cluster.agent_heartbeat, name, replicas)
+            self.finish({"ok": True})
+            return
+        fields = {k: data.get(k) for k in ("name", "address", "url", "token")}
+        missing = [k for k, v in fields.items() if not isinstance(v, str) or not v]
+        if missing:
+            raise tornado.web.HTTPError(400, reason=f"a join needs {', '.join(missing)} (text)")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", fields["name"]):
+            raise tornado.web.HTTPError(400, reason="a host name is 1 to 63 letters, digits, '.', '_' or '-'")
+        try:
+            ipaddress.ip_address(fields["address"])
+        except ValueError:
+            raise tornado.web.HTTPError(400, reason=f"address must be an IP address, got {fields['address']!r}") from None
+        gpus = self.gpus(data.get("gpus", 0))
+        self.set_status(201)
+        self.finish(await self.service.run(self.service.cluster.join_agent, fields["name"], fields["address"], gpus,
+                                           fields["url"], fields["token"], replicas))
 
 
 def decision_json(decision: Decision) -> dict[str, Any]:
@@ -245,6 +284,8 @@ def routes(service: "ClusterService") -> list[tuple[str, type, dict]]:
         (r"/hosts", HostsHandler, args),
         (r"/hosts/([^/]+)", HostHandler, args),
         (r"/hosts/([^/]+)/drain", DrainHandler, args),
+        (r"/agents", AgentsHandler, args),
+        (r"/agents/([^/]+)/heartbeat", AgentsHandler, args),
         (r"/kernels", KernelsHandler, args),
         (r"/kernels/([^/]+)", KernelHandler, args),
         (r"/kernels/([^/]+)/replicas/(\d+)/(restart|kill|migrate)", ReplicaActionHandler, args),

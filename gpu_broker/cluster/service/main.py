@@ -1,4 +1,6 @@
-"""``python -m notebookos.gpu_broker.cluster.service``: start a cluster service and write its discovery file."""
+"""The cluster service's command line: ``python -m notebookos.gpu_broker.cluster.service`` (what ``notebookos lab``
+and the on-demand cluster start) and ``notebookos cluster`` (the shared service of a real cluster, in the
+foreground, with no hosts of its own: agents join it)."""
 from __future__ import annotations
 
 import argparse
@@ -8,18 +10,25 @@ import logging
 import os
 import shutil
 import signal
+import socket
+import sys
+import tempfile
 from pathlib import Path
 
 import tornado.httpserver
 import tornado.netutil
 
-from ...scheduler.policies import POLICIES
 from ...scheduler.core import CoreConfig
+from ...scheduler.policies import POLICIES
 from ..embedded import POLICY, EmbeddedCluster
 from ..inventory import nvml_gpu_count
+from ..join_token import TokenError, ensure_token
 from .cluster_service import ClusterService
 
 log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "127.0.0.1:0"
+HOST_TIMEOUT_S = 5.0
 
 
 def write_discovery_file(path: Path, url: str, token: str) -> None:
@@ -31,22 +40,36 @@ def write_discovery_file(path: Path, url: str, token: str) -> None:
     os.replace(tmp, path)
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """``ADDR:PORT`` (port 0: any free one) as argparse's type."""
+    address, _, port = value.rpartition(":")
+    if not address or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"give the address to listen on as ADDR:PORT, e.g. 10.0.0.1:8765, "
+                                         f"not {value!r}")
+    return address, int(port)
+
+
 async def serve(args: argparse.Namespace) -> None:
     gpus_per_host = args.gpus_per_host or nvml_gpu_count() or 1
+    join_token = ensure_token(args.join_token_file) if args.join_token_file else None
     cluster = EmbeddedCluster(args.state_dir, args.hosts, gpus_per_host, journal=args.journal,
                               max_hosts=args.max_hosts, policy=args.policy,
-                              subscription_limit=args.subscription_limit)
-    service = ClusterService(cluster, args.ephemeral)
-    sockets = tornado.netutil.bind_sockets(args.port, "127.0.0.1")
+                              subscription_limit=args.subscription_limit, object_store=args.object_store,
+                              host_timeout_s=args.host_timeout)
+    service = ClusterService(cluster, args.ephemeral, join_token)
+    address, port = args.listen
+    sockets = tornado.netutil.bind_sockets(port, address, family=socket.AF_INET)
     bound = sockets[0].getsockname()[1]
     server = tornado.httpserver.HTTPServer(service.app())
     server.add_sockets(sockets)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stopped.set)
-    write_discovery_file(args.discovery_file, f"http://127.0.0.1:{bound}", service.token)
-    log.info("notebookos cluster (%s policy) with %d hosts of %d GPU(s) at http://127.0.0.1:%d", cluster.policy.name,
-             args.hosts, gpus_per_host, bound)
+    url = f"http://{'127.0.0.1' if address == '0.0.0.0' else address}:{bound}"
+    write_discovery_file(args.discovery_file, url, service.token)
+    log.info("notebookos cluster (%s policy) with %d hosts of %d GPU(s) at %s%s", cluster.policy.name,
+             args.hosts, gpus_per_host, url, "; agents join with the token in " + str(args.join_token_file)
+             if join_token else "")
     if args.ephemeral:
         service.kernels_changed()
     ticker = asyncio.ensure_future(service.tick())
@@ -63,23 +86,71 @@ async def serve(args: argparse.Namespace) -> None:
             shutil.rmtree(args.state_dir, ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m notebookos.gpu_broker.cluster.service")
-    parser.add_argument("--state-dir", type=Path, required=True)
-    parser.add_argument("--hosts", type=int, default=4, help="hosts to start with; the autoscaler keeps at least these")
+def add_service_arguments(parser: argparse.ArgumentParser, hosts: int) -> None:
+    """The options the service takes, wherever it is started from."""
+    parser.add_argument("--hosts", type=int, default=hosts,
+                        help=f"logical hosts on this machine to start with; the autoscaler keeps at least these "
+                             f"(default {hosts}; 0: only hosts whose agents join)")
     parser.add_argument("--max-hosts", type=int, default=None,
-                        help="most hosts the autoscaler may run (default: --hosts, no scale-out)")
-    parser.add_argument("--ephemeral", action="store_true", help="exit once the last kernel is gone")
-    parser.add_argument("--discovery-file", type=Path, required=True)
-    parser.add_argument("--port", type=int, default=0)
+                        help="most logical hosts the autoscaler may run (default: --hosts, no scale-out)")
     parser.add_argument("--gpus-per-host", type=int, default=None,
                         help="GPUs of each logical host: virtual GPUs (default: the GPUs NVML sees, else 1)")
+    parser.add_argument("--listen", type=parse_listen, default=parse_listen(DEFAULT_LISTEN), metavar="ADDR:PORT",
+                        help=f"where the service's API listens (default {DEFAULT_LISTEN}: loopback, any port); agents "
+                             "and remote Jupyter servers need an address they can reach")
+    parser.add_argument("--join-token-file", type=Path, default=None,
+                        help="the token agents join with (created, mode 0600, if the file does not exist); "
+                             "without it no agent can join")
+    parser.add_argument("--object-store", default=None, metavar="URL",
+                        help="an object store every host reaches (redis://host:port/0) for large values; default: "
+                             "each host keeps its own")
+    parser.add_argument("--host-timeout", type=float, default=HOST_TIMEOUT_S, metavar="SECONDS",
+                        help=f"a joined host whose agent is silent this long is lost (default {HOST_TIMEOUT_S:.0f})")
     parser.add_argument("--policy", choices=sorted(p for p in POLICIES if POLICIES[p].replicas),
                         default=POLICY, help="scheduling policy (reservation: one replica holding its GPUs)")
     parser.add_argument("--subscription-limit", type=float, default=CoreConfig.subscription_limit,
                         help="most GPUs the replicas on a host may ask for, per GPU of the host")
     parser.add_argument("--journal", action="store_true",
                         help="keep every scheduling-core call for replay (GET /scheduler/journal); grows without bound")
-    args = parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m notebookos.gpu_broker.cluster.service")
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--ephemeral", action="store_true", help="exit once the last kernel is gone")
+    parser.add_argument("--discovery-file", type=Path, required=True)
+    add_service_arguments(parser, hosts=4)
+    sys.exit(_run(parser.parse_args(argv)))
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "cluster", help="run the shared cluster service that agents join and Jupyter servers use",
+        description="Run the notebookos cluster service in the foreground. GPU machines join it with "
+                    "`notebookos agent`; Jupyter servers use it with `notebookos lab --cluster URL`.",
+    )
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="where the service keeps its files (default: a new temporary folder)")
+    add_service_arguments(parser, hosts=0)
+    parser.set_defaults(func=run_cluster)
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    args.state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="notebookos-cluster-"))
+    args.discovery_file = args.state_dir / "cluster.json"
+    args.ephemeral = False
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(serve(args))
+    try:
+        asyncio.run(serve(args))
+    except TokenError as err:
+        print(f"notebookos cluster: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"notebookos cluster: cannot listen on {args.listen[0]}:{args.listen[1]}: {err.strerror or err}",
+              file=sys.stderr)
+        return 1
+    return 0

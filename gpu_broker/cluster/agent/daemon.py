@@ -1,0 +1,188 @@
+"""``notebookos agent``: the daemon each GPU machine runs.
+
+It joins the cluster service with the join token, advertises the machine's address (where its replicas bind and
+their peers dial) and its GPUs (NVML's inventory, or ``--gpus N`` virtual GPUs), then heartbeats with a report of
+every replica it runs. The cluster starts and stops replicas through the agent's own small API (:mod:`.handlers`),
+authenticated by a random token the agent sends with its join. Journals, objects and logs stay under
+``--state-dir``: nothing assumes another machine can read this disk. Replicas run in sessions of their own, so an
+agent restarted on the same state folder re-adopts those still running.
+
+A join refused for the token is fatal (one line on stderr, exit status 2); a cluster that does not answer is
+retried with backoff, as is a cluster that forgot the agent (it restarted, or declared the host lost): the agent
+joins again.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
+from ..host_agent import HostAgent
+from ..inventory import nvml_gpu_count
+from ..join_token import TokenError, read_token
+from ..ports import PortPool
+from .handlers import routes
+
+log = logging.getLogger("notebookos.agent")
+
+HEARTBEAT_S = 1.0
+JOIN_TIMEOUT_S = 10.0
+RETRY_MAX_S = 5.0
+EXIT_REFUSED = 2
+
+
+class JoinRefused(RuntimeError):
+    """The cluster refused this agent (wrong token, a name taken by another machine); retrying cannot help."""
+
+
+class Agent:
+    def __init__(self, args: argparse.Namespace, token: str) -> None:
+        self.name = args.name
+        self.address = args.address
+        self.cluster_url = args.join.rstrip("/")
+        self.join_token = token
+        self.gpus = args.gpus if args.gpus is not None else nvml_gpu_count()
+        self.state_dir = Path(args.state_dir)
+        self.api_token = secrets.token_urlsafe(32)
+        self.host = HostAgent(self.name, self.state_dir / "replicas", address=self.address,
+                              ports=PortPool(address=self.address), store=(self.state_dir / "objects").as_uri())
+        self.port = args.port
+        self.url = ""
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent")
+        self.stopped = asyncio.Event()
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run one change on the host agent's thread (starting or stopping processes blocks)."""
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    def report(self) -> list[dict[str, Any]]:
+        return [proc.describe() for proc in list(self.host.replicas.values())]
+
+    async def serve(self) -> None:
+        adopted = await self.run(self.host.adopt)
+        if adopted:
+            log.info("re-adopted %d running replica(s)", len(adopted))
+        sockets = tornado.netutil.bind_sockets(self.port, self.address, family=socket.AF_INET)
+        self.url = f"http://{self.address}:{sockets[0].getsockname()[1]}"
+        server = tornado.httpserver.HTTPServer(tornado.web.Application(routes(self)))
+        server.add_sockets(sockets)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopped.set)
+        heartbeats = asyncio.ensure_future(self._heartbeats())
+        try:
+            await asyncio.wait([heartbeats, asyncio.ensure_future(self.stopped.wait())],
+                               return_when=asyncio.FIRST_COMPLETED)
+            if heartbeats.done():
+                heartbeats.result()  # JoinRefused propagates
+        finally:
+            heartbeats.cancel()
+            server.stop()
+            self._worker.shutdown(wait=True)
+
+    async def _heartbeats(self) -> None:
+        """Join, then heartbeat; join again whenever the cluster no longer knows this agent."""
+        backoff = HEARTBEAT_S
+        joined = False
+        while True:
+            try:
+                if not joined:
+                    await self._post("/agents", {"name": self.name, "address": self.address, "gpus": self.gpus,
+                                                 "url": self.url, "token": self.api_token, "replicas": self.report()})
+                    log.info("joined the cluster at %s as %s (%s, %d GPU(s))", self.cluster_url, self.name,
+                             self.address, self.gpus)
+                    joined = True
+                status = await self._post(f"/agents/{self.name}/heartbeat", {"replicas": self.report()})
+                if status == 404:
+                    log.warning("the cluster no longer knows this host; joining again")
+                    joined = False
+                    continue
+                backoff = HEARTBEAT_S
+            except OSError as err:
+                log.warning("the cluster at %s did not answer (%s); retrying in %.0f s", self.cluster_url, err, backoff)
+                joined = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RETRY_MAX_S)
+                continue
+            await asyncio.sleep(HEARTBEAT_S)
+
+    async def _post(self, path: str, body: dict) -> int:
+        """POST to the cluster; its status for 2xx and 404; JoinRefused for 401/403/409; OSError if unreachable."""
+        def call() -> requests.Response:
+            return requests.post(self.cluster_url + path, json=body, timeout=JOIN_TIMEOUT_S,
+                                 headers={"Authorization": f"token {self.join_token}"})
+
+        try:
+            response = await asyncio.get_running_loop().run_in_executor(None, call)
+        except requests.RequestException as err:
+            raise OSError(str(err)) from None
+        if response.status_code in (401, 403, 409):
+            raise JoinRefused(f"the cluster at {self.cluster_url} refused to let {self.name} join: "
+                              f"{_error(response)}")
+        if response.status_code >= 400 and response.status_code != 404:
+            raise OSError(f"{response.status_code} {_error(response)}")
+        return response.status_code
+
+
+def _error(response: requests.Response) -> str:
+    try:
+        return str(response.json().get("error", response.text))
+    except ValueError:
+        return response.text.strip()
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "agent", help="run this machine's agent: join a cluster and run replicas here",
+        description="Join a notebookos cluster as a host and start and stop kernel replicas on this machine.",
+    )
+    parser.add_argument("--join", required=True, metavar="URL", help="the cluster service, e.g. http://10.0.0.1:8765")
+    parser.add_argument("--join-token-file", required=True, type=Path, help="file holding the cluster's join token")
+    parser.add_argument("--name", required=True, help="this host's name in the cluster (unique)")
+    parser.add_argument("--address", required=True, metavar="IP",
+                        help="this machine's address: replicas bind it, peers and kernel fronts dial it")
+    parser.add_argument("--gpus", type=int, default=None,
+                        help="virtual GPUs to advertise (default: the GPUs NVML sees; 0 without any)")
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="journals, objects and logs of this host's replicas (default: a new temporary folder)")
+    parser.add_argument("--port", type=int, default=0, help="port of the agent's API on --address (default: any)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        token = read_token(args.join_token_file)
+    except TokenError as err:
+        print(f"notebookos agent: {err}", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.gpus is not None and args.gpus < 0:
+        print(f"notebookos agent: --gpus must be 0 or more, got {args.gpus}", file=sys.stderr)
+        return EXIT_REFUSED
+    args.state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="notebookos-agent-"))
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(args.state_dir, 0o700)
+    agent = Agent(args, token)
+    try:
+        asyncio.run(agent.serve())
+    except JoinRefused as err:
+        print(f"notebookos agent: {err}", file=sys.stderr)
+        return EXIT_REFUSED
+    except OSError as err:
+        print(f"notebookos agent: cannot serve on {args.address}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,110 @@
+"""The agent's HTTP API, which only the cluster service calls (with the token the agent sent when it joined).
+
+| method and path | what |
+|---|---|
+| `GET /replicas` | every replica this agent runs: kernel, index, pid, alive, ready, exit code |
+| `POST /kernels/{id}/ports` | `{"count": N}`: N free ports on this machine's address for the kernel's replica |
+| `POST /replicas` | `{"config": ReplicaConfig, "connection": {...}}`: start a replica; answers its report |
+| `POST /replicas/{id}/{n}/kill` | SIGKILL the replica (fault drill) |
+| `DELETE /kernels/{id}` | stop the kernel's replicas here, free their ports, delete their folder |
+
+Every call runs on the agent's one worker thread, so two never interleave on the host agent.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+from typing import TYPE_CHECKING, Any
+
+import tornado.web
+
+from ....kernels.replica_config import ReplicaConfig
+from ..ports import PortsExhausted
+
+if TYPE_CHECKING:
+    from .daemon import Agent
+
+MAX_PORTS = 16
+
+
+class AgentHandler(tornado.web.RequestHandler):
+    """Token authentication, JSON in and out, errors as JSON ``{"error": message}``."""
+
+    def initialize(self, agent: "Agent") -> None:
+        self.agent = agent
+
+    def prepare(self) -> None:
+        supplied = self.request.headers.get("Authorization", "")
+        if not secrets.compare_digest(supplied, f"token {self.agent.api_token}"):
+            raise tornado.web.HTTPError(401, reason="missing or wrong agent token")
+
+    def body(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError as err:
+            raise tornado.web.HTTPError(400, reason=f"request body is not JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise tornado.web.HTTPError(400, reason="request body must be a JSON object")
+        return data
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        try:
+            return await self.agent.run(fn, *args)
+        except KeyError as err:
+            raise tornado.web.HTTPError(404, reason=f"no replica {err.args[0]} on this host") from None
+        except PortsExhausted as err:
+            raise tornado.web.HTTPError(503, reason=str(err)) from None
+        except OSError as err:
+            raise tornado.web.HTTPError(507, reason=f"the agent could not start the replica: {err}") from None
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.finish({"error": self._reason})
+
+
+class ReplicasHandler(AgentHandler):
+    def get(self) -> None:
+        self.finish({"replicas": self.agent.report()})
+
+    async def post(self) -> None:
+        body = self.body()
+        try:
+            config = ReplicaConfig.from_json(body.get("config"))
+        except (TypeError, ValueError, KeyError) as err:
+            raise tornado.web.HTTPError(400, reason=f"config is not a replica configuration: {err}") from None
+        connection = body.get("connection")
+        if not isinstance(connection, dict):
+            raise tornado.web.HTTPError(400, reason="connection must be a JSON object (the replica's channels)")
+        proc = await self.run(self.agent.host.start_replica, config, connection)
+        self.finish({**proc.describe(), "config": dataclasses.asdict(proc.config)})
+
+
+class PortsHandler(AgentHandler):
+    async def post(self, kernel_id: str) -> None:
+        count = self.body().get("count")
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_PORTS:
+            raise tornado.web.HTTPError(400, reason=f"count must be a whole number from 1 to {MAX_PORTS}")
+        self.finish({"ports": await self.run(self.agent.host.take_ports, kernel_id, count)})
+
+
+class KillHandler(AgentHandler):
+    async def post(self, kernel_id: str, replica: str) -> None:
+        await self.run(self.agent.host.kill_replica, kernel_id, int(replica))
+        self.finish(self.agent.host.replicas[(kernel_id, int(replica))].describe())
+
+
+class KernelHandler(AgentHandler):
+    async def delete(self, kernel_id: str) -> None:
+        await self.run(self.agent.host.stop_kernel, kernel_id)
+        self.set_status(204)
+        self.finish()
+
+
+def routes(agent: "Agent") -> list[tuple[str, type, dict]]:
+    args = {"agent": agent}
+    return [
+        (r"/replicas", ReplicasHandler, args),
+        (r"/replicas/([^/]+)/(\d+)/kill", KillHandler, args),
+        (r"/kernels/([^/]+)/ports", PortsHandler, args),
+        (r"/kernels/([^/]+)", KernelHandler, args),
+    ]

@@ -1,0 +1,108 @@
+"""The cluster's side of a ``notebookos agent``: a host whose replicas run on another machine.
+
+:class:`RemoteHost` has the methods the cluster calls on any host (:class:`..host_agent.ReplicaHost`) and carries
+each out as one authenticated HTTP call to the agent's API (:mod:`.handlers`), from the cluster's worker thread.
+What the cluster reads about the replicas (alive, ready, pid, exit code) comes from the agent's heartbeats, so a
+read never waits on the network; a host whose heartbeats stop is declared lost by the cluster.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from ....kernels.replica_config import ReplicaConfig
+
+CALL_TIMEOUT_S = 30.0  # starting a replica returns once its process exists; stopping waits up to the stop grace
+
+
+class AgentError(RuntimeError):
+    """An agent did not answer or refused; the message names the host and says why."""
+
+
+@dataclass
+class RemoteReplica:
+    """A replica on an agent's machine, as the agent last reported it."""
+
+    config: ReplicaConfig
+    connection: dict
+    pid: int | None = None
+    alive: bool = True
+    ready: bool = False
+    exit_code: int | None = None
+    restarts: int = 0
+
+    def update(self, report: dict[str, Any]) -> None:
+        self.pid, self.alive, self.ready = report.get("pid"), bool(report.get("alive")), bool(report.get("ready"))
+        self.exit_code = report.get("exit_code")
+
+
+class RemoteHost:
+    """A host run by a ``notebookos agent`` at ``url`` (its API), whose replicas bind ``address``."""
+
+    def __init__(self, name: str, address: str, url: str, token: str) -> None:
+        self.name = name
+        self.address = address
+        self.url = url.rstrip("/")
+        self.token = token
+        self.replicas: dict[tuple[str, int], RemoteReplica] = {}
+        self.last_heartbeat = time.monotonic()
+        self.lost = False  # declared lost: calls are no longer made, its replicas count as dead
+
+    def take_ports(self, kernel_id: str, count: int) -> list[int]:
+        return list(self._call("POST", f"/kernels/{kernel_id}/ports", {"count": count})["ports"])
+
+    def start_replica(self, config: ReplicaConfig, connection: dict) -> RemoteReplica:
+        report = self._call("POST", "/replicas", {"config": dataclasses.asdict(config), "connection": connection})
+        started = RemoteReplica(ReplicaConfig.from_json(report["config"]), report["connection"])
+        started.update(report)
+        self.replicas[(config.kernel_id, config.replica)] = started
+        return started
+
+    def kill_replica(self, kernel_id: str, replica: int) -> None:
+        target = self.replicas[(kernel_id, replica)]
+        target.update(self._call("POST", f"/replicas/{kernel_id}/{replica}/kill"))
+
+    def stop_kernel(self, kernel_id: str) -> None:
+        """Stop the kernel's replicas there; a lost host's are forgotten (its machine is gone or cut off)."""
+        if not self.lost:
+            self._call("DELETE", f"/kernels/{kernel_id}")
+        for key in [k for k in self.replicas if k[0] == kernel_id]:
+            del self.replicas[key]
+
+    def stop_all(self) -> None:
+        for kernel_id in {k for k, _ in self.replicas}:
+            self.stop_kernel(kernel_id)
+
+    def heartbeat(self, reports: list[dict[str, Any]]) -> None:
+        """The agent's report of every replica it runs."""
+        self.last_heartbeat = time.monotonic()
+        for report in reports:
+            replica = self.replicas.get((report.get("kernel_id"), report.get("replica")))
+            if replica is not None:
+                replica.update(report)
+
+    def mark_lost(self) -> None:
+        self.lost = True
+        for replica in self.replicas.values():
+            replica.alive = replica.ready = False
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> Any:
+        if self.lost:
+            raise AgentError(f"host {self.name} is lost (its agent stopped sending heartbeats)")
+        try:
+            response = requests.request(method, self.url + path, json=body, timeout=CALL_TIMEOUT_S,
+                                        headers={"Authorization": f"token {self.token}"})
+        except requests.RequestException as err:
+            raise AgentError(f"the agent of host {self.name} at {self.url} did not answer: {err}") from None
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("error", response.text)
+            except ValueError:
+                detail = response.text
+            raise AgentError(f"the agent of host {self.name} refused {method} {path} ({response.status_code}): "
+                             f"{detail}")
+        return response.json() if response.content else None

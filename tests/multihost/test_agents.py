@@ -1,0 +1,145 @@
+"""Agents on separate machines (network namespaces, each with its own address and private disk) join a cluster
+service, and a notebook's replicas run on three of them.
+
+The cluster service and the kernel front run in the root namespace, listening on the bridge's address, as a
+Jupyter machine would; each agent runs in its host's namespace with ``--state-dir`` on that host's private tmpfs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from jupyter_client.manager import start_new_kernel
+
+from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV
+from notebookos.gpu_broker.cluster.launcher import start_cluster
+
+from ..kernels.driver import Notebook, cluster_request, wait_until
+from .hosts import Host, NetworkHosts, available
+
+HOST_TIMEOUT_S = 3.0  # the cluster's loss detection for these tests (default 5 s)
+JOIN_DEADLINE_S = 60.0
+REFUSAL_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Pool:
+    """A cluster service with agents on separate machines."""
+
+    hosts: NetworkHosts
+    discovery: Path
+    token_file: Path
+    url: str
+    agents: dict[str, subprocess.Popen]
+
+    def request(self, method: str, path: str) -> object:
+        return cluster_request(str(self.discovery), method, path)
+
+    def hosts_listed(self) -> dict[str, dict]:
+        return {h["name"]: h for h in self.request("GET", "/cluster")["hosts"]}  # type: ignore[index]
+
+    def start_agent(self, host: Host, token_file: Path | None = None, log_name: str | None = None) -> subprocess.Popen:
+        argv = [sys.executable, "-m", "notebookos.server_extension.cli", "agent", "--join", self.url,
+                "--join-token-file", str(token_file or self.token_file), "--name", host.name,
+                "--address", host.address, "--gpus", "1", "--state-dir", str(host.state_dir / "agent")]
+        return self.hosts.spawn(host, argv, log_path=self.log(log_name or host.name))
+
+    def log(self, name: str) -> Path:
+        return self.discovery.parent / f"agent-{name}.log"
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory, jupyter_env: Path) -> Iterator[Pool]:
+    reason = available()
+    if reason is not None:
+        pytest.skip(f"multi-host tests need network namespaces: {reason}")
+    state = tmp_path_factory.mktemp("multihost-cluster")
+    token_file = state / "join-token"
+    with NetworkHosts(4) as hosts:
+        proc, discovery = start_cluster(
+            state, 0, extra_args=("--listen", f"{hosts.cluster_address}:0", "--join-token-file", str(token_file),
+                                  "--host-timeout", str(HOST_TIMEOUT_S)), log_path=state / "cluster.log")
+        url = json.loads(discovery.read_text())["url"]
+        pool = Pool(hosts, discovery, token_file, url, {})
+        previous = os.environ.get(CLUSTER_FILE_ENV)  # the session's embedded cluster, if a test started it
+        os.environ[CLUSTER_FILE_ENV] = str(discovery)
+        try:
+            for host in hosts.hosts:
+                pool.agents[host.name] = pool.start_agent(host)
+            wait_until(lambda: len(pool.hosts_listed()) == len(hosts.hosts), "every agent to join",
+                       JOIN_DEADLINE_S)
+            yield pool
+        finally:
+            if previous is None:
+                os.environ.pop(CLUSTER_FILE_ENV, None)
+            else:
+                os.environ[CLUSTER_FILE_ENV] = previous
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def test_agents_join_with_their_own_addresses_and_gpus(pool: Pool) -> None:
+    listed = pool.hosts_listed()
+    assert {name: (h["address"], h["gpus"], h["state"]) for name, h in listed.items()} == {
+        host.name: (host.address, 1, "active") for host in pool.hosts.hosts}
+
+
+def test_an_agent_with_a_wrong_token_is_refused_in_one_line_and_never_listed(pool: Pool, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong-token"
+    wrong.write_text("not-the-cluster-token-at-all\n")
+    intruder = Host(name="intruder", netns=pool.hosts.hosts[0].netns, address=pool.hosts.hosts[0].address,
+                    veth=pool.hosts.hosts[0].veth, state_dir=pool.hosts.hosts[0].state_dir)
+    agent = pool.start_agent(intruder, token_file=wrong)
+    assert agent.wait(REFUSAL_TIMEOUT_S) != 0
+    log_lines = pool.log("intruder").read_text().strip().splitlines()
+    assert "join token" in log_lines[-1] and "refused" in log_lines[-1], log_lines[-1]
+    assert "intruder" not in pool.hosts_listed()
+
+
+def test_a_missing_token_file_is_a_one_line_error(pool: Pool, tmp_path: Path) -> None:
+    agent = pool.start_agent(pool.hosts.hosts[0], token_file=tmp_path / "absent", log_name="no-token")
+    assert agent.wait(REFUSAL_TIMEOUT_S) != 0
+    last = pool.log("no-token").read_text().strip().splitlines()[-1]
+    assert "does not exist" in last and str(tmp_path / "absent") in last
+
+
+def test_a_kernels_replicas_run_on_three_machines_and_a_standby_host_loss_costs_nothing(pool: Pool) -> None:
+    km, kc = start_new_kernel(kernel_name="notebookos", startup_timeout=120)
+    notebook = Notebook(km, kc)
+    try:
+        assert notebook.run("x = 41\nimport socket").status == "ok"
+        assert notebook.value("x + 1") == 42
+        kernel = pool.request("GET", f"/kernels/{km.kernel_id}")
+        replicas = kernel["replicas"]  # type: ignore[index]
+        by_name = {h.name: h for h in pool.hosts.hosts}
+        placed = [by_name[r["host"]] for r in replicas]
+        assert len({h.name for h in placed}) == 3
+        for replica, host in zip(replicas, placed):
+            assert replica["address"] == host.address == replica["connection"]["ip"]
+            assert pool.hosts.host_of_pid(replica["pid"]) == host, "the replica runs in its host's namespace"
+            # Its journal is on that host's private disk: the root namespace cannot see it.
+            assert not (host.state_dir / "agent").exists()
+        # Every replica holds the state: run a cell pinned on each.
+        for replica in replicas:
+            assert notebook.value("x", replica=replica["replica"]) == 41
+        executor = notebook.value("__import__('os').environ['NOTEBOOKOS_HOST']")
+        standby = next(h for h in placed if h.name != executor)
+        pool.hosts.kill_host(standby)
+        assert notebook.run("x += 1").status == "ok"
+        assert notebook.value("x") == 42
+        wait_until(lambda: standby.name not in pool.hosts_listed(), f"{standby.name} to be declared lost",
+                   HOST_TIMEOUT_S + 10)
+        events = pool.request("GET", f"/events?host={standby.name}&kind=host_lost")["events"]  # type: ignore[index]
+        assert events and "no heartbeat" in events[0]["reason"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
