@@ -10,9 +10,11 @@ in log order. How it works, and why:
   fingerprint.py for what each fingerprint costs and can miss.
 - All changed values, and the kernel's `extra` values, go into ONE cloudpickle, so references shared between
   them survive (a model and its optimizer still share parameters on the standby). An object the standby already
-  holds under an unchanged name, or as a parameter, buffer or submodule of an unchanged torch module, is pickled
-  as a reference by name (`persistent_id`) and resolved from the standby's namespace on apply. Notebook
-  functions and classes keep the standby's namespace as their globals, so they see later rebindings there.
+  holds under an unchanged name, or as a parameter, buffer or submodule of an unchanged torch module or a
+  parameter of an unchanged torch optimizer, is pickled as a reference by name (`persistent_id`) and resolved
+  from the standby's namespace on apply (so a model changed by `model.eval()` keeps sharing its parameters with
+  its unchanged optimizer). Notebook functions and classes keep the standby's namespace as their globals, so
+  they see later rebindings there.
 - A standby rebinds each changed name to the unpickled value. Unchanged standby objects that reference a changed
   object therefore keep referencing the old one; the fingerprints make this rare (a container's fingerprint
   covers what it holds, a model's covers its parameters, an optimizer's covers its parameters), but an unchanged
@@ -25,6 +27,9 @@ in log order. How it works, and why:
 - Small payloads travel inline in the log entry; large ones, and any holding torch objects, go to the object
   store and the delta carries a pointer. Apply is all-or-nothing: if the object is missing or corrupt, or the
   payload cannot be unpickled, the namespace is left as it was and `StateApplyError` names the variables lost.
+- For log compaction, `capture_all` captures the whole namespace as one delta (a full snapshot) that `apply`
+  restores into an empty namespace: every value is pickled by value (no references by name), in one pickle, so
+  shared references survive. `referenced_keys` names the object-store keys a delta needs, for garbage collection.
 """
 
 from __future__ import annotations
@@ -179,6 +184,58 @@ class NamespaceTracker:
             pointer=pointer,
         )
 
+    def capture_all(
+        self,
+        user_ns: Mapping[str, Any],
+        execution_count: int,
+        extra: Mapping[str, Any] | None = None,
+    ) -> StateDelta:
+        """A full snapshot: the delta that, applied to an empty namespace, reproduces every tracked name of `user_ns`.
+
+        Restore it with `apply` on a fresh tracker and a fresh namespace (a fresh IPython shell's). Everything is
+        pickled by value in one pickle, so no name needs to exist on the restoring side and references shared
+        between values survive; notebook functions and classes are bound to the restoring namespace, as in
+        `capture`. Values that cannot be pickled are left out and listed in `unpicklable`, together with the names
+        this tracker already lists in `not_replicated` that `user_ns` lacks (a standby's lost names), so that the
+        restored tracker reports them too. `deleted` is empty: a restore onto a namespace that still holds other
+        names must remove those first.
+
+        The tracker's own bookkeeping (what `capture` diffs against, and `not_replicated`) is left untouched: the
+        next snapshot()/capture() cycle reports exactly what the next cell changes. The payload goes to the store
+        under the same rules as `capture` (large or holding torch objects); the store's errors propagate.
+        """
+        values = {name: value for name, value in user_ns.items() if self._tracks(name)}
+        references = _References(user_ns, ())  # none: every object is pickled by value
+        # Names whose value could not be pickled last time are tried alone first, so that an open file kept in the
+        # namespace does not make every snapshot pickle everything twice (see _Payload.build).
+        suspects = {name: values[name] for name in self._not_replicated if name in values}
+        unpicklable = _culprits(suspects, references, user_ns)
+        values = {name: value for name, value in values.items() if name not in unpicklable}
+        payload = _Payload.build(values, dict(extra or {}), references, user_ns)
+        inline, pointer = self._place(payload)
+        unpicklable.update(payload.unpicklable)
+        lost = {name: reason for name, reason in self._not_replicated.items() if name not in user_ns}
+        return StateDelta(
+            execution_count=execution_count,
+            assigned=tuple(name for name in values if name not in unpicklable),
+            deleted=(),
+            unpicklable={**lost, **unpicklable},
+            inline=inline,
+            pointer=pointer,
+        )
+
+    @staticmethod
+    def referenced_keys(delta: StateDelta | bytes) -> set[str]:
+        """The object-store keys `delta` (or its `to_bytes()` form) needs in order to be applied.
+
+        A delta's payload is either inline or one stored object, and payloads never point at further objects, so
+        this is empty or one key. A collector keeps the union over the latest full snapshot and the log entries
+        after it, and may delete every other object.
+        """
+        if isinstance(delta, (bytes, bytearray, memoryview)):
+            delta = StateDelta.from_bytes(bytes(delta))
+        return set() if delta.pointer is None else {delta.pointer.key}
+
     def apply(self, delta: StateDelta, user_ns: MutableMapping[str, Any]) -> dict[str, Any]:
         """Bring `user_ns` to the executor's state after the delta's cell; return the delta's `extra` values.
 
@@ -273,36 +330,46 @@ def _pin(value: Any) -> Callable[[], Any]:
 class _References:
     """Objects a standby already holds, found by identity, so that a payload names them instead of copying them.
 
-    These are the values of unchanged names, and the parameters, buffers and submodules of unchanged torch
-    modules (a new optimizer over an existing model must share the standby's parameters). Module parts are
-    collected only when the payload turns out to hold a torch object, so that `x = 1` stays cheap.
+    These are the values of unchanged names, the parameters, buffers and submodules of unchanged torch modules (a
+    new optimizer over an existing model must share the standby's parameters), and the parameters of unchanged
+    torch optimizers (a model changed without touching its parameters, by `model.eval()` say, must keep sharing
+    them with its unchanged optimizer; an optimizer's fingerprint covers its parameters', so they are unchanged
+    too). Parts are collected only when the payload turns out to hold a torch object, so that `x = 1` stays cheap.
     """
 
     def __init__(self, user_ns: Mapping[str, Any], names: Iterable[str]) -> None:
         torch = sys.modules.get("torch")
         self._torch_types = () if torch is None else (torch.Tensor, torch.nn.Module)
-        self._by_id: dict[int, tuple[str, ...]] = {}
-        self._modules: list[tuple[str, Any]] = []
+        self._by_id: dict[int, tuple[Any, ...]] = {}
+        self._holders: list[tuple[str, Any]] = []  # unchanged torch modules and optimizers, by name
         for name in names:
             value = user_ns[name]
             if not isinstance(value, _NO_IDENTITY_TYPES):
                 self._by_id.setdefault(id(value), ("name", name))
-            if torch is not None and isinstance(value, torch.nn.Module):
-                self._modules.append((name, value))
+            if torch is not None and isinstance(value, (torch.nn.Module, torch.optim.Optimizer)):
+                self._holders.append((name, value))
 
-    def find(self, obj: Any) -> tuple[str, ...] | None:
+    def find(self, obj: Any) -> tuple[Any, ...] | None:
         found = self._by_id.get(id(obj))
-        if found is None and self._modules and isinstance(obj, self._torch_types):
-            self._add_module_parts()
+        if found is None and self._holders and isinstance(obj, self._torch_types):
+            self._add_torch_parts()
             found = self._by_id.get(id(obj))
         return found
 
-    def _add_module_parts(self) -> None:
-        for name, module in self._modules:
-            parts = (*module.named_modules(), *module.named_parameters(), *module.named_buffers())
-            for path, part in parts:
-                self._by_id.setdefault(id(part), ("attr", name, path))
-        self._modules = []
+    def _add_torch_parts(self) -> None:
+        import torch  # in sys.modules: holders exist only if it was
+
+        holders, self._holders = self._holders, []
+        for name, module in holders:
+            if isinstance(module, torch.nn.Module):
+                parts = (*module.named_modules(), *module.named_parameters(), *module.named_buffers())
+                for path, part in parts:
+                    self._by_id.setdefault(id(part), ("attr", name, path))
+        for name, optimizer in holders:
+            if isinstance(optimizer, torch.optim.Optimizer):
+                for group_index, group in enumerate(optimizer.param_groups):
+                    for index, parameter in enumerate(group["params"]):
+                        self._by_id.setdefault(id(parameter), ("param", name, group_index, index))
 
 
 class _PayloadPickler(NotebookPickler):
@@ -372,15 +439,19 @@ class _PayloadUnpickler(pickle.Unpickler):
         super().__init__(file)
         self._user_ns = user_ns
 
-    def persistent_load(self, pid: tuple[str, ...]) -> Any:
+    def persistent_load(self, pid: tuple[Any, ...]) -> Any:
         if pid == _NAMESPACE_REFERENCE:
             return self._user_ns
         kind, name, *path = pid
         if name not in self._user_ns:
             raise LookupError(f"it refers to variable {name!r}, which this replica does not have")
         obj = self._user_ns[name]
-        for attribute in path[0].split(".") if kind == "attr" else ():
-            obj = getattr(obj, attribute)
+        if kind == "attr":
+            for attribute in path[0].split("."):
+                obj = getattr(obj, attribute)
+        elif kind == "param":
+            group_index, index = path
+            obj = obj.param_groups[group_index]["params"][index]
         return obj
 
 
