@@ -51,6 +51,7 @@ ATTEMPT_HEADER = "notebookos_attempt"
 PIN_REPLICA_META = "notebookos_replica"
 EXIT_MAJORITY_LOST = 3
 PARENT_CHECK_S = 1.0
+REPLACEMENT_POLL_S = 0.5  # how often the front asks the cluster about a replica being replaced
 
 
 class MalformedMessage(ValueError):
@@ -115,8 +116,11 @@ class KernelFront:
         self.session = Session(key=connection["key"].encode(), signature_scheme=connection["signature_scheme"])
         self.ctx = zmq.asyncio.Context()
         self.connection = connection
-        identity = f"front-{uuid.uuid4()}".encode()
-        self.replicas = [ReplicaLink(self.ctx, r["replica"], r["host"], r["connection"], identity) for r in replicas]
+        self._identity = f"front-{uuid.uuid4()}".encode()
+        self.replicas = [ReplicaLink(self.ctx, r["replica"], r["host"], r["connection"], self._identity)
+                         for r in replicas]
+        self._link_tasks: dict[int, list[asyncio.Future]] = {}
+        self._followers: set[asyncio.Future] = set()  # tasks following lost replicas until they are back
         # Raft commits with a majority: 2 of 3 replicas (1 of 1 under the reservation policy, which keeps one).
         self.majority = len(self.replicas) // 2 + 1
         self.gpus = gpus  # what each cell asks the scheduler for; `%gpus N` in a cell changes it
@@ -153,23 +157,27 @@ class KernelFront:
             self._run_cells(),
             self._watch_parent(),
         ]
-        for r in self.replicas:
-            tasks += [
-                self._loop(r.shell, lambda f, r=r: self._on_replica_reply(r, f)),
-                self._loop(r.control, lambda f, r=r: self._on_replica_reply(r, f)),
-                self._loop(r.stdin, lambda f, r=r: self._on_replica_stdin(r, f)),
-                self._loop(r.iopub, lambda f, r=r: self._on_replica_iopub(r, f)),
-                r.watch_heartbeat(self._on_liveness),
-            ]
         running = [asyncio.ensure_future(t) for t in tasks]
+        for r in self.replicas:
+            self._start_link(r)
         await self.finished.wait()
         await asyncio.sleep(0.2)  # let the last replies and IOPub messages leave before closing the sockets
-        for t in running:
+        for t in running + [t for link in self._link_tasks.values() for t in link] + list(self._followers):
             t.cancel()
         for r in self.replicas:
             r.close()
         self.ctx.destroy(linger=500)
         return self.exit_code
+
+    def _start_link(self, r: ReplicaLink) -> None:
+        """Listen to a replica's sockets and watch its heartbeat, until the front exits or the link is replaced."""
+        self._link_tasks[r.index] = [asyncio.ensure_future(t) for t in (
+            self._loop(r.shell, lambda f: self._on_replica_reply(r, f)),
+            self._loop(r.control, lambda f: self._on_replica_reply(r, f)),
+            self._loop(r.stdin, lambda f: self._on_replica_stdin(r, f)),
+            self._loop(r.iopub, lambda f: self._on_replica_iopub(r, f)),
+            r.watch_heartbeat(self._on_liveness),
+        )]
 
     async def _loop(self, sock: zmq.asyncio.Socket, handler: Any) -> None:
         while True:
@@ -486,14 +494,54 @@ class KernelFront:
             await self._restart(replica)
 
     async def _restart(self, replica: ReplicaLink) -> None:
+        """Ask the cluster to replace a lost replica, then follow it (on a task of its own: this runs inside the
+        replica's heartbeat watcher, which must go on pinging): restarted in place, it answers heartbeats on the
+        same link; replaced on another machine (now, or once the scheduler finds room), it gets a new link."""
         if self.cluster is None or replica.restarting:
             return
         replica.restarting = True
         try:
-            await self.cluster.restart_replica(self.kernel_id, replica.index)
+            described = await self.cluster.restart_replica(self.kernel_id, replica.index, replica.endpoint)
         except ClusterError as err:
             replica.restarting = False
             log.error("could not restart %s: %s", replica, err)
+            return
+        follower = asyncio.ensure_future(self._watch_replacement(replica, described))
+        self._followers.add(follower)
+        follower.add_done_callback(self._followers.discard)
+
+    async def _watch_replacement(self, replica: ReplicaLink, described: dict) -> None:
+        try:
+            while self._replica(replica.index) is replica and not replica.alive:
+                current = next(r for r in described["replicas"] if r["replica"] == replica.index)
+                if f"{current['connection']['ip']}:{current['connection']['shell_port']}" != replica.endpoint:
+                    await self._follow_replacement(replica, current)
+                    return
+                await asyncio.sleep(REPLACEMENT_POLL_S)
+                described = await self.cluster.kernel(self.kernel_id)
+        except ClusterError as err:
+            replica.restarting = False
+            log.error("lost track of the replacement of %s: %s", replica, err)
+
+    async def _follow_replacement(self, lost: ReplicaLink, described: dict) -> None:
+        """Talk to the replacement instead of the lost replica; it takes part in cells once the cluster reports
+        it caught up (it joined the Raft group as a new member and replayed the log)."""
+        new = ReplicaLink(self.ctx, lost.index, described["host"], described["connection"], self._identity)
+        new.alive, new.joining = False, True
+        self.replicas[self.replicas.index(lost)] = new
+        for task in self._link_tasks.pop(lost.index, []):
+            task.cancel()
+        lost.close()
+        self._start_link(new)
+        log.info("%s replaced by a new member on %s", lost, new.host)
+        while new.joining and self._replica(new.index) is new:
+            state = next(r for r in (await self.cluster.kernel(self.kernel_id))["replicas"]
+                         if r["replica"] == new.index)["state"]
+            if state == "ready":
+                new.joining = False
+                log.info("%s has caught up", new)
+            else:
+                await asyncio.sleep(REPLACEMENT_POLL_S)
 
     def _majority_lost(self, cell: Cell) -> None:
         lost = ", ".join(str(r) for r in self.replicas if not r.alive)
@@ -561,7 +609,7 @@ class KernelFront:
     # ------------------------------------------------------------------------------------------ helpers
 
     def _alive(self) -> list[ReplicaLink]:
-        return [r for r in self.replicas if r.alive]
+        return [r for r in self.replicas if r.alive and not r.joining]
 
     def _replica(self, index: int) -> ReplicaLink:
         return self.replicas[index]

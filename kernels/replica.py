@@ -17,7 +17,9 @@ import inspect
 import os
 import sys
 import time
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from ipykernel.ipkernel import IPythonKernel
 from ipykernel.kernelapp import IPKernelApp
@@ -25,9 +27,11 @@ from IPython.core.error import UsageError
 from traitlets import Unicode
 
 from ..replication.election import ALL_YIELD, ElectionBook, VoteNeeded
-from ..replication.entries import CellKey, ExecutionRecord, LogEntry, Proposal, Role, Vote
+from ..replication.entries import CellKey, ExecutionRecord, LogEntry, MembershipChanged, Proposal, Role, Vote
+from ..replication.membership import members_route, request_join
 from ..replication.namespace import NamespaceTracker, StateApplyError, StateDelta
-from ..replication.object_store import ObjectStoreError, open_store
+from ..replication.object_store import LocalDirectoryStore, ObjectStore, ObjectStoreError, open_store
+from ..replication.peer_store import ObjectServer, PeerStore
 from ..replication.raft_log import AppendFailed, KernelLog
 from .replica_config import ReplicaConfig
 from .gpu_request import parse_gpus_magic
@@ -40,6 +44,8 @@ if TYPE_CHECKING:
 # kernel has lost its majority. Generous: a Raft leader election after a crash takes about a second.
 COMMIT_TIMEOUT_S = 30.0
 READY_POLL_S = 0.05
+# A peer on another machine silent this long (it died, or its link is down) is given up for the next one.
+PEER_SILENCE_S = 5.0
 
 
 class ReplicaKernel(IPythonKernel):
@@ -62,14 +68,75 @@ class ReplicaKernel(IPythonKernel):
         self._told_lost: set[str] = set()
         self._unapplied: list[str] = []
         self.book = ElectionBook(cfg.replica)
-        self.tracker = NamespaceTracker(open_store(cfg.store), inline_limit=cfg.inline_limit)
+        self._peer_urls = list(cfg.peer_urls)  # the kernel's replicas' peer APIs, updated as members change
+        self._peer_server: ObjectServer | None = None
+        self._store = self._open_store()
+        self.tracker = NamespaceTracker(self._store, inline_limit=cfg.inline_limit)
         self.tracker.snapshot(self.shell.user_ns)
         self._binder: DeviceBinder | None = None  # made on first need: it imports torch
         self._gpus = 0  # GPUs each cell of the kernel asks for, as the front last said (or `%gpus N` changed)
         self.shell.register_magic_function(self._gpus_magic, "line", "gpus")
         self._applier = self._loop.create_task(self._apply_committed())
+        if cfg.joining:
+            self._join()
         self.raft = KernelLog(cfg.raft_address, list(cfg.raft_peers), cfg.raft_password, cfg.journal_path, self._on_commit)
         self._loop.create_task(self._report_ready())
+
+    def _open_store(self) -> ObjectStore:
+        """The object store, and the peer API when the kernel's replicas are on machines of their own: objects
+        travel between replicas unless the store is shared (Redis), and replacements ask to join through it."""
+        cfg = self.replica_config
+        store = open_store(cfg.store)
+        if not cfg.peer_urls:
+            return store
+        where = urlsplit(cfg.peer_urls[cfg.replica])
+        self._peer_server = ObjectServer(store, cfg.raft_password, where.hostname or "", where.port or 0,
+                                         routes=[members_route(cfg.raft_password, self._on_join_request)])
+        self._peer_server.start()
+        if isinstance(store, LocalDirectoryStore):
+            return PeerStore(store, self._other_peer_urls, cfg.raft_password, timeout=PEER_SILENCE_S)
+        return store
+
+    def _other_peer_urls(self) -> list[str]:
+        return [url for index, url in enumerate(self._peer_urls) if index != self.replica_config.replica]
+
+    def _join(self) -> None:
+        """A replacement on another machine: have a live replica swap this node in for the lost one before this
+        node's Raft starts. A node that runs before it is a member keeps calling elections nobody hears, and its
+        first one after being added unseats the leader (pysyncobj has no pre-vote); started after, it just follows.
+        A replica no member lets in exits: the kernel front sees it lost and the cluster tries again."""
+        cfg = self.replica_config
+        try:
+            peer = request_join(self._other_peer_urls(), cfg.replica, cfg.raft_address, cfg.peer_urls[cfg.replica],
+                                cfg.raft_password)
+        except RuntimeError as err:
+            self.log.error("%s", err)
+            sys.exit(1)
+        self.log.info("joined the kernel's Raft group as replica %d (through %s)", cfg.replica, peer)
+
+    def _on_join_request(self, replica: int, address: str, url: str) -> Future[None]:
+        """A replacement asks to become ``replica`` (the peer server's thread): change the Raft membership, then
+        commit the new mapping. The future settles once it is committed here."""
+        changed: Future[None] = Future()
+        if replica == self.replica_config.replica or not 0 <= replica < len(self._peer_urls):
+            changed.set_exception(ValueError(f"replica {self.replica_config.replica} cannot let a node replace "
+                                             f"replica {replica}"))
+            return changed
+
+        def settle(error: BaseException | None) -> None:
+            if error is None:
+                changed.set_result(None)
+            else:
+                changed.set_exception(error)
+
+        def member_replaced(error: BaseException | None) -> None:
+            if error is not None:
+                settle(error)
+            else:
+                self.raft.append(MembershipChanged(replica, address, url), settle)
+
+        self.raft.replace_member(replica, address, member_replaced)
+        return changed
 
     async def _report_ready(self) -> None:
         """Tell the host agent (through a marker file) once this replica has applied what its group had committed
@@ -89,6 +156,8 @@ class ReplicaKernel(IPythonKernel):
         """Apply every committed entry, in log order, on the kernel's main thread (the namespace's only writer)."""
         while True:
             entry = await self._entries.get()
+            if isinstance(entry, ExecutionRecord):
+                await self._fetch_objects(entry)
             try:
                 if isinstance(entry, Proposal):
                     vote = self.book.on_proposal(entry)
@@ -98,9 +167,25 @@ class ReplicaKernel(IPythonKernel):
                     self.book.on_vote(entry)
                 elif isinstance(entry, ExecutionRecord):
                     self._on_record(entry)
+                elif isinstance(entry, MembershipChanged):
+                    self._peer_urls[entry.replica] = entry.peer_url
             except Exception:
                 self.log.exception("failed to apply a committed log entry %r", type(entry).__name__)
             self._wake(getattr(entry, "cell", None))
+
+    async def _fetch_objects(self, record: ExecutionRecord) -> None:
+        """Bring the objects a record points to into this replica's store off the main thread: a fetch from a peer
+        on another machine takes a second per 100 MB (longer when that peer has just died), and meanwhile this
+        replica must go on answering the front and proposing. Failures are left for the apply to report."""
+        store = self._store
+        if not isinstance(store, PeerStore):
+            return  # one disk, or a shared store: nothing to bring here
+        for key in NamespaceTracker.referenced_keys(record.delta):
+            if not store.contains(key):
+                try:
+                    await self._loop.run_in_executor(None, store.get, key)
+                except ObjectStoreError:
+                    pass
 
     def _cast(self, vote: VoteNeeded) -> None:
         self._append_in_background(Vote(vote.cell, self.replica_config.replica, vote.candidate))
@@ -348,6 +433,8 @@ class ReplicaKernel(IPythonKernel):
 
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:
         self.raft.destroy()
+        if self._peer_server is not None:
+            self._peer_server.stop()
         result = super().do_shutdown(restart)
         return await result if inspect.isawaitable(result) else result
 

@@ -26,6 +26,12 @@ class ReplicaConfig:
     store: str  # object store location, e.g. "file:///var/lib/notebookos/objects" (the host agent's, unless shared)
     cwd: str | None = None  # the notebook's directory, where the user's relative paths resolve
     inline_limit: int = 1 << 20
+    # Replicas on machines of their own talk to each other over HTTP (kernel/peer_api.py: objects, when no store
+    # is shared, and membership changes): every replica's peer API URL, in replica order; empty on one machine.
+    peer_urls: tuple[str, ...] = ()
+    # A replacement joining a running kernel as a new Raft member (its peers do not list it yet): it asks them to
+    # add it, then catches up from the log.
+    joining: bool = False
 
     @property
     def ready_marker(self) -> Path:
@@ -53,4 +59,5 @@ class ReplicaConfig:
             raise ValueError("a replica configuration is a JSON object")
         if not set(data) <= fields:
             raise ValueError(f"not a replica configuration: unknown fields {sorted(set(data) - fields)}")
-        return cls(**{**data, "raft_peers": tuple(data["raft_peers"])})
+        return cls(**{**data, "raft_peers": tuple(data["raft_peers"]),
+                      "peer_urls": tuple(data.get("peer_urls", ()))})

@@ -34,6 +34,9 @@ class ReplicaLink:
         self.connection = connection
         self.alive = True
         self.restarting = False
+        # A replacement on another machine, joining the kernel's Raft group: it answers heartbeats long before it
+        # has caught up, and takes part in cells only once the cluster reports it ready.
+        self.joining = False
         self._ctx = ctx
         self._identity = identity
         self.shell = self._dealer("shell_port")
@@ -47,6 +50,11 @@ class ReplicaLink:
 
     def __repr__(self) -> str:
         return f"replica {self.index} on {self.host}"
+
+    @property
+    def endpoint(self) -> str:
+        """``ip:shell_port``: which process this link talks to (a replacement elsewhere has another)."""
+        return f"{self.connection['ip']}:{self.connection['shell_port']}"
 
     def _url(self, port_name: str) -> str:
         return f"tcp://{self.connection['ip']}:{self.connection[port_name]}"

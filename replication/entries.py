@@ -70,4 +70,15 @@ class ExecutionRecord:
     delta: bytes
 
 
-LogEntry = Proposal | Vote | ExecutionRecord
+@dataclass(frozen=True)
+class MembershipChanged:
+    """Replica ``replica`` is now the Raft node at ``raft_address`` (its peer API at ``peer_url``): a replacement
+    on another machine joined in place of a lost replica. Committed after pysyncobj's own membership change, so
+    every replica maps replica indexes to the same nodes."""
+
+    replica: int
+    raft_address: str
+    peer_url: str
+
+
+LogEntry = Proposal | Vote | ExecutionRecord | MembershipChanged

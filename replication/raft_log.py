@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 
-from .entries import ExecutionRecord, LogEntry
+from .entries import ExecutionRecord, LogEntry, MembershipChanged
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,39 @@ class KernelLog(SyncObj):
 
     @replicated
     def _commit(self, entry: LogEntry) -> None:
+        if isinstance(entry, MembershipChanged) and 0 <= entry.replica < len(self._peers):
+            self._peers[entry.replica] = entry.raft_address
         self._on_commit(entry)
         if isinstance(entry, ExecutionRecord):
             self._follow_executor(entry.executor)
+
+    @property
+    def members(self) -> set[str]:
+        """The addresses of the Raft group as this node knows it, its own included."""
+        return {node.id for node in self.otherNodes} | {self.selfNode.id}
+
+    def replace_member(self, replica: int, address: str, done: Callable[[BaseException | None], None]) -> None:
+        """Make ``address`` the Raft node of ``replica`` in place of the lost one: remove the old node, then add the
+        new one (one change at a time, as Raft requires; removing first keeps the majority at two of the two
+        live members). pysyncobj forwards both to the leader. Done already (a retried request): ``done(None)``."""
+        old = self._peers[replica]
+
+        def added(_result: object, reason: int) -> None:
+            done(None if reason == FAIL_REASON.SUCCESS or address in self.members else
+                 AppendFailed(f"adding {address} to the kernel's Raft group failed: {_describe(reason)}"))
+
+        def removed(_result: object, reason: int) -> None:
+            if reason != FAIL_REASON.SUCCESS and old in self.members:
+                done(AppendFailed(f"removing the lost replica {old} from the Raft group failed: {_describe(reason)}"))
+            else:
+                self.addNodeToCluster(address, callback=added)
+
+        if address in self.members:
+            done(None)
+        elif old in self.members and old != address:
+            self.removeNodeFromCluster(old, callback=removed)
+        else:
+            removed(None, FAIL_REASON.SUCCESS)
 
     def _follow_executor(self, executor: int) -> None:
         """Hand Raft leadership to the replica that executes cells.

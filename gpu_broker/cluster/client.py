@@ -86,8 +86,10 @@ class ClusterClient:
     async def delete_kernel(self, kernel_id: str) -> None:
         await self.request("DELETE", f"/kernels/{kernel_id}")
 
-    async def restart_replica(self, kernel_id: str, replica: int) -> dict:
-        return await self.request("POST", f"/kernels/{kernel_id}/replicas/{replica}/restart")
+    async def restart_replica(self, kernel_id: str, replica: int, seen: str | None = None) -> dict:
+        """Replace a lost replica; ``seen``: the ``ip:shell_port`` the caller lost, so that a request about a
+        replica replaced already changes nothing. Answers the kernel's description."""
+        return await self.request("POST", f"/kernels/{kernel_id}/replicas/{replica}/restart", {"seen": seen})
 
     async def kill_replica(self, kernel_id: str, replica: int) -> dict:
         return await self.request("POST", f"/kernels/{kernel_id}/replicas/{replica}/kill")

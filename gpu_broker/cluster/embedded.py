@@ -11,6 +11,7 @@ come from the service's event loop at any time, and take ``lock`` to see no half
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import threading
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from ...kernels.replica_config import ReplicaConfig
-from .agent.remote import RemoteHost
+from .agent.remote import AgentError, RemoteHost
 from .cells import CellRecord
 from ..scheduler.events import (Decision, DecisionKind, Event, ExecutionStarted, HostRemoved, KernelPlaced, PlacementDeferred,
                           Released, ReplicaMoved, ReplicaReplaced, ScaleOutRequested)
@@ -41,6 +42,7 @@ R = TypeVar("R")
 REPLICAS_PER_KERNEL = 3
 POLICY = "notebookos"  # the live cluster's default policy (the simulator compares it with the others)
 _CHANNELS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+_PORTS_PER_REPLICA = 2 + len(_CHANNELS)  # Raft, the five Jupyter channels, the peer API
 
 
 class PlacementError(RuntimeError):
@@ -55,6 +57,7 @@ class KernelRecord:
     notebook: str | None = None
     cell: CellRecord | None = None
     moving: set[int] = field(default_factory=set)  # replicas being handed over to another host
+    cwd: str | None = None  # the working directory the kernel asked for
 
 
 class EmbeddedCluster:
@@ -99,19 +102,20 @@ class EmbeddedCluster:
         if kernel_id in self.kernels:
             raise ValueError(f"kernel {kernel_id} already exists")
         hosts = self._place(kernel_id, gpus)
-        record = KernelRecord(kernel_id, [], owner=owner, notebook=notebook)
+        record = KernelRecord(kernel_id, [], owner=owner, notebook=notebook, cwd=cwd)
+        # Replicas on machines of their own talk to each other (objects, membership) through a peer API.
+        peer_api = any(isinstance(h, RemoteHost) for h in hosts)
         try:
             # Each host chooses the ports its replica binds, on its own address; Raft peers dial those addresses.
-            ports = [host.take_ports(kernel_id, 1 + len(_CHANNELS)) for host in hosts]
-            peers = tuple(f"{host.address}:{taken[0]}" for host, taken in zip(hosts, ports))
+            ports = [host.take_ports(kernel_id, _PORTS_PER_REPLICA) for host in hosts]
+            peers = tuple(_raft_address(host, taken) for host, taken in zip(hosts, ports))
+            urls = tuple(_peer_url(host, taken) for host, taken in zip(hosts, ports)) if peer_api else ()
             password = secrets.token_urlsafe(24)
             for index, host in enumerate(hosts):
-                connection = dict(zip(_CHANNELS, ports[index][1:]))
-                connection.update(transport="tcp", key=key, signature_scheme=signature_scheme,
-                                  kernel_name="notebookos-replica")
                 config = ReplicaConfig(kernel_id=kernel_id, replica=index, host=host.name, raft_address=peers[index],
                                        raft_peers=peers, raft_password=password, journal_path="",
-                                       store=self.object_store or "", cwd=cwd)
+                                       store=self.object_store or "", cwd=cwd, peer_urls=urls)
+                connection = _connection(ports[index], key, signature_scheme)
                 record.replicas.append((host, host.start_replica(config, connection)))
         except Exception:
             for host in hosts:
@@ -221,15 +225,25 @@ class EmbeddedCluster:
         self._act(self._decide(self.core.migrate_replica, kernel_id, replica, host))
         return self.describe_kernel(kernel_id)
 
-    def replace_replica(self, kernel_id: str, replica: int) -> dict:
-        """A replica's process died: the scheduler places a replacement on another host, which takes over the
-        dead replica's journal (the host lives on, so its disk does) and catches up from the log. Nothing happens
-        for a replica that is alive, being moved, or already waiting for room."""
+    def replace_replica(self, kernel_id: str, replica: int, seen: str | None = None) -> dict:
+        """The kernel front lost a replica: the scheduler places a replacement on another host. Between logical
+        hosts it takes over the dead replica's journal (the machine lives on, so its disk does); on another
+        machine it joins the Raft group as a new member. Nothing happens for a replica that is being moved, or
+        waiting for room, or whose endpoint is not ``seen`` (``ip:shell_port`` the front lost: it is stale, the
+        replica was replaced already and the answer tells it where). A logical host's replica that is alive is
+        left alone; a machine's is trusted lost when its front says so (the agent's last report may predate the
+        loss of the whole machine), and killed there in case it only lost touch."""
         record = self.kernels[kernel_id]
         host, proc = record.replicas[replica]
         placed = replica in self.core.cluster.kernels[kernel_id].replicas
-        if proc.alive or replica in record.moving or not placed or isinstance(host, RemoteHost):
+        stale = seen is not None and seen != f"{proc.connection['ip']}:{proc.connection['shell_port']}"
+        if replica in record.moving or not placed or stale or (isinstance(host, HostAgent) and proc.alive):
             return self.describe_kernel(kernel_id)
+        if isinstance(host, RemoteHost) and host.heard_from and proc.alive:
+            try:
+                host.kill_replica(kernel_id, replica)
+            except AgentError as err:
+                log.info("could not kill replica %d of %s on %s: %s", replica, kernel_id, host.name, err)
         self._act(self._decide(self.core.replica_lost, kernel_id, replica))
         return self.describe_kernel(kernel_id)
 
@@ -289,12 +303,20 @@ class EmbeddedCluster:
         self._act(self._decide(self.core.add_host, name, gpus))
         return self._describe_host(name)
 
-    def agent_heartbeat(self, name: str, replicas: list[dict[str, Any]]) -> None:
-        """An agent's report of its replicas; KeyError for an agent this cluster does not know (it joins again)."""
-        host = self.hosts.get(name)
-        if not isinstance(host, RemoteHost) or host.lost:
-            raise KeyError(f"no host {name!r} has joined this cluster")
-        host.heartbeat(replicas)
+    def agent_heartbeat(self, name: str, replicas: list[dict[str, Any]]) -> list[tuple[str, int]]:
+        """An agent's report of its replicas; KeyError for an agent this cluster does not know (it joins again).
+
+        Answers the replicas the agent must stop: an agent runs exactly the replicas the scheduling core placed on
+        its host, so a replica replaced elsewhere while its machine was cut off is stopped when it is back."""
+        with self.lock:
+            host = self.hosts.get(name)
+            if not isinstance(host, RemoteHost) or host.lost:
+                raise KeyError(f"no host {name!r} has joined this cluster")
+            host.heartbeat(replicas)
+            placed = self.core.cluster.kernels
+            return [(r["kernel_id"], r["replica"]) for r in replicas
+                    if not (r.get("kernel_id") in placed and
+                            placed[r["kernel_id"]].replicas.get(r.get("replica")) == name)]
 
     def _lose_host(self, host: RemoteHost, why: str) -> None:
         """The host's machine is gone or cut off: the scheduling core gives back its GPUs and places its
@@ -409,12 +431,41 @@ class EmbeddedCluster:
         target = self.hosts[event.host_id]
         if isinstance(source, HostAgent) and isinstance(target, HostAgent):
             self._hand_over(event.kernel_id, event.replica, event.host_id)
-            record.replicas[event.replica][1].restarts += 1
+        elif not record.replicas[event.replica][1].config.peer_urls:
+            self.events.append("replacement_unavailable", time.time(),
+                               f"replica {event.replica} cannot join from {target.name}: the kernel started with every "
+                               "replica on this machine, without the peer API a member on another machine needs",
+                               host=source.name, kernel=event.kernel_id, replica=event.replica)
             return
-        self.events.append("replacement_unavailable", time.time(),
-                           f"replica {event.replica} cannot be replaced on {event.host_id} yet: moving a replica "
-                           "between machines needs a Raft membership change; the kernel runs on its other replicas",
-                           host=source.name, kernel=event.kernel_id, replica=event.replica)
+        else:
+            self._join_replacement(record, event.replica, target)
+        record.replicas[event.replica][1].restarts += 1
+
+    def _join_replacement(self, record: KernelRecord, index: int, target: ReplicaHost) -> None:
+        """Start a new member for replica ``index`` on ``target`` (another machine): it asks the kernel's live
+        replicas to add it to their Raft group in place of the lost one, then catches up from the log and fetches
+        the objects it needs from them. Nothing of the lost replica's disk is used."""
+        source, lost = record.replicas[index]
+        ports = target.take_ports(record.kernel_id, _PORTS_PER_REPLICA)
+        peers = [p.config.raft_address for _, p in record.replicas]
+        peers[index] = _raft_address(target, ports)
+        urls = list(lost.config.peer_urls)
+        urls[index] = _peer_url(target, ports)
+        config = dataclasses.replace(lost.config, host=target.name, raft_address=peers[index], raft_peers=tuple(peers),
+                                     journal_path="", store=self.object_store or "", cwd=record.cwd,
+                                     peer_urls=tuple(urls), joining=True)
+        connection = _connection(ports, lost.connection["key"], lost.connection["signature_scheme"])
+        started = target.start_replica(config, connection)
+        started.restarts = lost.restarts
+        with self.lock:
+            record.replicas[index] = (target, started)
+        try:
+            source.stop_kernel(record.kernel_id)
+        except AgentError as err:  # if its machine comes back, its agent stops the replica then
+            log.info("could not stop the lost replica on %s: %s", source.name, err)
+        self.events.append("replica_joining", time.time(), f"joins the kernel's Raft group from {target.name} in "
+                           f"place of the replica lost on {source.name}", host=target.name, kernel=record.kernel_id,
+                           replica=index)
 
     def _scale_out(self, count: int) -> None:
         for added in range(count):
@@ -478,6 +529,20 @@ class EmbeddedCluster:
                 "state": host.state.value,
                 "devices": [_describe_device(d, held.get(d)) for d in range(host.gpus)],
             }
+
+
+def _raft_address(host: ReplicaHost, ports: list[int]) -> str:
+    return f"{host.address}:{ports[0]}"
+
+
+def _peer_url(host: ReplicaHost, ports: list[int]) -> str:
+    return f"http://{host.address}:{ports[-1]}"
+
+
+def _connection(ports: list[int], key: str, signature_scheme: str) -> dict:
+    """A replica's Jupyter connection info (its host agent adds the address)."""
+    return {**dict(zip(_CHANNELS, ports[1:1 + len(_CHANNELS)])), "transport": "tcp", "key": key,
+            "signature_scheme": signature_scheme, "kernel_name": "notebookos-replica"}
 
 
 def _describe_device(device: int, holder: Allocation | None) -> dict:

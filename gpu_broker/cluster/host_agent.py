@@ -196,6 +196,16 @@ class HostAgent:
         self.ports.release(self._kernel_ports.pop(kernel_id, set()))
         shutil.rmtree(self.workdir / kernel_id, ignore_errors=True)
 
+    def stop_replica(self, kernel_id: str, replica: int) -> None:
+        """Stop one replica (the cluster placed it elsewhere), free its ports and delete its folder."""
+        proc = self.replicas.pop((kernel_id, replica), None)
+        if proc is None:
+            return
+        proc.stop()
+        self.ports.release(proc.ports)
+        self._kernel_ports.get(kernel_id, set()).difference_update(proc.ports)
+        shutil.rmtree(proc.workdir, ignore_errors=True)
+
     def stop_all(self) -> None:
         for kernel_id in {k for k, _ in self.replicas} | set(self._kernel_ports):
             self.stop_kernel(kernel_id)
@@ -295,5 +305,15 @@ class ReplicaHost(Protocol):
     def kill_replica(self, kernel_id: str, replica: int) -> None: ...
 
     def stop_kernel(self, kernel_id: str) -> None: ...
+
+    def stop_replica(self, kernel_id: str, replica: int) -> None:
+        """Stop one replica (the cluster placed it elsewhere), free its ports and delete its folder."""
+        proc = self.replicas.pop((kernel_id, replica), None)
+        if proc is None:
+            return
+        proc.stop()
+        self.ports.release(proc.ports)
+        self._kernel_ports.get(kernel_id, set()).difference_update(proc.ports)
+        shutil.rmtree(proc.workdir, ignore_errors=True)
 
     def stop_all(self) -> None: ...

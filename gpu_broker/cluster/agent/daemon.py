@@ -106,7 +106,10 @@ class Agent:
                     log.info("joined the cluster at %s as %s (%s, %d GPU(s))", self.cluster_url, self.name,
                              self.address, self.gpus)
                     joined = True
-                status = await self._post(f"/agents/{self.name}/heartbeat", {"replicas": self.report()})
+                status, answer = await self._post(f"/agents/{self.name}/heartbeat", {"replicas": self.report()})
+                for kernel_id, replica in answer.get("stop", []):
+                    log.info("the cluster placed replica %s/%s elsewhere: stopping it here", kernel_id, replica)
+                    await self.run(self.host.stop_replica, kernel_id, int(replica))
                 if status == 404:
                     log.warning("the cluster no longer knows this host; joining again")
                     joined = False
@@ -120,8 +123,9 @@ class Agent:
                 continue
             await asyncio.sleep(HEARTBEAT_S)
 
-    async def _post(self, path: str, body: dict) -> int:
-        """POST to the cluster; its status for 2xx and 404; JoinRefused for 401/403/409; OSError if unreachable."""
+    async def _post(self, path: str, body: dict) -> tuple[int, dict]:
+        """POST to the cluster: its status and JSON answer for 2xx and 404; JoinRefused for 401/403/409; OSError if
+        it cannot be reached or fails."""
         def call() -> requests.Response:
             return requests.post(self.cluster_url + path, json=body, timeout=JOIN_TIMEOUT_S,
                                  headers={"Authorization": f"token {self.join_token}"})
@@ -135,7 +139,11 @@ class Agent:
                               f"{_error(response)}")
         if response.status_code >= 400 and response.status_code != 404:
             raise OSError(f"{response.status_code} {_error(response)}")
-        return response.status_code
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {}
+        return response.status_code, answer if isinstance(answer, dict) else {}
 
 
 def _error(response: requests.Response) -> str:

@@ -17,6 +17,9 @@ import requests
 from ....kernels.replica_config import ReplicaConfig
 
 CALL_TIMEOUT_S = 30.0  # starting a replica returns once its process exists; stopping waits up to the stop grace
+# A machine that is down does not refuse connections, it drops them: give up quickly, the cluster's thread waits.
+CONNECT_TIMEOUT_S = 3.0
+RECENT_S = 2.5  # two and a half heartbeat periods
 
 
 class AgentError(RuntimeError):
@@ -67,8 +70,9 @@ class RemoteHost:
         target.update(self._call("POST", f"/replicas/{kernel_id}/{replica}/kill"))
 
     def stop_kernel(self, kernel_id: str) -> None:
-        """Stop the kernel's replicas there; a lost host's are forgotten (its machine is gone or cut off)."""
-        if not self.lost:
+        """Stop the kernel's replicas there. Those of a host not heard from are only forgotten: its machine is
+        gone or cut off, and if it comes back its agent stops them (the cluster's answer to its heartbeat)."""
+        if self.heard_from:
             self._call("DELETE", f"/kernels/{kernel_id}")
         for key in [k for k in self.replicas if k[0] == kernel_id]:
             del self.replicas[key]
@@ -85,19 +89,27 @@ class RemoteHost:
             if replica is not None:
                 replica.update(report)
 
+    @property
+    def heard_from(self) -> bool:
+        """Its agent sent a heartbeat within the last few periods: calls to it are worth making (a machine that
+        is down costs the cluster's thread a connect time-out per call)."""
+        return not self.lost and time.monotonic() - self.last_heartbeat < RECENT_S
+
     def mark_lost(self) -> None:
         self.lost = True
         for replica in self.replicas.values():
             replica.alive = replica.ready = False
 
     def _call(self, method: str, path: str, body: dict | None = None) -> Any:
-        if self.lost:
-            raise AgentError(f"host {self.name} is lost (its agent stopped sending heartbeats)")
+        if not self.heard_from:
+            silent = time.monotonic() - self.last_heartbeat
+            raise AgentError(f"host {self.name} is unavailable: its agent has sent no heartbeat for {silent:.0f} s")
         try:
-            response = requests.request(method, self.url + path, json=body, timeout=CALL_TIMEOUT_S,
+            response = requests.request(method, self.url + path, json=body, timeout=(CONNECT_TIMEOUT_S, CALL_TIMEOUT_S),
                                         headers={"Authorization": f"token {self.token}"})
         except requests.RequestException as err:
-            raise AgentError(f"the agent of host {self.name} at {self.url} did not answer: {err}") from None
+            raise AgentError(f"the agent of host {self.name} at {self.url} did not answer "
+                             f"({type(err).__name__})") from None
         if response.status_code >= 400:
             try:
                 detail = response.json().get("error", response.text)

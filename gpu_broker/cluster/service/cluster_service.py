@@ -59,12 +59,12 @@ class ClusterService:
         try:
             result, granted = await self._loop.run_in_executor(self._worker, change)
         except (PlacementError, PortsExhausted, AgentError) as err:
-            raise tornado.web.HTTPError(503, reason=str(err)) from None
+            raise tornado.web.HTTPError(503, reason=_reason(err)) from None
         except (KeyError, ProviderError) as err:
             status = 404 if isinstance(err, KeyError) else 409
-            raise tornado.web.HTTPError(status, reason=str(err.args[0] if err.args else err)) from None
+            raise tornado.web.HTTPError(status, reason=_reason(err.args[0] if err.args else err)) from None
         except ValueError as err:
-            raise tornado.web.HTTPError(409, reason=str(err)) from None
+            raise tornado.web.HTTPError(409, reason=_reason(err)) from None
         for decision in granted:
             await self._start(decision)
         return result
@@ -169,3 +169,9 @@ class ClusterService:
 
     def close(self) -> None:
         self._worker.shutdown(wait=True)
+
+
+def _reason(err: object) -> str:
+    """An error's message as an HTTP reason phrase: one line, and no '<' (tornado replaces such a reason with
+    "Unknown", and the caller would never learn why)."""
+    return " ".join(str(err).split()).replace("<", "(").replace(">", ")")

@@ -114,6 +114,8 @@ class ReplicaActionHandler(ClusterHandler):
             if not isinstance(host, str):
                 raise tornado.web.HTTPError(400, reason="give the target host as {\"host\": \"host-N\"}")
             args += (host,)
+        elif action == "restart":
+            args += (_text(self.body().get("seen")),)
         self.finish(await self.service.run(getattr(self.service.cluster, self.ACTIONS[action]), *args))
 
 
@@ -154,8 +156,13 @@ class AgentsHandler(ClusterHandler):
         if not isinstance(replicas, list) or not all(isinstance(r, dict) for r in replicas):
             raise tornado.web.HTTPError(400, reason="replicas must be a list of replica reports")
         if name is not None:
-            await self.service.run(self.service.cluster.agent_heartbeat, name, replicas)
-            self.finish({"ok": True})
+            # On the event loop, not the cluster's thread: a heartbeat must count when it arrives, even while the
+            # cluster waits on an agent that is down (queued behind that, every host would look silent).
+            try:
+                stop = self.service.cluster.agent_heartbeat(name, replicas)
+            except KeyError as err:
+                raise tornado.web.HTTPError(404, reason=str(err.args[0])) from None
+            self.finish({"stop": stop})
             return
         fields = {k: data.get(k) for k in ("name", "address", "url", "token")}
         missing = [k for k, v in fields.items() if not isinstance(v, str) or not v]
