@@ -425,12 +425,23 @@ class KernelFront:
             return None
         executor = self._replica(grant["replica"])
         if grant["kind"] == "migrate":
-            executor.alive = False  # its old process is gone; the next heartbeat answered is the new one's
             self._notice(cell.msg, f"notebookos: moving {executor} to {grant['host']} for its GPUs.\n")
+            await self._follow_move(executor)
+            executor = self._replica(grant["replica"])
         # A migrated replica, or one lost and being restarted in place (the scheduler does not know it died), is
         # waited for: the cell goes to the replica that holds its GPUs.
         await executor.wait_alive()
         return grant
+
+    async def _follow_move(self, replica: ReplicaLink) -> None:
+        """The scheduler moved a replica (it has caught up there when the grant comes): on another machine it is
+        a new member at a new address, so the front relinks; on this machine it restarted with the same ports."""
+        described = next(r for r in (await self.cluster.kernel(self.kernel_id))["replicas"]
+                         if r["replica"] == replica.index)
+        if f"{described['connection']['ip']}:{described['connection']['shell_port']}" != replica.endpoint:
+            await self._follow_replacement(replica, described)
+        else:
+            replica.alive = False  # its old process is gone; the next heartbeat answered is the new one's
 
     async def _release_gpus(self, cell: Cell) -> None:
         times = cell.gpu_times
@@ -526,6 +537,8 @@ class KernelFront:
     async def _follow_replacement(self, lost: ReplicaLink, described: dict) -> None:
         """Talk to the replacement instead of the lost replica; it takes part in cells once the cluster reports
         it caught up (it joined the Raft group as a new member and replayed the log)."""
+        if self._replica(lost.index) is not lost:
+            return  # followed already (a move the front was told of, and the loss it then saw)
         new = ReplicaLink(self.ctx, lost.index, described["host"], described["connection"], self._identity)
         new.alive, new.joining = False, True
         self.replicas[self.replicas.index(lost)] = new

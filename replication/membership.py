@@ -30,7 +30,7 @@ CHANGE_TIMEOUT_S = 30.0  # one membership change: two pysyncobj configuration en
 JOIN_DEADLINE_S = 300.0  # how long a replacement keeps asking (its peers may be busy electing a leader)
 RETRY_S = 1.0
 
-JoinHandler = Callable[[int, str, str], "Future[None]"]
+JoinHandler = Callable[[int, str, str], Future[None]]
 
 
 class MembersHandler(tornado.web.RequestHandler):

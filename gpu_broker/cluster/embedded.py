@@ -255,17 +255,26 @@ class EmbeddedCluster:
         return self.describe_kernel(kernel_id)
 
     def _hand_over(self, kernel_id: str, replica: int, host: str, pause_s: float = 0.0) -> None:
+        """Put a replica (alive, or lost) on another host. Between logical hosts its folder moves there, journal
+        included, and it restarts with the same ports after ``pause_s``. Across machines a new member joins the
+        kernel's Raft group there in its place (:meth:`_join_elsewhere`); ValueError if the kernel has no peer API
+        (all its replicas started on this machine)."""
         record = self.kernels[kernel_id]
-        source, _ = record.replicas[replica]
+        source, current = record.replicas[replica]
         target = self.hosts[host]
-        if not (isinstance(source, HostAgent) and isinstance(target, HostAgent)):
-            raise ValueError(f"cannot move replica {replica} of kernel {kernel_id} from {source.name} to {host}: "
-                             "moving a replica between machines needs a Raft membership change (not built yet)")
+        local = isinstance(source, HostAgent) and isinstance(target, HostAgent)
+        if not local and not current.config.peer_urls:
+            raise ValueError(f"replica {replica} of kernel {kernel_id} cannot move from {source.name} to {host}: the "
+                             "kernel started with every replica on this machine, without the peer API a member on "
+                             "another machine needs")
         record.moving.add(replica)
         try:
-            moved = source.hand_over(kernel_id, replica, target, pause_s)
-            with self.lock:
-                record.replicas[replica] = (target, moved)
+            if local:
+                moved = source.hand_over(kernel_id, replica, target, pause_s)
+                with self.lock:
+                    record.replicas[replica] = (target, moved)
+            else:
+                self._join_elsewhere(record, replica, target)
         finally:
             record.moving.discard(replica)
 
@@ -421,30 +430,24 @@ class EmbeddedCluster:
                 self._scale_out(event.hosts)
 
     def _replace(self, event: ReplicaReplaced) -> None:
-        """Start a replacement for a dead replica on the host the core chose. Between logical hosts the old disk is
-        still there: the replacement takes over the dead replica's journal. Across machines it would have to join
-        the Raft group as a new member (not built yet): the kernel runs on its two other replicas meanwhile."""
+        """Start a replacement for a dead replica on the host the core chose (see :meth:`_hand_over`); the kernel
+        runs on its two other replicas meanwhile, and on them alone when no replacement can be made."""
         record = self.kernels.get(event.kernel_id)
         if record is None:
             return
-        source, _ = record.replicas[event.replica]
-        target = self.hosts[event.host_id]
-        if isinstance(source, HostAgent) and isinstance(target, HostAgent):
+        try:
             self._hand_over(event.kernel_id, event.replica, event.host_id)
-        elif not record.replicas[event.replica][1].config.peer_urls:
-            self.events.append("replacement_unavailable", time.time(),
-                               f"replica {event.replica} cannot join from {target.name}: the kernel started with every "
-                               "replica on this machine, without the peer API a member on another machine needs",
-                               host=source.name, kernel=event.kernel_id, replica=event.replica)
+        except (ValueError, AgentError) as err:
+            self.events.append("replacement_failed", time.time(), str(err), host=event.host_id,
+                               kernel=event.kernel_id, replica=event.replica)
             return
-        else:
-            self._join_replacement(record, event.replica, target)
         record.replicas[event.replica][1].restarts += 1
 
-    def _join_replacement(self, record: KernelRecord, index: int, target: ReplicaHost) -> None:
+    def _join_elsewhere(self, record: KernelRecord, index: int, target: ReplicaHost) -> None:
         """Start a new member for replica ``index`` on ``target`` (another machine): it asks the kernel's live
-        replicas to add it to their Raft group in place of the lost one, then catches up from the log and fetches
-        the objects it needs from them. Nothing of the lost replica's disk is used."""
+        replicas to swap it into their Raft group in place of the old one (lost, or moved away and stopped here),
+        then catches up from the log and fetches the objects it needs from them. Nothing of the old replica's disk
+        is used."""
         source, lost = record.replicas[index]
         ports = target.take_ports(record.kernel_id, _PORTS_PER_REPLICA)
         peers = [p.config.raft_address for _, p in record.replicas]
@@ -464,7 +467,7 @@ class EmbeddedCluster:
         except AgentError as err:  # if its machine comes back, its agent stops the replica then
             log.info("could not stop the lost replica on %s: %s", source.name, err)
         self.events.append("replica_joining", time.time(), f"joins the kernel's Raft group from {target.name} in "
-                           f"place of the replica lost on {source.name}", host=target.name, kernel=record.kernel_id,
+                           f"place of the replica on {source.name}", host=target.name, kernel=record.kernel_id,
                            replica=index)
 
     def _scale_out(self, count: int) -> None:

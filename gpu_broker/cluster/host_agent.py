@@ -306,14 +306,4 @@ class ReplicaHost(Protocol):
 
     def stop_kernel(self, kernel_id: str) -> None: ...
 
-    def stop_replica(self, kernel_id: str, replica: int) -> None:
-        """Stop one replica (the cluster placed it elsewhere), free its ports and delete its folder."""
-        proc = self.replicas.pop((kernel_id, replica), None)
-        if proc is None:
-            return
-        proc.stop()
-        self.ports.release(proc.ports)
-        self._kernel_ports.get(kernel_id, set()).difference_update(proc.ports)
-        shutil.rmtree(proc.workdir, ignore_errors=True)
-
     def stop_all(self) -> None: ...

@@ -42,6 +42,19 @@ class Pool:
     def request(self, method: str, path: str) -> object:
         return cluster_request(str(self.discovery), method, path)
 
+    def request_json(self, method: str, path: str, body: dict) -> object:
+        return cluster_request(str(self.discovery), method, path, body)
+
+    def host(self, name: str) -> Host:
+        return next(h for h in self.hosts.hosts if h.name == name)
+
+    def replicas(self, kernel_id: str) -> list[dict]:
+        return self.request("GET", f"/kernels/{kernel_id}")["replicas"]  # type: ignore[index]
+
+    def placement(self, kernel_id: str) -> list[Host]:
+        """The machines of the kernel's replicas, in replica order."""
+        return [self.host(r["host"]) for r in self.replicas(kernel_id)]
+
     def hosts_listed(self) -> dict[str, dict]:
         return {h["name"]: h for h in self.request("GET", "/cluster")["hosts"]}  # type: ignore[index]
 
@@ -88,6 +101,15 @@ def pool(tmp_path_factory: pytest.TempPathFactory, jupyter_env: Path) -> Iterato
                 proc.kill()
 
 
+@pytest.fixture
+def notebook(pool: Pool) -> Iterator[Notebook]:
+    """A notebookos kernel whose replicas the pool's agents run; shut down after the test."""
+    km, kc = start_new_kernel(kernel_name="notebookos", startup_timeout=120)
+    yield Notebook(km, kc)
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+
+
 def test_agents_join_with_their_own_addresses_and_gpus(pool: Pool) -> None:
     listed = pool.hosts_listed()
     assert {name: (h["address"], h["gpus"], h["state"]) for name, h in listed.items()} == {
@@ -120,143 +142,135 @@ def _where_and(notebook: Notebook, expr: str, replica: int | None = None) -> lis
 
 def _replacement(pool: Pool, kernel_id: str, originals: list[Host]) -> dict | None:
     """The kernel's replica on a host that none of its original replicas ran on, once it has caught up."""
-    replicas = pool.request("GET", f"/kernels/{kernel_id}")["replicas"]  # type: ignore[index]
+    replicas = pool.replicas(kernel_id)
     names = {h.name for h in originals}
     return next((r for r in replicas if r["host"] not in names and r["state"] == "ready"), None)
 
 
-def test_executor_host_loss_mid_cell_then_a_second_host_loss_lose_nothing(pool: Pool) -> None:
+def test_executor_host_loss_mid_cell_then_a_second_host_loss_lose_nothing(pool: Pool,
+                                                                          notebook: Notebook) -> None:
     """The executor's machine dies during a cell holding a 108 MB tensor: the cell re-runs on a survivor, a
     replacement joins on a spare machine and rebuilds the state from its peers, and the kernel then survives the
     loss of a second original machine, with the replacement running cells on the same state."""
-    km, kc = start_new_kernel(kernel_name="notebookos", startup_timeout=120)
-    notebook = Notebook(km, kc)
-    try:
-        assert notebook.run("import torch\nbig = torch.arange(13_500_000, dtype=torch.int64)\n"
-                            "small = {'count': 1}").status == "ok"
-        by_name = {h.name: h for h in pool.hosts.hosts}
-        replicas = pool.request("GET", f"/kernels/{km.kernel_id}")["replicas"]  # type: ignore[index]
-        placed = [by_name[r["host"]] for r in replicas]
-        executor = by_name[_where_and(notebook, "0")[0]]
+    assert notebook.run("import torch\nbig = torch.arange(13_500_000, dtype=torch.int64)\n"
+                        "small = {'count': 1}").status == "ok"
+    placed = pool.placement(notebook.km.kernel_id)
+    executor = pool.host(_where_and(notebook, "0")[0])
 
-        def power_off(text: str) -> None:
-            if "started" in text:
-                pool.hosts.kill_host(executor)
+    def power_off(text: str) -> None:
+        if "started" in text:
+            pool.hosts.kill_host(executor)
 
-        res = notebook.run("print('started', flush=True)\nimport time\ntime.sleep(2)\nsmall['count'] += 1\n"
-                           "print(small['count'], int(big[-1]))", on_output=power_off)
-        assert res.status == "ok", (res.reply["content"], res.stderr)
-        assert "re-running it" in res.stderr and res.stdout.strip().endswith("2 13499999"), (res.stdout, res.stderr)
-        replacement = wait_until(lambda: _replacement(pool, km.kernel_id, placed),
-                                 "a replacement to catch up on a spare host", REPLACEMENT_DEADLINE_S)
-        spare = by_name[replacement["host"]]
-        assert pool.hosts.host_of_pid(replacement["pid"]) == spare
-        assert not (spare.state_dir / "agent").exists(), "its state is on the spare's own disk"
-        def on_replacement() -> list | None:
-            where, value = _where_and(notebook, "[small['count'], int(big[-1]), big.numel()]",
-                                      replica=replacement["replica"])
-            return value if where == spare.name else None  # the front takes it in once it sees it caught up
+    res = notebook.run("print('started', flush=True)\nimport time\ntime.sleep(2)\nsmall['count'] += 1\n"
+                       "print(small['count'], int(big[-1]))", on_output=power_off)
+    assert res.status == "ok", (res.reply["content"], res.stderr)
+    assert "re-running it" in res.stderr and res.stdout.strip().endswith("2 13499999"), (res.stdout, res.stderr)
+    replacement = wait_until(lambda: _replacement(pool, notebook.km.kernel_id, placed),
+                             "a replacement to catch up on a spare host", REPLACEMENT_DEADLINE_S)
+    spare = pool.host(replacement["host"])
+    assert pool.hosts.host_of_pid(replacement["pid"]) == spare
+    assert not (spare.state_dir / "agent").exists(), "its state is on the spare's own disk"
 
-        assert wait_until(on_replacement, "a cell to run on the replacement", 30) == [2, 13_499_999, 13_500_000]
-        second = next(h for h in placed if h not in (executor, spare))
-        pool.hosts.kill_host(second)
-        assert notebook.run("small['count'] += 1").status == "ok"
-        assert _where_and(notebook, "[small['count'], int(big[-1])]", replica=replacement["replica"]) == \
-            [spare.name, [3, 13_499_999]]
-        wait_until(lambda: second.name not in pool.hosts_listed(), f"{second.name} to be declared lost",
-                   HOST_TIMEOUT_S + 10)
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
+    def on_replacement() -> list | None:
+        where, value = _where_and(notebook, "[small['count'], int(big[-1]), big.numel()]",
+                                  replica=replacement["replica"])
+        return value if where == spare.name else None  # the front takes it in once it sees it caught up
+
+    assert wait_until(on_replacement, "a cell to run on the replacement", 30) == [2, 13_499_999, 13_500_000]
+    second = next(h for h in placed if h not in (executor, spare))
+    pool.hosts.kill_host(second)
+    assert notebook.run("small['count'] += 1").status == "ok"
+    assert _where_and(notebook, "[small['count'], int(big[-1])]", replica=replacement["replica"]) == \
+        [spare.name, [3, 13_499_999]]
+    wait_until(lambda: second.name not in pool.hosts_listed(), f"{second.name} to be declared lost",
+               HOST_TIMEOUT_S + 10)
 
 
-def test_a_restarted_agent_adopts_the_replicas_still_running_on_its_machine(pool: Pool) -> None:
-    km, kc = start_new_kernel(kernel_name="notebookos", startup_timeout=120)
-    notebook = Notebook(km, kc)
-    try:
-        assert notebook.run("z = 7").status == "ok"
-        before = {r["replica"]: (r["host"], r["pid"])
-                  for r in pool.request("GET", f"/kernels/{km.kernel_id}")["replicas"]}  # type: ignore[union-attr]
-        host = next(h for h in pool.hosts.hosts if h.name == before[0][0])
-        agent = pool.agents[host.name]
-        agent.kill()
-        agent.wait()
-        pool.agents[host.name] = pool.start_agent(host, log_name=f"{host.name}-restarted")
-        wait_until(lambda: "adopted replica" in pool.log(f"{host.name}-restarted").read_text(),
-                   "the new agent to adopt the running replica", JOIN_DEADLINE_S)
-        assert notebook.run("z += 1").status == "ok"
-        assert _where_and(notebook, "z", replica=0) == [host.name, 8]
-        after = {r["replica"]: (r["host"], r["pid"])
-                 for r in pool.request("GET", f"/kernels/{km.kernel_id}")["replicas"]}  # type: ignore[union-attr]
-        assert after == before, "no replica was restarted or replaced"
-        assert host.name in pool.hosts_listed()
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
+def test_a_replica_moved_to_another_machine_joins_there_with_the_state(pool: Pool, notebook: Notebook) -> None:
+    assert notebook.run("import torch\nw = torch.ones(3_000_000)\nn = 5").status == "ok"
+    replicas = pool.replicas(notebook.km.kernel_id)
+    placed = pool.placement(notebook.km.kernel_id)
+    target = next(h for h in pool.hosts.hosts if h.name in pool.hosts_listed() and h not in placed)
+    moved = replicas[1]
+    pool.request_json("POST", f"/kernels/{notebook.km.kernel_id}/replicas/1/migrate", {"host": target.name})
+    caught_up = wait_until(lambda: _replacement(pool, notebook.km.kernel_id, placed),
+                           f"replica 1 to catch up on {target.name}", REPLACEMENT_DEADLINE_S)
+    assert caught_up["replica"] == 1
+    assert moved["pid"] not in pool.hosts.pids(pool.host(moved["host"])), "the old replica is stopped"
+    assert notebook.run("n += 1").status == "ok"
+
+    def on_target() -> list | None:
+        where, value = _where_and(notebook, "[n, float(w.sum())]", replica=1)
+        return value if where == target.name else None
+
+    assert wait_until(on_target, "a cell on the moved replica", 30) == [6, 3_000_000.0]
 
 
-def test_a_cut_off_standby_stops_nothing_and_its_machine_rejoins_the_pool(pool: Pool) -> None:
+def test_a_restarted_agent_adopts_the_replicas_still_running_on_its_machine(pool: Pool, notebook: Notebook) -> None:
+    assert notebook.run("z = 7").status == "ok"
+    before = {r["replica"]: (r["host"], r["pid"]) for r in pool.replicas(notebook.km.kernel_id)}
+    host = pool.host(before[0][0])
+    agent = pool.agents[host.name]
+    agent.kill()
+    agent.wait()
+    pool.agents[host.name] = pool.start_agent(host, log_name=f"{host.name}-restarted")
+    wait_until(lambda: "adopted replica" in pool.log(f"{host.name}-restarted").read_text(),
+               "the new agent to adopt the running replica", JOIN_DEADLINE_S)
+    assert notebook.run("z += 1").status == "ok"
+    assert _where_and(notebook, "z", replica=0) == [host.name, 8]
+    after = {r["replica"]: (r["host"], r["pid"]) for r in pool.replicas(notebook.km.kernel_id)}
+    assert after == before, "no replica was restarted or replaced"
+    assert host.name in pool.hosts_listed()
+
+
+def test_a_cut_off_standby_stops_nothing_and_its_machine_rejoins_the_pool(pool: Pool, notebook: Notebook) -> None:
     """A standby's network link goes down: the notebook's cells go on with the two others (the cut-off replica
     cannot commit anything), the kernel gets a third replica elsewhere, and when the link is back the machine
     joins the pool again and the replica it still ran is stopped (it is no member of the group any more)."""
-    km, kc = start_new_kernel(kernel_name="notebookos", startup_timeout=120)
-    notebook = Notebook(km, kc)
+    assert notebook.run("y = 1").status == "ok"
+    replicas = pool.replicas(notebook.km.kernel_id)
+    placed = pool.placement(notebook.km.kernel_id)
+    executor = _where_and(notebook, "0")[0]
+    cut = next(h for h in placed if h.name != executor)
+    stale_pid = next(r["pid"] for r in replicas if r["host"] == cut.name)
+    pool.hosts.link_down(cut)
     try:
-        assert notebook.run("y = 1").status == "ok"
-        by_name = {h.name: h for h in pool.hosts.hosts}
-        replicas = pool.request("GET", f"/kernels/{km.kernel_id}")["replicas"]  # type: ignore[index]
-        placed = [by_name[r["host"]] for r in replicas]
-        executor = _where_and(notebook, "0")[0]
-        cut = next(h for h in placed if h.name != executor)
-        stale_pid = next(r["pid"] for r in replicas if r["host"] == cut.name)
-        pool.hosts.link_down(cut)
-        try:
-            assert notebook.run("y += 1").status == "ok"
-            assert notebook.value("y") == 2
-            wait_until(lambda: cut.name not in pool.hosts_listed(), f"{cut.name} to be declared lost",
-                       HOST_TIMEOUT_S + 10)
-        finally:
-            pool.hosts.link_up(cut)
-        wait_until(lambda: cut.name in pool.hosts_listed(), f"{cut.name} to join again", JOIN_DEADLINE_S)
-        wait_until(lambda: stale_pid not in pool.hosts.pids(cut), "the cut-off replica to be stopped", 30)
-        wait_until(lambda: _replacement(pool, km.kernel_id, placed), "a third replica to catch up",
-                   REPLACEMENT_DEADLINE_S)
-        for replica in pool.request("GET", f"/kernels/{km.kernel_id}")["replicas"]:  # type: ignore[union-attr]
-            assert wait_until(lambda: _where_and(notebook, "y", replica=replica["replica"]) == [replica["host"], 2],
-                              f"a cell on replica {replica['replica']}", 30)
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
-
-
-def test_a_kernels_replicas_run_on_three_machines_and_a_standby_host_loss_costs_nothing(pool: Pool) -> None:
-    km, kc = start_new_kernel(kernel_name="notebookos", startup_timeout=120)
-    notebook = Notebook(km, kc)
-    try:
-        assert notebook.run("x = 41\nimport socket").status == "ok"
-        assert notebook.value("x + 1") == 42
-        kernel = pool.request("GET", f"/kernels/{km.kernel_id}")
-        replicas = kernel["replicas"]  # type: ignore[index]
-        by_name = {h.name: h for h in pool.hosts.hosts}
-        placed = [by_name[r["host"]] for r in replicas]
-        assert len({h.name for h in placed}) == 3
-        for replica, host in zip(replicas, placed):
-            assert replica["address"] == host.address == replica["connection"]["ip"]
-            assert pool.hosts.host_of_pid(replica["pid"]) == host, "the replica runs in its host's namespace"
-            # Its journal is on that host's private disk: the root namespace cannot see it.
-            assert not (host.state_dir / "agent").exists()
-        # Every replica holds the state: run a cell pinned on each.
-        for replica in replicas:
-            assert notebook.value("x", replica=replica["replica"]) == 41
-        executor = notebook.value("__import__('os').environ['NOTEBOOKOS_HOST']")
-        standby = next(h for h in placed if h.name != executor)
-        pool.hosts.kill_host(standby)
-        assert notebook.run("x += 1").status == "ok"
-        assert notebook.value("x") == 42
-        wait_until(lambda: standby.name not in pool.hosts_listed(), f"{standby.name} to be declared lost",
+        assert notebook.run("y += 1").status == "ok"
+        assert notebook.value("y") == 2
+        wait_until(lambda: cut.name not in pool.hosts_listed(), f"{cut.name} to be declared lost",
                    HOST_TIMEOUT_S + 10)
-        events = pool.request("GET", f"/events?host={standby.name}&kind=host_lost")["events"]  # type: ignore[index]
-        assert events and "no heartbeat" in events[0]["reason"]
     finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
+        pool.hosts.link_up(cut)
+    wait_until(lambda: cut.name in pool.hosts_listed(), f"{cut.name} to join again", JOIN_DEADLINE_S)
+    wait_until(lambda: stale_pid not in pool.hosts.pids(cut), "the cut-off replica to be stopped", 30)
+    wait_until(lambda: _replacement(pool, notebook.km.kernel_id, placed), "a third replica to catch up",
+               REPLACEMENT_DEADLINE_S)
+    for replica in pool.replicas(notebook.km.kernel_id):
+        assert wait_until(lambda: _where_and(notebook, "y", replica=replica["replica"]) == [replica["host"], 2],
+                          f"a cell on replica {replica['replica']}", 30)
+
+
+def test_a_kernels_replicas_run_on_three_machines_and_a_standby_host_loss_costs_nothing(pool: Pool,
+                                                                                     notebook: Notebook) -> None:
+    assert notebook.run("x = 41\nimport socket").status == "ok"
+    assert notebook.value("x + 1") == 42
+    replicas = pool.replicas(notebook.km.kernel_id)
+    placed = pool.placement(notebook.km.kernel_id)
+    assert len({h.name for h in placed}) == 3
+    for replica, host in zip(replicas, placed):
+        assert replica["address"] == host.address == replica["connection"]["ip"]
+        assert pool.hosts.host_of_pid(replica["pid"]) == host, "the replica runs in its host's namespace"
+        # Its journal is on that host's private disk: the root namespace cannot see it.
+        assert not (host.state_dir / "agent").exists()
+    # Every replica holds the state: run a cell pinned on each.
+    for replica in replicas:
+        assert notebook.value("x", replica=replica["replica"]) == 41
+    executor = notebook.value("__import__('os').environ['NOTEBOOKOS_HOST']")
+    standby = next(h for h in placed if h.name != executor)
+    pool.hosts.kill_host(standby)
+    assert notebook.run("x += 1").status == "ok"
+    assert notebook.value("x") == 42
+    wait_until(lambda: standby.name not in pool.hosts_listed(), f"{standby.name} to be declared lost",
+               HOST_TIMEOUT_S + 10)
+    events = pool.request("GET", f"/events?host={standby.name}&kind=host_lost")["events"]  # type: ignore[index]
+    assert events and "no heartbeat" in events[0]["reason"]

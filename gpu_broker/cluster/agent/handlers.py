@@ -13,13 +13,12 @@ Every call runs on the agent's one worker thread, so two never interleave on the
 from __future__ import annotations
 
 import dataclasses
-import json
-import secrets
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
 
 from ....kernels.replica_config import ReplicaConfig
+from ..json_api import JsonHandler
 from ..ports import PortsExhausted
 
 if TYPE_CHECKING:
@@ -28,25 +27,15 @@ if TYPE_CHECKING:
 MAX_PORTS = 16
 
 
-class AgentHandler(tornado.web.RequestHandler):
+class AgentHandler(JsonHandler):
     """Token authentication, JSON in and out, errors as JSON ``{"error": message}``."""
 
     def initialize(self, agent: "Agent") -> None:
         self.agent = agent
 
     def prepare(self) -> None:
-        supplied = self.request.headers.get("Authorization", "")
-        if not secrets.compare_digest(supplied, f"token {self.agent.api_token}"):
+        if not self.presents(self.agent.api_token):
             raise tornado.web.HTTPError(401, reason="missing or wrong agent token")
-
-    def body(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.request.body or b"{}")
-        except ValueError as err:
-            raise tornado.web.HTTPError(400, reason=f"request body is not JSON: {err}") from None
-        if not isinstance(data, dict):
-            raise tornado.web.HTTPError(400, reason="request body must be a JSON object")
-        return data
 
     async def run(self, fn: Any, *args: Any) -> Any:
         try:
@@ -57,10 +46,6 @@ class AgentHandler(tornado.web.RequestHandler):
             raise tornado.web.HTTPError(503, reason=str(err)) from None
         except OSError as err:
             raise tornado.web.HTTPError(507, reason=f"the agent could not start the replica: {err}") from None
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        self.finish({"error": self._reason})
-
 
 class ReplicasHandler(AgentHandler):
     def get(self) -> None:

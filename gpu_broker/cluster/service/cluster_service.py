@@ -82,8 +82,17 @@ class ClusterService:
                     "the cell goes to it anyway", host=moved.config.host, kernel=decision.kernel_id,
                     replica=decision.replica)
             await self._loop.run_in_executor(self._worker, self.cluster.start, decision)
-        except ValueError as err:  # the kernel went away meanwhile
-            log.info("scheduler: grant for kernel %s dropped: %s", decision.kernel_id, err)
+        except (ValueError, AgentError) as err:
+            if decision.kernel_id not in self.cluster.kernels:  # the kernel went away meanwhile
+                log.info("scheduler: grant for kernel %s dropped: %s", decision.kernel_id, err)
+                return
+            # The replica could not be moved for its GPUs: the devices go back and the waiting cell is told why.
+            log.warning("scheduler: %s for kernel %s failed: %s", decision.kind.value, decision.kernel_id, err)
+            await self.run(self.cluster.release, decision.kernel_id)
+            future = self._grants.get(decision.kernel_id)
+            if future is not None and not future.done():
+                future.set_exception(tornado.web.HTTPError(503, reason=_reason(
+                    f"could not move replica {decision.replica} to {decision.host_id} for its GPUs: {err}")))
             return
         log.info("scheduler: %s for kernel %s started: %s", decision.kind.value, decision.kernel_id, decision.reason)
         future = self._grants.get(decision.kernel_id)
@@ -110,7 +119,9 @@ class ClusterService:
             raise
         log.info("scheduler: %s for kernel %s: %s", decision.kind.value, kernel_id, decision.reason)
         if decision.granted:
-            self._grants.pop(kernel_id, None)
+            started = self._grants.pop(kernel_id, None)
+            if started is not None and started.done() and not started.cancelled() and started.exception():
+                raise started.exception()  # its replica could not be moved: said to the front at once
         return decision
 
     async def wait_for_grant(self, kernel_id: str) -> Decision:

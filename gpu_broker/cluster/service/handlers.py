@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import json
 import re
-import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -18,35 +16,21 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ...scheduler.events import Decision
 from ...scheduler.journal import outcome_json
+from ..json_api import JsonHandler
 
 if TYPE_CHECKING:
     from .cluster_service import ClusterService
 
 
-class ClusterHandler(tornado.web.RequestHandler):
+class ClusterHandler(JsonHandler):
     """Base handler: token authentication and JSON in and out, errors as JSON with a message."""
 
     def initialize(self, service: "ClusterService") -> None:
         self.service = service
 
     def prepare(self) -> None:
-        if not any(self._presents(token) for token in (self.service.token, self.service.join_token) if token):
+        if not any(self.presents(token) for token in (self.service.token, self.service.join_token) if token):
             raise tornado.web.HTTPError(401, reason="missing or wrong cluster token")
-
-    def _presents(self, token: str) -> bool:
-        return secrets.compare_digest(self.request.headers.get("Authorization", ""), f"token {token}")
-
-    def body(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.request.body or b"{}")
-        except ValueError as err:
-            raise tornado.web.HTTPError(400, reason=f"request body is not JSON: {err}") from None
-        if not isinstance(data, dict):
-            raise tornado.web.HTTPError(400, reason="request body must be a JSON object")
-        return data
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        self.finish({"error": self._reason})
 
     @staticmethod
     def gpus(value: Any) -> int:
@@ -146,7 +130,7 @@ class AgentsHandler(ClusterHandler):
     agent the cluster does not know (it then joins again)."""
 
     def prepare(self) -> None:
-        if not (self.service.join_token and self._presents(self.service.join_token)):
+        if not (self.service.join_token and self.presents(self.service.join_token)):
             raise tornado.web.HTTPError(401, reason="missing or wrong join token" if self.service.join_token else
                                         "this cluster takes no agents (start it with --join-token-file)")
 

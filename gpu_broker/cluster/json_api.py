@@ -1,0 +1,28 @@
+"""What the cluster service's API and the agents' API share: a token in the Authorization header, JSON bodies in,
+errors out as ``{"error": message}``."""
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+import tornado.web
+
+
+class JsonHandler(tornado.web.RequestHandler):
+    def presents(self, token: str) -> bool:
+        """Whether the request carries ``Authorization: token <token>`` (compared in constant time)."""
+        return secrets.compare_digest(self.request.headers.get("Authorization", ""), f"token {token}")
+
+    def body(self) -> dict[str, Any]:
+        """The request's JSON object, or 400 saying what is wrong with it."""
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError as err:
+            raise tornado.web.HTTPError(400, reason=f"request body is not JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise tornado.web.HTTPError(400, reason="request body must be a JSON object")
+        return data
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.finish({"error": self._reason})
