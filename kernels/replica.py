@@ -8,12 +8,17 @@ captures the state delta and commits it with the execution record, before its ``
 kernel's next cell until it sees that idle, so the next cell, wherever it runs, starts from the committed state.
 Standbys answer with a short reply the front discards, and apply committed deltas in log order.
 
+Every ``snapshot_every`` cells the executor also commits a snapshot of the whole namespace, so that the log before
+it can be compacted (replication/snapshots.py); a replica whose state is replaced by a dump restores the namespace
+from its snapshot and applies the entries after it.
+
 Run as ``python -m notebookos.kernels.replica -f CONNECTION_FILE --ReplicaKernel.config_path=CONFIG``.
 """
 from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 import sys
 import time
@@ -27,12 +32,14 @@ from IPython.core.error import UsageError
 from traitlets import Unicode
 
 from ..replication.election import ALL_YIELD, ElectionBook, VoteNeeded
-from ..replication.entries import CellKey, ExecutionRecord, LogEntry, MembershipChanged, Proposal, Role, Vote
+from ..replication.entries import (CellKey, ExecutionRecord, LogEntry, MembershipChanged, Proposal, Role, Snapshot,
+                                   Vote)
 from ..replication.membership import members_route, request_join
 from ..replication.namespace import NamespaceTracker, StateApplyError, StateDelta
 from ..replication.object_store import LocalDirectoryStore, ObjectStore, ObjectStoreError, open_store
 from ..replication.peer_store import ObjectServer, PeerStore
 from ..replication.raft_log import AppendFailed, KernelLog
+from ..replication.snapshots import Restore
 from .replica_config import ReplicaConfig
 from .gpu_request import parse_gpus_magic
 from .protocol import EXECUTOR_ANNOUNCEMENT, GPU_RELEASED, NOTEBOOKOS_META, STATE_APPLIED, ReplicaRole
@@ -61,9 +68,12 @@ class ReplicaKernel(IPythonKernel):
         self.replica_config = ReplicaConfig.read(self.config_path)
         cfg = self.replica_config
         self._loop = asyncio.get_event_loop()
-        self._entries: asyncio.Queue[LogEntry] = asyncio.Queue()
+        self._entries: asyncio.Queue[LogEntry | Restore] = asyncio.Queue()
         self._waiters: dict[CellKey, list[asyncio.Future[int]]] = {}
-        self._own_records: set[CellKey] = set()
+        # This replica's own records in flight -> whether the log accepted them (its namespace already holds them).
+        self._own_records: dict[CellKey, asyncio.Future[bool]] = {}
+        self.records_applied = 0  # other replicas' records applied here (a restore from a snapshot skips most)
+        self.restored_index: int | None = None  # the log index of the last dump that replaced this replica's state
         self._warned_unpicklable: dict[str, str] = {}
         self._told_lost: set[str] = set()
         self._unapplied: list[str] = []
@@ -79,7 +89,8 @@ class ReplicaKernel(IPythonKernel):
         self._applier = self._loop.create_task(self._apply_committed())
         if cfg.joining:
             self._join()
-        self.raft = KernelLog(cfg.raft_address, list(cfg.raft_peers), cfg.raft_password, cfg.journal_path, self._on_commit)
+        self.raft = KernelLog(cfg.raft_address, list(cfg.raft_peers), cfg.raft_password, cfg.journal_path, self._on_commit,
+                              compact_after=cfg.compact_after)
         self._loop.create_task(self._report_ready())
 
     def _open_store(self) -> ObjectStore:
@@ -144,43 +155,85 @@ class ReplicaKernel(IPythonKernel):
         restarted replica replaying a long journal takes seconds."""
         while not (self.raft.isReady() and self._entries.empty()):
             await asyncio.sleep(READY_POLL_S)
-        self.replica_config.ready_marker.touch()
+        # What it took to get here, for operators and tests: a replica restored from a snapshot applies few records.
+        self.replica_config.ready_marker.write_text(json.dumps({"records_applied": self.records_applied,
+                                                                "restored_index": self.restored_index}))
 
     # ----------------------------------------------------------------------------------------------- the log
 
-    def _on_commit(self, entry: LogEntry) -> None:
-        """pysyncobj's thread: hand the entry to the kernel's own loop, preserving log order."""
+    def _on_commit(self, entry: LogEntry | Restore) -> None:
+        """pysyncobj's thread: hand the entry (or a restore) to the kernel's own loop, preserving log order."""
         self._loop.call_soon_threadsafe(self._entries.put_nowait, entry)
 
     async def _apply_committed(self) -> None:
         """Apply every committed entry, in log order, on the kernel's main thread (the namespace's only writer)."""
         while True:
-            entry = await self._entries.get()
-            if isinstance(entry, ExecutionRecord):
-                await self._fetch_objects(entry)
-            try:
-                if isinstance(entry, Proposal):
-                    vote = self.book.on_proposal(entry)
-                    if vote is not None:
-                        self._cast(vote)
-                elif isinstance(entry, Vote):
-                    self.book.on_vote(entry)
-                elif isinstance(entry, ExecutionRecord):
-                    self._on_record(entry)
-                elif isinstance(entry, MembershipChanged):
-                    self._peer_urls[entry.replica] = entry.peer_url
-            except Exception:
-                self.log.exception("failed to apply a committed log entry %r", type(entry).__name__)
-            self._wake(getattr(entry, "cell", None))
+            item = await self._entries.get()
+            if isinstance(item, Restore):
+                await self._restore(item)
+            else:
+                await self._apply(item)
 
-    async def _fetch_objects(self, record: ExecutionRecord) -> None:
-        """Bring the objects a record points to into this replica's store off the main thread: a fetch from a peer
-        on another machine takes a second per 100 MB (longer when that peer has just died), and meanwhile this
-        replica must go on answering the front and proposing. Failures are left for the apply to report."""
+    async def _apply(self, entry: LogEntry) -> None:
+        if isinstance(entry, ExecutionRecord):
+            await self._fetch_objects(NamespaceTracker.referenced_keys(entry.delta))
+        try:
+            if isinstance(entry, Proposal):
+                vote = self.book.on_proposal(entry)
+                if vote is not None:
+                    self._cast(vote)
+            elif isinstance(entry, Vote):
+                self.book.on_vote(entry)
+            elif isinstance(entry, ExecutionRecord):
+                self._on_record(entry)
+            elif isinstance(entry, MembershipChanged):
+                self._peer_urls[entry.replica] = entry.peer_url
+        except Exception:
+            self.log.exception("failed to apply a committed log entry %r", type(entry).__name__)
+        self._wake(getattr(entry, "cell", None))
+
+    async def _restore(self, restore: Restore) -> None:
+        """A dump replaced this replica's state (its own at start, or the leader's because it was too far behind):
+        rebuild the namespace from the dump's snapshot alone, then apply the entries after it."""
+        snapshot = restore.snapshot
+        keys = set() if snapshot is None else NamespaceTracker.referenced_keys(snapshot.delta)
+        await self._fetch_objects(keys)
+        ns = self.shell.user_ns
+        tracker = NamespaceTracker(self._store, inline_limit=self.replica_config.inline_limit)
+        for name in tracker.tracked_names(ns):
+            del ns[name]
+        self.tracker = tracker
+        for pending in self._own_records.values():
+            pending.cancel()
+        self._own_records.clear()
+        replica = self.replica_config.replica
+        self.book = ElectionBook(replica) if snapshot is None else ElectionBook.after_snapshot(replica, snapshot)
+        if snapshot is not None:
+            try:
+                tracker.apply(StateDelta.from_bytes(snapshot.delta), ns)
+            except StateApplyError as err:
+                self.log.error("%s", err)
+                self._unapplied.append(str(err))
+            self.shell.execution_count = snapshot.execution_count + 1
+        for change in restore.members:
+            self._peer_urls[change.replica] = change.peer_url
+        self.restored_index = restore.index
+        self.log.info("restored the state of log index %d from a snapshot (cell [%s]) and %d later entries",
+                      restore.index, snapshot.execution_count if snapshot else "none", len(restore.tail))
+        for entry in restore.tail:
+            await self._apply(entry)
+        for cell in list(self._waiters):
+            self._wake(cell)
+
+    async def _fetch_objects(self, keys: set[str]) -> None:
+        """Bring the objects a record or snapshot points to into this replica's store off the main thread: a fetch
+        from a peer on another machine takes a second per 100 MB (longer when that peer has just died), and
+        meanwhile this replica must go on answering the front and proposing. Failures are left for the apply to
+        report."""
         store = self._store
         if not isinstance(store, PeerStore):
             return  # one disk, or a shared store: nothing to bring here
-        for key in NamespaceTracker.referenced_keys(record.delta):
+        for key in keys:
             if not store.contains(key):
                 try:
                     await self._loop.run_in_executor(None, store.get, key)
@@ -210,12 +263,16 @@ class ReplicaKernel(IPythonKernel):
                 fut.set_result(decided)
 
     def _on_record(self, record: ExecutionRecord) -> None:
-        if not self.book.accepts(record):
+        accepted = self.book.accepts(record)
+        own = self._own_records.pop(record.cell, None)
+        if own is not None and not own.done():
+            own.set_result(accepted)
+        if not accepted:
             self.log.info("fenced off a record of %s from replica %s", record.cell, record.executor)
             return
-        if record.cell in self._own_records:
-            self._own_records.discard(record.cell)
+        if own is not None:
             return
+        self.records_applied += 1
         delta = StateDelta.from_bytes(record.delta)
         try:
             extra = self.tracker.apply(delta, self.shell.user_ns)
@@ -358,12 +415,43 @@ class ReplicaKernel(IPythonKernel):
         content = parent["content"]
         record = ExecutionRecord(cell, self.replica_config.replica, delta.execution_count, content.get("code", ""),
                                  self._last_reply, delta.to_bytes())
-        self._own_records.add(cell)
+        accepted = self._own_records[cell] = self._loop.create_future()
         try:
             await self.raft.append_async(record, COMMIT_TIMEOUT_S)
         except AppendFailed as err:
-            self._own_records.discard(cell)
+            self._own_records.pop(cell, None)
             self._notify(parent, f"notebookos: this cell's state could not be replicated: {err}\n")
+            return
+        if self.raft.snapshots.records_in_tail >= self.replica_config.snapshot_every:
+            await self._snapshot(parent, record, accepted)
+
+    async def _snapshot(self, parent: dict[str, Any], record: ExecutionRecord, accepted: asyncio.Future[bool]) -> None:
+        """Commit the whole namespace as a snapshot covering ``record``, before the idle status: the front holds the
+        next cell until then, so nothing changes the namespace between the record and its snapshot. Skipped if the
+        log fenced the record off (this namespace is then not the kernel's). A failure only delays compaction."""
+        try:
+            if not await asyncio.wait_for(accepted, COMMIT_TIMEOUT_S):
+                return
+        except (TimeoutError, asyncio.CancelledError):
+            return  # a restore replaced the state meanwhile
+        started = time.perf_counter()
+        try:
+            full = self.tracker.capture_all(self.shell.user_ns, record.execution_count)
+        except ObjectStoreError as err:
+            self._notify(parent, f"notebookos: the namespace snapshot could not be stored, so the Raft log keeps "
+                                 f"growing until a later one succeeds: {err}\n")
+            return
+        captured = time.perf_counter()
+        snapshot = Snapshot(record.cell, record.executor, record.execution_count, record.reply, full.to_bytes())
+        try:
+            await self.raft.append_async(snapshot, COMMIT_TIMEOUT_S)
+        except AppendFailed as err:
+            self.log.warning("the namespace snapshot after cell [%d] was not committed: %s", record.execution_count,
+                             err)
+            return
+        self.log.info("snapshot after cell [%d]: captured in %.1f ms, committed in %.1f ms (%d bytes inline)",
+                      record.execution_count, 1e3 * (captured - started), 1e3 * (time.perf_counter() - captured),
+                      len(full.inline or b""))
 
     async def do_execute(self, code: str, silent: bool, store_history: bool = True,
                          user_expressions: dict | None = None, allow_stdin: bool = False, **kwargs: Any) -> dict:

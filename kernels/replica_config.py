@@ -12,6 +12,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 READY_MARKER = "ready"
+# Log compaction (raft_log.py, snapshots.py): the executor snapshots the namespace every SNAPSHOT_EVERY cells, and
+# pysyncobj compacts a journal that holds COMPACT_AFTER_ENTRIES entries. The environment variables set them for
+# every kernel the cluster service starts (tests and benchmarks use small values).
+SNAPSHOT_EVERY_ENV, COMPACT_AFTER_ENV = "NOTEBOOKOS_SNAPSHOT_EVERY", "NOTEBOOKOS_COMPACT_AFTER_ENTRIES"
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a whole number; unset it or set a number of entries") from None
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,8 @@ class ReplicaConfig:
     # A replacement joining a running kernel as a new Raft member (its peers do not list it yet): it asks them to
     # add it, then catches up from the log.
     joining: bool = False
+    snapshot_every: int = dataclasses.field(default_factory=lambda: _env_int(SNAPSHOT_EVERY_ENV, 100))
+    compact_after: int = dataclasses.field(default_factory=lambda: _env_int(COMPACT_AFTER_ENV, 1000))
 
     @property
     def ready_marker(self) -> Path:

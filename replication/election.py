@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .entries import CellKey, ExecutionRecord, Proposal, Role, Vote
+from .entries import CellKey, ExecutionRecord, Proposal, Role, Snapshot, Vote
 
 ALL_YIELD = -1
 _ROUND_WINDOW = 256
@@ -50,6 +50,22 @@ class ElectionBook:
         self._rounds: dict[CellKey, _Round] = {}
         self._latest: CellKey | None = None
         self._records: dict[str, ExecutionRecord] = {}
+
+    @classmethod
+    def after_snapshot(cls, replica: int, snapshot: Snapshot) -> ElectionBook:
+        """The book of a replica restored from ``snapshot`` instead of replaying the log before it: what the
+        entries after it need. The covered attempt is the latest decided one (so that its late entries and a stale
+        record are fenced off as before), its executor the previous one, and its reply answers a re-sent attempt
+        (the record kept has no delta: its changes are in the snapshot). Older attempts are forgotten; the front
+        only ever re-sends the cell it is running."""
+        book = cls(replica)
+        cell = snapshot.covers
+        book._rounds[cell] = _Round(decided=snapshot.executor)
+        book._latest = cell
+        book.previous_executor = snapshot.executor
+        book._records[cell.msg_id] = ExecutionRecord(cell, snapshot.executor, snapshot.execution_count, "",
+                                                     snapshot.reply, b"")
+        return book
 
     def decision(self, cell: CellKey) -> int | None:
         """The executor of ``cell`` (``ALL_YIELD`` if nobody leads), or None while undecided."""

@@ -81,4 +81,23 @@ class MembershipChanged:
     peer_url: str
 
 
-LogEntry = Proposal | Vote | ExecutionRecord | MembershipChanged
+@dataclass(frozen=True)
+class Snapshot:
+    """The whole namespace after the accepted record of ``covers``, appended by that record's executor every few
+    cells so that the log before it can be compacted away (snapshots.py).
+
+    ``delta`` is a ``capture_all`` :class:`~notebookos.replication.namespace.StateDelta` (large values in the object
+    store). ``executor``, ``execution_count`` and ``reply`` are the covered record's, so that a replica restored from
+    the snapshot still fences, counts and answers a re-sent attempt of that cell like one that replayed the log. The
+    state machine ignores a snapshot whose ``covers`` is not the last record committed before it: another record
+    slipped in between, and the snapshot would miss its changes.
+    """
+
+    covers: CellKey
+    executor: int
+    execution_count: int
+    reply: dict
+    delta: bytes
+
+
+LogEntry = Proposal | Vote | ExecutionRecord | MembershipChanged | Snapshot

@@ -224,6 +224,10 @@ class NamespaceTracker:
             pointer=pointer,
         )
 
+    def tracked_names(self, user_ns: Mapping[str, Any]) -> list[str]:
+        """The names of `user_ns` this tracker replicates: what a restore from a full snapshot replaces."""
+        return [name for name in user_ns if self._tracks(name)]
+
     @staticmethod
     def referenced_keys(delta: StateDelta | bytes) -> set[str]:
         """The object-store keys `delta` (or its `to_bytes()` form) needs in order to be applied.

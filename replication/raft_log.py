@@ -6,8 +6,11 @@ replica kernel, which keeps the namespace and the election book. pysyncobj only 
 Tuning (measured: ~100 ms commits with pysyncobj defaults, ~1 ms without batching): batching is off, so an entry is sent at once instead of waiting for the
 next 100 ms append-entries tick (~1 ms commits on loopback instead of ~100 ms). Peers must authenticate with the
 kernel's password. The journal lives on disk, so a replica restarted in place replays its log and keeps its state.
-Log compaction is off because a restarted replica rebuilds its namespace by replaying the whole log; compaction
-would need a namespace snapshot in the object store (future work) instead of pysyncobj's pickled state.
+
+Log compaction: once the journal holds ``compact_after`` entries, pysyncobj writes a dump (snapshots.py: the latest
+namespace snapshot entry and the entries after it) beside the journal and drops the entries it covers. A replica
+restarted in place loads its dump and replays the rest of its journal; a follower too far behind, or a new member,
+is sent the leader's dump and restores from it. Without a journal (no disk), there is no dump and no compaction.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pathlib import Path
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 
 from .entries import ExecutionRecord, LogEntry, MembershipChanged
+from .snapshots import Restore, SnapshotState, dump_path
 
 log = logging.getLogger(__name__)
 
@@ -30,27 +34,37 @@ RETRY_BACKOFF_S = 0.05
 
 DEFAULT_TICK_S = 0.05  # pysyncobj's own default
 ONE_NODE_TICK_S = 0.005
+# Journal entries that trigger a compaction: an ordinary cell appends 2 to 4, so a few hundred cells' worth.
+COMPACT_AFTER_ENTRIES = 1000
 
 
 class AppendFailed(RuntimeError):
     """An entry could not be committed (no Raft majority, or the entry was discarded by a leader change)."""
 
 
-def raft_conf(password: str, journal_path: str | None, alone: bool = False) -> SyncObjConf:
+def raft_conf(password: str, journal_path: str | None, alone: bool = False, snapshots: SnapshotState | None = None,
+              compact_after: int = COMPACT_AFTER_ENTRIES) -> SyncObjConf:
     """The pysyncobj settings for interactive latency; one place so every replica agrees.
+
+    ``snapshots`` with a ``journal_path``: compact the log once it holds ``compact_after`` entries, with
+    ``snapshots`` writing and reading the dump (never forked: a fork of a process with threads and CUDA is unsafe).
 
     ``alone``: a one-node group (the reservation policy's single replica). pysyncobj commits such a group's entries
     only on its tick, so the default 50 ms tick made every cell wait 50 ms; a 5 ms tick commits in ~5 ms for ~1 % of
     a core while idle (measured here). Groups with peers commit when the peers answer, so they keep the default.
     """
+    compaction: dict = {"logCompactionMinEntries": _NEVER}
+    if snapshots is not None and journal_path:
+        compaction = {"logCompactionMinEntries": compact_after, "fullDumpFile": dump_path(journal_path),
+                      "serializer": snapshots.serialize, "deserializer": snapshots.deserialize}
     return SyncObjConf(
         autoTickPeriod=ONE_NODE_TICK_S if alone else DEFAULT_TICK_S,
         password=password,
         appendEntriesUseBatch=False,
         journalFile=journal_path,
         useFork=False,  # forking a process with threads (and CUDA) is unsafe
-        logCompactionMinEntries=_NEVER,
         logCompactionMinTime=_NEVER,
+        **compaction,
         dynamicMembershipChange=True,
         connectionRetryTime=0.25,  # a peer restarted in place is reconnected within a quarter second
         connectionTimeout=2.0,
@@ -69,20 +83,39 @@ class KernelLog(SyncObj):
         peer_addresses: list[str],
         password: str,
         journal_path: str | None,
-        on_commit: Callable[[LogEntry], None],
+        on_commit: Callable[[LogEntry | Restore], None],
+        compact_after: int = COMPACT_AFTER_ENTRIES,
     ) -> None:
-        # Attributes set before SyncObj.__init__ are excluded from pysyncobj's serialized state.
+        """``on_commit`` receives, in log order, every committed entry to apply and, when a dump replaces this
+        replica's state (its own at start, or the leader's), one :class:`Restore` in place of the entries it covers."""
         self._on_commit = on_commit
         self._peers = list(peer_addresses)  # in replica order: an entry's replica index names its node
+        self.snapshots = SnapshotState(self._restored)
         if journal_path:
             Path(journal_path).parent.mkdir(parents=True, exist_ok=True)
+            if Path(dump_path(journal_path)).is_file():
+                self.snapshots.load(dump_path(journal_path))
         others = [p for p in peer_addresses if p != self_address]
-        super().__init__(self_address, others, raft_conf(password, journal_path, alone=not others))
+        super().__init__(self_address, others, raft_conf(password, journal_path, alone=not others,
+                                                         snapshots=self.snapshots, compact_after=compact_after))
+
+    def _restored(self, restore: Restore) -> None:
+        for change in (*restore.members, *restore.tail):
+            if isinstance(change, MembershipChanged):
+                self._map_member(change)
+        self._on_commit(restore)
+
+    def _map_member(self, change: MembershipChanged) -> None:
+        if 0 <= change.replica < len(self._peers):
+            self._peers[change.replica] = change.raft_address
 
     @replicated
     def _commit(self, entry: LogEntry) -> None:
-        if isinstance(entry, MembershipChanged) and 0 <= entry.replica < len(self._peers):
-            self._peers[entry.replica] = entry.raft_address
+        # pysyncobj counts an entry as applied once this returns: this entry's index is one past the applied one.
+        if not self.snapshots.admit(self.raftLastApplied + 1, entry):
+            return
+        if isinstance(entry, MembershipChanged):
+            self._map_member(entry)
         self._on_commit(entry)
         if isinstance(entry, ExecutionRecord):
             self._follow_executor(entry.executor)
