@@ -19,6 +19,7 @@ from jupyter_client.manager import start_new_kernel
 
 from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV
 from notebookos.gpu_broker.cluster.launcher import start_cluster
+from notebookos.kernels.replica_config import COMPACT_AFTER_ENV, SNAPSHOT_EVERY_ENV
 
 from ..kernels.driver import Notebook, cluster_request, wait_until
 from .hosts import Host, NetworkHosts, available
@@ -76,6 +77,10 @@ def pool(tmp_path_factory: pytest.TempPathFactory, jupyter_env: Path) -> Iterato
     state = tmp_path_factory.mktemp("multihost-cluster")
     token_file = state / "join-token"
     with NetworkHosts(6) as hosts:
+        # Kernels snapshot every 5 cells and compact at 40 journal entries (production: 100 and 1000), so that a
+        # replacement in a notebook of tens of cells restores from the leader's dump.
+        saved = {name: os.environ.get(name) for name in (SNAPSHOT_EVERY_ENV, COMPACT_AFTER_ENV)}
+        os.environ[SNAPSHOT_EVERY_ENV], os.environ[COMPACT_AFTER_ENV] = "5", "40"
         proc, discovery = start_cluster(
             state, 0, extra_args=("--listen", f"{hosts.cluster_address}:0", "--join-token-file", str(token_file),
                                   "--host-timeout", str(HOST_TIMEOUT_S)), log_path=state / "cluster.log")
@@ -90,10 +95,11 @@ def pool(tmp_path_factory: pytest.TempPathFactory, jupyter_env: Path) -> Iterato
                        JOIN_DEADLINE_S)
             yield pool
         finally:
-            if previous is None:
-                os.environ.pop(CLUSTER_FILE_ENV, None)
-            else:
-                os.environ[CLUSTER_FILE_ENV] = previous
+            for name, value in {**saved, CLUSTER_FILE_ENV: previous}.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
             proc.terminate()
             try:
                 proc.wait(30)
@@ -248,6 +254,31 @@ def test_a_cut_off_standby_stops_nothing_and_its_machine_rejoins_the_pool(pool: 
     for replica in pool.replicas(notebook.km.kernel_id):
         assert wait_until(lambda: _where_and(notebook, "y", replica=replica["replica"]) == [replica["host"], 2],
                           f"a cell on replica {replica['replica']}", 30)
+
+
+def test_a_replacement_restores_from_the_leaders_snapshot_and_the_log_tail(pool: Pool, notebook: Notebook) -> None:
+    """After 60 cells the kernel's log is compacted: a replacement on a spare machine gets the leader's dump,
+    restores the namespace from its snapshot and applies only the entries after it."""
+    assert notebook.run("import torch\nt = torch.zeros(100_000)\nn = 0").status == "ok"
+    for _ in range(60):
+        assert notebook.run("n += 1\nt += 1").status == "ok"
+    placed = pool.placement(notebook.km.kernel_id)
+    executor = _where_and(notebook, "0")[0]
+    pool.hosts.kill_host(next(h for h in placed if h.name != executor))
+    replacement = wait_until(lambda: _replacement(pool, notebook.km.kernel_id, placed),
+                             "a replacement to catch up on a spare host", REPLACEMENT_DEADLINE_S)
+    host = pool.host(replacement["host"])
+    # The ready marker is on the replacement's private disk: read it through the replica process's own root.
+    marker = Path(f"/proc/{replacement['pid']}/root{host.state_dir}/agent/replicas/{notebook.km.kernel_id}/"
+                  f"replica-{replacement['replica']}/ready")
+    restored = json.loads(marker.read_text())
+    assert restored["restored_index"] is not None and restored["records_applied"] < 20, restored
+
+    def on_replacement() -> list | None:
+        where, value = _where_and(notebook, "[n, float(t.sum())]", replica=replacement["replica"])
+        return value if where == host.name else None
+
+    assert wait_until(on_replacement, "a cell on the replacement", 30) == [60, 6_000_000.0]
 
 
 def test_a_kernels_replicas_run_on_three_machines_and_a_standby_host_loss_costs_nothing(pool: Pool,
