@@ -232,18 +232,14 @@ class EmbeddedCluster:
         waiting for room, or whose endpoint is not ``seen`` (``ip:shell_port`` the front lost: it is stale, the
         replica was replaced already and the answer tells it where). A logical host's replica that is alive is
         left alone; a machine's is trusted lost when its front says so (the agent's last report may predate the
-        loss of the whole machine), and killed there in case it only lost touch."""
+        loss of the whole machine); if it only lost touch, its agent stops it at its next heartbeat, since the core
+        no longer places it there (a call to an agent that may be down would hold the cluster's thread)."""
         record = self.kernels[kernel_id]
         host, proc = record.replicas[replica]
         placed = replica in self.core.cluster.kernels[kernel_id].replicas
         stale = seen is not None and seen != f"{proc.connection['ip']}:{proc.connection['shell_port']}"
         if replica in record.moving or not placed or stale or (isinstance(host, HostAgent) and proc.alive):
             return self.describe_kernel(kernel_id)
-        if isinstance(host, RemoteHost) and host.heard_from and proc.alive:
-            try:
-                host.kill_replica(kernel_id, replica)
-            except AgentError as err:
-                log.info("could not kill replica %d of %s on %s: %s", replica, kernel_id, host.name, err)
         self._act(self._decide(self.core.replica_lost, kernel_id, replica))
         return self.describe_kernel(kernel_id)
 
@@ -462,10 +458,12 @@ class EmbeddedCluster:
         started.restarts = lost.restarts
         with self.lock:
             record.replicas[index] = (target, started)
-        try:
+        if isinstance(source, RemoteHost):
+            # Its agent stops it at its next heartbeat (the core places it elsewhere now), or when its machine is
+            # back: no call that may wait out a connect time-out on the cluster's thread.
+            source.replicas.pop((record.kernel_id, index), None)
+        else:
             source.stop_kernel(record.kernel_id)
-        except AgentError as err:  # if its machine comes back, its agent stops the replica then
-            log.info("could not stop the lost replica on %s: %s", source.name, err)
         self.events.append("replica_joining", time.time(), f"joins the kernel's Raft group from {target.name} in "
                            f"place of the replica on {source.name}", host=target.name, kernel=record.kernel_id,
                            replica=index)
