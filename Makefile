@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/cell_latency.py
 	$(PY) benchmarks/simulate_june.py
 	$(PY) benchmarks/gpu_sharing.py
+	$(PY) benchmarks/multihost.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
