@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 import os
 import sys
 import time
@@ -80,6 +81,7 @@ class ReplicaKernel(IPythonKernel):
         self.book = ElectionBook(cfg.replica)
         self._peer_urls = list(cfg.peer_urls)  # the kernel's replicas' peer APIs, updated as members change
         self._peer_server: ObjectServer | None = None
+        self._collected_at: Snapshot | None = None  # the snapshot the last garbage collection kept
         self._store = self._open_store()
         self.tracker = NamespaceTracker(self._store, inline_limit=cfg.inline_limit)
         self.tracker.snapshot(self.shell.user_ns)
@@ -186,6 +188,7 @@ class ReplicaKernel(IPythonKernel):
                 self.book.on_vote(entry)
             elif isinstance(entry, ExecutionRecord):
                 self._on_record(entry)
+                self._collect_garbage()
             elif isinstance(entry, MembershipChanged):
                 self._peer_urls[entry.replica] = entry.peer_url
         except Exception:
@@ -224,6 +227,20 @@ class ReplicaKernel(IPythonKernel):
             await self._apply(entry)
         for cell in list(self._waiters):
             self._wake(cell)
+
+    def _collect_garbage(self) -> None:
+        """Once per accepted snapshot, delete the objects of this replica's own store that neither it nor a later
+        entry needs, past a grace period, off the main thread. Only a store of this replica's alone (a machine's,
+        one folder per kernel): a store shared by several replicas or kernels (one disk, Redis) is left alone,
+        since another replica there may lag behind, and identical objects of two kernels are one file."""
+        state = self.raft.snapshots
+        if not isinstance(self._store, PeerStore) or state.snapshot is None or state.snapshot is self._collected_at:
+            return
+        self._collected_at = state.snapshot
+        keep = state.referenced_keys()
+        local, grace = self._store.local, self.replica_config.gc_grace_s
+        if isinstance(local, LocalDirectoryStore):
+            self._loop.run_in_executor(None, _delete_unreferenced, local, keep, grace)
 
     async def _fetch_objects(self, keys: set[str]) -> None:
         """Bring the objects a record or snapshot points to into this replica's store off the main thread: a fetch
@@ -532,6 +549,18 @@ class _NoOutput:
 
 
 _NO_OUTPUT = _NoOutput()
+
+
+def _delete_unreferenced(store: LocalDirectoryStore, keep: set[str], grace_s: float) -> None:
+    deleted = 0
+    for key in store.keys_older_than(grace_s):
+        if key not in keep:
+            try:
+                store.delete(key)
+                deleted += 1
+            except ObjectStoreError as err:
+                logging.getLogger(__name__).warning("%s", err)
+    logging.getLogger(__name__).info("deleted %d object(s) no snapshot or later entry refers to", deleted)
 
 
 def _error_content(ename: str, evalue: str) -> dict[str, Any]:

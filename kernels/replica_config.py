@@ -16,6 +16,7 @@ READY_MARKER = "ready"
 # pysyncobj compacts a journal that holds COMPACT_AFTER_ENTRIES entries. The environment variables set them for
 # every kernel the cluster service starts (tests and benchmarks use small values).
 SNAPSHOT_EVERY_ENV, COMPACT_AFTER_ENV = "NOTEBOOKOS_SNAPSHOT_EVERY", "NOTEBOOKOS_COMPACT_AFTER_ENTRIES"
+GC_GRACE_ENV = "NOTEBOOKOS_GC_GRACE_S"
 
 
 def _env_int(name: str, default: int) -> int:
@@ -46,6 +47,9 @@ class ReplicaConfig:
     joining: bool = False
     snapshot_every: int = dataclasses.field(default_factory=lambda: _env_int(SNAPSHOT_EVERY_ENV, 100))
     compact_after: int = dataclasses.field(default_factory=lambda: _env_int(COMPACT_AFTER_ENV, 1000))
+    # Objects of a replica's own store that neither the latest snapshot nor a later entry needs are deleted once
+    # this old (younger ones may belong to a cell whose record has not committed yet).
+    gc_grace_s: int = dataclasses.field(default_factory=lambda: _env_int(GC_GRACE_ENV, 60))
 
     @property
     def ready_marker(self) -> Path:

@@ -17,6 +17,7 @@ import errno
 import hashlib
 import os
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -86,6 +87,13 @@ class ObjectStore(abc.ABC):
         """Remove the object under `key`; a key that is not there is not an error."""
 
 
+def _is_older(path: Path, cutoff: float) -> bool:
+    try:
+        return path.stat().st_mtime < cutoff
+    except OSError:  # deleted meanwhile
+        return False
+
+
 class LocalDirectoryStore(ObjectStore):
     """One file per object in a local (or network-mounted) directory: `<root>/<first 2 hex>/<hex>`.
 
@@ -153,6 +161,13 @@ class LocalDirectoryStore(ObjectStore):
             raise ObjectStoreError(
                 f"cannot delete object {key} ({path}): {error.strerror}. Check the store directory's permissions."
             ) from error
+
+    def keys_older_than(self, age_s: float) -> list[str]:
+        """Keys of the objects written more than ``age_s`` seconds ago: what a collector may consider (younger
+        ones may belong to a cell whose record has not committed yet)."""
+        cutoff = time.time() - age_s
+        return [KEY_PREFIX + path.name for path in self.root.glob("??/*")
+                if not path.name.startswith(".") and _is_older(path, cutoff)]
 
     def _path(self, key: str) -> Path:
         digest = _digest_of(key)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .entries import CellKey, ExecutionRecord, LogEntry, MembershipChanged, Snapshot
+from .namespace import NamespaceTracker
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,17 @@ class SnapshotState:
         self.records_in_tail = 0  # execution records since the snapshot: when the executor takes the next one
         self._members: dict[int, MembershipChanged] = {}  # from before the snapshot
         self._last_record: CellKey | None = None
+
+    def referenced_keys(self) -> set[str]:
+        """The object-store keys the latest snapshot and the entries after it point to: what a replica, or a
+        member joining from a dump, may still need. Read from other threads: a snapshot admitted meanwhile can make
+        it miss that snapshot's own (just written) object, which the collector's grace period protects."""
+        snapshot, tail = self.snapshot, list(self.tail)
+        keys = set() if snapshot is None else NamespaceTracker.referenced_keys(snapshot.delta)
+        for entry in tail:
+            if isinstance(entry, ExecutionRecord):
+                keys |= NamespaceTracker.referenced_keys(entry.delta)
+        return keys
 
     def admit(self, index: int, entry: LogEntry) -> bool:
         """Record the committed entry at ``index``; False if it must not be applied (again) by the replica.

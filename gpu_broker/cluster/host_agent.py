@@ -123,7 +123,9 @@ class HostAgent:
 
     ``address``: where this host's replicas bind and where their peers and the kernel front reach them.
     ``ports``: the pool the replicas' ports come from (the embedded cluster's logical hosts share one, as they share
-    one network stack). ``store``: the object store replicas use unless the cluster names a shared one.
+    one network stack). ``store``: the object store replicas use unless the cluster names a shared one; by default a
+    folder per kernel beside ``workdir`` (``objects/KERNEL``), the replica's alone, so it can delete what it no
+    longer needs.
     """
 
     def __init__(self, name: str, workdir: Path, address: str = "127.0.0.1", ports: PortPool | None = None,
@@ -132,7 +134,8 @@ class HostAgent:
         self.workdir = Path(workdir)
         self.address = address
         self.ports = ports or PortPool(address=address)
-        self.store = store or (self.workdir / "objects").as_uri()
+        self.store = store
+        self.objects_dir = self.workdir.parent / "objects"
         self.python = python
         self.replicas: dict[tuple[str, int], ReplicaProcess] = {}
         self._kernel_ports: dict[str, set[int]] = {}  # handed out for a kernel's replicas here, until it stops
@@ -149,8 +152,9 @@ class HostAgent:
         workdir = self.workdir / config.kernel_id / f"replica-{config.replica}"
         workdir.mkdir(parents=True, exist_ok=True)
         cwd = config.cwd if config.cwd and Path(config.cwd).is_dir() else str(workdir)
-        config = dataclasses.replace(config, host=self.name, journal_path=str(workdir / JOURNAL_FILE),
-                                     store=config.store or self.store, cwd=cwd)
+        store = config.store or self.store or (self.objects_dir / config.kernel_id).as_uri()
+        config = dataclasses.replace(config, host=self.name, journal_path=str(workdir / JOURNAL_FILE), store=store,
+                                     cwd=cwd)
         proc = ReplicaProcess(config=config, connection={**connection, "ip": self.address}, workdir=workdir)
         self.replicas[(config.kernel_id, config.replica)] = proc
         self._spawn(proc)
@@ -195,6 +199,7 @@ class HostAgent:
             del self.replicas[(kernel_id, p.config.replica)]
         self.ports.release(self._kernel_ports.pop(kernel_id, set()))
         shutil.rmtree(self.workdir / kernel_id, ignore_errors=True)
+        shutil.rmtree(self.objects_dir / kernel_id, ignore_errors=True)
 
     def stop_replica(self, kernel_id: str, replica: int) -> None:
         """Stop one replica (the cluster placed it elsewhere), free its ports and delete its folder."""
@@ -205,6 +210,7 @@ class HostAgent:
         self.ports.release(proc.ports)
         self._kernel_ports.get(kernel_id, set()).difference_update(proc.ports)
         shutil.rmtree(proc.workdir, ignore_errors=True)
+        shutil.rmtree(self.objects_dir / kernel_id, ignore_errors=True)  # one replica of a kernel per host
 
     def stop_all(self) -> None:
         for kernel_id in {k for k, _ in self.replicas} | set(self._kernel_ports):

@@ -19,13 +19,14 @@ from jupyter_client.manager import start_new_kernel
 
 from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV
 from notebookos.gpu_broker.cluster.launcher import start_cluster
-from notebookos.kernels.replica_config import COMPACT_AFTER_ENV, SNAPSHOT_EVERY_ENV
+from notebookos.kernels.replica_config import COMPACT_AFTER_ENV, GC_GRACE_ENV, SNAPSHOT_EVERY_ENV
 
 from ..kernels.driver import Notebook, cluster_request, wait_until
 from .hosts import Host, NetworkHosts, available
 
 HOST_TIMEOUT_S = 5.0  # the cluster's loss detection (its default)
 REPLACEMENT_DEADLINE_S = 90.0
+MAX_KEPT_OBJECTS = 12  # the snapshot's object, the tail's (at most 5 records), and a cell's in flight
 JOIN_DEADLINE_S = 60.0
 REFUSAL_TIMEOUT_S = 30.0
 
@@ -79,8 +80,9 @@ def pool(tmp_path_factory: pytest.TempPathFactory, jupyter_env: Path) -> Iterato
     with NetworkHosts(6) as hosts:
         # Kernels snapshot every 5 cells and compact at 40 journal entries (production: 100 and 1000), so that a
         # replacement in a notebook of tens of cells restores from the leader's dump.
-        saved = {name: os.environ.get(name) for name in (SNAPSHOT_EVERY_ENV, COMPACT_AFTER_ENV)}
-        os.environ[SNAPSHOT_EVERY_ENV], os.environ[COMPACT_AFTER_ENV] = "5", "40"
+        # Objects no snapshot or later entry needs are deleted at once (production: after 60 s).
+        saved = {name: os.environ.get(name) for name in (SNAPSHOT_EVERY_ENV, COMPACT_AFTER_ENV, GC_GRACE_ENV)}
+        os.environ.update({SNAPSHOT_EVERY_ENV: "5", COMPACT_AFTER_ENV: "40", GC_GRACE_ENV: "0"})
         proc, discovery = start_cluster(
             state, 0, extra_args=("--listen", f"{hosts.cluster_address}:0", "--join-token-file", str(token_file),
                                   "--host-timeout", str(HOST_TIMEOUT_S)), log_path=state / "cluster.log")
@@ -108,9 +110,11 @@ def pool(tmp_path_factory: pytest.TempPathFactory, jupyter_env: Path) -> Iterato
 
 
 @pytest.fixture
-def notebook(pool: Pool) -> Iterator[Notebook]:
-    """A notebookos kernel whose replicas the pool's agents run; shut down after the test."""
-    km, kc = start_new_kernel(kernel_name="notebookos", startup_timeout=120)
+def notebook(pool: Pool, tmp_path: Path) -> Iterator[Notebook]:
+    """A notebookos kernel whose replicas the pool's agents run; shut down after the test. Its working directory
+    is on storage every machine sees (the harness's machines share the root file system, as deployments mount home
+    folders on every GPU machine)."""
+    km, kc = start_new_kernel(kernel_name="notebookos", startup_timeout=120, cwd=str(tmp_path))
     yield Notebook(km, kc)
     kc.stop_channels()
     km.shutdown_kernel(now=True)
@@ -146,6 +150,16 @@ def _where_and(notebook: Notebook, expr: str, replica: int | None = None) -> lis
     return notebook.value(f"[__import__('os').environ['NOTEBOOKOS_HOST'], {expr}]", replica=replica)
 
 
+def _on_disk(pool: Pool, replica: dict, *parts: str) -> Path:
+    """A path under the agent's state folder on the replica's machine, read through the replica process's own
+    root (that folder is on the machine's private disk)."""
+    return Path(f"/proc/{replica['pid']}/root{pool.host(replica['host']).state_dir}/agent", *parts)
+
+
+def _objects_on_disk(pool: Pool, kernel_id: str, replica: dict) -> int:
+    return sum(1 for _ in _on_disk(pool, replica, "objects", kernel_id).glob("??/*"))
+
+
 def _replacement(pool: Pool, kernel_id: str, originals: list[Host]) -> dict | None:
     """The kernel's replica on a host that none of its original replicas ran on, once it has caught up."""
     replicas = pool.replicas(kernel_id)
@@ -156,10 +170,11 @@ def _replacement(pool: Pool, kernel_id: str, originals: list[Host]) -> dict | No
 def test_executor_host_loss_mid_cell_then_a_second_host_loss_lose_nothing(pool: Pool,
                                                                           notebook: Notebook) -> None:
     """The executor's machine dies during a cell holding a 108 MB tensor: the cell re-runs on a survivor, a
-    replacement joins on a spare machine and rebuilds the state from its peers, and the kernel then survives the
-    loss of a second original machine, with the replacement running cells on the same state."""
+    replacement joins on a spare machine and rebuilds the state from its peers (and sees the file a cell wrote in
+    the working directory), and the kernel then survives the loss of a second original machine, with the
+    replacement running cells on the same state."""
     assert notebook.run("import torch\nbig = torch.arange(13_500_000, dtype=torch.int64)\n"
-                        "small = {'count': 1}").status == "ok"
+                        "small = {'count': 1}\nopen('checkpoint.txt', 'w').write('epoch 1')").status == "ok"
     placed = pool.placement(notebook.km.kernel_id)
     executor = pool.host(_where_and(notebook, "0")[0])
 
@@ -178,11 +193,12 @@ def test_executor_host_loss_mid_cell_then_a_second_host_loss_lose_nothing(pool: 
     assert not (spare.state_dir / "agent").exists(), "its state is on the spare's own disk"
 
     def on_replacement() -> list | None:
-        where, value = _where_and(notebook, "[small['count'], int(big[-1]), big.numel()]",
-                                  replica=replacement["replica"])
+        state = "[small['count'], int(big[-1]), big.numel(), open('checkpoint.txt').read()]"
+        where, value = _where_and(notebook, state, replica=replacement["replica"])
         return value if where == spare.name else None  # the front takes it in once it sees it caught up
 
-    assert wait_until(on_replacement, "a cell to run on the replacement", 30) == [2, 13_499_999, 13_500_000]
+    assert wait_until(on_replacement, "a cell to run on the replacement", 30) == \
+        [2, 13_499_999, 13_500_000, "epoch 1"]
     second = next(h for h in placed if h not in (executor, spare))
     pool.hosts.kill_host(second)
     assert notebook.run("small['count'] += 1").status == "ok"
@@ -257,20 +273,24 @@ def test_a_cut_off_standby_stops_nothing_and_its_machine_rejoins_the_pool(pool: 
 
 
 def test_a_replacement_restores_from_the_leaders_snapshot_and_the_log_tail(pool: Pool, notebook: Notebook) -> None:
-    """After 60 cells the kernel's log is compacted: a replacement on a spare machine gets the leader's dump,
-    restores the namespace from its snapshot and applies only the entries after it."""
+    """After 60 cells the kernel's log is compacted and the objects no snapshot or later entry needs are deleted;
+    a replacement on a spare machine gets the leader's dump, restores the namespace from its snapshot (fetching its
+    objects from its peers) and applies only the entries after it."""
     assert notebook.run("import torch\nt = torch.zeros(100_000)\nn = 0").status == "ok"
     for _ in range(60):
         assert notebook.run("n += 1\nt += 1").status == "ok"
+    # Each cell stored a new 400 KB tensor on every replica's disk; only the latest snapshot's and the tail's stay.
+    for replica in pool.replicas(notebook.km.kernel_id):
+        assert wait_until(lambda: _objects_on_disk(pool, notebook.km.kernel_id, replica) <= MAX_KEPT_OBJECTS,
+                          f"replica {replica['replica']}'s unreferenced objects to be deleted", 30)
     placed = pool.placement(notebook.km.kernel_id)
     executor = _where_and(notebook, "0")[0]
     pool.hosts.kill_host(next(h for h in placed if h.name != executor))
     replacement = wait_until(lambda: _replacement(pool, notebook.km.kernel_id, placed),
                              "a replacement to catch up on a spare host", REPLACEMENT_DEADLINE_S)
     host = pool.host(replacement["host"])
-    # The ready marker is on the replacement's private disk: read it through the replica process's own root.
-    marker = Path(f"/proc/{replacement['pid']}/root{host.state_dir}/agent/replicas/{notebook.km.kernel_id}/"
-                  f"replica-{replacement['replica']}/ready")
+    marker = _on_disk(pool, replacement, "replicas", notebook.km.kernel_id, f"replica-{replacement['replica']}",
+                      "ready")
     restored = json.loads(marker.read_text())
     assert restored["restored_index"] is not None and restored["records_applied"] < 20, restored
 

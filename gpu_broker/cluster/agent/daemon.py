@@ -59,7 +59,7 @@ class Agent:
         self.state_dir = Path(args.state_dir)
         self.api_token = secrets.token_urlsafe(32)
         self.host = HostAgent(self.name, self.state_dir / "replicas", address=self.address,
-                              ports=PortPool(address=self.address), store=(self.state_dir / "objects").as_uri())
+                              ports=PortPool(address=self.address))
         self.port = args.port
         self.url = ""
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent")
