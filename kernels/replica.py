@@ -21,6 +21,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import sys
 import time
 from concurrent.futures import Future
@@ -30,6 +31,7 @@ from urllib.parse import urlsplit
 from ipykernel.ipkernel import IPythonKernel
 from ipykernel.kernelapp import IPKernelApp
 from IPython.core.error import UsageError
+from IPython.utils.capture import capture_output
 from traitlets import Unicode
 
 from ..replication.election import ALL_YIELD, ElectionBook, VoteNeeded
@@ -290,6 +292,7 @@ class ReplicaKernel(IPythonKernel):
         if own is not None:
             return
         self.records_applied += 1
+        self._run_installs(record.source)
         delta = StateDelta.from_bytes(record.delta)
         try:
             extra = self.tracker.apply(delta, self.shell.user_ns)
@@ -304,6 +307,19 @@ class ReplicaKernel(IPythonKernel):
                           {"replica": self.replica_config.replica, "attempt": record.cell.attempt,
                            "applied_at": time.time()},
                           parent={"header": {"msg_id": record.cell.msg_id, "msg_type": "execute_request"}})
+
+    def _run_installs(self, source: str) -> None:
+        """Run the cell's package installs (``%pip install``, ``%conda install``, ...) here too, before applying its
+        state: what they change is this machine's environment, which no state delta carries, and the delta may
+        import what they installed. So ``{...}`` in such a line expands in the namespace as it was before the cell.
+        Their output goes to this replica's log; a failure is told to the user in the first cell this replica
+        runs."""
+        for magic, arguments in _INSTALL_LINE.findall(source):
+            with capture_output() as output:
+                self.shell.run_line_magic(magic, arguments.strip())
+            self.log.info("%%%s %s on this replica:\n%s%s", magic, arguments.strip(), output.stdout, output.stderr)
+            if "error" in output.stderr.lower():
+                self._unapplied.append(f"%{magic} {arguments.strip()} failed here: {output.stderr.strip()[-500:]}")
 
     def _record_history(self, record: ExecutionRecord, out: Any) -> None:
         """Keep In/Out, ``_`` and the execution count identical to the executor's."""
@@ -542,6 +558,10 @@ class ReplicaKernel(IPythonKernel):
             self._peer_server.stop()
         result = super().do_shutdown(restart)
         return await result if inspect.isawaitable(result) else result
+
+
+# A line of a cell that installs packages into this machine's environment: run on every replica.
+_INSTALL_LINE = re.compile(r"^[ \t]*%(pip|conda|mamba|micromamba|uv)[ \t]+((?:install|uninstall)\b.*)$", re.MULTILINE)
 
 
 class _NoOutput:
