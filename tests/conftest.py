@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ def jupyter_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cluster_file(jupyter_env: Path, tmp_path_factory: pytest.TempPathFactory):
     """A real embedded cluster service (4 logical hosts) shared by the session's kernels."""
     from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV
-    from notebookos.gpu_broker.cluster.launcher import start_cluster
+    from notebookos.gpu_broker.cluster.launcher import start_cluster, stop_cluster
 
     state = tmp_path_factory.mktemp("cluster")
     # --journal: tests compare the live scheduler's decisions with a replay on the simulator's core.
@@ -30,8 +29,4 @@ def cluster_file(jupyter_env: Path, tmp_path_factory: pytest.TempPathFactory):
     os.environ[CLUSTER_FILE_ENV] = str(discovery)
     yield str(discovery)
     del os.environ[CLUSTER_FILE_ENV]
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_cluster(proc)

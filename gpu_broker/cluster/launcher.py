@@ -63,6 +63,16 @@ def start_cluster(state_dir: Path, hosts: int, gpus_per_host: int | None = None,
     return proc, discovery
 
 
+def stop_cluster(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """Stop a service started by :func:`start_cluster`: SIGTERM (it stops its replicas), SIGKILL after ``grace_s``."""
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 async def ensure_cluster(n_hosts: int = 4) -> ClusterClient:
     """The live cluster named by the discovery file, or a new ephemeral one started for this caller.
 

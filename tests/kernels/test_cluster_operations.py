@@ -17,7 +17,7 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 
 from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV
-from notebookos.gpu_broker.cluster.launcher import start_cluster
+from notebookos.gpu_broker.cluster.launcher import start_cluster, stop_cluster
 
 from .driver import Notebook, cluster_request, wait_until
 from .test_gpu_sharing import SPEC, held_devices
@@ -60,8 +60,7 @@ def running_cluster(state_dir: Path, gpu_spec: Path, hosts: int = 4, extra_args:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        proc.terminate()
-        proc.wait(30)
+        stop_cluster(proc)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ The cluster of this module snapshots every 5 cells and compacts at 40 journal en
 """
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,23 +21,15 @@ SNAPSHOT_EVERY, COMPACT_AFTER, CELLS = 5, 40, 60
 def cluster_file(jupyter_env: Path, tmp_path_factory: pytest.TempPathFactory):
     """An embedded cluster of its own whose kernels snapshot and compact often."""
     from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV
-    from notebookos.gpu_broker.cluster.launcher import start_cluster
+    from notebookos.gpu_broker.cluster.launcher import start_cluster, stop_cluster
 
-    saved = {name: os.environ.get(name) for name in (CLUSTER_FILE_ENV, SNAPSHOT_EVERY_ENV, COMPACT_AFTER_ENV)}
-    os.environ[SNAPSHOT_EVERY_ENV], os.environ[COMPACT_AFTER_ENV] = str(SNAPSHOT_EVERY), str(COMPACT_AFTER)
-    proc, discovery = start_cluster(tmp_path_factory.mktemp("compacting-cluster"), hosts=4)
-    os.environ[CLUSTER_FILE_ENV] = str(discovery)
-    yield str(discovery)
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(SNAPSHOT_EVERY_ENV, str(SNAPSHOT_EVERY))
+        env.setenv(COMPACT_AFTER_ENV, str(COMPACT_AFTER))
+        proc, discovery = start_cluster(tmp_path_factory.mktemp("compacting-cluster"), hosts=4)
+        env.setenv(CLUSTER_FILE_ENV, str(discovery))
+        yield str(discovery)
+        stop_cluster(proc)
 
 
 LOG_LEN = "get_ipython().kernel.raft.getStatus()['log_len']"

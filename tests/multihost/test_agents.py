@@ -7,7 +7,6 @@ Jupyter machine would; each agent runs in its host's namespace with ``--state-di
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 
 from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV
-from notebookos.gpu_broker.cluster.launcher import start_cluster
+from notebookos.gpu_broker.cluster.launcher import start_cluster, stop_cluster
 from notebookos.kernels.replica_config import COMPACT_AFTER_ENV, GC_GRACE_ENV, SNAPSHOT_EVERY_ENV
 
 from ..kernels.driver import Notebook, cluster_request, wait_until
@@ -77,19 +76,18 @@ def pool(tmp_path_factory: pytest.TempPathFactory, jupyter_env: Path) -> Iterato
         pytest.skip(f"multi-host tests need network namespaces: {reason}")
     state = tmp_path_factory.mktemp("multihost-cluster")
     token_file = state / "join-token"
-    with NetworkHosts(6) as hosts:
+    with NetworkHosts(6) as hosts, pytest.MonkeyPatch.context() as env:
         # Kernels snapshot every 5 cells and compact at 40 journal entries (production: 100 and 1000), so that a
-        # replacement in a notebook of tens of cells restores from the leader's dump.
-        # Objects no snapshot or later entry needs are deleted at once (production: after 60 s).
-        saved = {name: os.environ.get(name) for name in (SNAPSHOT_EVERY_ENV, COMPACT_AFTER_ENV, GC_GRACE_ENV)}
-        os.environ.update({SNAPSHOT_EVERY_ENV: "5", COMPACT_AFTER_ENV: "40", GC_GRACE_ENV: "0"})
+        # replacement in a notebook of tens of cells restores from the leader's dump; objects no snapshot or later
+        # entry needs are deleted at once (production: after 60 s).
+        for name, value in ((SNAPSHOT_EVERY_ENV, "5"), (COMPACT_AFTER_ENV, "40"), (GC_GRACE_ENV, "0")):
+            env.setenv(name, value)
         proc, discovery = start_cluster(
             state, 0, extra_args=("--listen", f"{hosts.cluster_address}:0", "--join-token-file", str(token_file),
                                   "--host-timeout", str(HOST_TIMEOUT_S)), log_path=state / "cluster.log")
         url = json.loads(discovery.read_text())["url"]
         pool = Pool(hosts, discovery, token_file, url, {})
-        previous = os.environ.get(CLUSTER_FILE_ENV)  # the session's embedded cluster, if a test started it
-        os.environ[CLUSTER_FILE_ENV] = str(discovery)
+        env.setenv(CLUSTER_FILE_ENV, str(discovery))  # restored after: the session's embedded cluster may use it
         try:
             for host in hosts.hosts:
                 pool.agents[host.name] = pool.start_agent(host)
@@ -97,16 +95,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory, jupyter_env: Path) -> Iterato
                        JOIN_DEADLINE_S)
             yield pool
         finally:
-            for name, value in {**saved, CLUSTER_FILE_ENV: previous}.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_cluster(proc)
 
 
 @pytest.fixture
