@@ -32,7 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--hosts", type=int, default=4, help="logical hosts in the embedded cluster (default 4)")
     parser.add_argument("--gpus-per-host", type=int, default=None,
-                        help="GPUs of each logical host (default: the GPUs NVML sees, else 1 virtual GPU)")
+                        help="GPUs of each logical host: a slice of the GPUs NVML sees (default: an equal share), "
+                             "else virtual GPUs (default 1)")
     parser.add_argument("--max-hosts", type=int, default=None,
                         help="let the autoscaler add logical hosts up to this many (default: --hosts, no scale-out)")
     parser.add_argument("--state-dir", type=Path, default=None,

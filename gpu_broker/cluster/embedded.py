@@ -64,7 +64,8 @@ class EmbeddedCluster:
     def __init__(self, state_dir: Path, n_hosts: int = 4, gpus_per_host: int = 1,
                  subscription_limit: float = CoreConfig.subscription_limit, journal: bool = False,
                  max_hosts: int | None = None, policy: str = POLICY, provider: HostProvider | None = None,
-                 object_store: str | None = None, host_timeout_s: float = 5.0) -> None:
+                 object_store: str | None = None, host_timeout_s: float = 5.0,
+                 devices: list[int] | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.store_dir = self.state_dir / "objects"
         self.store_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +77,7 @@ class EmbeddedCluster:
         max_hosts = max(max_hosts or n_hosts, n_hosts)
         # Logical hosts share this machine's network stack and disk: one port pool and one object store.
         self.provider = provider or LocalProvider(self.state_dir / "hosts", max_hosts, PortPool(),
-                                                  object_store or self.store_dir.as_uri())
+                                                  object_store or self.store_dir.as_uri(), devices)
         # The hosts started with are the floor the autoscaler keeps; it may add hosts up to max_hosts.
         self.core_config = CoreConfig(host_gpus=gpus_per_host, subscription_limit=subscription_limit,
                                       min_hosts=n_hosts, max_hosts=max_hosts)
@@ -281,7 +282,9 @@ class EmbeddedCluster:
         agent = self.provider.add_host(gpus or self.gpus_per_host)
         with self.lock:
             self.hosts[agent.name] = agent
-        self._act(self._decide(self.core.add_host, agent.name, gpus or self.gpus_per_host))
+        # A slice of this machine's real GPUs may be smaller than asked for (the others hold the rest).
+        granted = len(agent.gpu_devices) if agent.gpu_devices is not None else gpus or self.gpus_per_host
+        self._act(self._decide(self.core.add_host, agent.name, granted))
         if scaled:
             self.metrics.scale_events.labels("out").inc()
             self.history.scaled()

@@ -129,7 +129,8 @@ class HostAgent:
     """
 
     def __init__(self, name: str, workdir: Path, address: str = "127.0.0.1", ports: PortPool | None = None,
-                 store: str | None = None, python: str = sys.executable) -> None:
+                 store: str | None = None, python: str = sys.executable,
+                 gpu_devices: tuple[int, ...] | None = None) -> None:
         self.name = name
         self.workdir = Path(workdir)
         self.address = address
@@ -137,6 +138,8 @@ class HostAgent:
         self.store = store
         self.objects_dir = self.workdir.parent / "objects"
         self.python = python
+        # A logical host's slice of this machine's real GPUs (its replicas see only those); None: all, or virtual.
+        self.gpu_devices = gpu_devices
         self.replicas: dict[tuple[str, int], ReplicaProcess] = {}
         self._kernel_ports: dict[str, set[int]] = {}  # handed out for a kernel's replicas here, until it stops
 
@@ -239,16 +242,24 @@ class HostAgent:
             log.info("adopted replica %s/%d (pid %d)", config.kernel_id, config.replica, pid)
         return adopted
 
+    def replica_environment(self, workdir: Path) -> dict[str, str]:
+        """The environment a replica of this host starts with: its own IPython folder, its host's name, and, for a
+        logical host with a slice of this machine's GPUs, only those GPUs visible (device 0 is the slice's first)."""
+        env = dict(os.environ)
+        env["IPYTHONDIR"] = str(workdir / "ipython")
+        env["NOTEBOOKOS_HOST"] = self.name
+        env.pop("NOTEBOOKOS_CLUSTER_FILE", None)
+        if self.gpu_devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in self.gpu_devices)
+        return env
+
     def _spawn(self, proc: ReplicaProcess) -> None:
         proc.config.ready_marker.unlink(missing_ok=True)
         conn_file = proc.workdir / CONNECTION_FILE
         _write_private(conn_file, json.dumps(proc.connection))
         config_file = proc.workdir / CONFIG_FILE
         proc.config.write(config_file)
-        env = dict(os.environ)
-        env["IPYTHONDIR"] = str(proc.workdir / "ipython")
-        env["NOTEBOOKOS_HOST"] = self.name
-        env.pop("NOTEBOOKOS_CLUSTER_FILE", None)
+        env = self.replica_environment(proc.workdir)
         with open(proc.workdir / "replica.log", "ab") as logfile:
             proc.popen = subprocess.Popen(
                 [self.python, "-m", REPLICA_MODULE, "-f", str(conn_file), f"--ReplicaKernel.config_path={config_file}"],

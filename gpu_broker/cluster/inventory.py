@@ -1,7 +1,8 @@
 """GPU inventory of this machine: NVML (nvidia-ml-py) where there is an NVIDIA driver, else none.
 
-The embedded cluster's logical hosts all live on this machine, so each reports this machine's GPUs, unless the
-operator sets ``--gpus-per-host`` (virtual GPUs: scheduling is real, tensors stay on whatever device exists).
+The embedded cluster's logical hosts all live on this machine, so they split its GPUs (each sees only its slice,
+providers/local.py); without any, they carry ``--gpus-per-host`` virtual GPUs (scheduling is real, tensors stay on
+whatever device exists).
 """
 from __future__ import annotations
 

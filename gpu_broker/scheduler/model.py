@@ -6,6 +6,7 @@ mutates them.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -62,8 +63,12 @@ class Host:
         return self.state is HostState.ACTIVE
 
     def ratio(self, extra: int = 0) -> float:
-        """Subscription ratio: GPUs requested by replicas placed here (plus ``extra``) over the host's GPUs."""
-        return (self.subscribed + extra) / self.gpus
+        """Subscription ratio: GPUs requested by replicas placed here (plus ``extra``) over the host's GPUs. A host
+        without GPUs (a machine for standbys of GPU-less kernels) takes no request for one."""
+        wanted = self.subscribed + extra
+        if self.gpus == 0:
+            return math.inf if wanted else 0.0
+        return wanted / self.gpus
 
 
 @dataclass(eq=False, slots=True)

@@ -55,7 +55,7 @@ class Agent:
         self.address = args.address
         self.cluster_url = args.join.rstrip("/")
         self.join_token = token
-        self.gpus = args.gpus if args.gpus is not None else nvml_gpu_count()
+        self.gpus = args.gpus if args.gpus is not None else nvml_gpu_count() or 0
         self.state_dir = Path(args.state_dir)
         self.api_token = secrets.token_urlsafe(32)
         self.host = HostAgent(self.name, self.state_dir / "replicas", address=self.address,

@@ -15,7 +15,12 @@ from .base import HostProvider, ProviderError
 
 
 class LocalProvider(HostProvider):
-    def __init__(self, hosts_dir: Path, max_hosts: int | None, ports: PortPool, store: str) -> None:
+    def __init__(self, hosts_dir: Path, max_hosts: int | None, ports: PortPool, store: str,
+                 devices: list[int] | None = None) -> None:
+        """``devices``: this machine's GPUs (NVML indexes), split between the hosts so that no two hosts grant the
+        same card; None: hosts carry virtual GPUs."""
+        self.devices = devices
+        self._assigned: dict[str, tuple[int, ...]] = {}
         self.hosts_dir = Path(hosts_dir)
         self.ports = ports  # one network stack: one pool for every logical host
         self.store = store  # one disk: one object store for every logical host
@@ -30,13 +35,22 @@ class LocalProvider(HostProvider):
         name = f"host-{self._next}"
         self._next += 1
         self.running += 1
-        return HostAgent(name, self.hosts_dir / name, ports=self.ports, store=self.store)
+        devices = None
+        if self.devices is not None:
+            taken = {d for slice_ in self._assigned.values() for d in slice_}
+            devices = self._assigned[name] = tuple(d for d in self.devices if d not in taken)[:gpus]
+        return HostAgent(name, self.hosts_dir / name, ports=self.ports, store=self.store, gpu_devices=devices)
 
     def remove_host(self, agent: HostAgent) -> None:
         if agent.replicas:
             raise ProviderError(f"{agent.name} still runs {len(agent.replicas)} replica(s); drain it first")
         self.running -= 1
+        self._assigned.pop(agent.name, None)
         shutil.rmtree(agent.workdir, ignore_errors=True)
 
     def resize_host(self, agent: HostAgent, gpus: int) -> None:
-        """Logical hosts take any GPU count: their GPUs are configuration (or a share of this machine's)."""
+        """Hosts with virtual GPUs take any count; a slice of this machine's real GPUs is fixed (another host may
+        hold the cards next to it): add or remove hosts instead."""
+        if agent.gpu_devices is not None:
+            raise ProviderError(f"{agent.name} holds this machine's GPU(s) {list(agent.gpu_devices)}; logical hosts "
+                                "split the machine's GPUs, so add or remove hosts instead of resizing one")

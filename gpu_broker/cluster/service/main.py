@@ -50,12 +50,15 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    gpus_per_host = args.gpus_per_host or nvml_gpu_count() or 1
+    # With real GPUs, logical hosts split them (default: an equal share each); without, they carry virtual ones.
+    physical = nvml_gpu_count()
+    gpus_per_host = args.gpus_per_host or (max(1, physical // max(1, args.hosts)) if physical else 1)
     join_token = ensure_token(args.join_token_file) if args.join_token_file else None
     cluster = EmbeddedCluster(args.state_dir, args.hosts, gpus_per_host, journal=args.journal,
                               max_hosts=args.max_hosts, policy=args.policy,
                               subscription_limit=args.subscription_limit, object_store=args.object_store,
-                              host_timeout_s=args.host_timeout)
+                              host_timeout_s=args.host_timeout,
+                              devices=list(range(physical)) if physical else None)
     service = ClusterService(cluster, args.ephemeral, join_token)
     address, port = args.listen
     sockets = tornado.netutil.bind_sockets(port, address, family=socket.AF_INET)
@@ -94,7 +97,8 @@ def add_service_arguments(parser: argparse.ArgumentParser, hosts: int) -> None:
     parser.add_argument("--max-hosts", type=int, default=None,
                         help="most logical hosts the autoscaler may run (default: --hosts, no scale-out)")
     parser.add_argument("--gpus-per-host", type=int, default=None,
-                        help="GPUs of each logical host: virtual GPUs (default: the GPUs NVML sees, else 1)")
+                        help="GPUs of each logical host: a slice of the GPUs NVML sees (default: an equal share), "
+                             "else virtual GPUs (default 1)")
     parser.add_argument("--listen", type=parse_listen, default=parse_listen(DEFAULT_LISTEN), metavar="ADDR:PORT",
                         help=f"where the service's API listens (default {DEFAULT_LISTEN}: loopback, any port); agents "
                              "and remote Jupyter servers need an address they can reach")
