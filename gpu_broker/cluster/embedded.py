@@ -231,15 +231,15 @@ class EmbeddedCluster:
         hosts it takes over the dead replica's journal (the machine lives on, so its disk does); on another
         machine it joins the Raft group as a new member. Nothing happens for a replica that is being moved, or
         waiting for room, or whose endpoint is not ``seen`` (``ip:shell_port`` the front lost: it is stale, the
-        replica was replaced already and the answer tells it where). A logical host's replica that is alive is
-        left alone; a machine's is trusted lost when its front says so (the agent's last report may predate the
-        loss of the whole machine); if it only lost touch, its agent stops it at its next heartbeat, since the core
-        no longer places it there (a call to an agent that may be down would hold the cluster's thread)."""
+        replica was replaced already and the answer tells it where). A replica that is alive on a host the cluster
+        still hears from is left alone: the front lost touch with it (a partition), and it catches up through Raft
+        once the link is back; if its machine is gone, the host is declared lost after ``host_timeout_s`` and the
+        core replaces it then."""
         record = self.kernels[kernel_id]
         host, proc = record.replicas[replica]
         placed = replica in self.core.cluster.kernels[kernel_id].replicas
         stale = seen is not None and seen != f"{proc.connection['ip']}:{proc.connection['shell_port']}"
-        if replica in record.moving or not placed or stale or (isinstance(host, HostAgent) and proc.alive):
+        if replica in record.moving or not placed or stale or (proc.alive and _reachable(host)):
             return self.describe_kernel(kernel_id)
         self._act(self._decide(self.core.replica_lost, kernel_id, replica))
         return self.describe_kernel(kernel_id)
@@ -533,6 +533,12 @@ class EmbeddedCluster:
                 "state": host.state.value,
                 "devices": [_describe_device(d, held.get(d)) for d in range(host.gpus)],
             }
+
+
+def _reachable(host: ReplicaHost) -> bool:
+    """Whether what the cluster knows of the host's replicas is current: always for a logical host, for a machine
+    while its agent's heartbeats arrive."""
+    return not isinstance(host, RemoteHost) or host.heard_from
 
 
 def _raft_address(host: ReplicaHost, ports: list[int]) -> str:

@@ -234,6 +234,23 @@ def test_a_restarted_agent_adopts_the_replicas_still_running_on_its_machine(pool
     assert host.name in pool.hosts_listed()
 
 
+def test_a_standby_cut_off_briefly_catches_up_when_its_link_is_back(pool: Pool, notebook: Notebook) -> None:
+    """A partition shorter than the host time-out: the cut-off standby cannot commit, the notebook goes on with the
+    two others, and once the link is back the same replica process catches up through Raft (nothing replaced)."""
+    assert notebook.run("v = 1").status == "ok"
+    before = {r["replica"]: (r["host"], r["pid"]) for r in pool.replicas(notebook.km.kernel_id)}
+    executor = _where_and(notebook, "0")[0]
+    index, (cut_name, _) = next((i, hp) for i, hp in before.items() if hp[0] != executor)
+    pool.hosts.link_down(pool.host(cut_name))
+    try:
+        assert notebook.run("v += 1").status == "ok"
+    finally:
+        pool.hosts.link_up(pool.host(cut_name))
+    assert wait_until(lambda: _where_and(notebook, "v", replica=index) == [cut_name, 2],
+                      "the cut-off replica to run a cell with the state", 30)
+    assert {r["replica"]: (r["host"], r["pid"]) for r in pool.replicas(notebook.km.kernel_id)} == before
+
+
 def test_a_cut_off_standby_stops_nothing_and_its_machine_rejoins_the_pool(pool: Pool, notebook: Notebook) -> None:
     """A standby's network link goes down: the notebook's cells go on with the two others (the cut-off replica
     cannot commit anything), the kernel gets a third replica elsewhere, and when the link is back the machine
