@@ -37,7 +37,7 @@ from jupyter_client.session import Session
 from ..gpu_broker.cluster.client import ClusterClient, ClusterError, discovery_file
 from .gpu_request import parse_gpus_magic
 from .protocol import EXECUTOR_ANNOUNCEMENT, GPU_RELEASED, NOTEBOOKOS_META, STATE_APPLIED, ReplicaRole
-from .replica_link import HEARTBEAT_DEAD_AFTER_S, ReplicaLink
+from .replica_link import HEARTBEAT_DEAD_AFTER_S, ReplicaLink, endpoint_of
 
 log = logging.getLogger("notebookos.front")
 
@@ -438,7 +438,7 @@ class KernelFront:
         a new member at a new address, so the front relinks; on this machine it restarted with the same ports."""
         described = next(r for r in (await self.cluster.kernel(self.kernel_id))["replicas"]
                          if r["replica"] == replica.index)
-        if f"{described['connection']['ip']}:{described['connection']['shell_port']}" != replica.endpoint:
+        if endpoint_of(described["connection"]) != replica.endpoint:
             await self._follow_replacement(replica, described)
         else:
             replica.alive = False  # its old process is gone; the next heartbeat answered is the new one's
@@ -525,7 +525,7 @@ class KernelFront:
         try:
             while self._replica(replica.index) is replica and not replica.alive:
                 current = next(r for r in described["replicas"] if r["replica"] == replica.index)
-                if f"{current['connection']['ip']}:{current['connection']['shell_port']}" != replica.endpoint:
+                if endpoint_of(current["connection"]) != replica.endpoint:
                     await self._follow_replacement(replica, current)
                     return
                 await asyncio.sleep(REPLACEMENT_POLL_S)

@@ -24,6 +24,11 @@ STARTUP_GRACE_S = 10.0
 START_TIMEOUT_S = 60.0
 
 
+def endpoint_of(connection: dict) -> str:
+    """``ip:shell_port`` of a replica's connection info: what tells one replica process from its replacement."""
+    return f"{connection['ip']}:{connection['shell_port']}"
+
+
 class ReplicaLink:
     """DEALER sockets for shell, control and stdin (one identity, as ipykernel routes stdin by the shell
     identity), a SUB socket for IOPub and a REQ socket for heartbeats."""
@@ -54,7 +59,7 @@ class ReplicaLink:
     @property
     def endpoint(self) -> str:
         """``ip:shell_port``: which process this link talks to (a replacement elsewhere has another)."""
-        return f"{self.connection['ip']}:{self.connection['shell_port']}"
+        return endpoint_of(self.connection)
 
     def _url(self, port_name: str) -> str:
         return f"tcp://{self.connection['ip']}:{self.connection[port_name]}"
