@@ -80,10 +80,11 @@ class ReplicaKernel(IPythonKernel):
         self._warned_unpicklable: dict[str, str] = {}
         self._told_lost: set[str] = set()
         self._unapplied: list[str] = []
+        self._installs: list[str] = []  # the install lines of every accepted cell so far, for the next snapshot
         self.book = ElectionBook(cfg.replica)
         self._peer_urls = list(cfg.peer_urls)  # the kernel's replicas' peer APIs, updated as members change
         self._peer_server: ObjectServer | None = None
-        self._collected_at: Snapshot | None = None  # the snapshot the last garbage collection kept
+        self._collected_dumps = 0  # the dump count (SnapshotState.dumps) of the last garbage collection
         self._store = self._open_store()
         self.tracker = NamespaceTracker(self._store, inline_limit=cfg.inline_limit)
         self.tracker.snapshot(self.shell.user_ns)
@@ -201,6 +202,7 @@ class ReplicaKernel(IPythonKernel):
         """A dump replaced this replica's state (its own at start, or the leader's because it was too far behind):
         rebuild the namespace from the dump's snapshot alone, then apply the entries after it."""
         snapshot = restore.snapshot
+        self._unapplied.clear()  # the whole state is replaced: what failed to apply before no longer matters
         keys = set() if snapshot is None else NamespaceTracker.referenced_keys(snapshot.delta)
         await self._fetch_objects(keys)
         ns = self.shell.user_ns
@@ -213,7 +215,9 @@ class ReplicaKernel(IPythonKernel):
         self._own_records.clear()
         replica = self.replica_config.replica
         self.book = ElectionBook(replica) if snapshot is None else ElectionBook.after_snapshot(replica, snapshot)
+        self._installs = [] if snapshot is None else list(snapshot.installs)
         if snapshot is not None:
+            self._run_installs(snapshot.installs)
             try:
                 tracker.apply(StateDelta.from_bytes(snapshot.delta), ns)
             except StateApplyError as err:
@@ -231,18 +235,21 @@ class ReplicaKernel(IPythonKernel):
             self._wake(cell)
 
     def _collect_garbage(self) -> None:
-        """Once per accepted snapshot, delete the objects of this replica's own store that neither it nor a later
-        entry needs, past a grace period, off the main thread. Only a store of this replica's alone (a machine's,
-        one folder per kernel): a store shared by several replicas or kernels (one disk, Redis) is left alone,
-        since another replica there may lag behind, and identical objects of two kernels are one file."""
+        """Once per dump written (every accepted snapshot), delete the objects of the kernel's own store that
+        neither this replica's dump and the entries after it nor its latest snapshot and the entries after that
+        need, past a grace period, off the main thread.
+
+        Where the kernel's replicas share the folder (one disk), the others need the same objects once they have
+        dumped the same snapshot; one that lagged a whole snapshot behind (it was down) gets the leader's dump
+        when it comes back, since the leader's log no longer reaches back that far."""
         state = self.raft.snapshots
-        if not isinstance(self._store, PeerStore) or state.snapshot is None or state.snapshot is self._collected_at:
+        if not self.replica_config.owns_store or state.dumps == self._collected_dumps:
             return
-        self._collected_at = state.snapshot
-        keep = state.referenced_keys()
-        local, grace = self._store.local, self.replica_config.gc_grace_s
+        self._collected_dumps = state.dumps
+        local = self._store.local if isinstance(self._store, PeerStore) else self._store
         if isinstance(local, LocalDirectoryStore):
-            self._loop.run_in_executor(None, _delete_unreferenced, local, keep, grace)
+            self._loop.run_in_executor(None, _delete_unreferenced, local, state.referenced_keys(),
+                                       self.replica_config.gc_grace_s)
 
     async def _fetch_objects(self, keys: set[str]) -> None:
         """Bring the objects a record or snapshot points to into this replica's store off the main thread: a fetch
@@ -289,10 +296,12 @@ class ReplicaKernel(IPythonKernel):
         if not accepted:
             self.log.info("fenced off a record of %s from replica %s", record.cell, record.executor)
             return
+        installs = _install_lines(record.source)
+        self._installs = _latest_last(self._installs + installs)
         if own is not None:
             return
         self.records_applied += 1
-        self._run_installs(record.source)
+        self._run_installs(installs)
         delta = StateDelta.from_bytes(record.delta)
         try:
             extra = self.tracker.apply(delta, self.shell.user_ns)
@@ -308,18 +317,19 @@ class ReplicaKernel(IPythonKernel):
                            "applied_at": time.time()},
                           parent={"header": {"msg_id": record.cell.msg_id, "msg_type": "execute_request"}})
 
-    def _run_installs(self, source: str) -> None:
-        """Run the cell's package installs (``%pip install``, ``%conda install``, ...) here too, before applying its
-        state: what they change is this machine's environment, which no state delta carries, and the delta may
-        import what they installed. So ``{...}`` in such a line expands in the namespace as it was before the cell.
-        Their output goes to this replica's log; a failure is told to the user in the first cell this replica
-        runs."""
-        for magic, arguments in _INSTALL_LINE.findall(source):
+    def _run_installs(self, lines: list[str] | tuple[str, ...]) -> None:
+        """Run a cell's package installs (``%pip install``, ``%conda install``, ...) here too, before applying its
+        state (or a snapshot's, before loading it): what they change is this machine's environment, which no state
+        delta carries, and the delta may import what they installed. So ``{...}`` in such a line expands in the
+        namespace as it was before the cell (before a snapshot: an empty one). Their output goes to this replica's
+        log; a failure is told to the user in the first cell this replica runs."""
+        for line in lines:
+            magic, _, arguments = line[1:].partition(" ")
             with capture_output() as output:
-                self.shell.run_line_magic(magic, arguments.strip())
-            self.log.info("%%%s %s on this replica:\n%s%s", magic, arguments.strip(), output.stdout, output.stderr)
+                self.shell.run_line_magic(magic, arguments)
+            self.log.info("%s on this replica:\n%s%s", line, output.stdout, output.stderr)
             if "error" in output.stderr.lower():
-                self._unapplied.append(f"%{magic} {arguments.strip()} failed here: {output.stderr.strip()[-500:]}")
+                self._unapplied.append(f"{line} failed here: {output.stderr.strip()[-500:]}")
 
     def _record_history(self, record: ExecutionRecord, out: Any) -> None:
         """Keep In/Out, ``_`` and the execution count identical to the executor's."""
@@ -475,7 +485,8 @@ class ReplicaKernel(IPythonKernel):
                                  f"growing until a later one succeeds: {err}\n")
             return
         captured = time.perf_counter()
-        snapshot = Snapshot(record.cell, record.executor, record.execution_count, record.reply, full.to_bytes())
+        snapshot = Snapshot(record.cell, record.executor, record.execution_count, record.reply, full.to_bytes(),
+                            tuple(self._installs))
         try:
             await self.raft.append_async(snapshot, COMMIT_TIMEOUT_S)
         except AppendFailed as err:
@@ -562,6 +573,19 @@ class ReplicaKernel(IPythonKernel):
 
 # A line of a cell that installs packages into this machine's environment: run on every replica.
 _INSTALL_LINE = re.compile(r"^[ \t]*%(pip|conda|mamba|micromamba|uv)[ \t]+((?:install|uninstall)\b.*)$", re.MULTILINE)
+
+
+def _install_lines(source: str) -> list[str]:
+    """The cell's package-install lines, normalized to ``%magic arguments``."""
+    return [f"%{magic} {arguments.strip()}" for magic, arguments in _INSTALL_LINE.findall(source)]
+
+
+def _latest_last(lines: list[str]) -> list[str]:
+    """``lines`` with each repeated line kept only where it last occurs: running them in order reaches the same
+    environment (installing, uninstalling and installing a package again ends installed), and a notebook that
+    re-runs its install cell does not make every later replacement install it once per run."""
+    last = {line: index for index, line in enumerate(lines)}
+    return [line for index, line in enumerate(lines) if last[line] == index]
 
 
 class _NoOutput:

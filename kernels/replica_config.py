@@ -47,8 +47,11 @@ class ReplicaConfig:
     joining: bool = False
     snapshot_every: int = dataclasses.field(default_factory=lambda: _env_int(SNAPSHOT_EVERY_ENV, 100))
     compact_after: int = dataclasses.field(default_factory=lambda: _env_int(COMPACT_AFTER_ENV, 1000))
-    # Objects of a replica's own store that neither the latest snapshot nor a later entry needs are deleted once
-    # this old (younger ones may belong to a cell whose record has not committed yet).
+    # The store holds this kernel's objects only (the host agent's folder for it, possibly shared by the kernel's
+    # replicas on one disk): objects no replica's dump or later entry needs are deleted from it once ``gc_grace_s``
+    # old (younger ones may belong to a cell whose record has not committed yet). A store shared with other kernels
+    # (Redis, a folder given to the cluster) is never collected: identical objects of two kernels are one.
+    owns_store: bool = False
     gc_grace_s: int = dataclasses.field(default_factory=lambda: _env_int(GC_GRACE_ENV, 60))
 
     @property

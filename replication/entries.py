@@ -88,7 +88,10 @@ class Snapshot:
 
     ``delta`` is a ``capture_all`` :class:`~notebookos.replication.namespace.StateDelta` (large values in the object
     store). ``executor``, ``execution_count`` and ``reply`` are the covered record's, so that a replica restored from
-    the snapshot still fences, counts and answers a re-sent attempt of that cell like one that replayed the log. The
+    the snapshot still fences, counts and answers a re-sent attempt of that cell like one that replayed the log.
+    ``installs`` are the package-install lines (``%pip install ...``) of every accepted cell up to ``covers``, in
+    order: they changed the executor's machine, which no namespace carries, so a replica restored from the snapshot
+    on another machine runs them before it loads the namespace. The
     state machine ignores a snapshot whose ``covers`` is not the last record committed before it: another record
     slipped in between, and the snapshot would miss its changes.
     """
@@ -98,6 +101,7 @@ class Snapshot:
     execution_count: int
     reply: dict
     delta: bytes
+    installs: tuple[str, ...] = ()  # the default also reads snapshots written before installs were kept
 
 
 LogEntry = Proposal | Vote | ExecutionRecord | MembershipChanged | Snapshot

@@ -14,6 +14,10 @@ applied one by one, so a newer dump is handed to the replica as one :class:`Rest
 
 pysyncobj may install an older dump on an up-to-date follower and then send entries it has already applied again;
 ``applied`` (the index of the last entry this replica applied) makes both no-ops.
+
+Each accepted snapshot asks for a compaction at once (``compaction_due``), so that this replica's dump on disk is
+never more than one snapshot old. What the replica's own restart needs from the object store is then the objects of
+its dump and of the entries after it (``referenced_keys``), which is what the garbage collector keeps.
 """
 from __future__ import annotations
 
@@ -61,15 +65,20 @@ class SnapshotState:
         self.records_in_tail = 0  # execution records since the snapshot: when the executor takes the next one
         self._members: dict[int, MembershipChanged] = {}  # from before the snapshot
         self._last_record: CellKey | None = None
+        self.compaction_due = False  # a snapshot was accepted: write a dump now
+        self.dumps = 0  # dumps written or adopted: the garbage collector runs once per dump
+        self._dumped: tuple[LogEntry, ...] = ()  # the state on disk: its snapshot and tail
+        self._since_dump: list[LogEntry] = []  # entries admitted after it (the journal's), snapshots included
 
     def referenced_keys(self) -> set[str]:
-        """The object-store keys the latest snapshot and the entries after it point to: what a replica, or a
-        member joining from a dump, may still need. Read from other threads: a snapshot admitted meanwhile can make
-        it miss that snapshot's own (just written) object, which the collector's grace period protects."""
-        snapshot, tail = self.snapshot, list(self.tail)
-        keys = set() if snapshot is None else NamespaceTracker.referenced_keys(snapshot.delta)
-        for entry in tail:
-            if isinstance(entry, ExecutionRecord):
+        """The object-store keys that the state on disk (the dump and the journal after it) and the state in
+        memory (the latest snapshot and the entries after it) point to: what this replica's restart, or a member
+        joining from its dump, may still need. Read from other threads: an entry admitted meanwhile can make it miss
+        that entry's own (just written) object, which the collector's grace period protects."""
+        entries = [self.snapshot, *self.tail, *self._dumped, *self._since_dump]
+        keys: set[str] = set()
+        for entry in entries:
+            if isinstance(entry, (ExecutionRecord, Snapshot)):
                 keys |= NamespaceTracker.referenced_keys(entry.delta)
         return keys
 
@@ -82,10 +91,12 @@ class SnapshotState:
         if index <= self.applied:
             return False
         self.applied = index
+        self._since_dump.append(entry)
         if isinstance(entry, Snapshot):
             if entry.covers == self._last_record:
                 self._members.update((m.replica, m) for m in self.tail if isinstance(m, MembershipChanged))
                 self.snapshot, self.tail, self.records_in_tail = entry, [], 0
+                self.compaction_due = True
             return False
         if isinstance(entry, ExecutionRecord):
             self._last_record = entry.cell
@@ -103,6 +114,7 @@ class SnapshotState:
             pickle.dump((_DUMP_FORMAT, raft_data, state), f, protocol=5)
             f.flush()
             os.fsync(f.fileno())
+        self._dumped_now()
 
     def deserialize(self, file_name: str) -> tuple[Any, ...]:
         """pysyncobj's deserializer: adopt the dump in ``file_name`` if it is newer than this replica's state, and
@@ -120,11 +132,21 @@ class SnapshotState:
         applied, snapshot, tail, records_in_tail, members, last_record = state
         if applied <= self.applied:
             log.info("ignored a snapshot of log index %d: this replica has applied up to %d", applied, self.applied)
+            # pysyncobj still keeps it as this replica's dump: a restart would load it and replay from there.
+            self._dumped = (*self._dumped, *self._since_dump, snapshot, *tail)
+            self._since_dump = []
             return
         self.applied, self.snapshot, self.tail, self.records_in_tail = applied, snapshot, list(tail), records_in_tail
         self._members = {m.replica: m for m in members}
         self._last_record = last_record
+        self._dumped_now()  # pysyncobj keeps the dump it installs as this replica's own
         self._on_restore(Restore(applied, snapshot, tuple(tail), tuple(members)))
+
+
+    def _dumped_now(self) -> None:
+        """The state in memory is now also the state on disk."""
+        self._dumped, self._since_dump = (self.snapshot, *self.tail), []
+        self.dumps += 1
 
 
 def dump_path(journal_path: str) -> str:

@@ -67,17 +67,15 @@ class EmbeddedCluster:
                  object_store: str | None = None, host_timeout_s: float = 5.0,
                  devices: list[int] | None = None) -> None:
         self.state_dir = Path(state_dir)
-        self.store_dir = self.state_dir / "objects"
-        self.store_dir.mkdir(parents=True, exist_ok=True)
         # A store every host reaches (Redis), or None: each host keeps objects in its own store.
         self.object_store = object_store
         self.host_timeout_s = host_timeout_s  # an agent silent this long has lost its host
         self.gpus_per_host = gpus_per_host
         self.policy = make_policy(policy)
         max_hosts = max(max_hosts or n_hosts, n_hosts)
-        # Logical hosts share this machine's network stack and disk: one port pool and one object store.
-        self.provider = provider or LocalProvider(self.state_dir / "hosts", max_hosts, PortPool(),
-                                                  object_store or self.store_dir.as_uri(), devices)
+        # Logical hosts share this machine's network stack and disk: one port pool, one folder per kernel's objects.
+        self.provider = provider or LocalProvider(self.state_dir / "hosts", max_hosts, PortPool(), object_store,
+                                                  devices)
         # The hosts started with are the floor the autoscaler keeps; it may add hosts up to max_hosts.
         self.core_config = CoreConfig(host_gpus=gpus_per_host, subscription_limit=subscription_limit,
                                       min_hosts=n_hosts, max_hosts=max_hosts)

@@ -124,19 +124,21 @@ class HostAgent:
     ``address``: where this host's replicas bind and where their peers and the kernel front reach them.
     ``ports``: the pool the replicas' ports come from (the embedded cluster's logical hosts share one, as they share
     one network stack). ``store``: the object store replicas use unless the cluster names a shared one; by default a
-    folder per kernel beside ``workdir`` (``objects/KERNEL``), the replica's alone, so it can delete what it no
-    longer needs.
+    folder per kernel beside ``workdir`` (``objects/KERNEL``), the kernel's alone, so its replicas can delete what
+    it no longer needs. ``shares_objects``: the other hosts of this machine use the same folders (the embedded
+    cluster's logical hosts, one disk), so a replica leaving this host leaves its kernel's objects to the others.
     """
 
     def __init__(self, name: str, workdir: Path, address: str = "127.0.0.1", ports: PortPool | None = None,
                  store: str | None = None, python: str = sys.executable,
-                 gpu_devices: tuple[int, ...] | None = None) -> None:
+                 gpu_devices: tuple[int, ...] | None = None, shares_objects: bool = False) -> None:
         self.name = name
         self.workdir = Path(workdir)
         self.address = address
         self.ports = ports or PortPool(address=address)
         self.store = store
         self.objects_dir = self.workdir.parent / "objects"
+        self.shares_objects = shares_objects
         self.python = python
         # A logical host's slice of this machine's real GPUs (its replicas see only those); None: all, or virtual.
         self.gpu_devices = gpu_devices
@@ -155,9 +157,10 @@ class HostAgent:
         workdir = self.workdir / config.kernel_id / f"replica-{config.replica}"
         workdir.mkdir(parents=True, exist_ok=True)
         cwd = config.cwd if config.cwd and Path(config.cwd).is_dir() else str(workdir)
-        store = config.store or self.store or (self.objects_dir / config.kernel_id).as_uri()
+        shared = config.store or self.store
+        store = shared or (self.objects_dir / config.kernel_id).as_uri()
         config = dataclasses.replace(config, host=self.name, journal_path=str(workdir / JOURNAL_FILE), store=store,
-                                     cwd=cwd)
+                                     cwd=cwd, owns_store=not shared)
         proc = ReplicaProcess(config=config, connection={**connection, "ip": self.address}, workdir=workdir)
         self.replicas[(config.kernel_id, config.replica)] = proc
         self._spawn(proc)
@@ -213,7 +216,8 @@ class HostAgent:
         self.ports.release(proc.ports)
         self._kernel_ports.get(kernel_id, set()).difference_update(proc.ports)
         shutil.rmtree(proc.workdir, ignore_errors=True)
-        shutil.rmtree(self.objects_dir / kernel_id, ignore_errors=True)  # one replica of a kernel per host
+        if not self.shares_objects:  # then this was the kernel's only replica here
+            shutil.rmtree(self.objects_dir / kernel_id, ignore_errors=True)
 
     def stop_all(self) -> None:
         for kernel_id in {k for k, _ in self.replicas} | set(self._kernel_ports):

@@ -21,6 +21,7 @@ from notebookos.gpu_broker.cluster.launcher import start_cluster, stop_cluster
 from notebookos.kernels.replica_config import COMPACT_AFTER_ENV, GC_GRACE_ENV, SNAPSHOT_EVERY_ENV
 
 from ..kernels.driver import Notebook, cluster_request, wait_until
+from ..wheels import TINY_PACKAGE, tiny_wheel
 from .hosts import Host, NetworkHosts, available
 
 HOST_TIMEOUT_S = 5.0  # the cluster's loss detection (its default)
@@ -278,11 +279,16 @@ def test_a_cut_off_standby_stops_nothing_and_its_machine_rejoins_the_pool(pool: 
                           f"a cell on replica {replica['replica']}", 30)
 
 
-def test_a_replacement_restores_from_the_leaders_snapshot_and_the_log_tail(pool: Pool, notebook: Notebook) -> None:
+def test_a_replacement_restores_from_the_leaders_snapshot_and_the_log_tail(pool: Pool, notebook: Notebook,
+                                                                           tmp_path: Path) -> None:
     """After 60 cells the kernel's log is compacted and the objects no snapshot or later entry needs are deleted;
     a replacement on a spare machine gets the leader's dump, restores the namespace from its snapshot (fetching its
-    objects from its peers) and applies only the entries after it."""
-    assert notebook.run("import torch\nt = torch.zeros(100_000)\nn = 0").status == "ok"
+    objects from its peers) and applies only the entries after it. The package the first cell installed, long
+    compacted out of the log, is installed on the replacement's machine too (into a folder named after it)."""
+    site = tmp_path / "site-"
+    install = (f"%pip install --no-index --no-deps --target {site}{{__import__('os').environ['NOTEBOOKOS_HOST']}} "
+               f"{tiny_wheel(tmp_path)}")
+    assert notebook.run(f"{install}\nimport torch\nt = torch.zeros(100_000)\nn = 0").status == "ok"
     for _ in range(60):
         assert notebook.run("n += 1\nt += 1").status == "ok"
     # Each cell stored a new 400 KB tensor on every replica's disk; only the latest snapshot's and the tail's stay.
@@ -301,10 +307,12 @@ def test_a_replacement_restores_from_the_leaders_snapshot_and_the_log_tail(pool:
     assert restored["restored_index"] is not None and restored["records_applied"] < 20, restored
 
     def on_replacement() -> list | None:
-        where, value = _where_and(notebook, "[n, float(t.sum())]", replica=replacement["replica"])
+        state = f"[n, float(t.sum()), __import__('sys').path.insert(0, '{site}{host.name}'), " \
+                f"__import__('{TINY_PACKAGE}').VALUE]"
+        where, value = _where_and(notebook, state, replica=replacement["replica"])
         return value if where == host.name else None
 
-    assert wait_until(on_replacement, "a cell on the replacement", 30) == [60, 6_000_000.0]
+    assert wait_until(on_replacement, "a cell on the replacement", 30) == [60, 6_000_000.0, None, 42]
 
 
 def test_a_kernels_replicas_run_on_three_machines_and_a_standby_host_loss_costs_nothing(pool: Pool,

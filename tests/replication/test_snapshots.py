@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 from notebookos.replication.entries import CellKey, ExecutionRecord, MembershipChanged, Proposal, Role, Snapshot
+from notebookos.replication.namespace import NamespaceTracker
+from notebookos.replication.object_store import LocalDirectoryStore
 from notebookos.replication.raft_log import KernelLog
 from notebookos.replication.snapshots import Restore, SnapshotState, dump_path
 
@@ -48,6 +50,40 @@ def test_entries_at_or_below_the_applied_index_are_not_applied_again() -> None:
     assert not state.admit(7, record(1))
     assert not state.admit(3, record(0))
     assert state.tail == [record(1)] and state.applied == 7
+
+
+def test_the_objects_kept_are_those_of_the_dump_on_disk_the_entries_after_it_and_the_latest_snapshot(
+        tmp_path: Path) -> None:
+    """A restart loads the dump and replays the journal after it, so their objects must survive a newer snapshot
+    until that snapshot is dumped; then only the newer state's objects are needed."""
+    tracker = NamespaceTracker(LocalDirectoryStore(tmp_path / "objects"), inline_limit=8)
+    ns: dict = {}
+
+    def stored(n: int) -> tuple[ExecutionRecord, Snapshot, str]:
+        """A record whose value lives in the store, its snapshot, and the key of that value."""
+        tracker.snapshot(ns)
+        ns["x"] = f"value {n} " * 10
+        delta = tracker.capture(ns, n).to_bytes()
+        (key,) = NamespaceTracker.referenced_keys(delta)
+        full = tracker.capture_all(ns, n).to_bytes()
+        return (ExecutionRecord(CellKey(f"m{n}", 0), 0, n, "", {}, delta),
+                Snapshot(CellKey(f"m{n}", 0), 0, n, {}, full), key)
+
+    state = SnapshotState(lambda restore: None)
+    first, first_snapshot, first_key = stored(1)
+    state.admit(1, first)
+    state.admit(2, first_snapshot)
+    assert state.compaction_due
+    state.serialize(str(tmp_path / "dump"), ("raft", 2))
+    second, second_snapshot, _ = stored(2)
+    state.admit(3, second)
+    state.admit(4, second_snapshot)
+    assert first_key in state.referenced_keys(), "the dump on disk still holds the first value"
+    dumps = state.dumps
+    state.serialize(str(tmp_path / "dump"), ("raft", 4))
+    assert state.dumps == dumps + 1
+    assert state.referenced_keys() == NamespaceTracker.referenced_keys(second_snapshot.delta)
+    assert first_key not in state.referenced_keys()
 
 
 def test_an_older_dump_is_ignored_and_its_resent_entries_skipped(tmp_path: Path) -> None:

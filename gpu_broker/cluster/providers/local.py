@@ -15,15 +15,16 @@ from .base import HostProvider, ProviderError
 
 
 class LocalProvider(HostProvider):
-    def __init__(self, hosts_dir: Path, max_hosts: int | None, ports: PortPool, store: str,
+    def __init__(self, hosts_dir: Path, max_hosts: int | None, ports: PortPool, store: str | None,
                  devices: list[int] | None = None) -> None:
-        """``devices``: this machine's GPUs (NVML indexes), split between the hosts so that no two hosts grant the
-        same card; None: hosts carry virtual GPUs."""
+        """``store``: an object store every kernel shares (Redis), or None: each kernel's replicas share a folder
+        of this machine's (under ``hosts_dir``). ``devices``: this machine's GPUs (NVML indexes), split between the
+        hosts so that no two hosts grant the same card; None: hosts carry virtual GPUs."""
         self.devices = devices
         self._assigned: dict[str, tuple[int, ...]] = {}
         self.hosts_dir = Path(hosts_dir)
         self.ports = ports  # one network stack: one pool for every logical host
-        self.store = store  # one disk: one object store for every logical host
+        self.store = store
         self.max_hosts = max_hosts
         self.running = 0
         self._next = 1
@@ -39,7 +40,8 @@ class LocalProvider(HostProvider):
         if self.devices is not None:
             taken = {d for slice_ in self._assigned.values() for d in slice_}
             devices = self._assigned[name] = tuple(d for d in self.devices if d not in taken)[:gpus]
-        return HostAgent(name, self.hosts_dir / name, ports=self.ports, store=self.store, gpu_devices=devices)
+        return HostAgent(name, self.hosts_dir / name, ports=self.ports, store=self.store, gpu_devices=devices,
+                         shares_objects=True)
 
     def remove_host(self, agent: HostAgent) -> None:
         if agent.replicas:
