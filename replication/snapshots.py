@@ -94,8 +94,12 @@ class SnapshotState:
         self._since_dump.append(entry)
         if isinstance(entry, Snapshot):
             if entry.covers == self._last_record:
-                self._members.update((m.replica, m) for m in self.tail if isinstance(m, MembershipChanged))
-                self.snapshot, self.tail, self.records_in_tail = entry, [], 0
+                # Entries after the covered record (a re-sent attempt's proposals and votes, when its executor died
+                # with the snapshot in flight) are not in the snapshot: they stay in the tail.
+                # (No record in the tail: a retried append committed the same snapshot twice.)
+                covered = max((i for i, e in enumerate(self.tail) if isinstance(e, ExecutionRecord)), default=-1) + 1
+                self._members.update((m.replica, m) for m in self.tail[:covered] if isinstance(m, MembershipChanged))
+                self.snapshot, self.tail, self.records_in_tail = entry, self.tail[covered:], 0
                 self.compaction_due = True
             return False
         if isinstance(entry, ExecutionRecord):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from ...kernels.replica_config import ReplicaConfig
-from .agent.remote import AgentError, RemoteHost
+from .agent.remote import AgentError, AgentUnreachable, RemoteHost
 from .cells import CellRecord
 from ..scheduler.events import (Decision, DecisionKind, Event, ExecutionStarted, HostRemoved, KernelPlaced, PlacementDeferred,
                           Released, ReplicaMoved, ReplicaReplaced, ScaleOutRequested)
@@ -100,8 +100,23 @@ class EmbeddedCluster:
                       gpus: int = 0, owner: str | None = None, notebook: str | None = None) -> dict:
         if kernel_id in self.kernels:
             raise ValueError(f"kernel {kernel_id} already exists")
-        hosts = self._place(kernel_id, gpus)
         record = KernelRecord(kernel_id, [], owner=owner, notebook=notebook, cwd=cwd)
+        try:
+            self._start_kernel(record, key, signature_scheme, gpus)
+        except AgentUnreachable as err:
+            # A machine died within its host time-out, before the cluster noticed: place the kernel elsewhere.
+            log.warning("placing kernel %s again without the host that did not answer: %s", kernel_id, err)
+            record.replicas.clear()
+            self._start_kernel(record, key, signature_scheme, gpus)
+        with self.lock:
+            self.kernels[kernel_id] = record
+        return self.describe_kernel(kernel_id)
+
+    def _start_kernel(self, record: KernelRecord, key: str, signature_scheme: str, gpus: int) -> None:
+        """Place the kernel's replicas and start them; on failure, stop what started and close the kernel in the
+        core. A host that did not answer is marked silent first, so that a second try places nothing on it."""
+        kernel_id, cwd = record.kernel_id, record.cwd
+        hosts = self._place(kernel_id, gpus)
         # Replicas on machines of their own talk to each other (objects, membership) through a peer API.
         peer_api = any(isinstance(h, RemoteHost) for h in hosts)
         try:
@@ -115,15 +130,16 @@ class EmbeddedCluster:
                                        raft_peers=peers, raft_password=password, journal_path="",
                                        store=self.object_store or "", cwd=cwd, peer_urls=urls)
                 connection = _connection(ports[index], key, signature_scheme)
-                record.replicas.append((host, host.start_replica(config, connection)))
+                try:
+                    record.replicas.append((host, host.start_replica(config, connection)))
+                except AgentUnreachable:
+                    self._decide(self.core.host_silent, host.name)
+                    raise
         except Exception:
             for host in hosts:
                 host.stop_kernel(kernel_id)
             self._act(self._decide(self.core.close_kernel, kernel_id))
             raise
-        with self.lock:
-            self.kernels[kernel_id] = record
-        return self.describe_kernel(kernel_id)
 
     def delete_kernel(self, kernel_id: str) -> None:
         with self.lock:
@@ -203,6 +219,8 @@ class EmbeddedCluster:
             silent = time.monotonic() - host.last_heartbeat
             if silent > self.host_timeout_s:
                 self._lose_host(host, f"no heartbeat from its agent for {silent:.1f} s")
+            elif host.heard_from != self.core.cluster.host(host.name).reachable:
+                self._act(self._decide(self.core.host_heard if host.heard_from else self.core.host_silent, host.name))
         self._act(self._decide(self.core.tick))
         core = self.core
         with self.lock:
@@ -528,7 +546,7 @@ class EmbeddedCluster:
                 "name": name, "address": self.hosts[name].address, "replicas": len(self.hosts[name].replicas),
                 "gpus": host.gpus,
                 "idle_gpus": host.idle_gpus, "subscribed_gpus": host.subscribed, "subscription_ratio": host.ratio(),
-                "state": host.state.value,
+                "state": host.state.value, "reachable": host.reachable,
                 "devices": [_describe_device(d, held.get(d)) for d in range(host.gpus)],
             }
 

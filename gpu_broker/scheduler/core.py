@@ -139,6 +139,17 @@ class SchedulerCore:
         events.append(HostRemoved(time=now, reason="host lost", host_id=host_id))
         return events + self._settle(now)
 
+    def host_silent(self, host_id: str, now: float) -> list[Event]:
+        """The host's agent missed heartbeats: its machine may be gone. Nothing new is placed on it until it is
+        heard from again (``host_heard``) or declared lost (``host_lost``); what it holds stays."""
+        self.cluster.host(host_id).reachable = False
+        return []
+
+    def host_heard(self, host_id: str, now: float) -> list[Event]:
+        """A silent host's agent is heard from again: it takes new work, which waiting work may use at once."""
+        self.cluster.host(host_id).reachable = True
+        return self._settle(now)
+
     # --------------------------------------------------------------- kernels
     def place_kernel(self, kernel_id: str, gpus: int, now: float) -> list[Event]:
         """Place a new kernel's replicas on distinct hosts within the subscription limit, or defer it."""
@@ -291,6 +302,7 @@ class SchedulerCore:
             h
             for h in self.cluster.hosts.values()
             if h.active
+            and h.reachable
             and h.host_id not in exclude
             and kernel.kernel_id not in h.replicas
             and h.ratio(kernel.gpus) <= limit

@@ -49,6 +49,7 @@ class Host:
     subscribed: int = 0  # GPUs requested by the replicas placed here
     remove_when_drained: bool = False
     drained_reported: bool = False
+    reachable: bool = True  # False while its agent misses heartbeats: nothing new is placed on it
 
     def __post_init__(self) -> None:
         if not self.idle_devices:

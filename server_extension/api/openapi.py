@@ -156,6 +156,8 @@ SCHEMAS: dict = {
         "properties": {
             "name": {"type": "string"},
             "state": {"enum": ["active", "draining", "starting", "lost"]},
+            "reachable": {"type": "boolean",
+                          "description": "false while the host's agent misses heartbeats: nothing new is placed there"},
             "gpus": {"type": "integer", "minimum": 0, "description": "the host's GPUs (virtual where it has none)"},
             "idle_gpus": {"type": "integer", "minimum": 0, "description": "GPUs not committed to a cell now"},
             "subscribed_gpus": {"type": "integer", "minimum": 0,

@@ -157,3 +157,16 @@ def test_hosts_where_replicas_died_are_forgiven_once_the_kernel_is_whole_again()
         [replaced] = of_type(core.replica_lost("k", index, now=float(loss + 1)), ReplicaReplaced)
         assert replaced.host_id != died_on
         assert len(set(core.cluster.kernels["k"].replicas.values())) == 3
+
+
+def test_a_silent_host_takes_no_new_replica_until_it_is_heard_from_again():
+    """An agent that missed heartbeats may be on a dead machine: a kernel started meanwhile goes elsewhere, or waits
+    for the host when there is nowhere else."""
+    core = make_core(hosts=4)
+    core.host_silent("h0", now=0)
+    core.place_kernel("a", 1, now=1.0)
+    assert "h0" not in core.cluster.kernels["a"].replicas.values()
+    core.host_silent("h1", now=2.0)
+    assert of_type(core.place_kernel("b", 1, now=3.0), PlacementDeferred)
+    core.host_heard("h1", now=4.0)
+    assert sorted(core.cluster.kernels["b"].replicas.values()) == ["h1", "h2", "h3"]

@@ -36,6 +36,18 @@ def test_a_snapshot_covering_the_last_record_replaces_the_tail() -> None:
     assert state.tail == [proposal(3)]
 
 
+def test_entries_after_the_covered_record_stay_in_the_tail() -> None:
+    """The executor died with its snapshot in flight; the re-sent attempt's proposal committed before it."""
+    state = SnapshotState(lambda restore: None)
+    retry = Proposal(CellKey("m2", 1), 1, Role.LEAD, 1, (1, 2))
+    for i, entry in enumerate([proposal(1), record(1), proposal(2), retry], 1):
+        state.admit(i, entry)
+    state.admit(5, snapshot_of(1))
+    assert state.snapshot == snapshot_of(1) and state.tail == [proposal(2), retry]
+    state.admit(6, snapshot_of(1))  # the same snapshot again (a retried append)
+    assert state.tail == [proposal(2), retry]
+
+
 def test_a_snapshot_a_record_slipped_in_before_is_ignored() -> None:
     state = SnapshotState(lambda restore: None)
     for i, entry in enumerate([record(1), record(2)], 1):

@@ -26,6 +26,10 @@ class AgentError(RuntimeError):
     """An agent did not answer or refused; the message names the host and says why."""
 
 
+class AgentUnreachable(AgentError):
+    """An agent did not answer, or has been silent: its machine may be down or cut off."""
+
+
 @dataclass
 class RemoteReplica:
     """A replica on an agent's machine, as the agent last reported it."""
@@ -103,12 +107,13 @@ class RemoteHost:
     def _call(self, method: str, path: str, body: dict | None = None) -> Any:
         if not self.heard_from:
             silent = time.monotonic() - self.last_heartbeat
-            raise AgentError(f"host {self.name} is unavailable: its agent has sent no heartbeat for {silent:.0f} s")
+            raise AgentUnreachable(f"host {self.name} is unavailable: its agent has sent no heartbeat for "
+                                   f"{silent:.0f} s")
         try:
             response = requests.request(method, self.url + path, json=body, timeout=(CONNECT_TIMEOUT_S, CALL_TIMEOUT_S),
                                         headers={"Authorization": f"token {self.token}"})
         except requests.RequestException as err:
-            raise AgentError(f"the agent of host {self.name} at {self.url} did not answer "
+            raise AgentUnreachable(f"the agent of host {self.name} at {self.url} did not answer "
                              f"({type(err).__name__})") from None
         if response.status_code >= 400:
             try:
