@@ -44,8 +44,12 @@ class AppendFailed(RuntimeError):
 
 
 def raft_conf(password: str, journal_path: str | None, alone: bool = False, snapshots: SnapshotState | None = None,
-              compact_after: int = COMPACT_AFTER_ENTRIES) -> SyncObjConf:
+              compact_after: int = COMPACT_AFTER_ENTRIES, bind_address: str | None = None) -> SyncObjConf:
     """The pysyncobj settings for interactive latency; one place so every replica agrees.
+
+    ``bind_address``: the node's own ``address:port``. pysyncobj otherwise listens on every interface of the
+    machine (0.0.0.0), which exposes the kernel's Raft where its host's address was meant, and makes two hosts that
+    share a machine's network stack (containers on the host network, loopback aliases) collide on a port.
 
     ``snapshots`` with a ``journal_path``: compact the log once it holds ``compact_after`` entries, with
     ``snapshots`` writing and reading the dump (never forked: a fork of a process with threads and CUDA is unsafe).
@@ -72,6 +76,7 @@ def raft_conf(password: str, journal_path: str | None, alone: bool = False, snap
         raftMinTimeout=0.5,
         raftMaxTimeout=1.2,
         commandsWaitLeader=True,
+        bindAddress=bind_address,
     )
 
 
@@ -98,7 +103,8 @@ class KernelLog(SyncObj):
                 self.snapshots.load(dump_path(journal_path))
         others = [p for p in peer_addresses if p != self_address]
         super().__init__(self_address, others, raft_conf(password, journal_path, alone=not others,
-                                                         snapshots=self.snapshots, compact_after=compact_after))
+                                                         snapshots=self.snapshots, compact_after=compact_after,
+                                                         bind_address=self_address))
 
     def _restored(self, restore: Restore) -> None:
         for change in (*restore.members, *restore.tail):
