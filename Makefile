@@ -20,11 +20,12 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages the browser and Redis tests use. Installed only where missing, so a warm machine skips apt.
+# Debian packages the browser, Redis and Docker tests use. Installed only where missing, so a warm machine skips apt.
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

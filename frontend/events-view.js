@@ -14,7 +14,8 @@ const FILTER_FETCH = 300;
 // Known kinds, so the filter offers them before any has happened; kinds the server adds later join as they appear.
 const KINDS = ["host_added", "host_removed", "host_drain_started", "host_drained", "host_resized",
   "scale_out_requested", "kernel_placed", "placement_deferred", "kernel_closed", "replica_moved", "replica_lost",
-  "replica_replaced", "replica_killed", "replica_restarted", "execution_interrupted", "execution_started",
+  "replica_replaced", "replica_exited", "replica_killed", "replica_restarted", "execution_interrupted",
+  "execution_started",
   "released", "decision"];
 
 export class EventLog {

@@ -49,6 +49,10 @@ class PlacementError(RuntimeError):
     """The kernel's replicas cannot be placed now; the message is the scheduler's reason."""
 
 
+class AgentRemoved(RuntimeError):
+    """The agent's host was removed from the cluster by an operator or the autoscaler: it must stop."""
+
+
 @dataclass
 class KernelRecord:
     kernel_id: str
@@ -88,6 +92,7 @@ class EmbeddedCluster:
         self.metrics = ClusterMetrics()
         self.history = History()
         self.hosts: dict[str, ReplicaHost] = {}
+        self.removed_agents: set[str] = set()  # machines removed whose agents have not been told yet
         self.kernels: dict[str, KernelRecord] = {}
         self._clock = time.time()  # when GPU-seconds were last accounted
         self.granted: list[Decision] = []  # decisions for queued cells, taken by the service after each call
@@ -257,6 +262,9 @@ class EmbeddedCluster:
         stale = seen is not None and seen != f"{proc.connection['ip']}:{proc.connection['shell_port']}"
         if replica in record.moving or not placed or stale or (proc.alive and _reachable(host)):
             return self.describe_kernel(kernel_id)
+        if proc.exit_reason:
+            self.events.append("replica_exited", time.time(), proc.exit_reason, host=host.name, kernel=kernel_id,
+                               replica=replica)
         self._act(self._decide(self.core.replica_lost, kernel_id, replica))
         return self.describe_kernel(kernel_id)
 
@@ -311,6 +319,8 @@ class EmbeddedCluster:
         """A ``notebookos agent`` joined with the join token: its machine becomes a host. An agent that joins again
         under its name from the same address (it was restarted, or the service was) keeps the host and its
         replicas; ValueError if the name belongs to another machine or to a logical host."""
+        with self.lock:
+            self._refuse_removed(name)
         known = self.hosts.get(name)
         if known is not None:
             if not isinstance(known, RemoteHost) or known.address != address:
@@ -333,6 +343,7 @@ class EmbeddedCluster:
         Answers the replicas the agent must stop: an agent runs exactly the replicas the scheduling core placed on
         its host, so a replica replaced elsewhere while its machine was cut off is stopped when it is back."""
         with self.lock:
+            self._refuse_removed(name)
             host = self.hosts.get(name)
             if not isinstance(host, RemoteHost) or host.lost:
                 raise KeyError(f"no host {name!r} has joined this cluster")
@@ -341,6 +352,12 @@ class EmbeddedCluster:
             return [(r["kernel_id"], r["replica"]) for r in replicas
                     if not (r.get("kernel_id") in placed and
                             placed[r["kernel_id"]].replicas.get(r.get("replica")) == name)]
+
+    def _refuse_removed(self, name: str) -> None:
+        """The agent of a host an operator removed hears it once (then the name is free again)."""
+        if name in self.removed_agents:
+            self.removed_agents.discard(name)
+            raise AgentRemoved(f"host {name} was removed from the cluster")
 
     def _lose_host(self, host: RemoteHost, why: str) -> None:
         """The host's machine is gone or cut off: the scheduling core gives back its GPUs and places its
@@ -358,9 +375,14 @@ class EmbeddedCluster:
         return self._describe_host(name)
 
     def remove_host(self, name: str) -> None:
-        """Take away a host that holds nothing (ValueError otherwise: drain it first)."""
-        self._host(name)
+        """Take away a host that holds nothing (ValueError otherwise: drain it first). A machine's agent is told
+        at its next heartbeat (``AgentRemoved``), stops what it still runs and exits."""
+        host = self._host(name)
         self._act(self._decide(self.core.remove_host, name))
+        if isinstance(host, RemoteHost):
+            self.core.autoscaler.count_fixed_hosts(-1)
+            with self.lock:
+                self.removed_agents.add(name)
 
     def resize_host(self, name: str, gpus: int) -> dict:
         """Change a host's GPU count (ValueError while cells use its GPUs)."""
@@ -516,7 +538,7 @@ class EmbeddedCluster:
                 "cell": record.cell.json() if record.cell else None,
                 "replicas": [
                     {"replica": p.config.replica, "host": h.name, "address": h.address, "alive": p.alive, "pid": p.pid,
-                     "restarts": p.restarts, "connection": p.connection,
+                     "restarts": p.restarts, "connection": p.connection, "exit_reason": p.exit_reason,
                      # Known for kernels that ask for GPUs (the scheduler picks their executor); None otherwise.
                      "role": None if executor is None else "executor" if p.config.replica == executor else "standby",
                      "state": _replica_state(p, p.config.replica in record.moving)}

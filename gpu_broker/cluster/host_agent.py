@@ -6,8 +6,9 @@ machine (:mod:`.agent`), bound to that machine's address, with its journals and 
 folder. Either way it starts and stops replica processes, knows which of them are alive, and chooses the paths
 and ports they use: the cluster only says which kernel, which replica and who its Raft peers are.
 
-Replica processes run in sessions of their own, so they outlive an agent that dies or is restarted; a new agent
-on the same state folder re-adopts the ones still running (:meth:`HostAgent.adopt`).
+How a replica runs is its runtime's business (:mod:`.runtime`): a process in a session of its own, or a Docker
+container. Either outlives an agent that dies or is restarted; a new agent on the same state folder re-adopts the
+ones still running (:meth:`HostAgent.adopt`).
 """
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,8 @@ from typing import Any, Protocol
 
 from ...kernels.replica_config import ReplicaConfig
 from .ports import PortPool
+from .runtime.base import LaunchSpec, ReplicaRuntime, RunningReplica
+from .runtime.process import REPLICA_MODULE, ProcessRuntime
 
 log = logging.getLogger(__name__)
 
@@ -34,31 +35,24 @@ STOP_GRACE_S = 5.0
 # new host: longer than the kernel front's loss detection (1 s of missed heartbeats, kernels/replica_link.py), so
 # the front sees the loss and re-runs the cell elsewhere, instead of waiting for a reply the new process never sends.
 MOVE_PAUSE_S = 1.5
-REPLICA_MODULE = "notebookos.kernels.replica"
-CONFIG_FILE, CONNECTION_FILE, PID_FILE, JOURNAL_FILE = "replica.json", "connection.json", "replica.pid", "raft.journal"
+CONFIG_FILE, CONNECTION_FILE, JOURNAL_FILE = "replica.json", "connection.json", "raft.journal"
 
 
 @dataclass
 class ReplicaProcess:
-    """One replica process and the files it needs to be started again in place.
-
-    ``popen`` is set for a process this agent started; ``adopted_pid`` for one a previous agent on this state
-    folder started and this one took over (it is not our child, so its exit code cannot be known).
-    """
+    """One replica on this host and the files it needs to be started again in place; ``running`` is what its
+    runtime started (a process or a container), or adopted from a previous agent on this state folder."""
 
     config: ReplicaConfig
     connection: dict
     workdir: Path
-    popen: subprocess.Popen | None = None
-    adopted_pid: int | None = None
+    running: RunningReplica | None = None
     restarts: int = 0
     stopped: bool = field(default=False)
 
     @property
     def alive(self) -> bool:
-        if self.popen is not None:
-            return self.popen.poll() is None
-        return self.adopted_pid is not None and _is_replica_process(self.adopted_pid)
+        return self.running is not None and self.running.alive
 
     @property
     def ready(self) -> bool:
@@ -67,12 +61,12 @@ class ReplicaProcess:
 
     @property
     def pid(self) -> int | None:
-        return self.popen.pid if self.popen else self.adopted_pid
+        return self.running.pid if self.running is not None else None
 
     @property
     def exit_code(self) -> int | None:
-        """The exit status of a process that has ended (negative: killed by that signal); None otherwise."""
-        return self.popen.poll() if self.popen is not None else None
+        """The exit status of a replica that has ended (negative: killed by that signal); None otherwise."""
+        return self.running.exit_code if self.running is not None else None
 
     @property
     def ports(self) -> set[int]:
@@ -81,41 +75,36 @@ class ReplicaProcess:
             {int(self.config.raft_address.rsplit(":", 1)[1])}
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """SIGTERM, then SIGKILL once ``grace_s`` has passed; returns when the process is gone."""
+        """SIGTERM, then SIGKILL once ``grace_s`` has passed; returns when it is gone (its container too)."""
         self.stopped = True
         self._signal(signal.SIGTERM)
         if not self._wait(grace_s):
             self.kill()
+        if self.running is not None:
+            self.running.discard()
 
     def kill(self) -> None:
-        """SIGKILL, as a crash would; returns when the process is gone."""
+        """SIGKILL, as a crash would; returns when it is gone."""
         self._signal(signal.SIGKILL)
         self._wait(STOP_GRACE_S)
 
     def _signal(self, sig: int) -> None:
-        if self.alive and self.pid is not None:
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
+        if self.running is not None:
+            self.running.signal(sig)
 
     def _wait(self, timeout: float) -> bool:
-        if self.popen is not None:
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                return False
-            return True
-        deadline = time.monotonic() + timeout
-        while self.alive and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return not self.alive
+        return self.running is None or self.running.wait(timeout)
+
+    @property
+    def exit_reason(self) -> str | None:
+        """Why it ended (an exit code, a signal, the OOM killer); None while it runs."""
+        return None if self.running is None or self.running.alive else self.running.exit_reason
 
     def describe(self) -> dict[str, Any]:
         """What the agent reports about the replica: to the cluster in heartbeats, and in its own API."""
         return {"kernel_id": self.config.kernel_id, "replica": self.config.replica, "pid": self.pid,
-                "alive": self.alive, "ready": self.ready, "exit_code": self.exit_code, "restarts": self.restarts,
-                "connection": self.connection}
+                "alive": self.alive, "ready": self.ready, "exit_code": self.exit_code,
+                "exit_reason": self.exit_reason, "restarts": self.restarts, "connection": self.connection}
 
 
 class HostAgent:
@@ -130,7 +119,7 @@ class HostAgent:
     """
 
     def __init__(self, name: str, workdir: Path, address: str = "127.0.0.1", ports: PortPool | None = None,
-                 store: str | None = None, python: str = sys.executable,
+                 store: str | None = None, runtime: ReplicaRuntime | None = None,
                  gpu_devices: tuple[int, ...] | None = None, shares_objects: bool = False) -> None:
         self.name = name
         self.workdir = Path(workdir)
@@ -139,7 +128,7 @@ class HostAgent:
         self.store = store
         self.objects_dir = self.workdir.parent / "objects"
         self.shares_objects = shares_objects
-        self.python = python
+        self.runtime = runtime or ProcessRuntime()
         # A logical host's slice of this machine's real GPUs (its replicas see only those); None: all, or virtual.
         self.gpu_devices = gpu_devices
         self.replicas: dict[tuple[str, int], ReplicaProcess] = {}
@@ -200,8 +189,7 @@ class HostAgent:
             p.stopped = True
             p._signal(signal.SIGTERM)
         for p in procs:
-            if not p._wait(STOP_GRACE_S):
-                p.kill()
+            p.stop(STOP_GRACE_S)  # already signalled: waits, kills if it must, and discards its container
             del self.replicas[(kernel_id, p.config.replica)]
         self.ports.release(self._kernel_ports.pop(kernel_id, set()))
         shutil.rmtree(self.workdir / kernel_id, ignore_errors=True)
@@ -228,31 +216,26 @@ class HostAgent:
         restart must not cost any kernel its replica); the folders of those that died are left for the cluster to
         stop or replace."""
         adopted = []
-        for config_file in sorted(self.workdir.glob(f"*/replica-*/{CONFIG_FILE}")):
-            workdir = config_file.parent
+        for workdir, running in sorted(self.runtime.running(self.name, self.workdir).items()):
             try:
-                pid = int((workdir / PID_FILE).read_text())
-                config = ReplicaConfig.read(config_file)
+                config = ReplicaConfig.read(workdir / CONFIG_FILE)
                 connection = json.loads((workdir / CONNECTION_FILE).read_text())
             except (OSError, ValueError, TypeError, KeyError):
                 continue
-            if not _is_replica_process(pid):
-                continue
-            proc = ReplicaProcess(config=config, connection=connection, workdir=workdir, adopted_pid=pid)
+            proc = ReplicaProcess(config=config, connection=connection, workdir=workdir, running=running)
             self.replicas[(config.kernel_id, config.replica)] = proc
             self.ports.claim(proc.ports)
             self._kernel_ports.setdefault(config.kernel_id, set()).update(proc.ports)
             adopted.append(proc)
-            log.info("adopted replica %s/%d (pid %d)", config.kernel_id, config.replica, pid)
+            log.info("adopted replica %s/%d (%s, pid %s)", config.kernel_id, config.replica, self.runtime.name,
+                     running.pid)
         return adopted
 
     def replica_environment(self, workdir: Path) -> dict[str, str]:
-        """The environment a replica of this host starts with: its own IPython folder, its host's name, and, for a
-        logical host with a slice of this machine's GPUs, only those GPUs visible (device 0 is the slice's first)."""
-        env = dict(os.environ)
-        env["IPYTHONDIR"] = str(workdir / "ipython")
-        env["NOTEBOOKOS_HOST"] = self.name
-        env.pop("NOTEBOOKOS_CLUSTER_FILE", None)
+        """The variables a replica of this host starts with (a process also inherits the agent's environment): its
+        own IPython folder, its host's name, and, for a logical host with a slice of this machine's GPUs, only
+        those GPUs visible (device 0 is the slice's first)."""
+        env = {"IPYTHONDIR": str(workdir / "ipython"), "NOTEBOOKOS_HOST": self.name, "NOTEBOOKOS_CLUSTER_FILE": ""}
         if self.gpu_devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in self.gpu_devices)
         return env
@@ -263,17 +246,18 @@ class HostAgent:
         _write_private(conn_file, json.dumps(proc.connection))
         config_file = proc.workdir / CONFIG_FILE
         proc.config.write(config_file)
-        env = self.replica_environment(proc.workdir)
-        with open(proc.workdir / "replica.log", "ab") as logfile:
-            proc.popen = subprocess.Popen(
-                [self.python, "-m", REPLICA_MODULE, "-f", str(conn_file), f"--ReplicaKernel.config_path={config_file}"],
-                stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                cwd=proc.config.cwd or proc.workdir, start_new_session=True,
-            )
-        proc.adopted_pid = None
-        (proc.workdir / PID_FILE).write_text(str(proc.popen.pid))
-        log.info("started replica %s/%d on %s (pid %d)", proc.config.kernel_id, proc.config.replica, self.name,
-                 proc.popen.pid)
+        if proc.running is not None:
+            proc.running.discard()  # what is left of its previous run
+        store = proc.config.store
+        spec = LaunchSpec(
+            host=self.name, kernel_id=proc.config.kernel_id, replica=proc.config.replica, workdir=proc.workdir,
+            command=(self.runtime.python, "-m", REPLICA_MODULE, "-f", str(conn_file),
+                     f"--ReplicaKernel.config_path={config_file}"),
+            settings=self.replica_environment(proc.workdir), cwd=proc.config.cwd or str(proc.workdir),
+            paths=(store.removeprefix("file://"),) if store.startswith("file://") else ())
+        proc.running = self.runtime.launch(spec)
+        log.info("started replica %s/%d on %s (%s, pid %s)", proc.config.kernel_id, proc.config.replica, self.name,
+                 self.runtime.name, proc.running.pid)
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -281,16 +265,6 @@ def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
-
-
-def _is_replica_process(pid: int) -> bool:
-    """Whether ``pid`` is a running replica process (not a pid the system has since given to something else)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        status = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return REPLICA_MODULE.encode() in cmdline and status.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 class ReplicaView(Protocol):
@@ -309,6 +283,9 @@ class ReplicaView(Protocol):
 
     @property
     def pid(self) -> int | None: ...
+
+    @property
+    def exit_reason(self) -> str | None: ...
 
 
 class ReplicaHost(Protocol):

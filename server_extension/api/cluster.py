@@ -69,7 +69,8 @@ async def cluster_request(method: str, path: str, body: dict | None = None, text
 def replica_model(raw: dict) -> dict:
     return {"index": int(raw["replica"]), "host": str(raw["host"]), "alive": bool(raw["alive"]),
             "pid": raw.get("pid"), "restarts": int(raw.get("restarts", 0)), "role": raw.get("role"),
-            "state": str(raw.get("state") or ("ready" if raw["alive"] else "lost"))}
+            "state": str(raw.get("state") or ("ready" if raw["alive"] else "lost")),
+            "exit_reason": raw.get("exit_reason")}
 
 
 _CELL_FIELDS = ("state", "gpus", "decision", "reason", "host", "devices", "submitted", "started", "ended", "bind_s",

@@ -114,6 +114,9 @@ SCHEMAS: dict = {
                      "description": "executor: the replica the scheduler last gave the kernel's GPUs; null for a "
                                     "kernel that has not asked for GPUs (its executor is elected among replicas)"},
             "state": {"enum": ["ready", "catching_up", "migrating", "lost"]},
+            "exit_reason": {"type": ["string", "null"],
+                            "description": "why its last run ended (an exit code, a signal, OOMKilled); null while "
+                                           "it runs"},
         },
     },
     "Cell": {

@@ -4,12 +4,13 @@ It joins the cluster service with the join token, advertises the machine's addre
 their peers dial) and its GPUs (NVML's inventory, or ``--gpus N`` virtual GPUs), then heartbeats with a report of
 every replica it runs. The cluster starts and stops replicas through the agent's own small API (:mod:`.handlers`),
 authenticated by a random token the agent sends with its join. Journals, objects and logs stay under
-``--state-dir``: nothing assumes another machine can read this disk. Replicas run in sessions of their own, so an
-agent restarted on the same state folder re-adopts those still running.
+``--state-dir``: nothing assumes another machine can read this disk. Replicas run as processes in sessions of
+their own or in Docker containers (``--runtime``, :mod:`..runtime`); either way they outlive the agent, and an agent
+restarted on the same state folder re-adopts those still running.
 
 A join refused for the token is fatal (one line on stderr, exit status 2); a cluster that does not answer is
 retried with backoff, as is a cluster that forgot the agent (it restarted, or declared the host lost): the agent
-joins again.
+joins again. An agent whose host the cluster removed stops its replicas (containers included) and exits 0.
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ from ..host_agent import HostAgent
 from ..inventory import nvml_gpu_count
 from ..join_token import TokenError, read_token
 from ..ports import PortPool
+from ..runtime.base import ReplicaRuntime
+from ..runtime.factory import add_runtime_arguments, make_runtime
 from .handlers import routes
 
 log = logging.getLogger("notebookos.agent")
@@ -49,8 +52,12 @@ class JoinRefused(RuntimeError):
     """The cluster refused this agent (wrong token, a name taken by another machine); retrying cannot help."""
 
 
+class Removed(Exception):
+    """The cluster removed this agent's host: it stops its replicas and exits."""
+
+
 class Agent:
-    def __init__(self, args: argparse.Namespace, token: str) -> None:
+    def __init__(self, args: argparse.Namespace, token: str, runtime: ReplicaRuntime) -> None:
         self.name = args.name
         self.address = args.address
         self.cluster_url = args.join.rstrip("/")
@@ -59,7 +66,7 @@ class Agent:
         self.state_dir = Path(args.state_dir)
         self.api_token = secrets.token_urlsafe(32)
         self.host = HostAgent(self.name, self.state_dir / "replicas", address=self.address,
-                              ports=PortPool(address=self.address))
+                              ports=PortPool(address=self.address), runtime=runtime)
         self.port = args.port
         self.url = ""
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent")
@@ -88,7 +95,12 @@ class Agent:
             await asyncio.wait([heartbeats, asyncio.ensure_future(self.stopped.wait())],
                                return_when=asyncio.FIRST_COMPLETED)
             if heartbeats.done():
-                heartbeats.result()  # JoinRefused propagates
+                try:
+                    heartbeats.result()  # JoinRefused propagates
+                except Removed as removed:
+                    count = len(self.host.replicas)
+                    await self.run(self.host.stop_all)
+                    log.info("%s: stopped this host's %d replica(s); exiting", removed, count)
         finally:
             heartbeats.cancel()
             server.stop()
@@ -134,6 +146,8 @@ class Agent:
             response = await asyncio.get_running_loop().run_in_executor(None, call)
         except requests.RequestException as err:
             raise OSError(str(err)) from None
+        if response.status_code == 410:
+            raise Removed(_error(response))
         if response.status_code in (401, 403, 409):
             raise JoinRefused(f"the cluster at {self.cluster_url} refused to let {self.name} join: "
                               f"{_error(response)}")
@@ -168,6 +182,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="journals, objects and logs of this host's replicas (default: a new temporary folder)")
     parser.add_argument("--port", type=int, default=0, help="port of the agent's API on --address (default: any)")
+    add_runtime_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -181,10 +196,16 @@ def run(args: argparse.Namespace) -> int:
     if args.gpus is not None and args.gpus < 0:
         print(f"notebookos agent: --gpus must be 0 or more, got {args.gpus}", file=sys.stderr)
         return EXIT_REFUSED
+    try:
+        # The machine's real GPUs are exposed to containers; virtual ones (--gpus N) have nothing to expose.
+        runtime = make_runtime(args, None if args.gpus is not None else tuple(range(nvml_gpu_count() or 0)))
+    except RuntimeError as err:
+        print(f"notebookos agent: {err}", file=sys.stderr)
+        return EXIT_REFUSED
     args.state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="notebookos-agent-"))
     args.state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(args.state_dir, 0o700)
-    agent = Agent(args, token)
+    agent = Agent(args, token, runtime)
     try:
         asyncio.run(agent.serve())
     except JoinRefused as err:

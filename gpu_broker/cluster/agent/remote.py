@@ -40,11 +40,12 @@ class RemoteReplica:
     alive: bool = True
     ready: bool = False
     exit_code: int | None = None
+    exit_reason: str | None = None
     restarts: int = 0
 
     def update(self, report: dict[str, Any]) -> None:
         self.pid, self.alive, self.ready = report.get("pid"), bool(report.get("alive")), bool(report.get("ready"))
-        self.exit_code = report.get("exit_code")
+        self.exit_code, self.exit_reason = report.get("exit_code"), report.get("exit_reason")
 
 
 class RemoteHost:

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ...scheduler.events import Decision
 from ...scheduler.journal import outcome_json
+from ..embedded import AgentRemoved
 from ..json_api import JsonHandler
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ class ExecutionsHandler(ClusterHandler):
 class AgentsHandler(ClusterHandler):
     """``POST /agents``: a ``notebookos agent`` joins with the join token (the cluster's own token is not enough:
     it is the Jupyter servers'). ``POST /agents/{name}/heartbeat``: its report of the replicas it runs; 404 for an
-    agent the cluster does not know (it then joins again)."""
+    agent the cluster does not know (it then joins again), 410 for one whose host was removed (it then stops)."""
 
     def prepare(self) -> None:
         if not (self.service.join_token and self.presents(self.service.join_token)):
@@ -146,6 +147,8 @@ class AgentsHandler(ClusterHandler):
                 stop = self.service.cluster.agent_heartbeat(name, replicas)
             except KeyError as err:
                 raise tornado.web.HTTPError(404, reason=str(err.args[0])) from None
+            except AgentRemoved as err:
+                raise tornado.web.HTTPError(410, reason=str(err)) from None
             self.finish({"stop": stop})
             return
         fields = {k: data.get(k) for k in ("name", "address", "url", "token")}
@@ -159,9 +162,13 @@ class AgentsHandler(ClusterHandler):
         except ValueError:
             raise tornado.web.HTTPError(400, reason=f"address must be an IP address, got {fields['address']!r}") from None
         gpus = self.gpus(data.get("gpus", 0))
+        try:
+            joined = await self.service.run(self.service.cluster.join_agent, fields["name"], fields["address"], gpus,
+                                            fields["url"], fields["token"], replicas)
+        except AgentRemoved as err:
+            raise tornado.web.HTTPError(410, reason=str(err)) from None
         self.set_status(201)
-        self.finish(await self.service.run(self.service.cluster.join_agent, fields["name"], fields["address"], gpus,
-                                           fields["url"], fields["token"], replicas))
+        self.finish(joined)
 
 
 def decision_json(decision: Decision) -> dict[str, Any]:
