@@ -235,13 +235,10 @@ class ReplicaKernel(IPythonKernel):
             self._wake(cell)
 
     def _collect_garbage(self) -> None:
-        """Once per dump written (every accepted snapshot), delete the objects of the kernel's own store that
-        neither this replica's dump and the entries after it nor its latest snapshot and the entries after that
-        need, past a grace period, off the main thread.
-
-        Where the kernel's replicas share the folder (one disk), the others need the same objects once they have
-        dumped the same snapshot; one that lagged a whole snapshot behind (it was down) gets the leader's dump
-        when it comes back, since the leader's log no longer reaches back that far."""
+        """Once per dump written (every accepted snapshot), delete the objects of this replica's own store that
+        neither its dump and the entries after it (what its restart replays) nor its latest snapshot and the entries
+        after that need, past a grace period, off the main thread. Runs on the main thread after a record was
+        applied, so every earlier record's objects have been used already."""
         state = self.raft.snapshots
         if not self.replica_config.owns_store or state.dumps == self._collected_dumps:
             return

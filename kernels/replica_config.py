@@ -47,10 +47,10 @@ class ReplicaConfig:
     joining: bool = False
     snapshot_every: int = dataclasses.field(default_factory=lambda: _env_int(SNAPSHOT_EVERY_ENV, 100))
     compact_after: int = dataclasses.field(default_factory=lambda: _env_int(COMPACT_AFTER_ENV, 1000))
-    # The store holds this kernel's objects only (the host agent's folder for it, possibly shared by the kernel's
-    # replicas on one disk): objects no replica's dump or later entry needs are deleted from it once ``gc_grace_s``
-    # old (younger ones may belong to a cell whose record has not committed yet). A store shared with other kernels
-    # (Redis, a folder given to the cluster) is never collected: identical objects of two kernels are one.
+    # The store is this replica's alone (the host agent's folder for the kernel, on a machine of its own): objects
+    # neither its dump and the entries after it nor its latest snapshot need are deleted from it once ``gc_grace_s``
+    # old (younger ones may belong to a cell whose record has not committed yet). A store shared with the kernel's
+    # other replicas (logical hosts on one disk) or with other kernels (Redis) is not collected here.
     owns_store: bool = False
     gc_grace_s: int = dataclasses.field(default_factory=lambda: _env_int(GC_GRACE_ENV, 60))
 

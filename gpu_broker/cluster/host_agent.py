@@ -148,8 +148,10 @@ class HostAgent:
         cwd = config.cwd if config.cwd and Path(config.cwd).is_dir() else str(workdir)
         shared = config.store or self.store
         store = shared or (self.objects_dir / config.kernel_id).as_uri()
+        # Only a folder of this replica's alone is collected: where logical hosts share the kernel's folder, a
+        # sibling a few entries behind may still need what this replica no longer does.
         config = dataclasses.replace(config, host=self.name, journal_path=str(workdir / JOURNAL_FILE), store=store,
-                                     cwd=cwd, owns_store=not shared)
+                                     cwd=cwd, owns_store=not shared and not self.shares_objects)
         proc = ReplicaProcess(config=config, connection={**connection, "ip": self.address}, workdir=workdir)
         self.replicas[(config.kernel_id, config.replica)] = proc
         self._spawn(proc)

@@ -11,8 +11,10 @@ import tornado.web
 
 class JsonHandler(tornado.web.RequestHandler):
     def presents(self, token: str) -> bool:
-        """Whether the request carries ``Authorization: token <token>`` (compared in constant time)."""
-        return secrets.compare_digest(self.request.headers.get("Authorization", ""), f"token {token}")
+        """Whether the request carries ``Authorization: token <token>`` (Jupyter's form) or ``Bearer <token>``
+        (Prometheus' and most HTTP clients'), compared in constant time."""
+        scheme, _, given = self.request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() in ("token", "bearer") and secrets.compare_digest(given.encode(), token.encode())
 
     def body(self) -> dict[str, Any]:
         """The request's JSON object, or 400 saying what is wrong with it."""

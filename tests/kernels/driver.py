@@ -89,7 +89,7 @@ class Notebook:
     def value(self, expr: str, replica: int | None = None) -> Any:
         """The value of a JSON-representable expression, evaluated in the kernel."""
         res = self.run(f"import json as _j; print(_j.dumps({expr}))", replica=replica)
-        assert res.status == "ok", res.error
+        assert res.status == "ok", (res.error, res.reply.get("content"), res.stderr)
         return json.loads(res.stdout.strip().splitlines()[-1])
 
 
