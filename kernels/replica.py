@@ -84,7 +84,8 @@ class ReplicaKernel(IPythonKernel):
         self.book = ElectionBook(cfg.replica)
         self._peer_urls = list(cfg.peer_urls)  # the kernel's replicas' peer APIs, updated as members change
         self._peer_server: ObjectServer | None = None
-        self._collected_dumps = 0  # the dump count (SnapshotState.dumps) of the last garbage collection
+        # The snapshot and dump count (SnapshotState.dumps) of the last garbage collection.
+        self._collected_at: tuple[Snapshot | None, int] = (None, 0)
         self._store = self._open_store()
         self.tracker = NamespaceTracker(self._store, inline_limit=cfg.inline_limit)
         self.tracker.snapshot(self.shell.user_ns)
@@ -235,14 +236,14 @@ class ReplicaKernel(IPythonKernel):
             self._wake(cell)
 
     def _collect_garbage(self) -> None:
-        """Once per dump written (every accepted snapshot), delete the objects of this replica's own store that
-        neither its dump and the entries after it (what its restart replays) nor its latest snapshot and the entries
-        after that need, past a grace period, off the main thread. Runs on the main thread after a record was
-        applied, so every earlier record's objects have been used already."""
+        """Once per accepted snapshot or dump written, delete the objects of this replica's own store that neither
+        its dump and the entries after it (what its restart replays) nor its latest snapshot and the entries after
+        that need, past a grace period, off the main thread. Runs on the main thread after a record was applied, so
+        every earlier record's objects have been used already."""
         state = self.raft.snapshots
-        if not self.replica_config.owns_store or state.dumps == self._collected_dumps:
+        if not self.replica_config.owns_store or (state.snapshot, state.dumps) == self._collected_at:
             return
-        self._collected_dumps = state.dumps
+        self._collected_at = (state.snapshot, state.dumps)
         local = self._store.local if isinstance(self._store, PeerStore) else self._store
         if isinstance(local, LocalDirectoryStore):
             self._loop.run_in_executor(None, _delete_unreferenced, local, state.referenced_keys(),

@@ -7,9 +7,10 @@ Tuning (measured: ~100 ms commits with pysyncobj defaults, ~1 ms without batchin
 next 100 ms append-entries tick (~1 ms commits on loopback instead of ~100 ms). Peers must authenticate with the
 kernel's password. The journal lives on disk, so a replica restarted in place replays its log and keeps its state.
 
-Log compaction: once the journal holds ``compact_after`` entries, and after each accepted namespace snapshot, pysyncobj
-writes a dump (snapshots.py: the latest namespace snapshot entry and the entries after it) beside the journal and
-drops the entries it covers. A replica
+Log compaction: once the journal holds ``compact_after`` entries, pysyncobj writes a dump (snapshots.py: the latest
+namespace snapshot entry and the entries after it) beside the journal and drops the entries it covers. Not more
+often: a follower a single entry behind a leader that has just compacted is sent the whole dump and restores its
+namespace from it (compacting at every snapshot did that to a follower every few cells). A replica
 restarted in place loads its dump and replays the rest of its journal; a follower too far behind, or a new member,
 is sent the leader's dump and restores from it. Without a journal (no disk), there is no dump and no compaction.
 """
@@ -120,9 +121,6 @@ class KernelLog(SyncObj):
     def _commit(self, entry: LogEntry) -> None:
         # pysyncobj counts an entry as applied once this returns: this entry's index is one past the applied one.
         if not self.snapshots.admit(self.raftLastApplied + 1, entry):
-            if self.snapshots.compaction_due:
-                self.snapshots.compaction_due = False
-                self.forceLogCompaction()  # on the next tick, in this thread
             return
         if isinstance(entry, MembershipChanged):
             self._map_member(entry)

@@ -15,9 +15,9 @@ applied one by one, so a newer dump is handed to the replica as one :class:`Rest
 pysyncobj may install an older dump on an up-to-date follower and then send entries it has already applied again;
 ``applied`` (the index of the last entry this replica applied) makes both no-ops.
 
-Each accepted snapshot asks for a compaction at once (``compaction_due``), so that this replica's dump on disk is
-never more than one snapshot old. What the replica's own restart needs from the object store is then the objects of
-its dump and of the entries after it (``referenced_keys``), which is what the garbage collector keeps.
+What a replica's own restart needs from the object store is the objects of its dump and of the entries after it
+in its journal, besides those of its latest snapshot and the entries after that (``referenced_keys``): what the
+garbage collector keeps.
 """
 from __future__ import annotations
 
@@ -65,7 +65,6 @@ class SnapshotState:
         self.records_in_tail = 0  # execution records since the snapshot: when the executor takes the next one
         self._members: dict[int, MembershipChanged] = {}  # from before the snapshot
         self._last_record: CellKey | None = None
-        self.compaction_due = False  # a snapshot was accepted: write a dump now
         self.dumps = 0  # dumps written or adopted: the garbage collector runs once per dump
         self._dumped: tuple[LogEntry, ...] = ()  # the state on disk: its snapshot and tail
         self._since_dump: list[LogEntry] = []  # entries admitted after it (the journal's), snapshots included
@@ -100,7 +99,6 @@ class SnapshotState:
                 covered = max((i for i, e in enumerate(self.tail) if isinstance(e, ExecutionRecord)), default=-1) + 1
                 self._members.update((m.replica, m) for m in self.tail[:covered] if isinstance(m, MembershipChanged))
                 self.snapshot, self.tail, self.records_in_tail = entry, self.tail[covered:], 0
-                self.compaction_due = True
             return False
         if isinstance(entry, ExecutionRecord):
             self._last_record = entry.cell

@@ -12,6 +12,7 @@ come from the service's event loop at any time, and take ``lock`` to see no half
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import secrets
 import threading
@@ -34,7 +35,7 @@ from .history import History
 from .host_agent import MOVE_PAUSE_S, HostAgent, ReplicaHost, ReplicaView
 from .metrics import ClusterMetrics
 from .ports import PortPool
-from .providers import HostProvider, LocalProvider, ProviderError
+from .providers import HostProvider, LocalProvider, PendingHost, ProviderError
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -43,6 +44,11 @@ REPLICAS_PER_KERNEL = 3
 POLICY = "notebookos"  # the live cluster's default policy (the simulator compares it with the others)
 _CHANNELS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 _PORTS_PER_REPLICA = 2 + len(_CHANNELS)  # Raft, the five Jupyter channels, the peer API
+
+
+# A machine a provider starts (a container, a pod on a node the node autoscaler may have to add) whose agent has not
+# joined by then is given up on.
+START_DEADLINE_S = 600.0
 
 
 class PlacementError(RuntimeError):
@@ -80,6 +86,7 @@ class EmbeddedCluster:
         # Logical hosts share this machine's network stack and disk: one port pool, one folder per kernel's objects.
         self.provider = provider or LocalProvider(self.state_dir / "hosts", max_hosts, PortPool(), object_store,
                                                   devices)
+        self.provider_name = type(self.provider).__name__.removesuffix("Provider").lower()
         # The hosts started with are the floor the autoscaler keeps; it may add hosts up to max_hosts.
         self.core_config = CoreConfig(host_gpus=gpus_per_host, subscription_limit=subscription_limit,
                                       min_hosts=n_hosts, max_hosts=max_hosts)
@@ -93,6 +100,10 @@ class EmbeddedCluster:
         self.history = History()
         self.hosts: dict[str, ReplicaHost] = {}
         self.removed_agents: set[str] = set()  # machines removed whose agents have not been told yet
+        self.starting: dict[str, PendingHost] = {}  # machines the provider is starting, until their agents join
+        self.provided: set[str] = set()  # joined machines the provider started (it removes them)
+        self._starting_ids = itertools.count(1)
+        self._scaled_starting: set[str] = set()  # those of them the autoscaler asked for
         self.kernels: dict[str, KernelRecord] = {}
         self._clock = time.time()  # when GPU-seconds were last accounted
         self.granted: list[Decision] = []  # decisions for queued cells, taken by the service after each call
@@ -226,6 +237,14 @@ class EmbeddedCluster:
                 self._lose_host(host, f"no heartbeat from its agent for {silent:.1f} s")
             elif host.heard_from != self.core.cluster.host(host.name).reachable:
                 self._act(self._decide(self.core.host_heard if host.heard_from else self.core.host_silent, host.name))
+        for key in [k for k, p in self.starting.items() if time.time() - p.since > START_DEADLINE_S]:
+            with self.lock:
+                del self.starting[key]
+            why = f"its agent did not join within {START_DEADLINE_S:.0f} s"
+            self.events.append("host_start_failed", time.time(), why, host=key)
+            if key in self._scaled_starting:
+                self._scaled_starting.discard(key)
+                self._act(self._decide(self.core.scale_out_failed, 1))
         self._act(self._decide(self.core.tick))
         core = self.core
         with self.lock:
@@ -302,8 +321,21 @@ class EmbeddedCluster:
     # --------------------------------------------------------------------------------------- hosts
 
     def add_host(self, gpus: int | None = None, scaled: bool = True) -> dict:
-        """A new host from the provider (the operator's "add host", or a scale-out); ProviderError if it cannot."""
+        """A new host from the provider (the operator's "add host", or a scale-out); ProviderError if it cannot.
+        A machine whose agent joins later (a container, a pod) is listed ``starting`` until it does."""
         agent = self.provider.add_host(gpus or self.gpus_per_host)
+        if isinstance(agent, PendingHost):
+            key = agent.name or f"starting-{next(self._starting_ids)}"
+            with self.lock:
+                self.starting[key] = agent
+                if scaled:
+                    self._scaled_starting.add(key)
+            self.events.append("host_starting", time.time(), f"the {self.provider_name} provider is starting it",
+                               host=key, data={"gpus": agent.gpus})
+            if scaled:
+                self.metrics.scale_events.labels("out").inc()
+                self.history.scaled()
+            return self._describe_starting(key)
         with self.lock:
             self.hosts[agent.name] = agent
         # A slice of this machine's real GPUs may be smaller than asked for (the others hold the rest).
@@ -333,7 +365,16 @@ class EmbeddedCluster:
         host = RemoteHost(name, address, url, token)
         with self.lock:
             self.hosts[name] = host
-        self.core.autoscaler.count_fixed_hosts(+1)
+            # A machine the provider started (by its name, or the first unnamed one on its way), or one an
+            # operator runs: only the latter raises the autoscaler's floor and ceiling.
+            started = name if name in self.starting else next((k for k, p in self.starting.items() if p.name is None),
+                                                               None)
+            if started is not None:
+                del self.starting[started]
+                self._scaled_starting.discard(started)
+                self.provided.add(name)
+        if started is None:
+            self.core.autoscaler.count_fixed_hosts(+1)
         self._act(self._decide(self.core.add_host, name, gpus))
         return self._describe_host(name)
 
@@ -365,7 +406,8 @@ class EmbeddedCluster:
         log.warning("host %s lost: %s", host.name, why)
         host.mark_lost()
         self.events.append("host_lost", time.time(), why, host=host.name)
-        self.core.autoscaler.count_fixed_hosts(-1)
+        if host.name not in self.provided:
+            self.core.autoscaler.count_fixed_hosts(-1)
         self._act(self._decide(self.core.host_lost, host.name))
 
     def drain_host(self, name: str) -> dict:
@@ -375,14 +417,9 @@ class EmbeddedCluster:
         return self._describe_host(name)
 
     def remove_host(self, name: str) -> None:
-        """Take away a host that holds nothing (ValueError otherwise: drain it first). A machine's agent is told
-        at its next heartbeat (``AgentRemoved``), stops what it still runs and exits."""
-        host = self._host(name)
+        """Take away a host that holds nothing (ValueError otherwise: drain it first)."""
+        self._host(name)
         self._act(self._decide(self.core.remove_host, name))
-        if isinstance(host, RemoteHost):
-            self.core.autoscaler.count_fixed_hosts(-1)
-            with self.lock:
-                self.removed_agents.add(name)
 
     def resize_host(self, name: str, gpus: int) -> dict:
         """Change a host's GPU count (ValueError while cells use its GPUs)."""
@@ -459,12 +496,30 @@ class EmbeddedCluster:
             elif isinstance(event, ReplicaReplaced):
                 self._replace(event)
             elif isinstance(event, HostRemoved):
-                with self.lock:
-                    agent = self.hosts.pop(event.host_id)
-                if isinstance(agent, HostAgent):
-                    self.provider.remove_host(agent)
+                self._give_back(event.host_id)
             elif isinstance(event, ScaleOutRequested):
                 self._scale_out(event.hosts)
+
+    def _give_back(self, name: str) -> None:
+        """A host the core removed (or lost) leaves the cluster. A logical host goes back to the provider; a
+        machine removed by an operator or the autoscaler is told at its agent's next heartbeat (``AgentRemoved``:
+        it stops what it still runs and exits) and, if the provider started it, given back to the provider."""
+        with self.lock:
+            host = self.hosts.pop(name)
+        if isinstance(host, HostAgent):
+            self.provider.remove_host(host)
+        elif isinstance(host, RemoteHost):
+            if not host.lost:
+                with self.lock:
+                    self.removed_agents.add(name)
+                if name not in self.provided:
+                    self.core.autoscaler.count_fixed_hosts(-1)
+            if name in self.provided:  # removed, or lost: the provider takes back what is left of it
+                self.provided.discard(name)
+                try:
+                    self.provider.remove_host(host)
+                except ProviderError as err:
+                    self.events.append("host_removal_failed", time.time(), str(err), host=name)
 
     def _replace(self, event: ReplicaReplaced) -> None:
         """Start a replacement for a dead replica on the host the core chose (see :meth:`_hand_over`); the kernel
@@ -552,7 +607,8 @@ class EmbeddedCluster:
             return {
                 "policy": self.policy.name,
                 # A host the core has removed leaves self.hosts a moment later, once its agent is given back.
-                "hosts": [self._describe_host(name) for name in self.hosts if name in core.cluster.hosts],
+                "hosts": [self._describe_host(name) for name in self.hosts if name in core.cluster.hosts]
+                + [self._describe_starting(key) for key in self.starting],
                 "kernels": [self.describe_kernel(k) for k in self.kernels],
                 "subscription_limit": core.config.subscription_limit,
                 "max_hosts": core.config.max_hosts,
@@ -571,6 +627,13 @@ class EmbeddedCluster:
                 "state": host.state.value, "reachable": host.reachable,
                 "devices": [_describe_device(d, held.get(d)) for d in range(host.gpus)],
             }
+
+
+    def _describe_starting(self, key: str) -> dict:
+        pending = self.starting[key]
+        return {"name": key, "address": None, "replicas": 0, "gpus": pending.gpus, "idle_gpus": 0,
+                "subscribed_gpus": 0, "subscription_ratio": 0.0, "state": "starting", "reachable": False,
+                "devices": [], "since": pending.since}
 
 
 def _reachable(host: ReplicaHost) -> bool:

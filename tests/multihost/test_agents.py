@@ -26,7 +26,9 @@ from .hosts import Host, NetworkHosts, available
 
 HOST_TIMEOUT_S = 5.0  # the cluster's loss detection (its default)
 REPLACEMENT_DEADLINE_S = 90.0
-MAX_KEPT_OBJECTS = 12  # the snapshot's object, the tail's (at most 5 records), and a cell's in flight
+# The objects a replica keeps: its dump's snapshot and tail, the records of its journal since that dump (at most
+# about 15 at 40 entries per compaction), the latest snapshot's, and a cell's in flight; 60 cells wrote 60.
+MAX_KEPT_OBJECTS = 24
 JOIN_DEADLINE_S = 60.0
 REFUSAL_TIMEOUT_S = 30.0
 

@@ -242,7 +242,8 @@ async def test_kill_a_replica_and_see_it_restarted(api: Api, notebook_session: d
     assert after["replicas"][1]["host"] not in {r["host"] for r in kernel["replicas"]}
     seen = (await api.json("GET", f"{PREFIX}/events", query={"kernel": kernel_id}))["events"]
     assert [e["kind"] for e in seen if e["kind"].startswith("replica_")] == [
-        "replica_killed", "replica_lost", "replica_replaced"]
+        "replica_killed", "replica_exited", "replica_lost", "replica_replaced"]
+    assert next(e for e in seen if e["kind"] == "replica_exited")["reason"] == "killed by SIGKILL"
 
     # Restart of a live replica changes nothing.
     same = await api.json("POST", f"{one}/replicas/{{replica}}/restart", kernel_id=kernel_id, replica="1")

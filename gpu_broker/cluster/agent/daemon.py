@@ -26,6 +26,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import requests
 import tornado.httpserver
@@ -160,6 +161,14 @@ class Agent:
         return response.status_code, answer if isinstance(answer, dict) else {}
 
 
+def address_towards(url: str) -> str:
+    """This machine's address on the route to ``url``'s host (a UDP socket's source address: nothing is sent)."""
+    parts = urlsplit(url)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((parts.hostname or "127.0.0.1", parts.port or 80))
+        return probe.getsockname()[0]
+
+
 def _error(response: requests.Response) -> str:
     try:
         return str(response.json().get("error", response.text))
@@ -176,7 +185,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--join-token-file", required=True, type=Path, help="file holding the cluster's join token")
     parser.add_argument("--name", required=True, help="this host's name in the cluster (unique)")
     parser.add_argument("--address", required=True, metavar="IP",
-                        help="this machine's address: replicas bind it, peers and kernel fronts dial it")
+                        help="this machine's address: replicas bind it, peers and kernel fronts dial it; 'auto': "
+                             "the address this machine reaches the cluster from (a container's on its network)")
     parser.add_argument("--gpus", type=int, default=None,
                         help="virtual GPUs to advertise (default: the GPUs NVML sees; 0 without any)")
     parser.add_argument("--state-dir", type=Path, default=None,
@@ -196,6 +206,8 @@ def run(args: argparse.Namespace) -> int:
     if args.gpus is not None and args.gpus < 0:
         print(f"notebookos agent: --gpus must be 0 or more, got {args.gpus}", file=sys.stderr)
         return EXIT_REFUSED
+    if args.address == "auto":
+        args.address = address_towards(args.join)
     try:
         # The machine's real GPUs are exposed to containers; virtual ones (--gpus N) have nothing to expose.
         runtime = make_runtime(args, None if args.gpus is not None else tuple(range(nvml_gpu_count() or 0)))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
 
 from ..host_agent import HostAgent
 
@@ -10,24 +12,38 @@ class ProviderError(RuntimeError):
     """The provider could not deliver or take away a host; the message says why and what to do."""
 
 
-class HostProvider(ABC):
-    """Creates and destroys hosts, each with a host agent that starts replicas on it.
+@dataclass(frozen=True)
+class PendingHost:
+    """A machine a provider is starting, whose ``notebookos agent`` will join the cluster over the network.
 
-    ``add_host`` may take minutes on a cloud (a VM boots, an agent registers); the cluster calls it off its event
-    loop. A provider that cannot deliver raises ProviderError, and the cluster tells the scheduling core, which
-    stops counting the host as on its way.
+    ``name``: the host name its agent will join under, or None where the platform names it (a Kubernetes node):
+    then the next agent that joins takes its place.
+    """
+
+    name: str | None
+    gpus: int
+    since: float
+
+
+class HostProvider(ABC):
+    """Creates and destroys hosts.
+
+    A host is either ready at once, with a host agent in the cluster's process (logical hosts), or a machine whose
+    agent joins later (a container, a pod): the cluster shows it ``starting`` until it does. ``add_host`` may take
+    a while; the cluster calls it off its event loop. A provider that cannot deliver raises ProviderError, and the
+    cluster tells the scheduling core, which stops counting the host as on its way.
     """
 
     max_hosts: int | None  # the most hosts this provider will run at once (None: no limit of its own)
 
     @abstractmethod
-    def add_host(self, gpus: int) -> HostAgent:
-        """A new, empty host with ``gpus`` GPUs, ready to start replicas."""
+    def add_host(self, gpus: int) -> HostAgent | PendingHost:
+        """A new, empty host with ``gpus`` GPUs: ready to start replicas, or on its way."""
 
     @abstractmethod
-    def remove_host(self, agent: HostAgent) -> None:
-        """Give back a host that holds no replica."""
+    def remove_host(self, host: Any) -> None:
+        """Give back a host that holds no replica (a HostAgent, or the cluster's proxy of a joined agent)."""
 
     @abstractmethod
-    def resize_host(self, agent: HostAgent, gpus: int) -> None:
+    def resize_host(self, host: Any, gpus: int) -> None:
         """Change a host's GPU count, where the provider can (logical hosts can; a VM cannot grow a GPU)."""

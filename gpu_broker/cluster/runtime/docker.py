@@ -127,7 +127,11 @@ class DockerRuntime(ReplicaRuntime):
         self.limits = limits
         self.mounts = mounts
         self.gpu_devices = gpu_devices
-        self.client = client or docker.from_env()
+        try:
+            self.client = client or docker.from_env()
+        except docker.errors.DockerException as err:
+            raise RuntimeError(f"the Docker daemon does not answer ({err}); start dockerd, or set DOCKER_HOST to "
+                               "where it listens") from None
         self._check()
 
     def _check(self) -> None:

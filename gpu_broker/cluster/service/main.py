@@ -23,6 +23,8 @@ from ...scheduler.policies import POLICIES
 from ..embedded import POLICY, EmbeddedCluster
 from ..inventory import nvml_gpu_count
 from ..join_token import TokenError, ensure_token
+from ..providers import ProviderError
+from ..providers.factory import add_provider_arguments, make_provider
 from .cluster_service import ClusterService
 
 log = logging.getLogger(__name__)
@@ -54,21 +56,21 @@ async def serve(args: argparse.Namespace) -> None:
     physical = nvml_gpu_count()
     gpus_per_host = args.gpus_per_host or (max(1, physical // max(1, args.hosts)) if physical else 1)
     join_token = ensure_token(args.join_token_file) if args.join_token_file else None
-    cluster = EmbeddedCluster(args.state_dir, args.hosts, gpus_per_host, journal=args.journal,
-                              max_hosts=args.max_hosts, policy=args.policy,
-                              subscription_limit=args.subscription_limit, object_store=args.object_store,
-                              host_timeout_s=args.host_timeout,
-                              devices=list(range(physical)) if physical else None)
-    service = ClusterService(cluster, args.ephemeral, join_token)
     address, port = args.listen
     sockets = tornado.netutil.bind_sockets(port, address, family=socket.AF_INET)
     bound = sockets[0].getsockname()[1]
+    url = f"http://{'127.0.0.1' if address == '0.0.0.0' else address}:{bound}"
+    cluster = EmbeddedCluster(args.state_dir, args.hosts, gpus_per_host, journal=args.journal,
+                              max_hosts=args.max_hosts, policy=args.policy,
+                              subscription_limit=args.subscription_limit, object_store=args.object_store,
+                              host_timeout_s=args.host_timeout, provider=make_provider(args, url),
+                              devices=list(range(physical)) if physical else None)
+    service = ClusterService(cluster, args.ephemeral, join_token)
     server = tornado.httpserver.HTTPServer(service.app())
     server.add_sockets(sockets)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stopped.set)
-    url = f"http://{'127.0.0.1' if address == '0.0.0.0' else address}:{bound}"
     write_discovery_file(args.discovery_file, url, service.token)
     log.info("notebookos cluster (%s policy) with %d hosts of %d GPU(s) at %s%s", cluster.policy.name,
              args.hosts, gpus_per_host, url, "; agents join with the token in " + str(args.join_token_file)
@@ -116,6 +118,7 @@ def add_service_arguments(parser: argparse.ArgumentParser, hosts: int) -> None:
                         help="most GPUs the replicas on a host may ask for, per GPU of the host")
     parser.add_argument("--journal", action="store_true",
                         help="keep every scheduling-core call for replay (GET /scheduler/journal); grows without bound")
+    add_provider_arguments(parser)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,7 +153,7 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         asyncio.run(serve(args))
-    except TokenError as err:
+    except (TokenError, ProviderError) as err:
         print(f"notebookos cluster: {err}", file=sys.stderr)
         return 2
     except OSError as err:
