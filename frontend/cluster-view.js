@@ -89,11 +89,12 @@ function gpuItem(gpu) {
 }
 
 function hostActions(host, ctx) {
-  if (!ctx.admin) return null;
   const state = host.state || "active";
+  // A host still starting has no agent yet: nothing to drain, remove or resize.
+  if (!ctx.admin || state === "starting") return null;
   const key = (what) => `${what}:${host.name}`;
   return h("div", { class: "card-actions" },
-    state === "active" || state === "starting"
+    state === "active"
       ? h("button", { type: "button", "data-testid": "action-drain", "data-focus-key": key("drain"),
         onclick: () => ctx.actions.drainHost(host) }, "Drain…")
       : null,

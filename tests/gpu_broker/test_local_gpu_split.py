@@ -16,7 +16,7 @@ from notebookos.gpu_broker.cluster.providers import LocalProvider, ProviderError
 
 
 def _provider(tmp_path: Path, devices: list[int] | None) -> LocalProvider:
-    return LocalProvider(tmp_path / "hosts", None, PortPool(), (tmp_path / "objects").as_uri(), devices)
+    return LocalProvider(tmp_path / "hosts", None, PortPool(), None, devices)
 
 
 def test_logical_hosts_get_disjoint_slices_and_their_replicas_see_only_theirs(tmp_path: Path) -> None:

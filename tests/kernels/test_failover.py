@@ -90,7 +90,9 @@ def test_corrupt_object_found_on_recovery_is_named_not_silently_wrong(notebook, 
     """A standby that must restore state from a damaged object store says which names it could not restore,
     instead of holding a wrong or missing value without a word."""
     assert notebook.run("import torch\nweights = torch.arange(10.0)\nsmall = 3").status == "ok"
-    objects = [p for p in (Path(cluster_file).parent / "objects").rglob("*") if p.is_file()]
+    # The kernel's objects folder, which its replicas share on this one machine.
+    kernel_objects = Path(cluster_file).parent / "hosts" / "objects" / notebook.km.kernel_id
+    objects = [p for p in kernel_objects.rglob("*") if p.is_file()]
     assert objects, "the tensor should have gone to the object store"
     for path in objects:
         path.write_bytes(b"damaged")

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..runtime.docker import docker_volumes
 from .base import HostProvider, PendingHost, ProviderError
 
 log = logging.getLogger(__name__)
@@ -89,11 +90,7 @@ class DockerProvider(HostProvider):
             options["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
         else:
             command += ["--gpus", str(gpus)]
-        volumes = {str(self.token_file): {"bind": TOKEN_PATH, "mode": "ro"}}
-        for mount in self.mounts:
-            source, _, rest = mount.partition(":")
-            target, _, mode = rest.partition(":")
-            volumes[source] = {"bind": target or source, "mode": mode or "rw"}
+        volumes = {str(self.token_file): {"bind": TOKEN_PATH, "mode": "ro"}, **docker_volumes(self.mounts)}
         try:
             self.client.containers.run(self.image, command, name=name, detach=True, labels={AGENT_LABEL: name},
                                        network_mode=self.network, volumes=volumes, entrypoint=[],

@@ -159,10 +159,7 @@ class DockerRuntime(ReplicaRuntime):
         except docker.errors.NotFound:
             pass
         volumes = {path: {"bind": path, "mode": "rw"} for path in {str(spec.workdir), spec.cwd, *spec.paths}}
-        for mount in self.mounts:
-            source, _, rest = mount.partition(":")
-            target, _, mode = rest.partition(":")
-            volumes[source] = {"bind": target or source, "mode": mode or "rw"}
+        volumes.update(docker_volumes(self.mounts))
         options: dict[str, Any] = {}
         if self.limits.cpus:
             options["nano_cpus"] = int(self.limits.cpus * 1e9)
@@ -192,6 +189,16 @@ class DockerRuntime(ReplicaRuntime):
             if workdir.parent.parent == replicas_dir:
                 found[workdir] = ReplicaContainer(container)
         return found
+
+
+def docker_volumes(mounts: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """Docker SDK volumes from 'SRC:DST[:MODE]' mounts (DST defaults to SRC, MODE to rw)."""
+    volumes = {}
+    for mount in mounts:
+        source, _, rest = mount.partition(":")
+        target, _, mode = rest.partition(":")
+        volumes[source] = {"bind": target or source, "mode": mode or "rw"}
+    return volumes
 
 
 def _container_name(spec: LaunchSpec) -> str:
