@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
+from jupyter_core.paths import secure_write
 from traitlets import Integer
 
 from ..gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterClient, ClusterError, discovery_file
@@ -45,7 +46,8 @@ class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
             raise RuntimeError(f"notebookos could not place this kernel's replicas: {err}") from err
         connection_file = Path(self.parent.connection_file)
         self._replicas_file = connection_file.with_name(connection_file.stem + "-replicas.json")
-        self._replicas_file.write_text(json.dumps(described))
+        with secure_write(str(self._replicas_file)) as f:  # the replicas' message keys and addresses
+            json.dump(described, f)
         env = dict(kwargs.get("env") or os.environ)
         env[CLUSTER_FILE_ENV] = str(discovery_file())
         kwargs["env"] = env

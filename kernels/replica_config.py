@@ -11,6 +11,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from jupyter_core.paths import secure_write
+
 READY_MARKER = "ready"
 # Log compaction (raft_log.py, snapshots.py): the executor snapshots the namespace every SNAPSHOT_EVERY cells, and
 # pysyncobj compacts a journal that holds COMPACT_AFTER_ENTRIES entries. The environment variables set them for
@@ -63,8 +65,7 @@ class ReplicaConfig:
     def write(self, path: str | os.PathLike) -> None:
         path = Path(path)
         tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
+        with secure_write(str(tmp)) as f:
             json.dump(asdict(self), f)
         os.replace(tmp, path)
 

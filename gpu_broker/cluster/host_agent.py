@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from jupyter_core.paths import secure_write
+
 from ...kernels.replica_config import ReplicaConfig
 from .ports import PortPool
 from .runtime.base import LaunchSpec, ReplicaRuntime, RunningReplica
@@ -245,7 +247,8 @@ class HostAgent:
     def _spawn(self, proc: ReplicaProcess) -> None:
         proc.config.ready_marker.unlink(missing_ok=True)
         conn_file = proc.workdir / CONNECTION_FILE
-        _write_private(conn_file, json.dumps(proc.connection))
+        with secure_write(str(conn_file)) as f:  # it holds the kernel's message key
+            json.dump(proc.connection, f)
         config_file = proc.workdir / CONFIG_FILE
         proc.config.write(config_file)
         if proc.running is not None:
@@ -260,13 +263,6 @@ class HostAgent:
         proc.running = self.runtime.launch(spec)
         log.info("started replica %s/%d on %s (%s, pid %s)", proc.config.kernel_id, proc.config.replica, self.name,
                  self.runtime.name, proc.running.pid)
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read (it holds the kernel's message key), mode 0600 from its creation."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
 
 
 class ReplicaView(Protocol):

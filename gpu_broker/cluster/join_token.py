@@ -5,9 +5,10 @@ first start) and copies it to each GPU machine. Files holding it are created wit
 """
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
+
+from jupyter_core.paths import secure_write
 
 MIN_LENGTH = 16
 
@@ -34,7 +35,6 @@ def ensure_token(path: Path) -> str:
     path = Path(path)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
+        with secure_write(str(path)) as f:
             f.write(secrets.token_hex(32) + "\n")
     return read_token(path)

@@ -19,6 +19,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from jupyter_core.paths import secure_write
+
 from .client import ClusterClient, ClusterError, discovery_file
 
 SERVICE_MODULE = "notebookos.gpu_broker.cluster.service"
@@ -115,8 +117,7 @@ async def ensure_cluster(n_hosts: int = 4) -> ClusterClient:
 def write_remote_discovery_file(path: Path, url: str, token: str) -> None:
     """Name a cluster service that runs elsewhere (``notebookos lab --cluster``): no pid, so it is never replaced
     by an on-demand local cluster when it does not answer."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
+    with secure_write(str(path)) as f:
         json.dump({"url": url, "token": token, "pid": None}, f)
 
 

@@ -1,8 +1,10 @@
 """Interrupt and restart, as JupyterLab's Kernel menu does them."""
 from __future__ import annotations
 
+import stat
 import threading
 import time
+from pathlib import Path
 
 from .driver import replicas_of
 
@@ -53,3 +55,14 @@ def test_comms_reach_the_executor_and_answer_like_widgets_do(notebook):
             assert reply["content"]["data"] == {"echo": 42}
             return
     raise AssertionError("no comm_msg came back")
+
+
+def test_every_file_holding_a_key_or_token_is_readable_by_its_owner_only(notebook, cluster_file):
+    """The kernel's connection and replicas files (message key), each replica's connection and configuration files
+    (message key, Raft password) and the cluster's discovery file (its token): mode 0600."""
+    connection = Path(notebook.km.connection_file)
+    replica_files = list((Path(cluster_file).parent / "hosts").glob(f"*/{notebook.km.kernel_id}/replica-*/*.json"))
+    assert len(replica_files) == 6  # connection.json and replica.json of three replicas
+    for path in [connection, connection.with_name(connection.stem + "-replicas.json"), *replica_files,
+                 Path(cluster_file)]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import tornado.httpserver
 import tornado.netutil
+from jupyter_core.paths import secure_write
 
 from ...scheduler.core import CoreConfig
 from ...scheduler.policies import POLICIES
@@ -36,8 +37,7 @@ HOST_TIMEOUT_S = 5.0
 def write_discovery_file(path: Path, url: str, token: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
+    with secure_write(str(tmp)) as f:
         json.dump({"url": url, "token": token, "pid": os.getpid()}, f)
     os.replace(tmp, path)
 
