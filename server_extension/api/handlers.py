@@ -13,7 +13,8 @@ import json
 from http.client import responses
 from typing import Any
 
-from jupyter_server.auth.decorator import authorized
+from jupyter_core.utils import ensure_async
+from jupyter_server.auth.decorator import allow_unauthenticated, authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 from tornado.iostream import StreamClosedError
@@ -111,9 +112,10 @@ class MeHandler(NotebookOSHandler):
 
     @web.authenticated
     @authorized("read", resource=RESOURCE)
-    def get(self) -> None:
+    async def get(self) -> None:
         user = self.current_user
-        admin = self.authorizer.is_authorized(self, user, "write", RESOURCE)
+        # An authorizer may answer asynchronously (jupyter_server awaits it too): a coroutine object is truthy.
+        admin = await ensure_async(self.authorizer.is_authorized(self, user, "write", RESOURCE))
         self.reply({"name": getattr(user, "name", None) or getattr(user, "username", "") or "", "admin": bool(admin)})
 
 
@@ -304,14 +306,19 @@ class HistoryHandler(NotebookOSHandler):
 
 
 class MetricsHandler(NotebookOSHandler):
+    """Prometheus metrics, authenticated as the server's own ``/metrics`` is: a login (a token) is needed unless
+    ``ServerApp.authenticate_prometheus`` is False."""
+
     _track_activity = False  # a scraper is not user activity (it would keep an idle server from culling)
 
     def initialize(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
-    @web.authenticated
-    @authorized("read", resource=RESOURCE)
+    @allow_unauthenticated
     async def get(self) -> None:
+        if self.settings.get("authenticate_prometheus", True) and not self.logged_in:
+            raise web.HTTPError(403, reason="metrics need a Jupyter token unless ServerApp.authenticate_prometheus "
+                                            "is False")
         try:
             raw, counted = await get_cluster(), await get_cluster_metrics()
         except (ClusterUnavailable, ClusterRefused) as err:

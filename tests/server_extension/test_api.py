@@ -328,10 +328,17 @@ class ReaderAuthorizer(Authorizer):
         return resource != "notebookos" or action == "read"
 
 
+class AsyncReaderAuthorizer(Authorizer):
+    """The same, answering asynchronously (jupyter_server awaits an authorizer that does)."""
+
+    async def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
+        return resource != "notebookos" or action == "read"
+
+
 class TestReader:
-    @pytest.fixture
-    def jp_server_config(self, jp_server_config: Any) -> Any:
-        jp_server_config.ServerApp.authorizer_class = ReaderAuthorizer
+    @pytest.fixture(params=[ReaderAuthorizer, AsyncReaderAuthorizer])
+    def jp_server_config(self, jp_server_config: Any, request: pytest.FixtureRequest) -> Any:
+        jp_server_config.ServerApp.authorizer_class = request.param
         return jp_server_config
 
     async def test_reads_work_and_changing_actions_are_forbidden(self, api: Api) -> None:
@@ -343,6 +350,27 @@ class TestReader:
             refused = await api.json(method, f"{PREFIX}/{template}", 403, kernel_id="any-kernel", replica="0",
                                      name="host-1")
             assert "admin permission" in refused["message"], template
+
+
+# --- metrics authentication: as the server's own /metrics ---------------------------------------------------------
+
+NO_LOGIN = {"Authorization": "token not-the-server-token"}
+
+
+async def test_metrics_need_a_login_by_default(api: Api) -> None:
+    assert (await api.call("GET", f"{PREFIX}/metrics", headers=NO_LOGIN)).code == 403
+
+
+class TestOpenMetrics:
+    @pytest.fixture
+    def jp_server_config(self, jp_server_config: Any) -> Any:
+        jp_server_config.ServerApp.authenticate_prometheus = False
+        return jp_server_config
+
+    async def test_metrics_are_open_when_the_server_says_so(self, api: Api) -> None:
+        resp = await api.call("GET", f"{PREFIX}/metrics", headers=NO_LOGIN)
+        assert resp.code == 200 and b"notebookos_cluster_up" in resp.body
+        assert (await api.call("GET", f"{PREFIX}/cluster", headers=NO_LOGIN)).code == 403
 
 
 # --- fuzzing ------------------------------------------------------------------------------------------------------
