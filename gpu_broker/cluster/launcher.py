@@ -93,8 +93,9 @@ async def ensure_cluster(n_hosts: int = 4) -> ClusterClient:
             if _names_remote_cluster(path):
                 if await client.alive():
                     return client
-                raise ClusterError(f"the notebookos cluster at {client.url} (named in {path}) does not answer; "
-                                   "check that its service runs and that this machine can reach it")
+                raise ClusterError(f"the notebookos cluster at {client.url} (named in {path}) does not answer: "
+                                   "start it on its machine (notebookos cluster --listen ADDR:PORT "
+                                   "--join-token-file F) and check that this machine can reach it")
             for _ in range(BUSY_RETRIES):
                 if await client.alive():
                     return client

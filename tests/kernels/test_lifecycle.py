@@ -1,10 +1,17 @@
 """Interrupt and restart, as JupyterLab's Kernel menu does them."""
 from __future__ import annotations
 
+import socket
 import stat
 import threading
 import time
 from pathlib import Path
+
+import pytest
+from jupyter_client.manager import start_new_kernel
+
+from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterError
+from notebookos.gpu_broker.cluster.launcher import write_remote_discovery_file
 
 from .driver import replicas_of
 
@@ -66,3 +73,15 @@ def test_every_file_holding_a_key_or_token_is_readable_by_its_owner_only(noteboo
     for path in [connection, connection.with_name(connection.stem + "-replicas.json"), *replica_files,
                  Path(cluster_file)]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_a_kernel_start_with_its_cluster_down_says_what_to_start(jupyter_env, tmp_path, monkeypatch):
+    """A Jupyter server pointed at a shared cluster (`notebookos lab --cluster URL`) whose service is down."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there once the probe is closed
+    discovery = tmp_path / "cluster.json"
+    write_remote_discovery_file(discovery, f"http://127.0.0.1:{port}", "token")
+    monkeypatch.setenv(CLUSTER_FILE_ENV, str(discovery))
+    with pytest.raises(ClusterError, match=r"does not answer: start it on its machine \(notebookos cluster --listen"):
+        start_new_kernel(kernel_name="notebookos", startup_timeout=30)
