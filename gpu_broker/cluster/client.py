@@ -14,6 +14,8 @@ from typing import Any
 from jupyter_core.paths import jupyter_runtime_dir
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from .tls import client_context
+
 CLUSTER_FILE_ENV = "NOTEBOOKOS_CLUSTER_FILE"
 
 
@@ -35,14 +37,17 @@ def discovery_file() -> Path:
 
 
 class ClusterClient:
-    def __init__(self, url: str, token: str) -> None:
+    """``ca_pem``: the CA an https service is verified against (None: the system's CAs)."""
+
+    def __init__(self, url: str, token: str, ca_pem: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.token = token
+        self._ssl = client_context(ca_pem) if self.url.startswith("https:") else None
 
     @classmethod
     def from_file(cls, path: Path) -> "ClusterClient":
         data = json.loads(path.read_text())
-        return cls(data["url"], data["token"])
+        return cls(data["url"], data["token"], data.get("ca_pem"))
 
     async def request(self, method: str, path: str, body: dict | None = None, timeout: float = 60.0,
                       text: bool = False) -> Any:
@@ -50,7 +55,7 @@ class ClusterClient:
         req = HTTPRequest(
             f"{self.url}{path}", method=method, headers={"Authorization": f"token {self.token}"},
             body=None if body is None and method in ("GET", "DELETE") else json.dumps(body or {}),
-            request_timeout=timeout, connect_timeout=5.0,
+            request_timeout=timeout, connect_timeout=5.0, ssl_options=self._ssl,
         )
         try:
             resp = await AsyncHTTPClient().fetch(req)

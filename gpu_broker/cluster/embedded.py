@@ -347,10 +347,11 @@ class EmbeddedCluster:
         return self._describe_host(agent.name)
 
     def join_agent(self, name: str, address: str, gpus: int, url: str, token: str,
-                   replicas: list[dict[str, Any]]) -> dict:
+                   replicas: list[dict[str, Any]], cert_pem: str | None = None) -> dict:
         """A ``notebookos agent`` joined with the join token: its machine becomes a host. An agent that joins again
         under its name from the same address (it was restarted, or the service was) keeps the host and its
-        replicas; ValueError if the name belongs to another machine or to a logical host."""
+        replicas; ValueError if the name belongs to another machine or to a logical host. ``cert_pem``: the
+        certificate of an agent serving https, the only one trusted when calling it."""
         with self.lock:
             self._refuse_removed(name)
         known = self.hosts.get(name)
@@ -358,11 +359,11 @@ class EmbeddedCluster:
             if not isinstance(known, RemoteHost) or known.address != address:
                 where = known.address if isinstance(known, RemoteHost) else "this cluster's own machine"
                 raise ValueError(f"host name {name!r} is taken by {where}; start the agent with another --name")
-            known.url, known.token = url, token
+            known.url, known.token, known.verify = url, token, self._agent_trust(name, cert_pem)
             known.heartbeat(replicas)
             self.events.append("agent_rejoined", time.time(), f"the agent at {address} joined again", host=name)
             return self._describe_host(name)
-        host = RemoteHost(name, address, url, token)
+        host = RemoteHost(name, address, url, token, self._agent_trust(name, cert_pem))
         with self.lock:
             self.hosts[name] = host
             # A machine the provider started (by its name, or the first unnamed one on its way), or one an
@@ -393,6 +394,15 @@ class EmbeddedCluster:
             return [(r["kernel_id"], r["replica"]) for r in replicas
                     if not (r.get("kernel_id") in placed and
                             placed[r["kernel_id"]].replicas.get(r.get("replica")) == name)]
+
+    def _agent_trust(self, name: str, cert_pem: str | None) -> str | bool:
+        """What verifies an agent's https certificate: the one it joined with, kept in a file (requests reads one)."""
+        if cert_pem is None:
+            return True
+        path = self.state_dir / "agents" / f"{name}.pem"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(cert_pem)
+        return str(path)
 
     def _refuse_removed(self, name: str) -> None:
         """The agent of a host an operator removed hears it once (then the name is free again)."""

@@ -115,11 +115,11 @@ async def ensure_cluster(n_hosts: int = 4) -> ClusterClient:
         lock.close()
 
 
-def write_remote_discovery_file(path: Path, url: str, token: str) -> None:
+def write_remote_discovery_file(path: Path, url: str, token: str, ca_pem: str | None = None) -> None:
     """Name a cluster service that runs elsewhere (``notebookos lab --cluster``): no pid, so it is never replaced
-    by an on-demand local cluster when it does not answer."""
+    by an on-demand local cluster when it does not answer. ``ca_pem``: the CA to verify it against."""
     with secure_write(str(path)) as f:
-        json.dump({"url": url, "token": token, "pid": None}, f)
+        json.dump({"url": url, "token": token, "pid": None, "ca_pem": ca_pem}, f)
 
 
 def _names_remote_cluster(path: Path) -> bool:

@@ -66,29 +66,40 @@ def test_every_notebookos_image_is_this_version() -> None:
     assert tags and {tag.removesuffix("-cuda") for tag in tags | {hub["tag"]}} == {VERSION}, tags
 
 
-def test_the_agents_join_with_the_secret_token_and_advertise_their_node() -> None:
+def test_the_agents_join_over_tls_with_the_secret_token_and_advertise_their_node() -> None:
     for name in ("agents.yaml", "agent-pool.yaml"):
         [workload] = _documents(KUBERNETES / name)
         pod = workload["spec"]["template"]["spec"]
         [agent] = pod["containers"]
         assert pod["hostNetwork"] is True, "replicas bind the node's address"
         assert agent["args"][0] == "agent"
-        assert "--address=$(NODE_IP)" in agent["args"] and "--join-token-file=/etc/notebookos/join-token" in agent[
-            "args"]
-        secret_volumes = {v["name"] for v in pod["volumes"] if v.get("secret", {}).get("secretName") ==
-                          "notebookos-join-token"}
-        assert any(m["name"] in secret_volumes and m["mountPath"] == "/etc/notebookos" for m in agent["volumeMounts"])
+        assert {"--address=$(NODE_IP)", "--join=https://notebookos-cluster.notebookos.svc:8765",
+                "--join-token-file=/etc/notebookos/join-token", "--cluster-ca=/etc/notebookos/ca/ca.pem"} <= set(
+            agent["args"])
+        secrets = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+        mounts = {m["mountPath"]: m["name"] for m in agent["volumeMounts"]}
+        assert secrets[mounts["/etc/notebookos/join-token"]]["secretName"] == "notebookos-join-token"
+        ca = secrets[mounts["/etc/notebookos/ca"]]
+        assert ca["secretName"] == "notebookos-cluster-ca" and ca["items"] == [{"key": "ca.pem", "path": "ca.pem"}], \
+            "agents get the CA's certificate, not its key"
+    [cluster, _service] = _documents(KUBERNETES / "cluster.yaml")
+    [lab] = cluster["spec"]["template"]["spec"]["containers"]
+    assert {"--tls-auto", "--tls-ca=/etc/notebookos/ca", "--tls-name=notebookos-cluster.notebookos.svc"} <= set(
+        lab["args"])
 
 
-def test_the_compose_cluster_wires_three_agents_to_the_service_with_the_secret() -> None:
+def test_the_compose_cluster_wires_three_agents_to_the_service_over_tls() -> None:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
     agents = [s for name, s in services.items() if name.startswith("agent-")]
     assert len(agents) == 3
-    assert "--listen 0.0.0.0:8765" in services["lab"]["command"][0]
+    lab = services["lab"]["command"][0]
+    assert "--listen 0.0.0.0:8765 --tls-auto" in lab and "/run/secrets/join_token" in lab
+    assert services["lab"]["secrets"] == ["join_token"] and "join_token" in compose["secrets"]
     for agent in agents:
-        assert "--join http://lab:8765 --join-token-file /run/secrets/join_token" in agent["command"][0]
-        assert agent["secrets"] == ["join_token"] and "join_token" in compose["secrets"]
+        assert "--join https://lab:8765 --join-token-file /home/notebookos/cluster/join-token" in agent["command"][0]
+        assert "cluster-state:/home/notebookos/cluster:ro" in agent["volumes"], "the token file that pins the CA"
+        assert agent["depends_on"]["lab"]["condition"] == "service_healthy"
         assert "notebooks:/home/notebookos/work" in agent["volumes"], "the storage every host sees"
     assert services["lab"]["build"]["dockerfile"] == "deploy/docker/Dockerfile"
     assert (DEPLOY.parent / services["lab"]["build"]["dockerfile"]).is_file()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import secrets
@@ -35,7 +36,8 @@ import tornado.web
 
 from ..host_agent import HostAgent
 from ..inventory import nvml_gpu_count
-from ..join_token import TokenError, read_token
+from ..join_token import JoinToken, TokenError, read_token
+from ..tls import ServerTLS, TLSError, fetch_pinned_ca, self_signed
 from ..ports import PortPool
 from ..runtime.base import ReplicaRuntime
 from ..runtime.factory import add_runtime_arguments, make_runtime
@@ -58,11 +60,17 @@ class Removed(Exception):
 
 
 class Agent:
-    def __init__(self, args: argparse.Namespace, token: str, runtime: ReplicaRuntime) -> None:
+    """``verify``: how the cluster's certificate is checked (a CA file, or True: the system's CAs). ``tls``: the
+    agent's own certificate, served on its API when the cluster speaks https."""
+
+    def __init__(self, args: argparse.Namespace, token: str, runtime: ReplicaRuntime, verify: str | bool = True,
+                 tls: ServerTLS | None = None) -> None:
         self.name = args.name
         self.address = args.address
         self.cluster_url = args.join.rstrip("/")
         self.join_token = token
+        self.verify = verify
+        self.tls = tls
         self.gpus = args.gpus if args.gpus is not None else nvml_gpu_count() or 0
         self.state_dir = Path(args.state_dir)
         self.api_token = secrets.token_urlsafe(32)
@@ -85,8 +93,9 @@ class Agent:
         if adopted:
             log.info("re-adopted %d running replica(s)", len(adopted))
         sockets = tornado.netutil.bind_sockets(self.port, self.address, family=socket.AF_INET)
-        self.url = f"http://{self.address}:{sockets[0].getsockname()[1]}"
-        server = tornado.httpserver.HTTPServer(tornado.web.Application(routes(self)))
+        self.url = f"{'https' if self.tls else 'http'}://{self.address}:{sockets[0].getsockname()[1]}"
+        server = tornado.httpserver.HTTPServer(tornado.web.Application(routes(self)),
+                                               ssl_options=self.tls.context() if self.tls else None)
         server.add_sockets(sockets)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -115,7 +124,8 @@ class Agent:
             try:
                 if not joined:
                     await self._post("/agents", {"name": self.name, "address": self.address, "gpus": self.gpus,
-                                                 "url": self.url, "token": self.api_token, "replicas": self.report()})
+                                                 "url": self.url, "token": self.api_token, "replicas": self.report(),
+                                                 "cert_pem": self.tls.ca_pem if self.tls else None})
                     log.info("joined the cluster at %s as %s (%s, %d GPU(s))", self.cluster_url, self.name,
                              self.address, self.gpus)
                     joined = True
@@ -140,7 +150,7 @@ class Agent:
         """POST to the cluster: its status and JSON answer for 2xx and 404; JoinRefused for 401/403/409; OSError if
         it cannot be reached or fails."""
         def call() -> requests.Response:
-            return requests.post(self.cluster_url + path, json=body, timeout=JOIN_TIMEOUT_S,
+            return requests.post(self.cluster_url + path, json=body, timeout=JOIN_TIMEOUT_S, verify=self.verify,
                                  headers={"Authorization": f"token {self.join_token}"})
 
         try:
@@ -159,6 +169,25 @@ class Agent:
         except ValueError:
             answer = {}
         return response.status_code, answer if isinstance(answer, dict) else {}
+
+
+def _tls(args: argparse.Namespace, token: JoinToken) -> tuple[str | bool, ServerTLS | None]:
+    """How to check the cluster's certificate, and this agent's own: with an https cluster, the agent serves its
+    API with a certificate of its own too. A token that pins the cluster's CA makes it the only one trusted."""
+    if not args.join.startswith("https:"):
+        if not ipaddress.ip_address(args.address).is_loopback:
+            log.warning("joining %s over plain HTTP: the join token and the cluster's calls to this agent cross the "
+                        "network unencrypted; start the cluster with --tls-auto", args.join)
+        return True, None
+    verify: str | bool = True
+    if args.cluster_ca:
+        verify = str(args.cluster_ca)
+    elif token.ca_pin:
+        ca_file = args.state_dir / "tls" / "cluster-ca.pem"
+        ca_file.parent.mkdir(parents=True, exist_ok=True)
+        ca_file.write_text(fetch_pinned_ca(args.join, token.ca_pin))
+        verify = str(ca_file)
+    return verify, self_signed(args.state_dir / "tls", args.address)
 
 
 def address_towards(url: str) -> str:
@@ -192,6 +221,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="journals, objects and logs of this host's replicas (default: a new temporary folder)")
     parser.add_argument("--port", type=int, default=0, help="port of the agent's API on --address (default: any)")
+    parser.add_argument("--cluster-ca", type=Path, default=None, metavar="FILE",
+                        help="the CA (PEM) an https cluster is verified against (default: the one the join token "
+                             "pins, else the system's)")
     add_runtime_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -217,7 +249,12 @@ def run(args: argparse.Namespace) -> int:
     args.state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="notebookos-agent-"))
     args.state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(args.state_dir, 0o700)
-    agent = Agent(args, token, runtime)
+    try:
+        verify, tls = _tls(args, token)
+    except TLSError as err:
+        print(f"notebookos agent: {err}", file=sys.stderr)
+        return EXIT_REFUSED
+    agent = Agent(args, token.secret, runtime, verify, tls)
     try:
         asyncio.run(agent.serve())
     except JoinRefused as err:

@@ -51,11 +51,13 @@ class RemoteReplica:
 class RemoteHost:
     """A host run by a ``notebookos agent`` at ``url`` (its API), whose replicas bind ``address``."""
 
-    def __init__(self, name: str, address: str, url: str, token: str) -> None:
+    def __init__(self, name: str, address: str, url: str, token: str, verify: str | bool = True) -> None:
+        """``verify``: the certificate file an https agent is checked against (True: the system's CAs)."""
         self.name = name
         self.address = address
         self.url = url.rstrip("/")
         self.token = token
+        self.verify = verify
         self.replicas: dict[tuple[str, int], RemoteReplica] = {}
         self.last_heartbeat = time.monotonic()
         self.lost = False  # declared lost: calls are no longer made, its replicas count as dead
@@ -112,7 +114,7 @@ class RemoteHost:
                                    f"{silent:.0f} s")
         try:
             response = requests.request(method, self.url + path, json=body, timeout=(CONNECT_TIMEOUT_S, CALL_TIMEOUT_S),
-                                        headers={"Authorization": f"token {self.token}"})
+                                        headers={"Authorization": f"token {self.token}"}, verify=self.verify)
         except requests.RequestException as err:
             raise AgentUnreachable(f"the agent of host {self.name} at {self.url} did not answer "
                              f"({type(err).__name__})") from None

@@ -34,8 +34,10 @@ READY_POLL_S = 0.05
 
 
 class ClusterService:
-    def __init__(self, cluster: EmbeddedCluster, ephemeral: bool, join_token: str | None = None) -> None:
+    def __init__(self, cluster: EmbeddedCluster, ephemeral: bool, join_token: str | None = None,
+                 ca_pem: str | None = None) -> None:
         self.cluster = cluster
+        self.ca_pem = ca_pem  # the CA this service made (--tls-auto), served to those who pin it
         self.token = secrets.token_urlsafe(24)
         # Agents join with it; a Jupyter server given the same file (notebookos lab --cluster) may use it too.
         self.join_token = join_token

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ...scheduler.events import Decision
 from ...scheduler.journal import outcome_json
 from ..embedded import AgentRemoved
+from ..tls import CA_PATH
 from ..json_api import JsonHandler
 
 if TYPE_CHECKING:
@@ -162,9 +163,12 @@ class AgentsHandler(ClusterHandler):
         except ValueError:
             raise tornado.web.HTTPError(400, reason=f"address must be an IP address, got {fields['address']!r}") from None
         gpus = self.gpus(data.get("gpus", 0))
+        cert_pem = data.get("cert_pem")
+        if cert_pem is not None and not (isinstance(cert_pem, str) and fields["url"].startswith("https:")):
+            raise tornado.web.HTTPError(400, reason="cert_pem is the PEM certificate of an agent serving https")
         try:
             joined = await self.service.run(self.service.cluster.join_agent, fields["name"], fields["address"], gpus,
-                                            fields["url"], fields["token"], replicas)
+                                            fields["url"], fields["token"], replicas, cert_pem)
         except AgentRemoved as err:
             raise tornado.web.HTTPError(410, reason=str(err)) from None
         self.set_status(201)
@@ -270,10 +274,25 @@ def _seconds(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
 
 
+class CAHandler(tornado.web.RequestHandler):
+    """``GET /tls/ca.pem``, unauthenticated: the CA this service made. Public by nature; a client trusts it only
+    if its fingerprint is the one its join token pins (tls.py)."""
+
+    def initialize(self, service: "ClusterService") -> None:
+        self.service = service
+
+    def get(self) -> None:
+        if self.service.ca_pem is None:
+            raise tornado.web.HTTPError(404, reason="this service made no CA (it was not started with --tls-auto)")
+        self.set_header("Content-Type", "application/x-pem-file")
+        self.finish(self.service.ca_pem)
+
+
 def routes(service: "ClusterService") -> list[tuple[str, type, dict]]:
     """The service's API; every handler gets the service."""
     args = {"service": service}
     return [
+        (CA_PATH, CAHandler, args),
         (r"/cluster", ClusterRoot, args),
         (r"/scheduler/journal", JournalHandler, args),
         (r"/events(?:/(wait))?", EventsHandler, args),

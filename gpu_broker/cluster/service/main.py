@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -23,7 +24,8 @@ from ...scheduler.core import CoreConfig
 from ...scheduler.policies import POLICIES
 from ..embedded import POLICY, EmbeddedCluster
 from ..inventory import nvml_gpu_count
-from ..join_token import TokenError, ensure_token
+from ..join_token import TokenError, ensure_token, pin_ca
+from ..tls import ServerTLS, TLSError, auto_tls, fingerprint, serving_names
 from ..providers import ProviderError
 from ..providers.factory import add_provider_arguments, make_provider
 from .cluster_service import ClusterService
@@ -34,12 +36,25 @@ DEFAULT_LISTEN = "127.0.0.1:0"
 HOST_TIMEOUT_S = 5.0
 
 
-def write_discovery_file(path: Path, url: str, token: str) -> None:
+def write_discovery_file(path: Path, url: str, token: str, ca_pem: str | None) -> None:
+    """Where clients find this service, its token, and the CA to verify it with (None: plain HTTP, or a
+    certificate the system's CAs verify)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with secure_write(str(tmp)) as f:
-        json.dump({"url": url, "token": token, "pid": os.getpid()}, f)
+        json.dump({"url": url, "token": token, "pid": os.getpid(), "ca_pem": ca_pem}, f)
     os.replace(tmp, path)
+
+
+def _server_tls(args: argparse.Namespace, address: str) -> ServerTLS | None:
+    if args.tls_auto:
+        return auto_tls(args.tls_ca or args.state_dir / "tls", args.state_dir / "tls",
+                        [*serving_names(address), *args.tls_name])
+    if args.certfile or args.keyfile:
+        if not (args.certfile and args.keyfile):
+            raise TLSError("--certfile and --keyfile go together")
+        return ServerTLS(args.certfile, args.keyfile)
+    return None
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -57,21 +72,28 @@ async def serve(args: argparse.Namespace) -> None:
     gpus_per_host = args.gpus_per_host or (max(1, physical // max(1, args.hosts)) if physical else 1)
     join_token = ensure_token(args.join_token_file) if args.join_token_file else None
     address, port = args.listen
+    tls = _server_tls(args, address)
+    if tls is not None and tls.ca_pem is not None and args.join_token_file:
+        join_token = pin_ca(args.join_token_file, fingerprint(tls.ca_pem))
+    elif tls is None and not ipaddress.ip_address(address).is_loopback:
+        log.warning("serving plain HTTP on %s: the cluster's tokens and the kernels' cluster traffic cross the "
+                    "network unencrypted; start with --tls-auto or --certfile/--keyfile", address)
     sockets = tornado.netutil.bind_sockets(port, address, family=socket.AF_INET)
     bound = sockets[0].getsockname()[1]
-    url = f"http://{'127.0.0.1' if address == '0.0.0.0' else address}:{bound}"
+    url = f"{'https' if tls else 'http'}://{'127.0.0.1' if address == '0.0.0.0' else address}:{bound}"
     cluster = EmbeddedCluster(args.state_dir, args.hosts, gpus_per_host, journal=args.journal,
                               max_hosts=args.max_hosts, policy=args.policy,
                               subscription_limit=args.subscription_limit, object_store=args.object_store,
                               host_timeout_s=args.host_timeout, provider=make_provider(args, url),
                               devices=list(range(physical)) if physical else None)
-    service = ClusterService(cluster, args.ephemeral, join_token)
-    server = tornado.httpserver.HTTPServer(service.app())
+    service = ClusterService(cluster, args.ephemeral, join_token.secret if join_token else None,
+                             ca_pem=tls.ca_pem if tls else None)
+    server = tornado.httpserver.HTTPServer(service.app(), ssl_options=tls.context() if tls else None)
     server.add_sockets(sockets)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stopped.set)
-    write_discovery_file(args.discovery_file, url, service.token)
+    write_discovery_file(args.discovery_file, url, service.token, tls.ca_pem if tls else None)
     log.info("notebookos cluster (%s policy) with %d hosts of %d GPU(s) at %s%s", cluster.policy.name,
              args.hosts, gpus_per_host, url, "; agents join with the token in " + str(args.join_token_file)
              if join_token else "")
@@ -118,6 +140,17 @@ def add_service_arguments(parser: argparse.ArgumentParser, hosts: int) -> None:
                         help="most GPUs the replicas on a host may ask for, per GPU of the host")
     parser.add_argument("--journal", action="store_true",
                         help="keep every scheduling-core call for replay (GET /scheduler/journal); grows without bound")
+    tls = parser.add_argument_group("TLS (without it the service speaks plain HTTP, as Jupyter does)")
+    tls.add_argument("--tls-auto", action="store_true",
+                     help="make a cluster CA at first start (in the state folder) and a certificate from it; the "
+                          "join token file then pins the CA, so agents and Jupyter servers given it trust only it")
+    tls.add_argument("--tls-name", action="append", default=[], metavar="NAME",
+                     help="with --tls-auto: another DNS name or address clients reach the service by (repeatable)")
+    tls.add_argument("--tls-ca", type=Path, default=None, metavar="DIR",
+                     help="with --tls-auto: the folder of the CA (ca.pem, ca-key.pem) to sign with, made there if "
+                          "missing (default: the state folder's tls/)")
+    tls.add_argument("--certfile", type=Path, default=None, help="the service's certificate (PEM), e.g. from your CA")
+    tls.add_argument("--keyfile", type=Path, default=None, help="its private key (PEM)")
     add_provider_arguments(parser)
 
 
@@ -153,7 +186,7 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         asyncio.run(serve(args))
-    except (TokenError, ProviderError) as err:
+    except (TokenError, ProviderError, TLSError) as err:
         print(f"notebookos cluster: {err}", file=sys.stderr)
         return 2
     except OSError as err:
