@@ -375,6 +375,9 @@ class TestOpenMetrics:
 
 # --- fuzzing ------------------------------------------------------------------------------------------------------
 
+FRAMING_HEADERS = {"content-length", "transfer-encoding", "host", "connection", "expect"}
+
+
 async def test_schemathesis_finds_no_server_error(api: Api, jp_http_port: int, jp_base_url: str,
                                                   jp_auth_header: dict) -> None:
     """Positive and negative cases for every operation against the live server: no 5xx, every answer conforms."""
@@ -393,6 +396,10 @@ async def test_schemathesis_finds_no_server_error(api: Api, jp_http_port: int, j
                                      phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate])
                 @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
                 def check(case: schemathesis.Case) -> None:
+                    # Malformed framing headers (a Content-Length of "e86 L7...") are refused by Tornado's HTTP
+                    # layer with an empty 400 before any handler runs: not the API's answer to check.
+                    if case.headers:
+                        case.headers = {k: v for k, v in case.headers.items() if k.lower() not in FRAMING_HEADERS}
                     # Default checks: no 5xx, status and content type documented, body matches its schema,
                     # invalid input refused with a 4xx, requests without auth refused.
                     response = case.call_and_validate(base_url=base_url, headers=jp_auth_header, timeout=30)
