@@ -44,10 +44,13 @@ class ReplicaLink:
         self.joining = False
         self._ctx = ctx
         self._identity = identity
+        # The replica's CurveZMQ server key, when its channels are encrypted; this link's own key pair.
+        server_key = connection.get("curve_publickey")
+        self._curve = (server_key.encode(), *zmq.curve_keypair()) if server_key else None
         self.shell = self._dealer("shell_port")
         self.control = self._dealer("control_port")
         self.stdin = self._dealer("stdin_port")
-        self.iopub = ctx.socket(zmq.SUB)
+        self.iopub = self._socket(zmq.SUB)
         self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
         self.iopub.connect(self._url("iopub_port"))
         self._last_beat = time.monotonic()
@@ -64,8 +67,15 @@ class ReplicaLink:
     def _url(self, port_name: str) -> str:
         return f"tcp://{self.connection['ip']}:{self.connection[port_name]}"
 
+    def _socket(self, kind: int) -> zmq.asyncio.Socket:
+        """A socket of ``kind``, a CurveZMQ client of the replica when its channels are encrypted."""
+        sock = self._ctx.socket(kind)
+        if self._curve is not None:
+            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = self._curve
+        return sock
+
     def _dealer(self, port_name: str) -> zmq.asyncio.Socket:
-        sock = self._ctx.socket(zmq.DEALER)
+        sock = self._socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, self._identity)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(self._url(port_name))
@@ -76,7 +86,7 @@ class ReplicaLink:
         sock = None
         while True:
             if sock is None:
-                sock = self._ctx.socket(zmq.REQ)
+                sock = self._socket(zmq.REQ)
                 sock.setsockopt(zmq.LINGER, 0)
                 sock.connect(self._url("hb_port"))
             started = time.monotonic()

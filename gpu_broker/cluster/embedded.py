@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+import zmq
+
 from ...kernels.replica_config import ReplicaConfig
 from .agent.remote import AgentError, AgentUnreachable, RemoteHost
 from .cells import CellRecord
@@ -32,7 +34,7 @@ from ..scheduler.policies import make_policy
 from ..scheduler.core import CoreConfig, SchedulerCore
 from .event_log import EventLog
 from .history import History
-from .host_agent import MOVE_PAUSE_S, HostAgent, ReplicaHost, ReplicaView
+from .host_agent import MOVE_PAUSE_S, HostAgent, ReplicaHost, ReplicaView, public_connection
 from .metrics import ClusterMetrics
 from .ports import PortPool
 from .providers import HostProvider, LocalProvider, PendingHost, ProviderError
@@ -603,7 +605,8 @@ class EmbeddedCluster:
                 "cell": record.cell.json() if record.cell else None,
                 "replicas": [
                     {"replica": p.config.replica, "host": h.name, "address": h.address, "alive": p.alive, "pid": p.pid,
-                     "restarts": p.restarts, "connection": p.connection, "exit_reason": p.exit_reason,
+                     "restarts": p.restarts, "connection": public_connection(p.connection),
+                     "exit_reason": p.exit_reason,
                      # Known for kernels that ask for GPUs (the scheduler picks their executor); None otherwise.
                      "role": None if executor is None else "executor" if p.config.replica == executor else "standby",
                      "state": _replica_state(p, p.config.replica in record.moving)}
@@ -661,9 +664,14 @@ def _peer_url(host: ReplicaHost, ports: list[int]) -> str:
 
 
 def _connection(ports: list[int], key: str, signature_scheme: str) -> dict:
-    """A replica's Jupyter connection info (its host agent adds the address)."""
+    """A replica's Jupyter connection info (its host agent adds the address), with a CurveZMQ key pair of its own:
+    its channels to the kernel front cross the network encrypted (ipykernel serves them as a Curve server; the
+    front connects with the public key, see :func:`public_connection`)."""
+    public, secret = zmq.curve_keypair()
     return {**dict(zip(_CHANNELS, ports[1:1 + len(_CHANNELS)])), "transport": "tcp", "key": key,
-            "signature_scheme": signature_scheme, "kernel_name": "notebookos-replica"}
+            "signature_scheme": signature_scheme, "kernel_name": "notebookos-replica",
+            "curve_publickey": public.decode(), "curve_secretkey": secret.decode()}
+
 
 
 def _describe_device(device: int, holder: Allocation | None) -> dict:

@@ -106,7 +106,8 @@ class ReplicaProcess:
         """What the agent reports about the replica: to the cluster in heartbeats, and in its own API."""
         return {"kernel_id": self.config.kernel_id, "replica": self.config.replica, "pid": self.pid,
                 "alive": self.alive, "ready": self.ready, "exit_code": self.exit_code,
-                "exit_reason": self.exit_reason, "restarts": self.restarts, "connection": self.connection}
+                "exit_reason": self.exit_reason, "restarts": self.restarts,
+                "connection": public_connection(self.connection)}
 
 
 class HostAgent:
@@ -263,6 +264,11 @@ class HostAgent:
         proc.running = self.runtime.launch(spec)
         log.info("started replica %s/%d on %s (%s, pid %s)", proc.config.kernel_id, proc.config.replica, self.name,
                  self.runtime.name, proc.running.pid)
+
+
+def public_connection(connection: dict) -> dict:
+    """A replica's connection info without its CurveZMQ secret key, which only the replica itself holds."""
+    return {k: v for k, v in connection.items() if k != "curve_secretkey"}
 
 
 class ReplicaView(Protocol):

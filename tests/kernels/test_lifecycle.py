@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+import zmq
 from jupyter_client.manager import start_new_kernel
+from jupyter_client.session import Session
 
 from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterError
 from notebookos.gpu_broker.cluster.launcher import write_remote_discovery_file
@@ -85,3 +87,31 @@ def test_a_kernel_start_with_its_cluster_down_says_what_to_start(jupyter_env, tm
     monkeypatch.setenv(CLUSTER_FILE_ENV, str(discovery))
     with pytest.raises(ClusterError, match=r"does not answer: start it on its machine \(notebookos cluster --listen"):
         start_new_kernel(kernel_name="notebookos", startup_timeout=30)
+
+
+def test_the_replicas_channels_are_curve_encrypted(notebook):
+    """A replica answers only a CurveZMQ client that knows its public key (the front is one); a plain ZMQ client,
+    even one holding the message key, gets no answer. The cluster's API never shows the replica's secret key."""
+    replica = replicas_of(notebook)[0]
+    connection = replica["connection"]
+    assert connection["curve_publickey"] and "curve_secretkey" not in connection
+    session = Session(key=connection["key"].encode(), signature_scheme=connection["signature_scheme"])
+    url = f"tcp://{connection['ip']}:{connection['shell_port']}"
+
+    def ask(curve: bool) -> bool:
+        context = zmq.Context()
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if curve:
+            sock.curve_serverkey = connection["curve_publickey"].encode()
+            sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+        sock.connect(url)
+        try:
+            session.send(sock, "kernel_info_request", {})
+            return bool(sock.poll(5000))
+        finally:
+            sock.close()
+            context.term()
+
+    assert not ask(curve=False)
+    assert ask(curve=True)
