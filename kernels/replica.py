@@ -32,7 +32,7 @@ from ipykernel.ipkernel import IPythonKernel
 from ipykernel.kernelapp import IPKernelApp
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
-from traitlets import Unicode
+from traitlets import Unicode, default
 
 from ..replication.election import ALL_YIELD, ElectionBook, VoteNeeded
 from ..replication.entries import (CellKey, ExecutionRecord, LogEntry, MembershipChanged, Proposal, Role, Snapshot,
@@ -618,8 +618,16 @@ class ReplicaKernelApp(IPKernelApp):
     name = "notebookos-replica"
     kernel_class = ReplicaKernel  # type: ignore[assignment]
 
+    @default("log_level")
+    def _default_log_level(self) -> int:
+        """INFO: a replica's log (replica.log in its folder) is where joins, restores, snapshots and fenced-off
+        records are told; they are rare, a few lines per hundred cells."""
+        return logging.INFO
+
 
 def main() -> None:
+    # The modules' own loggers (Raft, snapshots, object stores) go to the replica's log beside the kernel's.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     argv = sys.argv[1:]
     if not any(a.startswith("--HistoryManager.hist_file") for a in argv):
         argv.append("--HistoryManager.hist_file=:memory:")

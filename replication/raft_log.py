@@ -78,6 +78,7 @@ def raft_conf(password: str, journal_path: str | None, alone: bool = False, snap
         raftMaxTimeout=1.2,
         commandsWaitLeader=True,
         bindAddress=bind_address,
+        onStateChanged=_log_state_change,
     )
 
 
@@ -198,6 +199,14 @@ class KernelLog(SyncObj):
                         "fewer than two of this kernel's three replicas are reachable"
                     ) from None
                 await asyncio.sleep(min(RETRY_BACKOFF_S, max(deadline - loop.time(), 0)))
+
+
+_STATES = {0: "follower", 1: "candidate", 2: "leader"}  # pysyncobj's _RAFT_STATE
+
+
+def _log_state_change(old: int, new: int) -> None:
+    """pysyncobj's thread: elections and leadership transfers, for the replica's log."""
+    log.info("Raft: %s -> %s", _STATES.get(old, old), _STATES.get(new, new))
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:

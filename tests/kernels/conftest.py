@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from jupyter_client.manager import start_new_kernel
 
 from .driver import Notebook
+
+LOG_TAIL_LINES = 60
 
 
 @pytest.fixture
@@ -13,3 +17,19 @@ def notebook(cluster_file: str):
     yield Notebook(km, kc)
     kc.stop_channels()
     km.shutdown_kernel(now=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    """When a test with a kernel fails, attach the end of each of its replicas' logs to the report: the kernel's
+    shutdown deletes them right after, and they are what tells a lost election from a lost process."""
+    outcome = yield
+    report = outcome.get_result()
+    funcargs = getattr(item, "funcargs", {})
+    notebook, cluster = funcargs.get("notebook"), funcargs.get("cluster_file")
+    if report.when != "call" or not report.failed or not isinstance(notebook, Notebook) or not cluster:
+        return
+    for log in sorted((Path(cluster).parent / "hosts").glob(f"*/{notebook.km.kernel_id}/replica-*/replica.log")):
+        lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        report.sections.append((f"{log.parent.parent.parent.name} {log.parent.name} log (last lines)",
+                                "\n".join(lines)))
