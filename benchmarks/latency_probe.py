@@ -82,6 +82,9 @@ class ReplicaTap:
         for replica in replicas:
             conn = replica["connection"]
             sock = ctx.socket(zmq.SUB)
+            if conn.get("curve_publickey"):  # the replica's channels are CurveZMQ-encrypted
+                sock.curve_serverkey = conn["curve_publickey"].encode()
+                sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SUBSCRIBE, b"")
             sock.connect(f"tcp://{conn['ip']}:{conn['iopub_port']}")
