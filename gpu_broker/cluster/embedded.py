@@ -155,7 +155,10 @@ class EmbeddedCluster:
                     raise
         except Exception:
             for host in hosts:
-                host.stop_kernel(kernel_id)
+                try:
+                    host.stop_kernel(kernel_id)
+                except AgentError as err:  # the machine that failed the start may not answer this either
+                    log.warning("could not stop kernel %s's replicas on %s: %s", kernel_id, host.name, err)
             self._act(self._decide(self.core.close_kernel, kernel_id))
             raise
 
