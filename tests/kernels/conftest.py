@@ -7,7 +7,9 @@ from jupyter_client.manager import start_new_kernel
 
 from .driver import Notebook
 
-LOG_TAIL_LINES = 60
+LOG_TAIL_LINES = 300
+# Lines every few cells repeat (a snapshot taken) would push out the ones that tell what went wrong.
+ROUTINE = ("snapshot after cell",)
 
 
 @pytest.fixture
@@ -30,6 +32,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
     if report.when != "call" or not report.failed or not isinstance(notebook, Notebook) or not cluster:
         return
     for log in sorted((Path(cluster).parent / "hosts").glob(f"*/{notebook.km.kernel_id}/replica-*/replica.log")):
-        lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        lines = [line for line in log.read_text(errors="replace").splitlines()
+                 if not any(routine in line for routine in ROUTINE)][-LOG_TAIL_LINES:]
         report.sections.append((f"{log.parent.parent.parent.name} {log.parent.name} log (last lines)",
                                 "\n".join(lines)))
