@@ -597,7 +597,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 132)  # piped: wide enough for the tables
     workdir = Path(tempfile.mkdtemp(prefix="notebookos-bench-"))
     started = time.perf_counter()
-    try:
+
+    def run() -> dict[str, Any]:
         isolate_jupyter(workdir / "jupyter")
         with open(workdir / "processes.log", "w") as log:
             raw = measure(args, console, workdir, log)
@@ -605,12 +606,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["wall_s"] = round(time.perf_counter() - started, 1)
         report(results, raw, console, args.out)
         console.print(f"total {results['wall_s']} s", highlight=False)
+        return results
+
+    return run_in_workdir(run, console, workdir, args.keep)
+
+
+def run_in_workdir(run: Callable[[], dict[str, Any]], console: Console, workdir: Path, keep: bool,
+                   reported: tuple[type[BaseException], ...] = ()) -> int:
+    """Run a benchmark whose processes log into ``workdir``: the folder goes afterwards unless ``keep``, or the run
+    failed (then the console says where it is). A ``reported`` failure (the product failed under the benchmark) is
+    told in one line; any other propagates. The exit status: 0 when every target of ``run``'s results was met."""
+    try:
+        results = run()
+    except reported as failure:
+        console.print(f"[red]{failure}; logs are in {workdir}[/red]", highlight=False)
+        keep = True
+        return 1
     except BaseException:
-        console.print(f"[red]failed; kernel and cluster logs are in {workdir}[/red]")
-        args.keep = True
+        console.print(f"[red]failed; logs are in {workdir}[/red]")
+        keep = True
         raise
     finally:
-        if not args.keep:
+        if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
     return 0 if all(t["met"] for t in results["targets"].values()) else 1
 

@@ -40,7 +40,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import signal
 import statistics
 import struct
@@ -61,7 +60,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from cell_latency import isolate_jupyter, progress_bar, run_checked, running_cluster, running_kernel
+from cell_latency import isolate_jupyter, progress_bar, run_checked, run_in_workdir, running_cluster, running_kernel
 from latency_probe import CellTiming, TimedClient
 from latency_report import PERCENTILES, Target, load_snapshot, machine_context, print_tables, summarize, targets_table
 
@@ -594,7 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[yellow]multi-host parts need network namespaces: {skipped}[/yellow]", highlight=False)
     workdir = Path(tempfile.mkdtemp(prefix="notebookos-multihost-"))
     started = time.perf_counter()
-    try:
+
+    def run() -> dict[str, Any]:
         isolate_jupyter(workdir / "jupyter")
         load_start = load_snapshot()
         with open(workdir / "processes.log", "w") as log:
@@ -604,18 +604,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["wall_s"] = round(time.perf_counter() - started, 1)
         report(results, raw, console, args.out)
         console.print(f"total {results['wall_s']} s", highlight=False)
-    except Failure as failure:
-        console.print(f"[red]{failure}; logs are in {workdir}[/red]", highlight=False)
-        args.keep = True
-        return 1
-    except BaseException:
-        console.print(f"[red]failed; logs are in {workdir}[/red]")
-        args.keep = True
-        raise
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if all(t["met"] for t in results["targets"].values()) else 1
+        return results
+
+    return run_in_workdir(run, console, workdir, args.keep, reported=(Failure,))
 
 
 if __name__ == "__main__":
