@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..runtime.docker import docker_volumes
+from ..runtime.docker import docker_client, docker_volumes
 from .base import HostProvider, PendingHost, ProviderError
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,6 @@ class DockerProvider(HostProvider):
     def __init__(self, join_url: str, token_file: Path, image: str, max_hosts: int | None = None,
                  network: str = "bridge", addresses: tuple[str, ...] = (), mounts: tuple[str, ...] = (),
                  python: str | None = None, gpus_from_nvml: bool = False, client: Any = None) -> None:
-        import docker
-
         if network == "host" and not addresses:
             raise ProviderError("agents on the host network need addresses of their own: give --provider-address "
                                 "once per agent the provider may start")
@@ -46,28 +44,10 @@ class DockerProvider(HostProvider):
         self.mounts = mounts
         self.python = python
         self.gpus_from_nvml = gpus_from_nvml
-        try:
-            self.client = client or docker.from_env()
-        except docker.errors.DockerException as err:
-            raise ProviderError(f"the Docker daemon does not answer ({err}); start dockerd or set DOCKER_HOST") \
-                from None
-        self._check()
+        # Fail when the service starts, with what to do, rather than at the first host it adds.
+        self.client = docker_client(image, client, ProviderError)
         self._names = (f"docker-host-{n}" for n in itertools.count(1))
         self._in_use: dict[str, str] = {}  # host name -> its address (host network only)
-
-    def _check(self) -> None:
-        """Fail when the service starts, with what to do, rather than at the first host it adds."""
-        import docker.errors
-
-        try:
-            self.client.ping()
-            self.client.images.get(self.image)
-        except docker.errors.ImageNotFound:
-            raise ProviderError(f"the image {self.image!r} is not on this Docker host; build it (docker build -t "
-                                "notebookos -f deploy/docker/Dockerfile .) or pull it") from None
-        except docker.errors.DockerException as err:
-            raise ProviderError(f"the Docker daemon does not answer ({err}); start dockerd or set DOCKER_HOST") \
-                from None
 
     def add_host(self, gpus: int) -> PendingHost:
         import docker.errors

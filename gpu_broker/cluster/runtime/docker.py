@@ -120,34 +120,13 @@ class DockerRuntime(ReplicaRuntime):
     def __init__(self, image: str, python: str = "python", limits: ContainerLimits = ContainerLimits(),
                  mounts: tuple[str, ...] = (), gpu_devices: tuple[int, ...] | None = None,
                  client: Any = None) -> None:
-        import docker
-
         self.image = image
         self.python = python
         self.limits = limits
         self.mounts = mounts
         self.gpu_devices = gpu_devices
-        try:
-            self.client = client or docker.from_env()
-        except docker.errors.DockerException as err:
-            raise RuntimeError(f"the Docker daemon does not answer ({err}); start dockerd, or set DOCKER_HOST to "
-                               "where it listens") from None
-        self._check()
-
-    def _check(self) -> None:
-        """Fail at the agent's start, with what to do, rather than at its first replica."""
-        import docker.errors
-
-        try:
-            self.client.ping()
-        except docker.errors.DockerException as err:
-            raise RuntimeError(f"the Docker daemon does not answer ({err}); start dockerd, or set DOCKER_HOST to "
-                               "where it listens") from None
-        try:
-            self.client.images.get(self.image)
-        except docker.errors.ImageNotFound:
-            raise RuntimeError(f"the image {self.image!r} is not on this machine; build it "
-                               "(docker build -t notebookos -f deploy/docker/Dockerfile .) or pull it") from None
+        # Fail at the agent's start, with what to do, rather than at its first replica.
+        self.client = docker_client(image, client)
 
     def launch(self, spec: LaunchSpec) -> ReplicaContainer:
         import docker.errors
@@ -189,6 +168,24 @@ class DockerRuntime(ReplicaRuntime):
             if workdir.parent.parent == replicas_dir:
                 found[workdir] = ReplicaContainer(container)
         return found
+
+
+def docker_client(image: str, client: Any = None, error: type[RuntimeError] = RuntimeError) -> Any:
+    """``client`` (default: the daemon DOCKER_HOST names) once it answers and holds ``image``; ``error`` with what to
+    do otherwise."""
+    import docker
+
+    try:
+        client = client or docker.from_env()
+        client.ping()
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        raise error(f"the image {image!r} is not on this machine; build it (docker build -t notebookos "
+                    "-f deploy/docker/Dockerfile .) or pull it") from None
+    except docker.errors.DockerException as err:
+        raise error(f"the Docker daemon does not answer ({err}); start dockerd, or set DOCKER_HOST to where it "
+                    "listens") from None
+    return client
 
 
 def docker_volumes(mounts: tuple[str, ...]) -> dict[str, dict[str, str]]:
