@@ -26,10 +26,11 @@ import zmq
 from ...kernels.replica_config import ReplicaConfig
 from .agent.remote import AgentError, AgentUnreachable, RemoteHost
 from .cells import CellRecord
-from ..scheduler.events import (Decision, DecisionKind, Event, ExecutionStarted, HostRemoved, KernelPlaced, PlacementDeferred,
-                          Released, ReplicaMoved, ReplicaReplaced, ScaleOutRequested)
+from ..scheduler.events import (Decision, DecisionKind, Event, ExecutionStarted, HostAdded, HostDrained,
+                                HostDrainStarted, HostRemoved, HostResized, KernelPlaced, PlacementDeferred, Released,
+                                ReplicaMoved, ReplicaReplaced, ScaleOutRequested)
 from ..scheduler.journal import CoreJournal
-from ..scheduler.model import Allocation
+from ..scheduler.model import Allocation, AllocationState, HostState
 from ..scheduler.policies import make_policy
 from ..scheduler.core import CoreConfig, SchedulerCore
 from .event_log import EventLog
@@ -38,6 +39,7 @@ from .host_agent import MOVE_PAUSE_S, HostAgent, ReplicaHost, ReplicaView, publi
 from .metrics import ClusterMetrics
 from .ports import PortPool
 from .providers import HostProvider, LocalProvider, PendingHost, ProviderError
+from .state_store import ClusterStateStore, StoredState
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -51,6 +53,10 @@ _PORTS_PER_REPLICA = 2 + len(_CHANNELS)  # Raft, the five Jupyter channels, the 
 # A machine a provider starts (a container, a pod on a node the node autoscaler may have to add) whose agent has not
 # joined by then is given up on.
 START_DEADLINE_S = 600.0
+# After the service restarts, its agents' heartbeats resume once their retry back-off (at most 5 s) comes round: a
+# machine is declared lost only if it stays silent this much longer than the host time-out.
+RESTART_GRACE_S = 10.0
+_HOST_EVENTS = (HostAdded, HostRemoved, HostResized, HostDrainStarted, HostDrained)
 
 
 class PlacementError(RuntimeError):
@@ -77,7 +83,10 @@ class EmbeddedCluster:
                  subscription_limit: float = CoreConfig.subscription_limit, journal: bool = False,
                  max_hosts: int | None = None, policy: str = POLICY, provider: HostProvider | None = None,
                  object_store: str | None = None, host_timeout_s: float = 5.0,
-                 devices: list[int] | None = None) -> None:
+                 devices: list[int] | None = None, state: ClusterStateStore | None = None) -> None:
+        """``state``: where the cluster keeps what it must not lose (:mod:`.state_store`); a cluster started on
+        the state a previous one left restores it (its hosts, kernels and the devices their cells hold) instead
+        of starting ``n_hosts`` new hosts."""
         self.state_dir = Path(state_dir)
         # A store every host reaches (Redis), or None: each host keeps objects in its own store.
         self.object_store = object_store
@@ -109,8 +118,18 @@ class EmbeddedCluster:
         self.kernels: dict[str, KernelRecord] = {}
         self._clock = time.time()  # when GPU-seconds were last accounted
         self.granted: list[Decision] = []  # decisions for queued cells, taken by the service after each call
-        for _ in range(n_hosts):
-            self.add_host(gpus_per_host, scaled=False)
+        self.state = state
+        self._touched_hosts: set[str] = set()  # changed since the last save
+        self._touched_kernels: set[str] = set()
+        self._restored_at: float | None = None  # monotonic time of the restore, if this cluster was restored
+        stored = state.load() if state is not None else StoredState()
+        if state is not None:
+            self.events.listeners.append(state.add_event)
+        if stored.empty:
+            for _ in range(n_hosts):
+                self.add_host(gpus_per_host, scaled=False)
+        else:
+            self._restore(stored)
 
     # ------------------------------------------------------------------------------------ kernels
 
@@ -128,6 +147,7 @@ class EmbeddedCluster:
             self._start_kernel(record, key, signature_scheme, gpus)
         with self.lock:
             self.kernels[kernel_id] = record
+            self._touched_kernels.add(kernel_id)
         return self.describe_kernel(kernel_id)
 
     def _start_kernel(self, record: KernelRecord, key: str, signature_scheme: str, gpus: int) -> None:
@@ -236,9 +256,10 @@ class EmbeddedCluster:
     def tick(self) -> None:
         """Declare silent agents' hosts lost, retry waiting work, let the autoscaler act, and close a history
         sample when one is due."""
+        restarting = self._restored_at is not None and time.monotonic() - self._restored_at < RESTART_GRACE_S
         for host in [h for h in self.hosts.values() if isinstance(h, RemoteHost) and not h.lost]:
             silent = time.monotonic() - host.last_heartbeat
-            if silent > self.host_timeout_s:
+            if silent > self.host_timeout_s and not restarting:
                 self._lose_host(host, f"no heartbeat from its agent for {silent:.1f} s")
             elif host.heard_from != self.core.cluster.host(host.name).reachable:
                 self._act(self._decide(self.core.host_heard if host.heard_from else self.core.host_silent, host.name))
@@ -366,6 +387,7 @@ class EmbeddedCluster:
                 raise ValueError(f"host name {name!r} is taken by {where}; start the agent with another --name")
             known.url, known.token, known.verify = url, token, self._agent_trust(name, cert_pem)
             known.heartbeat(replicas)
+            self._touched_hosts.add(name)
             self.events.append("agent_rejoined", time.time(), f"the agent at {address} joined again", host=name)
             return self._describe_host(name)
         host = RemoteHost(name, address, url, token, self._agent_trust(name, cert_pem))
@@ -468,8 +490,13 @@ class EmbeddedCluster:
         return result
 
     def _note(self, event: Event) -> None:
-        """Log an event and count it; remember what the service must act on (grants for queued cells)."""
+        """Log an event and count it; remember what it changed, to be saved."""
         self.events.record(event)
+        kernel_id = getattr(event, "kernel_id", None)
+        if kernel_id is not None:
+            self._touched_kernels.add(kernel_id)
+        if isinstance(event, _HOST_EVENTS):
+            self._touched_hosts.add(event.host_id)
         metrics = self.metrics
         if isinstance(event, Decision):
             metrics.decisions.labels(event.kind.value).inc()
@@ -588,6 +615,109 @@ class EmbeddedCluster:
                 self.events.append("scale_out_failed", time.time(), str(err), data={"hosts": count - added})
                 self._act(self._decide(self.core.scale_out_failed, count - added))
                 return
+
+    # ------------------------------------------------------------------------------------ state on disk
+
+    def save(self) -> None:
+        """Write what changed since the last save (the service calls this after every change)."""
+        if self.state is None:
+            return
+        with self.lock:
+            hosts, self._touched_hosts = self._touched_hosts, set()
+            kernels, self._touched_kernels = self._touched_kernels, set()
+            for name in hosts:
+                self.state.put_host(name, self._host_state(name))
+            for kernel_id in kernels:
+                self.state.put_kernel(kernel_id, self._kernel_state(kernel_id))
+        self.state.flush()
+
+    def _host_state(self, name: str) -> dict[str, Any] | None:
+        host, placed = self.hosts.get(name), self.core.cluster.hosts.get(name)
+        if host is None or placed is None:
+            return None
+        state: dict[str, Any] = {"gpus": placed.gpus, "draining": placed.state is HostState.DRAINING,
+                                 "remove_when_drained": placed.remove_when_drained}
+        if isinstance(host, RemoteHost):
+            state["agent"] = {"address": host.address, "url": host.url, "token": host.token, "verify": host.verify,
+                              "provided": name in self.provided}
+        else:
+            state["logical"] = {"devices": list(host.gpu_devices) if host.gpu_devices is not None else None}
+        return state
+
+    def _kernel_state(self, kernel_id: str) -> dict[str, Any] | None:
+        record, kernel = self.kernels.get(kernel_id), self.core.cluster.kernels.get(kernel_id)
+        if record is None or kernel is None:
+            return None
+        allocation = kernel.allocation
+        return {
+            "owner": record.owner, "notebook": record.notebook, "cwd": record.cwd, "gpus": kernel.gpus,
+            "placed": {str(i): h for i, h in kernel.replicas.items()},
+            "previous_executor": kernel.previous_executor, "executing": kernel.executing,
+            "allocation": None if allocation is None else {
+                "host": allocation.host_id, "devices": list(allocation.devices), "replica": allocation.replica,
+                "state": allocation.state.value, "held": allocation.held, "since": allocation.since},
+            "replicas": [{"host": h.name, "address": h.address, "config": dataclasses.asdict(p.config),
+                          "connection": p.connection, "restarts": p.restarts} for h, p in record.replicas],
+        }
+
+    def _restore(self, stored: StoredState) -> None:
+        """Take back what the previous service on this state folder had: its hosts (logical ones re-adopt their
+        replica processes, machines' agents are expected to heartbeat again), its kernels on the same replicas,
+        the devices their running cells hold, and its event log. Replicas that ended meanwhile are not alive: the
+        kernel fronts ask for their replacement as for any lost replica."""
+        self._restored_at = time.monotonic()
+        self.events.restore(stored.events)
+        for name, saved in stored.hosts.items():
+            self.hosts[name] = self._restore_host(name, saved)
+            self.core.restore_host(name, saved["gpus"], saved["draining"], saved["remove_when_drained"])
+        for kernel_id, saved in stored.kernels.items():
+            record = KernelRecord(kernel_id, [], owner=saved["owner"], notebook=saved["notebook"], cwd=saved["cwd"])
+            for replica in saved["replicas"]:
+                host = self.hosts.get(replica["host"])
+                if host is None:  # lost before the restart: a stand-in, as the lost host was
+                    host = RemoteHost(replica["host"], replica["address"], "", "")
+                    host.mark_lost()
+                view = host.restore_replica(ReplicaConfig.from_json(replica["config"]), replica["connection"])
+                view.restarts = replica["restarts"]
+                record.replicas.append((host, view))
+            held = saved["allocation"]
+            allocation = None if held is None else Allocation(
+                kernel_id, held["host"], tuple(held["devices"]), held["replica"], AllocationState(held["state"]),
+                held["held"], held["since"])
+            self.core.restore_kernel(kernel_id, saved["gpus"], {int(i): h for i, h in saved["placed"].items()},
+                                     saved["previous_executor"], allocation, saved["executing"])
+            self.kernels[kernel_id] = record
+            self._touched_kernels.add(kernel_id)
+        self._stop_strays()
+        why = f"the cluster service restarted and took back {len(self.hosts)} host(s) and {len(self.kernels)} kernel(s)"
+        log.info("%s from %s", why, self.state.path if self.state else "")
+        self.events.append("cluster_restored", time.time(), why,
+                           data={"hosts": len(self.hosts), "kernels": len(self.kernels)})
+        self._act(self._decide(self.core.restored))
+
+    def _restore_host(self, name: str, saved: dict[str, Any]) -> ReplicaHost:
+        agent = saved.get("agent")
+        if agent is not None:
+            if agent["provided"]:
+                self.provided.add(name)
+            else:
+                self.core.autoscaler.count_fixed_hosts(+1)
+            return RemoteHost(name, agent["address"], agent["url"], agent["token"], agent["verify"])
+        if not isinstance(self.provider, LocalProvider):
+            raise ProviderError(f"the state in {self.state_dir} has logical host {name}, which only the local "
+                                "provider runs: start the service without --provider, or with a new --state-dir")
+        devices = saved["logical"]["devices"]
+        return self.provider.restore_host(name, tuple(devices) if devices is not None else None)
+
+    def _stop_strays(self) -> None:
+        """Replicas a logical host found running that no kernel has (the service died while starting or stopping
+        them) are stopped: nobody would ever stop them otherwise. Agents stop theirs at their next heartbeat."""
+        placed = {(k, p.config.replica) for k, record in self.kernels.items() for _, p in record.replicas}
+        for host in [h for h in self.hosts.values() if isinstance(h, HostAgent)]:
+            for kernel_id, replica in [key for key in host.replicas if key not in placed]:
+                log.warning("stopping replica %s/%d on %s: no kernel of this cluster has it", kernel_id, replica,
+                            host.name)
+                host.stop_replica(kernel_id, replica)
 
     # ------------------------------------------------------------------------------------ read-outs
 

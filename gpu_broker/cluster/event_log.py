@@ -66,6 +66,13 @@ class EventLog:
             listener(entry)
         return entry
 
+    def restore(self, records: list[dict[str, Any]]) -> None:
+        """The records a previous service logged (oldest first): numbering goes on after the last of them, so a
+        reader resuming from a number it saw misses nothing and sees nothing twice."""
+        with self._lock:
+            self._records.extend(records)
+            self.last_seq = max(self.last_seq, records[-1]["seq"] if records else 0)
+
     def since(self, seq: int = 0, *, limit: int | None = None, host: str | None = None, kernel: str | None = None,
               kind: str | None = None) -> list[dict[str, Any]]:
         """Records after ``seq``, oldest first, matching every filter given; the latest ``limit`` of them."""

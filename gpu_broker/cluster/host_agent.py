@@ -236,6 +236,18 @@ class HostAgent:
                      running.pid)
         return adopted
 
+    def restore_replica(self, config: ReplicaConfig, connection: dict) -> ReplicaProcess:
+        """A replica the cluster placed here before it restarted: the one :meth:`adopt` found running, else one
+        that ended meanwhile (not alive: the kernel front asks for its replacement), its ports kept for it."""
+        known = self.replicas.get((config.kernel_id, config.replica))
+        if known is not None:
+            return known
+        proc = ReplicaProcess(config=config, connection=connection, workdir=Path(config.journal_path).parent)
+        self.replicas[(config.kernel_id, config.replica)] = proc
+        self.ports.claim(proc.ports)
+        self._kernel_ports.setdefault(config.kernel_id, set()).update(proc.ports)
+        return proc
+
     def replica_environment(self, workdir: Path) -> dict[str, str]:
         """The variables a replica of this host starts with (a process also inherits the agent's environment): its
         own IPython folder, its host's name, and, for a logical host with a slice of this machine's GPUs, only
@@ -309,3 +321,5 @@ class ReplicaHost(Protocol):
     def stop_kernel(self, kernel_id: str) -> None: ...
 
     def stop_all(self) -> None: ...
+
+    def restore_replica(self, config: ReplicaConfig, connection: dict) -> ReplicaView: ...

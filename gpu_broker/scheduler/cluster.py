@@ -123,6 +123,17 @@ class Cluster:
         self.used_gpus += gpus
         return allocation
 
+    def claim(self, kernel: Kernel, allocation: Allocation) -> None:
+        """Give a kernel back the devices it held before the driver restarted (ValueError if they are not idle)."""
+        host = self.host(allocation.host_id)
+        if kernel.allocation is not None or not set(allocation.devices) <= set(host.idle_devices):
+            raise ValueError(f"kernel {kernel.kernel_id!r} cannot take back devices {list(allocation.devices)} on "
+                             f"{host.host_id!r}: they are not idle")
+        host.idle_devices = [d for d in host.idle_devices if d not in allocation.devices]
+        host.allocations[kernel.kernel_id] = allocation
+        kernel.allocation = allocation
+        self.used_gpus += allocation.gpus
+
     def free(self, kernel: Kernel) -> Allocation:
         allocation = kernel.allocation
         if allocation is None:

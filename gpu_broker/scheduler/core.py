@@ -42,7 +42,7 @@ from .events import (
     ReplicaReplaced,
     ScaleOutRequested,
 )
-from .model import AllocationState, ExecutionRequest, Host, HostState, Kernel
+from .model import Allocation, AllocationState, ExecutionRequest, Host, HostState, Kernel
 from .policies import Policy
 
 _EPS = 1e-9
@@ -203,6 +203,14 @@ class SchedulerCore:
     def request_execution(self, kernel_id: str, gpus: int, now: float) -> Decision:
         """Pre-select the executor for a cell and pre-commit ``gpus`` devices for it, or queue the request."""
         kernel = self.cluster.kernel(kernel_id)
+        allocation = kernel.allocation
+        if kernel.executing and allocation is not None and allocation.state is AllocationState.COMMITTED:
+            # The front asks again for the cell it was granted: the answer was lost (the driver restarted, or the
+            # connection broke). The same grant, not a second one.
+            return Decision(time=now, reason=f"granted already: replica {allocation.replica} holds the cell's "
+                            f"devices on {allocation.host_id}", kernel_id=kernel_id, kind=DecisionKind.LEAD,
+                            gpus=allocation.gpus, replica=allocation.replica, host_id=allocation.host_id,
+                            devices=allocation.devices)
         if kernel.executing or kernel_id in self._queue:
             raise ValueError(f"kernel {kernel_id!r} already has a cell executing or waiting")
         if gpus < 0:
@@ -260,6 +268,33 @@ class SchedulerCore:
             why = f"cell finished; {len(freed)} GPU(s) back to idle"
         released = Released(time=now, reason=why, kernel_id=kernel_id, host_id=allocation.host_id, devices=freed)
         return [released] + self._settle(now)
+
+    # --------------------------------------------------------------- restore
+    def restore_host(self, host_id: str, gpus: int, draining: bool = False, remove_when_drained: bool = False) -> None:
+        """A host the driver had before it restarted (it keeps its state on disk), back as it was. No events: it
+        happened before; call ``restored`` once every host and kernel is back."""
+        host = self.cluster.add_host(host_id, gpus)
+        host.state = HostState.DRAINING if draining else HostState.ACTIVE
+        host.remove_when_drained = remove_when_drained
+
+    def restore_kernel(self, kernel_id: str, gpus: int, replicas: dict[int, str], previous_executor: int | None,
+                       allocation: Allocation | None = None, executing: bool = False) -> None:
+        """A kernel the driver had before it restarted, on the hosts it was on, with the devices it held. A cell's
+        allocation still PENDING was never answered (the front asks again), so it is not taken back."""
+        kernel = self.cluster.add_kernel(kernel_id, gpus)
+        kernel.previous_executor = previous_executor
+        kernel.ever_placed = True
+        for index, host_id in sorted(replicas.items()):
+            self.cluster.place_replica(kernel, index, self.cluster.host(host_id))
+        if allocation is not None and (allocation.held or allocation.state is AllocationState.COMMITTED):
+            self.cluster.claim(kernel, allocation)
+            kernel.executing = executing and allocation.state is AllocationState.COMMITTED
+        if len(kernel.replicas) < self.policy.replicas:
+            self._unplaced[kernel_id] = kernel
+
+    def restored(self, now: float) -> list[Event]:
+        """Everything is back: place what lacks replicas, as after any change."""
+        return self._settle(now)
 
     # ------------------------------------------------------------------ time
     def tick(self, now: float) -> list[Event]:

@@ -42,6 +42,14 @@ class Pool:
     token_file: Path
     url: str
     agents: dict[str, subprocess.Popen]
+    service: subprocess.Popen | None = None
+
+    def start_service(self) -> None:
+        """Start the cluster service (again: on the same state folder and address, it takes its state back)."""
+        self.service, _ = start_cluster(
+            self.discovery.parent, 0, discovery=self.discovery, log_path=self.discovery.parent / "cluster.log",
+            extra_args=("--listen", f"{self.hosts.cluster_address}:0", "--join-token-file", str(self.token_file),
+                        "--host-timeout", str(HOST_TIMEOUT_S)))
 
     def request(self, method: str, path: str) -> object:
         return cluster_request(str(self.discovery), method, path)
@@ -85,12 +93,10 @@ def pool(tmp_path_factory: pytest.TempPathFactory, jupyter_env: Path) -> Iterato
         # entry needs are deleted at once (production: after 60 s).
         for name, value in ((SNAPSHOT_EVERY_ENV, "5"), (COMPACT_AFTER_ENV, "40"), (GC_GRACE_ENV, "0")):
             env.setenv(name, value)
-        proc, discovery = start_cluster(
-            state, 0, extra_args=("--listen", f"{hosts.cluster_address}:0", "--join-token-file", str(token_file),
-                                  "--host-timeout", str(HOST_TIMEOUT_S)), log_path=state / "cluster.log")
-        url = json.loads(discovery.read_text())["url"]
-        pool = Pool(hosts, discovery, token_file, url, {})
-        env.setenv(CLUSTER_FILE_ENV, str(discovery))  # restored after: the session's embedded cluster may use it
+        pool = Pool(hosts, state / "cluster.json", token_file, "", {})
+        pool.start_service()
+        pool.url = json.loads(pool.discovery.read_text())["url"]
+        env.setenv(CLUSTER_FILE_ENV, str(pool.discovery))  # restored after: the session's embedded cluster may use it
         try:
             for host in hosts.hosts:
                 pool.agents[host.name] = pool.start_agent(host)
@@ -98,7 +104,8 @@ def pool(tmp_path_factory: pytest.TempPathFactory, jupyter_env: Path) -> Iterato
                        JOIN_DEADLINE_S)
             yield pool
         finally:
-            stop_cluster(proc)
+            if pool.service is not None:
+                stop_cluster(pool.service)
 
 
 @pytest.fixture
@@ -235,6 +242,34 @@ def test_a_restarted_agent_adopts_the_replicas_still_running_on_its_machine(pool
     after = {r["replica"]: (r["host"], r["pid"]) for r in pool.replicas(notebook.km.kernel_id)}
     assert after == before, "no replica was restarted or replaced"
     assert host.name in pool.hosts_listed()
+
+
+def test_a_restarted_cluster_service_takes_back_its_agents_and_kernels(pool: Pool, notebook: Notebook) -> None:
+    """The shared service crashes and is started again on its state folder: its agents heartbeat to it again,
+    and the kernel runs on the same replicas, none replaced (their machines were silent only while it was down)."""
+    assert notebook.run("w = 1").status == "ok"
+    before = {r["replica"]: (r["host"], r["pid"]) for r in pool.replicas(notebook.km.kernel_id)}
+    crashed = pool.request("GET", "/cluster")["pid"]  # type: ignore[index]
+    assert pool.service is not None
+    pool.service.kill()
+    pool.service.wait()
+    pool.start_service()
+    assert json.loads(pool.discovery.read_text())["url"] == pool.url, "the restarted service listens where it did"
+    restored = pool.request("GET", "/events?kind=cluster_restored")["events"][-1]["seq"]  # type: ignore[index]
+
+    def rejoined() -> set[str]:
+        events = pool.request("GET", f"/events?kind=agent_rejoined&since={restored}")["events"]  # type: ignore[index]
+        return {e["host"] for e in events}
+
+    wait_until(lambda: rejoined() == set(pool.hosts_listed()), "every agent to join the restarted service",
+               JOIN_DEADLINE_S)
+    assert notebook.run("w += 1").status == "ok"
+    assert notebook.value("w") == 2
+    listed = pool.request("GET", "/cluster")
+    assert listed["pid"] != crashed and len(listed["hosts"]) == len(pool.hosts.hosts)  # type: ignore[index]
+    after = {r["replica"]: (r["host"], r["pid"]) for r in pool.replicas(notebook.km.kernel_id)}
+    assert after == before, "no replica was restarted or replaced"
+    assert pool.request("GET", f"/events?kind=host_lost&since={restored}")["events"] == []
 
 
 def test_a_standby_cut_off_briefly_catches_up_when_its_link_is_back(pool: Pool, notebook: Notebook) -> None:

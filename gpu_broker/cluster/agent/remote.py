@@ -88,6 +88,12 @@ class RemoteHost:
         for kernel_id in {k for k, _ in self.replicas}:
             self.stop_kernel(kernel_id)
 
+    def restore_replica(self, config: ReplicaConfig, connection: dict) -> RemoteReplica:
+        """A replica the cluster placed here before it restarted, taken for alive until the agent reports."""
+        replica = RemoteReplica(config, connection, ready=True)
+        self.replicas[(config.kernel_id, config.replica)] = replica
+        return replica
+
     def heartbeat(self, reports: list[dict[str, Any]]) -> None:
         """The agent's report of every replica it runs."""
         self.last_heartbeat = time.monotonic()

@@ -43,6 +43,19 @@ class LocalProvider(HostProvider):
         return HostAgent(name, self.hosts_dir / name, ports=self.ports, store=self.store, gpu_devices=devices,
                          shares_objects=True)
 
+    def restore_host(self, name: str, devices: tuple[int, ...] | None) -> HostAgent:
+        """A logical host of a cluster service that restarted on the same state folder: the same name, folder and
+        GPU slice, with the replica processes that still run adopted."""
+        self.running += 1
+        number = name.removeprefix("host-")
+        self._next = max(self._next, int(number) + 1 if number.isdigit() else self._next)
+        if devices is not None:
+            self._assigned[name] = devices
+        agent = HostAgent(name, self.hosts_dir / name, ports=self.ports, store=self.store, gpu_devices=devices,
+                          shares_objects=True)
+        agent.adopt()
+        return agent
+
     def remove_host(self, agent: HostAgent) -> None:
         if agent.replicas:
             raise ProviderError(f"{agent.name} still runs {len(agent.replicas)} replica(s); drain it first")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -35,10 +36,14 @@ READY_POLL_S = 0.05
 
 class ClusterService:
     def __init__(self, cluster: EmbeddedCluster, ephemeral: bool, join_token: str | None = None,
-                 ca_pem: str | None = None) -> None:
+                 ca_pem: str | None = None, token: str | None = None) -> None:
+        """``token``: the one Jupyter servers and kernel fronts use (a restarted service keeps its predecessor's,
+        so they carry on); default a new one."""
         self.cluster = cluster
         self.ca_pem = ca_pem  # the CA this service made (--tls-auto), served to those who pin it
-        self.token = secrets.token_urlsafe(24)
+        self.token = token or secrets.token_urlsafe(24)
+        self.pid = os.getpid()
+        self.started_at = time.time()  # with the pid, how operators (and the dashboard) see that it restarted
         # Agents join with it; a Jupyter server given the same file (notebookos lab --cluster) may use it too.
         self.join_token = join_token
         self.ephemeral = ephemeral
@@ -59,7 +64,7 @@ class ClusterService:
             return fn(*args), self.cluster.take_granted()
 
         try:
-            result, granted = await self._loop.run_in_executor(self._worker, change)
+            result, granted = await self._on_worker(change)
         except (PlacementError, PortsExhausted, AgentError) as err:
             raise tornado.web.HTTPError(503, reason=_reason(err)) from None
         except (KeyError, ProviderError) as err:
@@ -75,7 +80,7 @@ class ClusterService:
         """Carry out a granted decision: move the replica for MIGRATE and wait, off the cluster's thread, until it
         has caught up; then commit the devices and answer the waiting front."""
         try:
-            moved = await self._loop.run_in_executor(self._worker, self.cluster.prepare, decision)
+            moved = await self._on_worker(self.cluster.prepare, decision)
             if moved is not None:
                 await self._until_caught_up(moved)
                 self.cluster.events.append(
@@ -83,7 +88,7 @@ class ClusterService:
                     "caught up on its new host" if moved.ready else f"not caught up after {MOVE_TIMEOUT_S:.0f} s; "
                     "the cell goes to it anyway", host=moved.config.host, kernel=decision.kernel_id,
                     replica=decision.replica)
-            await self._loop.run_in_executor(self._worker, self.cluster.start, decision)
+            await self._on_worker(self.cluster.start, decision)
         except (ValueError, AgentError) as err:
             if decision.kernel_id not in self.cluster.kernels:  # the kernel went away meanwhile
                 log.info("scheduler: grant for kernel %s dropped: %s", decision.kernel_id, err)
@@ -100,6 +105,16 @@ class ClusterService:
         future = self._grants.get(decision.kernel_id)
         if future is not None and not future.done():
             future.set_result(decision)
+
+    async def _on_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` on the cluster's thread, then save what it changed (also when it failed half-way)."""
+        def change() -> Any:
+            try:
+                return fn(*args)
+            finally:
+                self.cluster.save()
+
+        return await self._loop.run_in_executor(self._worker, change)
 
     async def _until_caught_up(self, proc: ReplicaView) -> None:
         """A moved replica restarts and replays its journal (seconds); its cell waits for that, not the scheduler's
@@ -180,8 +195,14 @@ class ClusterService:
         if self.ephemeral and not self.cluster.kernels:
             self._idle_timer = self._loop.call_later(EPHEMERAL_GRACE_S, self.stopped.set)
 
+    def describe(self) -> dict[str, Any]:
+        """The cluster, and which process of the service answers (``pid``, ``started_at``: a restart shows)."""
+        return {**self.cluster.describe(), "pid": self.pid, "started_at": self.started_at}
+
     def close(self) -> None:
         self._worker.shutdown(wait=True)
+        if self.cluster.state is not None:
+            self.cluster.state.close()
 
 
 def _reason(err: object) -> str:

@@ -48,7 +48,7 @@ class ClusterHandler(JsonHandler):
 
 class ClusterRoot(ClusterHandler):
     def get(self) -> None:
-        self.finish(self.service.cluster.describe())
+        self.finish(self.service.describe())
 
 
 class KernelsHandler(ClusterHandler):

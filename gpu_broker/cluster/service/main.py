@@ -28,6 +28,7 @@ from ..join_token import TokenError, ensure_token, pin_ca
 from ..tls import ServerTLS, TLSError, auto_tls, fingerprint, serving_names
 from ..providers import ProviderError
 from ..providers.factory import add_provider_arguments, make_provider
+from ..state_store import ClusterStateStore
 from .cluster_service import ClusterService
 
 log = logging.getLogger(__name__)
@@ -71,23 +72,36 @@ async def serve(args: argparse.Namespace) -> None:
     physical = nvml_gpu_count()
     gpus_per_host = args.gpus_per_host or (max(1, physical // max(1, args.hosts)) if physical else 1)
     join_token = ensure_token(args.join_token_file) if args.join_token_file else None
+    state = ClusterStateStore(args.state_dir)
+    stored = state.load().settings
     address, port = args.listen
+    if port == 0 and stored.get("address") == address:
+        port = int(stored["port"])  # a restart: where kernel fronts and agents know it (any port if now taken)
     tls = _server_tls(args, address)
     if tls is not None and tls.ca_pem is not None and args.join_token_file:
         join_token = pin_ca(args.join_token_file, fingerprint(tls.ca_pem))
     elif tls is None and not ipaddress.ip_address(address).is_loopback:
         log.warning("serving plain HTTP on %s: the cluster's tokens and the kernels' cluster traffic cross the "
                     "network unencrypted; start with --tls-auto or --certfile/--keyfile", address)
-    sockets = tornado.netutil.bind_sockets(port, address, family=socket.AF_INET)
+    try:
+        sockets = tornado.netutil.bind_sockets(port, address, family=socket.AF_INET)
+    except OSError:
+        if port == args.listen[1]:
+            raise
+        log.warning("port %d, where the previous service listened, is taken: listening on another one", port)
+        sockets = tornado.netutil.bind_sockets(0, address, family=socket.AF_INET)
     bound = sockets[0].getsockname()[1]
     url = f"{'https' if tls else 'http'}://{'127.0.0.1' if address == '0.0.0.0' else address}:{bound}"
     cluster = EmbeddedCluster(args.state_dir, args.hosts, gpus_per_host, journal=args.journal,
                               max_hosts=args.max_hosts, policy=args.policy,
                               subscription_limit=args.subscription_limit, object_store=args.object_store,
                               host_timeout_s=args.host_timeout, provider=make_provider(args, url),
-                              devices=list(range(physical)) if physical else None)
+                              devices=list(range(physical)) if physical else None, state=state)
     service = ClusterService(cluster, args.ephemeral, join_token.secret if join_token else None,
-                             ca_pem=tls.ca_pem if tls else None)
+                             ca_pem=tls.ca_pem if tls else None, token=stored.get("token"))
+    for name, value in (("token", service.token), ("address", address), ("port", str(bound))):
+        state.put_setting(name, value)
+    cluster.save()
     server = tornado.httpserver.HTTPServer(service.app(), ssl_options=tls.context() if tls else None)
     server.add_sockets(sockets)
     loop = asyncio.get_running_loop()
@@ -95,7 +109,7 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, service.stopped.set)
     write_discovery_file(args.discovery_file, url, service.token, tls.ca_pem if tls else None)
     log.info("notebookos cluster (%s policy) with %d hosts of %d GPU(s) at %s%s", cluster.policy.name,
-             args.hosts, gpus_per_host, url, "; agents join with the token in " + str(args.join_token_file)
+             len(cluster.hosts), gpus_per_host, url, "; agents join with the token in " + str(args.join_token_file)
              if join_token else "")
     if args.ephemeral:
         service.kernels_changed()
@@ -107,7 +121,11 @@ async def serve(args: argparse.Namespace) -> None:
         args.discovery_file.unlink(missing_ok=True)
         ticker.cancel()
         server.stop()
-        await service.run(cluster.shutdown)
+        if args.keep_kernels:
+            log.info("stopped; kernels keep running, and a service started on %s takes them back", args.state_dir)
+        else:
+            await service.run(cluster.shutdown)
+            state.clear()
         service.close()
         if args.ephemeral:
             shutil.rmtree(args.state_dir, ignore_errors=True)
@@ -158,6 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m notebookos.gpu_broker.cluster.service")
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--ephemeral", action="store_true", help="exit once the last kernel is gone")
+    parser.add_argument("--keep-kernels", action="store_true",
+                        help="on SIGTERM, stop serving but leave kernels running for the next service on this state "
+                             "folder (default: stop them, as when JupyterLab exits)")
     parser.add_argument("--discovery-file", type=Path, required=True)
     add_service_arguments(parser, hosts=4)
     sys.exit(_run(parser.parse_args(argv)))
@@ -179,6 +200,7 @@ def run_cluster(args: argparse.Namespace) -> int:
     args.state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="notebookos-cluster-"))
     args.discovery_file = args.state_dir / "cluster.json"
     args.ephemeral = False
+    args.keep_kernels = True  # the shared service: restarting it (an upgrade) must cost no kernel
     return _run(args)
 
 

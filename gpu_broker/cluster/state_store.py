@@ -1,0 +1,144 @@
+"""The cluster service's state on disk, so that a restarted service carries on where the last one stopped.
+
+One SQLite file under the service's state folder (``cluster.db``, mode 0600: it holds the replicas' message keys,
+Raft passwords and the agents' tokens). The cluster writes what a change touched, in one transaction per change:
+a row per host and per kernel (JSON: what it needs to rebuild the scheduling core's view and its own records), the
+event log's latest records, and a few service settings (its token, its address, the last event's number). What
+the hosts report (a replica alive, caught up) is not kept: agents report it again, and logical hosts re-adopt their
+replica processes (:meth:`..host_agent.HostAgent.adopt`).
+
+Writes never fail the change that made them: a full or broken disk is logged (and the service goes on with the
+state in memory); the next write tries again with everything written since.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "cluster.db"
+EVENTS_KEPT = 10_000  # as many as the event log keeps in memory
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS hosts (name TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kernels (id TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, record TEXT NOT NULL);
+"""
+
+
+@dataclass
+class StoredState:
+    """What a previous service left: empty for a first start."""
+
+    settings: dict[str, str] = field(default_factory=dict)
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    kernels: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.hosts or self.kernels)
+
+
+class ClusterStateStore:
+    """Thread-safe: changes are written from the cluster's thread, events arrive from any thread."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / DB_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600 from its creation; SQLite gives its -wal and -shm files the database file's mode.
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a power cut may lose the last change, never
+        self._db.executescript(_SCHEMA)                # corrupt the file; a process crash loses nothing
+        self._lock = threading.Lock()
+        self._hosts: dict[str, dict[str, Any] | None] = {}
+        self._kernels: dict[str, dict[str, Any] | None] = {}
+        self._events: list[dict[str, Any]] = []
+        self._settings: dict[str, str] = {}
+        self.failing: str | None = None  # why the last write failed, until one succeeds
+
+    def load(self) -> StoredState:
+        with self._lock:
+            rows = self._db.execute
+            return StoredState(
+                settings=dict(rows("SELECT name, value FROM settings")),
+                hosts={name: json.loads(state) for name, state in rows("SELECT name, state FROM hosts")},
+                kernels={kid: json.loads(state) for kid, state in rows("SELECT id, state FROM kernels")},
+                events=[json.loads(r) for (r,) in rows(
+                    "SELECT record FROM events ORDER BY seq DESC LIMIT ?", (EVENTS_KEPT,))][::-1])
+
+    def put_host(self, name: str, state: dict[str, Any] | None) -> None:
+        """The host's state to write at the next :meth:`flush` (None: it is gone)."""
+        with self._lock:
+            self._hosts[name] = state
+
+    def put_kernel(self, kernel_id: str, state: dict[str, Any] | None) -> None:
+        with self._lock:
+            self._kernels[kernel_id] = state
+
+    def put_setting(self, name: str, value: str) -> None:
+        with self._lock:
+            self._settings[name] = value
+
+    def add_event(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            self._events.append(record)
+
+    def flush(self) -> None:
+        """Write what was put since the last flush, in one transaction; on failure keep it for the next one."""
+        with self._lock:
+            if not (self._hosts or self._kernels or self._events or self._settings):
+                return
+            try:
+                self._write()
+            except sqlite3.Error as err:
+                if self.failing != str(err):
+                    log.error("cannot write the cluster's state to %s: %s; the service goes on with it in memory "
+                              "(free space there, or move --state-dir): a restart now would lose what changed "
+                              "since", self.path, err)
+                self.failing = str(err)
+                return
+            if self.failing is not None:
+                log.info("the cluster's state is written to %s again", self.path)
+                self.failing = None
+            self._hosts, self._kernels, self._events, self._settings = {}, {}, [], {}
+
+    def _write(self) -> None:
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            for table, key, pending in (("hosts", "name", self._hosts), ("kernels", "id", self._kernels)):
+                for name, state in pending.items():
+                    if state is None:
+                        db.execute(f"DELETE FROM {table} WHERE {key} = ?", (name,))
+                    else:
+                        db.execute(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", (name, json.dumps(state)))
+            db.executemany("INSERT OR REPLACE INTO settings VALUES (?, ?)", self._settings.items())
+            if self._events:
+                db.executemany("INSERT OR REPLACE INTO events VALUES (?, ?)",
+                               [(e["seq"], json.dumps(e)) for e in self._events])
+                db.execute("DELETE FROM events WHERE seq <= ?", (self._events[-1]["seq"] - EVENTS_KEPT,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def clear(self) -> None:
+        """Forget everything: the service stopped its kernels and hosts, a next one starts anew."""
+        with self._lock:
+            self._hosts, self._kernels, self._events, self._settings = {}, {}, [], {}
+            self._db.executescript("DELETE FROM hosts; DELETE FROM kernels; DELETE FROM events; DELETE FROM settings;")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
