@@ -23,6 +23,14 @@ STATE_APPLIED = "notebookos_state_applied"
 GPU_RELEASED = "notebookos_gpu_released"
 
 
+# A replica's exit statuses that mean something to the cluster, with the reason an operator reads (the cluster's
+# replica_exited event, the API's exit_reason). 75 is sysexits' EX_TEMPFAIL: the same replica elsewhere would work.
+EXIT_STATE_FOLDER_FULL = 75
+REPLICA_EXIT_REASONS = {
+    EXIT_STATE_FOLDER_FULL: "its state folder was full, so it left to be replaced on another host",
+}
+
+
 class ReplicaRole(str, enum.Enum):
     """A replica's part in one attempt, reported in ``metadata.notebookos.role`` of its execute_reply."""
 

@@ -45,7 +45,8 @@ from ..replication.raft_log import AppendFailed, KernelLog
 from ..replication.snapshots import Restore
 from .replica_config import ReplicaConfig
 from .gpu_request import parse_gpus_magic
-from .protocol import EXECUTOR_ANNOUNCEMENT, GPU_RELEASED, NOTEBOOKOS_META, STATE_APPLIED, ReplicaRole
+from .protocol import (EXECUTOR_ANNOUNCEMENT, EXIT_STATE_FOLDER_FULL, GPU_RELEASED, NOTEBOOKOS_META, STATE_APPLIED,
+                       ReplicaRole)
 
 if TYPE_CHECKING:
     from .gpu_binding import BindTimings, DeviceBinder
@@ -70,6 +71,7 @@ class ReplicaKernel(IPythonKernel):
         super().start()
         self.replica_config = ReplicaConfig.read(self.config_path)
         cfg = self.replica_config
+        self._leave_if_state_folder_full()
         self._loop = asyncio.get_event_loop()
         self._entries: asyncio.Queue[LogEntry | Restore] = asyncio.Queue()
         self._waiters: dict[CellKey, list[asyncio.Future[int]]] = {}
@@ -185,6 +187,7 @@ class ReplicaKernel(IPythonKernel):
             await self._fetch_objects(NamespaceTracker.referenced_keys(entry.delta))
         try:
             if isinstance(entry, Proposal):
+                self._leave_if_state_folder_full()  # before the cell: a replica that leaves now costs it nothing
                 vote = self.book.on_proposal(entry)
                 if vote is not None:
                     self._cast(vote)
@@ -198,6 +201,22 @@ class ReplicaKernel(IPythonKernel):
         except Exception:
             self.log.exception("failed to apply a committed log entry %r", type(entry).__name__)
         self._wake(getattr(entry, "cell", None))
+
+    def _leave_if_state_folder_full(self) -> None:
+        """Exit (EXIT_STATE_FOLDER_FULL) when the state folder has less room than ``min_free_mb``: a replica that
+        cannot write its journal and objects would fail a cell later, or die in the middle of one. Leaving now, the
+        kernel front sees it lost and the cluster replaces it on another host, where it catches up from its peers;
+        the user sees nothing. The operator sees the reason in the replica's exit reason and log."""
+        folder = os.path.dirname(self.replica_config.journal_path) or "."
+        stats = os.statvfs(folder)
+        free_mb = stats.f_bavail * stats.f_frsize / (1 << 20)
+        if free_mb >= self.replica_config.min_free_mb:
+            return
+        self.log.critical("the state folder %s has %.0f MB free, less than the %d MB a replica keeps free "
+                          "(NOTEBOOKOS_MIN_FREE_MB): leaving, to be replaced on another host; free space on %s",
+                          folder, free_mb, self.replica_config.min_free_mb, self.replica_config.host)
+        logging.shutdown()
+        os._exit(EXIT_STATE_FOLDER_FULL)
 
     async def _restore(self, restore: Restore) -> None:
         """A dump replaced this replica's state (its own at start, or the leader's because it was too far behind):

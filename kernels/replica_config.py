@@ -19,6 +19,7 @@ READY_MARKER = "ready"
 # every kernel the cluster service starts (tests and benchmarks use small values).
 SNAPSHOT_EVERY_ENV, COMPACT_AFTER_ENV = "NOTEBOOKOS_SNAPSHOT_EVERY", "NOTEBOOKOS_COMPACT_AFTER_ENTRIES"
 GC_GRACE_ENV = "NOTEBOOKOS_GC_GRACE_S"
+MIN_FREE_ENV = "NOTEBOOKOS_MIN_FREE_MB"
 
 
 def _env_int(name: str, default: int) -> int:
@@ -55,6 +56,9 @@ class ReplicaConfig:
     # other replicas (logical hosts on one disk) or with other kernels (Redis) is not collected here.
     owns_store: bool = False
     gc_grace_s: int = dataclasses.field(default_factory=lambda: _env_int(GC_GRACE_ENV, 60))
+    # Below this much free space in its state folder a replica leaves (EXIT_STATE_FOLDER_FULL) to be replaced on
+    # another host, before a journal or object write fails under a cell.
+    min_free_mb: int = dataclasses.field(default_factory=lambda: _env_int(MIN_FREE_ENV, 128))
 
     @property
     def ready_marker(self) -> Path:

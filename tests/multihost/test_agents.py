@@ -207,6 +207,30 @@ def test_executor_host_loss_mid_cell_then_a_second_host_loss_lose_nothing(pool: 
                HOST_TIMEOUT_S + 10)
 
 
+def test_a_full_state_folder_costs_the_user_nothing_its_replica_is_replaced_elsewhere(pool: Pool,
+                                                                                       notebook: Notebook) -> None:
+    """A standby's machine runs out of disk: at the next cell the replica leaves, saying why, and a replacement
+    catches up on another machine; the cell and the ones after it run as if nothing happened."""
+    kernel_id = notebook.km.kernel_id
+    assert notebook.run("v = [1]").status == "ok"
+    placed = pool.placement(kernel_id)
+    standby = pool.host(pool.replicas(kernel_id)[2]["host"])
+    pool.hosts.limit_disk(standby, free_mb=32)  # replicas keep 128 MB free (NOTEBOOKOS_MIN_FREE_MB)
+    try:
+        result = notebook.run("v.append(2)")
+        assert result.status == "ok" and result.error is None and "replica" not in result.stderr, result.stderr
+        replacement = wait_until(lambda: _replacement(pool, kernel_id, placed), "a replacement on another machine",
+                                 REPLACEMENT_DEADLINE_S)
+        assert wait_until(lambda: _where_and(notebook, "v", replica=2)[0] == replacement["host"] and
+                          _where_and(notebook, "v", replica=2), "a cell on the replacement", 30) == \
+            [replacement["host"], [1, 2]]
+    finally:
+        pool.hosts.limit_disk(standby, free_mb=None)
+    exited = pool.request("GET", f"/events?kind=replica_exited&kernel={kernel_id}")["events"]  # type: ignore[index]
+    assert [e["host"] for e in exited] == [standby.name]
+    assert "state folder was full" in exited[0]["reason"], exited[0]["reason"]
+
+
 def test_a_replica_moved_to_another_machine_joins_there_with_the_state(pool: Pool, notebook: Notebook) -> None:
     assert notebook.run("import torch\nw = torch.ones(3_000_000)\nn = 5").status == "ok"
     replicas = pool.replicas(notebook.km.kernel_id)

@@ -11,6 +11,8 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from ....kernels.protocol import REPLICA_EXIT_REASONS
+
 
 @dataclass(frozen=True)
 class LaunchSpec:
@@ -85,6 +87,8 @@ def describe_exit(code: int | None) -> str | None:
     """An exit status in words: 'exited with code 1', 'killed by SIGKILL'."""
     if code is None:
         return None
+    if code in REPLICA_EXIT_REASONS:
+        return f"exited with code {code}: {REPLICA_EXIT_REASONS[code]}"
     if code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"
