@@ -1,5 +1,5 @@
 """The notebookos Jupyter Server extension: the REST API under ``/api/notebookos/`` (see :mod:`.api`) and the admin
-dashboard at ``/notebookos/`` (see :mod:`.dashboard`).
+dashboard at ``/notebookos/`` (see :mod:`.dashboard`), both showing each user what :mod:`.permissions` allows.
 
 Enabled with ``--ServerApp.jpserver_extensions={'notebookos.server_extension': True}``, which ``notebookos lab``
 passes to the Jupyter server it starts. Jupyter Server is imported only when the extension loads, so the
@@ -19,6 +19,8 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     from .api import load as load_api
     from .dashboard import load as load_dashboard
+    from .permissions import install as install_permissions
 
+    install_permissions(serverapp)
     load_api(serverapp)
     load_dashboard(serverapp)

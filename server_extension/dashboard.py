@@ -3,8 +3,8 @@
 The page is plain HTML, CSS and ES modules (no build step) that talk only to the REST API under
 ``/api/notebookos/``. This module serves it behind Jupyter Server's authentication, like JupyterLab itself: a browser
 without a login is redirected to Jupyter's login page, and seeing the page needs ``read`` on the ``notebookos``
-resource. What the page may *do* is decided by the API on every request (``write``); the page only asks ``GET me``
-so it can hide what would be refused.
+resource. What the page may *do* is decided by the API on every request (:mod:`.permissions`); the page only asks
+``GET me`` so it can hide what would be refused.
 
 The assets are located with :mod:`importlib.resources` as the package ``notebookos.frontend`` (``frontend/`` mapped in
 ``pyproject.toml``), so the same code serves them from an editable checkout and from an installed wheel.
@@ -17,13 +17,12 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 
-from .api.openapi import RESOURCE
+from .permissions import RESOURCE, request_access
 
 DASHBOARD_PATH = "notebookos/"
 STATIC_PATH = "notebookos/static/"
@@ -75,11 +74,11 @@ class DashboardHandler(JupyterHandler):
     @authorized("read", resource=RESOURCE)
     async def get(self) -> None:
         _ = self.xsrf_token
-        admin = await ensure_async(self.authorizer.is_authorized(self, self.current_user, "write", RESOURCE))
+        access = await request_access(self)
         user = getattr(self.current_user, "display_name", None) or getattr(self.current_user, "username", "")
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.set_header("Cache-Control", "no-cache")
-        self.finish(render_index(self.base_url, bool(admin), str(user)))
+        self.finish(render_index(self.base_url, access.admin, str(user)))
 
 
 class DashboardStaticHandler(JupyterHandler, web.StaticFileHandler):

@@ -6,15 +6,30 @@ file is picked up. The API never starts a cluster: with none answering it report
 
 The models are built field by field from what the cluster returns (a whitelist), so what the cluster keeps for
 its own clients (a replica's connection info, which carries the kernel's message key) never reaches the API.
+Each takes ``sees``, whether the user may see a kernel of a given owner (:meth:`..permissions.Access.sees`): a
+kernel they may not see is left out, and so is its id wherever it would show (a host's kernels, the kernel holding
+a GPU). What hosts and GPUs are, and how busy, stays the pool's.
 """
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from ...gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterClient, ClusterError, discovery_file
 
 REQUEST_TIMEOUT_S = 30.0
+# How long after an event names a kernel the cluster does not list yet it is asked again: a kernel's placement is
+# logged before its replicas have started and the cluster lists it (1.5 s in all, then the kernel counts as gone).
+OWNER_RETRY_S = (0.1, 0.2, 0.4, 0.8)
+
+Sees = Callable[[str | None], bool]  # whether the user may see a kernel of this owner
+
+
+def everyone(owner: str | None) -> bool:
+    """``sees`` for what the cluster tells the API itself, and for admins."""
+    return True
 
 
 class ClusterUnavailable(Exception):
@@ -91,9 +106,9 @@ def replica_counts(kernels: list[dict]) -> dict:
     return {"total": len(replicas), "alive": alive, "dead": len(replicas) - alive}
 
 
-def host_model(host: dict, kernels: list[dict]) -> dict:
+def host_model(host: dict, kernels: list[dict], sees: Sees = everyone) -> dict:
     name = str(host["name"])
-    placed = [(k["id"], r) for k in kernels for r in k["replicas"] if r["host"] == name]
+    placed = [(k, r) for k in kernels for r in k["replicas"] if r["host"] == name]
     return {
         "name": name,
         "state": str(host.get("state", "active")),
@@ -103,23 +118,47 @@ def host_model(host: dict, kernels: list[dict]) -> dict:
         "subscription_ratio": float(host.get("subscription_ratio", 0.0)),
         "replicas": int(host.get("replicas", len(placed))),
         "replicas_alive": sum(r["alive"] for _, r in placed),
-        "kernels": sorted({kernel_id for kernel_id, _ in placed}),
+        "kernels": sorted({kernel["id"] for kernel, _ in placed if sees(kernel["owner"])}),
     }
 
 
-def hosts_model(raw_cluster: dict) -> list[dict]:
+def hosts_model(raw_cluster: dict, sees: Sees = everyone) -> list[dict]:
     kernels = [kernel_model(k) for k in raw_cluster.get("kernels", [])]
-    return [host_model(host, kernels) for host in raw_cluster.get("hosts", [])]
+    return [host_model(host, kernels, sees) for host in raw_cluster.get("hosts", [])]
 
 
-def gpus_model(raw_cluster: dict) -> list[dict]:
+def kernels_model(raw_cluster: dict, sees: Sees = everyone) -> list[dict]:
+    return [kernel for kernel in map(kernel_model, raw_cluster.get("kernels", [])) if sees(kernel["owner"])]
+
+
+def kernel_owners(raw_cluster: dict) -> dict[str, str | None]:
+    """Kernel id -> owner, for every kernel on the cluster."""
+    return {str(k["id"]): k.get("owner") for k in raw_cluster.get("kernels", [])}
+
+
+def gpus_model(raw_cluster: dict, sees: Sees = everyone) -> list[dict]:
+    owners = kernel_owners(raw_cluster)
+
+    def held(device: dict, field: str) -> Any:
+        """Which kernel (replica) holds the GPU, if the user may see that kernel."""
+        kernel = device.get("kernel")
+        return device.get(field) if kernel is None or sees(owners.get(kernel)) else None
+
     return [{"host": str(host["name"]), "device": int(d["device"]), "state": str(d.get("state", "idle")),
-             "kernel": d.get("kernel"), "replica": d.get("replica"), "since": d.get("since")}
+             "kernel": held(d, "kernel"), "replica": held(d, "replica"), "since": d.get("since")}
             for host in raw_cluster.get("hosts", []) for d in host.get("devices", [])]
 
 
-def cluster_model(raw_cluster: dict) -> dict:
-    kernels = [kernel_model(k) for k in raw_cluster.get("kernels", [])]
+def event_visible(event: dict, owners: dict[str, str | None], sees: Sees) -> bool:
+    """Whether the user may see a logged event: host-level events (no kernel) are the pool's; an event of a kernel
+    only if the kernel is on the cluster (``owners``, from :func:`kernel_owners`) and the user may see it. The
+    event log records no owners, so the events of a kernel that has gone are left out."""
+    kernel = event.get("kernel")
+    return kernel is None or (kernel in owners and sees(owners[kernel]))
+
+
+def cluster_model(raw_cluster: dict, sees: Sees = everyone) -> dict:
+    kernels = kernels_model(raw_cluster, sees)
     gpus = gpus_model(raw_cluster)
     hosts = hosts_model(raw_cluster)
     total = sum(h["gpus"] for h in hosts)
@@ -135,6 +174,8 @@ def cluster_model(raw_cluster: dict) -> dict:
         "pending_cells": int(raw_cluster.get("pending_cells", 0)),
         "pending_hosts": int(raw_cluster.get("pending_hosts", 0)),
         "max_hosts": raw_cluster.get("max_hosts"),
+        "pid": raw_cluster.get("pid"),
+        "started_at": raw_cluster.get("started_at"),
     }
 
 
@@ -179,6 +220,17 @@ async def get_events(query: dict[str, str], wait: bool = False, timeout: float =
     cluster's own time-out)."""
     path = "/events" + ("/wait" if wait else "") + ("?" + urlencode(query) if query else "")
     return await cluster_request("GET", path, timeout=timeout)
+
+
+async def learn_owners(owners: dict[str, str | None], events: list[dict]) -> None:
+    """Add to ``owners`` (kernel id -> owner, kept by an event stream while it lasts) the owners of the kernels the
+    events name, from the cluster; a kernel it does not list yet is asked about again (:data:`OWNER_RETRY_S`), one
+    it never lists stays out (it has gone, and the event log records no owners)."""
+    for delay in (0.0, *OWNER_RETRY_S):
+        if {e["kernel"] for e in events if e["kernel"] is not None} <= owners.keys():
+            return
+        await asyncio.sleep(delay)
+        owners.update(kernel_owners(await get_cluster()))
 
 
 async def get_history(seconds: float) -> dict:

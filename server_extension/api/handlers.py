@@ -2,7 +2,10 @@
 
 Every method is behind Jupyter Server's authentication (``@web.authenticated``: an API request without a valid
 token or login cookie gets 403) and its authorizer (``@authorized`` on the ``notebookos`` resource: ``read`` for
-GETs, ``write`` for every changing action, which is what "admin" means here). Errors are JSON
+GETs, ``write`` for every changing action). Within that, :mod:`..permissions` decides per user: a pool admin sees
+every kernel and may change the pool; anyone else sees the pool's hosts and GPUs but only their own kernels (another
+user's kernel answers 404, as an unknown one does, so ids do not leak), may shut their own kernels down and restart
+their dead replicas, and gets 403 saying how the admin permission is granted for the rest. Errors are JSON
 (``{"message": ..., "reason": ...}``, Jupyter's APIHandler format): 400 for a malformed request, 404 for an unknown
 kernel, replica or host, 409 when the cluster refuses an action (with its reason), 503 when the cluster is not there,
 with what to do about it.
@@ -13,27 +16,26 @@ import json
 from http.client import responses
 from typing import Any
 
-from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import allow_unauthenticated, authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from .cluster import (ClusterRefused, ClusterUnavailable, cluster_model, delete_kernel, get_cluster,
+from ..permissions import ADMIN_MESSAGE, RESOURCE, WRITE_MESSAGE, Access, request_access
+from .cluster import (ClusterRefused, ClusterUnavailable, cluster_model, delete_kernel, event_visible, get_cluster,
                       get_cluster_metrics, get_events, get_history, get_kernel, gpus_model, host_request, hosts_model,
-                      kernel_model, replica_action)
+                      kernel_owners, kernels_model, learn_owners, replica_action)
 from .metrics import CONTENT_TYPE, Metrics
-from .openapi import API_PREFIX, RESOURCE, document
+from .openapi import API_PREFIX, document
 
 STREAM_WAIT_S = 15  # how long the event stream waits for an event before it writes a keep-alive comment
 STREAM_RETRY_MS = 3000  # how soon a browser reconnects after the stream ends
-
-ADMIN_MESSAGE = (f"This action needs the notebookos admin permission (action 'write' on resource '{RESOURCE}'); "
-                 "reading needs 'read' only.")
+ADMIN_ACTIONS = ("kill", "migrate")  # replica actions that move work around the pool; an owner may "restart"
 
 
 class NotebookOSHandler(APIHandler):
     auth_resource = RESOURCE
+    _access: Access | None = None
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Jupyter's APIHandler error JSON, with the message as written: APIHandler shows tornado's
@@ -54,6 +56,25 @@ class NotebookOSHandler(APIHandler):
     def reply(self, model: Any) -> None:
         self.finish(json.dumps(model))
 
+    async def access(self) -> Access:
+        """What this request's user may see and do (asked once per request)."""
+        if self._access is None:
+            self._access = await request_access(self)
+        return self._access
+
+    async def require_admin(self) -> None:
+        """403, saying how the permission is granted, unless the user is a pool admin."""
+        if not (await self.access()).admin:
+            raise web.HTTPError(403, ADMIN_MESSAGE)
+
+    async def visible_kernel(self, kernel_id: str) -> dict:
+        """The kernel's model if the user may see it; else 404 in the cluster's own words for an unknown kernel, so
+        that another user's kernel cannot be told from none."""
+        kernel = await self.cluster_call(get_kernel(kernel_id))
+        if not (await self.access()).sees(kernel["owner"]):
+            raise web.HTTPError(404, f"no kernel {kernel_id} in this cluster")
+        return kernel
+
     async def notebook_paths(self) -> dict[str, str]:
         """Kernel id -> the path of the notebook its session serves, for the sessions of this server (relative to
         the server's root, as JupyterLab shows it; kernels of other servers keep what their provisioner said)."""
@@ -69,7 +90,6 @@ class NotebookOSHandler(APIHandler):
             if err.status in (400, 404, 409):  # the cluster refused, saying why: a mistake the user can mend
                 raise web.HTTPError(err.status, str(err)) from None
             raise web.HTTPError(502, f"the notebookos cluster answered {err.status}: {err}") from None
-
 
     def json_body(self) -> dict[str, Any]:
         """The request's JSON object body (empty: {}), or 400 saying what is wrong with it."""
@@ -108,33 +128,35 @@ class OpenAPIHandler(NotebookOSHandler):
 
 
 class MeHandler(NotebookOSHandler):
-    """Who is asking and whether they may act: the dashboard shows its actions only to admins."""
+    """Who is asking, whose kernels they see, and whether they are a pool admin: the dashboard shows its actions
+    only to admins."""
 
     @web.authenticated
     @authorized("read", resource=RESOURCE)
     async def get(self) -> None:
         user = self.current_user
-        # An authorizer may answer asynchronously (jupyter_server awaits it too): a coroutine object is truthy.
-        admin = await ensure_async(self.authorizer.is_authorized(self, user, "write", RESOURCE))
-        self.reply({"name": getattr(user, "name", None) or getattr(user, "username", "") or "", "admin": bool(admin)})
+        access = await self.access()
+        self.reply({"name": getattr(user, "name", None) or getattr(user, "username", "") or "",
+                    "owner": access.owner, "admin": access.admin})
 
 
 class ClusterHandler(NotebookOSHandler):
     @web.authenticated
     @authorized("read", resource=RESOURCE)
     async def get(self) -> None:
-        self.reply(cluster_model(await self.cluster_call(get_cluster())))
+        self.reply(cluster_model(await self.cluster_call(get_cluster()), (await self.access()).sees))
 
 
 class HostsHandler(NotebookOSHandler):
     @web.authenticated
     @authorized("read", resource=RESOURCE)
     async def get(self) -> None:
-        self.reply({"hosts": hosts_model(await self.cluster_call(get_cluster()))})
+        self.reply({"hosts": hosts_model(await self.cluster_call(get_cluster()), (await self.access()).sees)})
 
     @web.authenticated
-    @authorized("write", resource=RESOURCE, message=ADMIN_MESSAGE)
+    @authorized("write", resource=RESOURCE, message=WRITE_MESSAGE)
     async def post(self) -> None:
+        await self.require_admin()
         gpus = self.gpu_count(self.json_body(), required=False)
         self.set_status(201)
         self.reply(await self.cluster_call(host_request("POST", body={} if gpus is None else {"gpus": gpus})))
@@ -142,14 +164,16 @@ class HostsHandler(NotebookOSHandler):
 
 class HostHandler(NotebookOSHandler):
     @web.authenticated
-    @authorized("write", resource=RESOURCE, message=ADMIN_MESSAGE)
+    @authorized("write", resource=RESOURCE, message=WRITE_MESSAGE)
     async def patch(self, name: str) -> None:
+        await self.require_admin()
         gpus = self.gpu_count(self.json_body(), required=True)
         self.reply(await self.cluster_call(host_request("PATCH", name, body={"gpus": gpus})))
 
     @web.authenticated
-    @authorized("write", resource=RESOURCE, message=ADMIN_MESSAGE)
+    @authorized("write", resource=RESOURCE, message=WRITE_MESSAGE)
     async def delete(self, name: str) -> None:
+        await self.require_admin()
         await self.cluster_call(host_request("DELETE", name))
         self.set_status(204)
         self.finish()
@@ -157,8 +181,9 @@ class HostHandler(NotebookOSHandler):
 
 class DrainHandler(NotebookOSHandler):
     @web.authenticated
-    @authorized("write", resource=RESOURCE, message=ADMIN_MESSAGE)
+    @authorized("write", resource=RESOURCE, message=WRITE_MESSAGE)
     async def post(self, name: str) -> None:
+        await self.require_admin()
         self.reply(await self.cluster_call(host_request("POST", name, "drain")))
 
 
@@ -166,7 +191,7 @@ class GpusHandler(NotebookOSHandler):
     @web.authenticated
     @authorized("read", resource=RESOURCE)
     async def get(self) -> None:
-        self.reply({"gpus": gpus_model(await self.cluster_call(get_cluster()))})
+        self.reply({"gpus": gpus_model(await self.cluster_call(get_cluster()), (await self.access()).sees)})
 
 
 class KernelsHandler(NotebookOSHandler):
@@ -175,21 +200,22 @@ class KernelsHandler(NotebookOSHandler):
     async def get(self) -> None:
         raw = await self.cluster_call(get_cluster())
         paths = await self.notebook_paths()
-        self.reply({"kernels": [with_notebook(kernel_model(k), paths) for k in raw.get("kernels", [])]})
+        self.reply({"kernels": [with_notebook(k, paths) for k in kernels_model(raw, (await self.access()).sees)]})
 
 
 class KernelHandler(NotebookOSHandler):
     @web.authenticated
     @authorized("read", resource=RESOURCE)
     async def get(self, kernel_id: str) -> None:
-        self.reply(with_notebook(await self.cluster_call(get_kernel(kernel_id)), await self.notebook_paths()))
+        self.reply(with_notebook(await self.visible_kernel(kernel_id), await self.notebook_paths()))
 
     @web.authenticated
-    @authorized("write", resource=RESOURCE, message=ADMIN_MESSAGE)
+    @authorized("write", resource=RESOURCE, message=WRITE_MESSAGE)
     async def delete(self, kernel_id: str) -> None:
-        """Shut the kernel down: through this server's kernel manager when it started the kernel (its sessions and
-        clients are told), else on the cluster directly (a kernel of another Jupyter server sharing the cluster)."""
-        await self.cluster_call(get_kernel(kernel_id))  # 404 for a kernel the cluster does not know
+        """Shut the kernel down (the user's own, or any for an admin): through this server's kernel manager when it
+        started the kernel (its sessions and clients are told), else on the cluster directly (a kernel of another
+        Jupyter server sharing the cluster)."""
+        await self.visible_kernel(kernel_id)  # 404 for a kernel the cluster does not know, or another user's
         if kernel_id in self.kernel_manager:
             await self.kernel_manager.shutdown_kernel(kernel_id)
         else:
@@ -199,9 +225,13 @@ class KernelHandler(NotebookOSHandler):
 
 
 class ReplicaActionHandler(NotebookOSHandler):
+    """Fault drills and migrations (admins), and restarting a dead replica (its kernel's owner too)."""
+
     @web.authenticated
-    @authorized("write", resource=RESOURCE, message=ADMIN_MESSAGE)
+    @authorized("write", resource=RESOURCE, message=WRITE_MESSAGE)
     async def post(self, kernel_id: str, replica: str, action: str) -> None:
+        if action in ADMIN_ACTIONS:
+            await self.require_admin()
         if not (replica.isascii() and replica.isdigit()):
             raise web.HTTPError(400, f"the replica must be an index (0, 1, 2, ...), not {replica[:40]!r}")
         body = None
@@ -210,7 +240,7 @@ class ReplicaActionHandler(NotebookOSHandler):
             if not isinstance(host, str) or not host:
                 raise web.HTTPError(400, 'give the target host as {"host": "host-N"}')
             body = {"host": host}
-        kernel = await self.cluster_call(get_kernel(kernel_id))
+        kernel = await self.visible_kernel(kernel_id)
         # Compared as text first: an index of thousands of digits is refused without making it an int.
         if len(replica) > 6 or int(replica) >= len(kernel["replicas"]):
             raise web.HTTPError(404, f"kernel {kernel_id} has no replica {replica[:40]}; it has "
@@ -219,17 +249,28 @@ class ReplicaActionHandler(NotebookOSHandler):
 
 
 class EventsHandler(NotebookOSHandler):
-    """The scheduler's decisions and operators' actions, oldest first, after ``since`` and filtered."""
+    """The scheduler's decisions and operators' actions, oldest first, after ``since`` and filtered: those the user
+    may see (:func:`.cluster.event_visible`)."""
 
     @web.authenticated
     @authorized("read", resource=RESOURCE)
     async def get(self) -> None:
-        self.reply(await self.cluster_call(get_events(event_query(self))))
+        answer = await self.cluster_call(get_events(event_query(self)))
+        access = await self.access()
+        if not access.admin:
+            owners = kernel_owners(await self.cluster_call(get_cluster()))
+            answer["events"] = [e for e in answer["events"] if event_visible(e, owners, access.sees)]
+        self.reply(answer)
 
 
 class EventStreamHandler(NotebookOSHandler):
     """The same events as server-sent events, as they happen. Resumes after ``Last-Event-ID`` (what EventSource
-    sends when it reconnects) or ``?since=``; a comment line every time-out keeps proxies from closing it."""
+    sends when it reconnects) or ``?since=``; a comment line every time-out keeps proxies from closing it.
+
+    For a user who is not an admin the stream learns the owners of the kernels its events name
+    (:func:`.cluster.learn_owners`: asking the cluster only about kernels it has not seen, waiting briefly for one
+    being placed) and remembers them while it lasts, so that the events of the user's kernel that is shut down while
+    the stream is open (its ``kernel_closed`` too) still come through."""
 
     _track_activity = False  # an open dashboard is not user activity (it would keep an idle server from culling)
 
@@ -244,11 +285,16 @@ class EventStreamHandler(NotebookOSHandler):
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
         self.write(f"retry: {STREAM_RETRY_MS}\n\n")
+        access = await self.access()
+        owners: dict[str, str | None] = {}
         try:
             await self.flush()  # the browser reports the stream open once the headers arrive: send them now
             while not self.request.connection.stream.closed():
                 try:
                     answer = await get_events(query, wait=True, timeout=STREAM_WAIT_S + 10)
+                    if not access.admin:
+                        await learn_owners(owners, answer["events"])
+                        answer["events"] = [e for e in answer["events"] if event_visible(e, owners, access.sees)]
                 except (ClusterUnavailable, ClusterRefused) as err:
                     # The browser reconnects after `retry`; until the cluster is back it hears why.
                     self.write(f"event: cluster_unavailable\ndata: {json.dumps({'message': str(err)})}\n\n")

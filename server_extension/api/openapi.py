@@ -7,9 +7,11 @@ fuzz the live server from it (schemathesis). Schemas are JSON Schema 2020-12, as
 from __future__ import annotations
 
 import copy
+from typing import Literal
+
+from ..permissions import RESOURCE
 
 API_PREFIX = "/api/notebookos"
-RESOURCE = "notebookos"  # the authorization resource of every endpoint
 
 
 def _ref(name: str) -> dict:
@@ -26,6 +28,8 @@ def _error(description: str) -> dict:
 
 _FORBIDDEN = _error("Not authenticated (no or a wrong token), or not authorized for this action on the "
                     f"`{RESOURCE}` resource.")
+_FORBIDDEN_ADMIN = _error("Not authenticated, not authorized for action `write` on the "
+                          f"`{RESOURCE}` resource, or not a pool admin; the message says how an operator grants it.")
 _UNAVAILABLE = _error("The notebookos cluster is not configured or does not answer; the message says what to do.")
 _BAD_GATEWAY = _error("The notebookos cluster answered with an unexpected error.")
 _KERNEL_ID = {"name": "kernel_id", "in": "path", "required": True, "description": "Jupyter kernel id",
@@ -48,17 +52,31 @@ def _get(operation_id: str, summary: str, ok: dict, *, params: list | None = Non
     return {"get": op}
 
 
-def _action(operation_id: str, summary: str, ok: dict, *, params: list | None = None, body: dict | None = None,
-            status: str = "200", not_found: str = "No such kernel or replica.", conflict: str | None = None) -> dict:
-    """A changing action: admin only, with the statuses it answers."""
-    responses = {status: ok, "403": _FORBIDDEN, "404": _error(not_found), "502": _BAD_GATEWAY, "503": _UNAVAILABLE}
+_PERMISSIONS: dict[Permission, str] = {
+    "admin": (f"Needs action `write` on the `{RESOURCE}` resource from the server's authorizer and the pool admin "
+              "permission (`c.NotebookOS.admin_users`, `c.NotebookOS.admin_groups`, or a JupyterHub admin; on a "
+              "server outside JupyterHub with neither set, its users)."),
+    "owner": (f"Needs action `write` on the `{RESOURCE}` resource from the server's authorizer, and the kernel "
+              "must be the user's own (any kernel for a pool admin); another user's kernel is a 404, as an unknown "
+              "one."),
+}
+
+
+Permission = Literal["admin", "owner"]
+
+
+def _action(operation_id: str, summary: str, ok: dict, *, permission: Permission, params: list | None = None,
+            body: dict | None = None, status: str = "200", not_found: str = "No such kernel or replica.",
+            conflict: str | None = None) -> dict:
+    """A changing action, with the permission it needs (``admin`` or ``owner``) and the statuses it answers."""
+    responses = {status: ok, "403": _FORBIDDEN_ADMIN if permission == "admin" else _FORBIDDEN,
+                 "404": _error(not_found), "502": _BAD_GATEWAY, "503": _UNAVAILABLE}
     if params or body:
         responses["400"] = _error("A malformed request: the message says which field is wrong.")
     if conflict:
         responses["409"] = _error(conflict)
-    op = {"operationId": operation_id, "summary": summary, "x-notebookos-permission": "write",
-          "description": f"Needs the admin permission: action `write` on the `{RESOURCE}` resource.",
-          "responses": responses}
+    op = {"operationId": operation_id, "summary": summary, "x-notebookos-permission": permission,
+          "description": _PERMISSIONS[permission], "responses": responses}
     if params:
         op["parameters"] = params
     if body:
@@ -66,9 +84,10 @@ def _action(operation_id: str, summary: str, ok: dict, *, params: list | None = 
     return op
 
 
-def _replica_action(action: str, summary: str, body: dict | None = None, conflict: str | None = None) -> dict:
+def _replica_action(action: str, summary: str, permission: Permission, body: dict | None = None,
+                    conflict: str | None = None) -> dict:
     return {"post": _action(f"{action}Replica", summary, _json(_ref("Kernel"), "The kernel after the action."),
-                            params=[_KERNEL_ID, _REPLICA], body=body, conflict=conflict)}
+                            permission=permission, params=[_KERNEL_ID, _REPLICA], body=body, conflict=conflict)}
 
 
 _NAME = {"name": "name", "in": "path", "required": True, "description": "host name",
@@ -96,9 +115,16 @@ SCHEMAS: dict = {
     },
     "Me": {
         "type": "object",
-        "required": ["name", "admin"],
-        "properties": {"name": {"type": "string"},
-                       "admin": {"type": "boolean", "description": "may take changing actions"}},
+        "required": ["name", "owner", "admin"],
+        "properties": {
+            "name": {"type": "string", "description": "the user, as the server's identity provider names them"},
+            "owner": {"type": "string",
+                      "description": "the owner name of the user's kernels: the hub user under JupyterHub, else the "
+                                     "account running this server"},
+            "admin": {"type": "boolean",
+                      "description": "a pool admin: sees every kernel and may change the pool (hosts, other users' "
+                                     "kernels, migrations, fault drills); others see their own kernels only"},
+        },
     },
     "Replica": {
         "type": "object",
@@ -169,7 +195,8 @@ SCHEMAS: dict = {
                                    "description": "subscribed_gpus / gpus; placement refuses past the limit"},
             "replicas": {"type": "integer", "minimum": 0, "description": "replicas placed on the host"},
             "replicas_alive": {"type": "integer", "minimum": 0},
-            "kernels": {"type": "array", "items": {"type": "string"}, "description": "kernels with a replica here"},
+            "kernels": {"type": "array", "items": {"type": "string"},
+                        "description": "kernels with a replica here (of those the user may see)"},
         },
     },
     "Gpu": {
@@ -180,8 +207,9 @@ SCHEMAS: dict = {
             "device": {"type": "integer", "minimum": 0, "description": "device index on its host"},
             "state": {"enum": ["idle", "pending", "committed"],
                       "description": "pending: reserved for an executor that has not started yet"},
-            "kernel": {"type": ["string", "null"], "description": "the kernel whose cell holds the GPU"},
-            "replica": {"type": ["integer", "null"], "description": "the executor replica holding it"},
+            "kernel": {"type": ["string", "null"],
+                       "description": "the kernel whose cell holds the GPU; null for another user's kernel"},
+            "replica": {"type": ["integer", "null"], "description": "the executor replica holding it (ditto)"},
             "since": {"type": ["number", "null"], "description": "epoch seconds since it is held"},
         },
     },
@@ -198,7 +226,7 @@ SCHEMAS: dict = {
     "Cluster": {
         "type": "object",
         "required": ["policy", "hosts", "kernels", "replicas", "gpus", "subscription_ratio", "subscription_limit",
-                     "pending_cells", "pending_hosts", "max_hosts"],
+                     "pending_cells", "pending_hosts", "max_hosts", "pid", "started_at"],
         "properties": {
             "policy": {"type": ["string", "null"], "description": "the scheduling policy"},
             "hosts": {
@@ -207,9 +235,11 @@ SCHEMAS: dict = {
                 "items": {"type": "object", "required": ["name", "replicas"],
                           "properties": {"name": {"type": "string"}, "replicas": {"type": "integer", "minimum": 0}}},
             },
-            "kernels": {"type": "integer", "minimum": 0, "description": "kernels placed on the cluster"},
+            "kernels": {"type": "integer", "minimum": 0,
+                        "description": "kernels placed on the cluster (of those the user may see)"},
             "replicas": {
                 "type": "object",
+                "description": "the replicas of those kernels",
                 "required": ["total", "alive", "dead"],
                 "properties": {k: {"type": "integer", "minimum": 0} for k in ("total", "alive", "dead")},
             },
@@ -224,6 +254,9 @@ SCHEMAS: dict = {
             "pending_cells": {"type": "integer", "minimum": 0, "description": "cells waiting for GPUs"},
             "pending_hosts": {"type": "integer", "minimum": 0, "description": "hosts asked for, not arrived yet"},
             "max_hosts": {"type": ["integer", "null"], "description": "the autoscaler's ceiling"},
+            "pid": {"type": ["integer", "null"],
+                    "description": "the cluster service's process id: a restart of the service shows as a new one"},
+            "started_at": {"type": ["number", "null"], "description": "when that process started (Unix time)"},
         },
     },
     "Event": {
@@ -272,8 +305,11 @@ DOCUMENT: dict = {
         "description": (
             "The notebookos cluster as seen from Jupyter Server. Every endpoint needs Jupyter Server "
             "authentication (a token in `Authorization: token <token>`, or the login cookie with its XSRF "
-            f"token); reads need action `read` on the `{RESOURCE}` resource, changing actions (hosts, migrations, "
-            "fault drills, shutdowns) need `write`, the admin permission."
+            f"token); reads need action `read` on the `{RESOURCE}` resource, changing actions `write`. A user sees "
+            "the pool's hosts and GPUs and their own kernels and those kernels' events; another user's kernel is a "
+            "404. Pool admins (`x-notebookos-permission: admin`: `c.NotebookOS.admin_users`, "
+            "`c.NotebookOS.admin_groups`, JupyterHub admins) see every kernel and may change the pool; owners may "
+            "shut down their own kernels and restart their dead replicas (`owner`)."
         ),
     },
     "servers": [{"url": "/"}],
@@ -288,47 +324,54 @@ DOCUMENT: dict = {
             **_get("listHosts", "Hosts with their GPUs, replicas and kernels.", _json(_ref("HostList"), "The hosts.")),
             "post": _action("addHost", "Add a host (from the cluster's provider); `gpus` defaults to the cluster's "
                                        "GPUs per host.", _json(_ref("Host"), "The new host."), body=_GPUS_BODY,
-                            status="201", not_found="Not used.",
+                            permission="admin", status="201", not_found="Not used.",
                             conflict="The provider cannot add a host (its maximum is reached); the message says "
                                      "what to do."),
         },
         f"{API_PREFIX}/hosts/{{name}}": {
             "patch": _action("resizeHost", "Change a host's GPU count (not while cells use its GPUs).",
-                             _json(_ref("Host"), "The host."), params=[_NAME],
+                             _json(_ref("Host"), "The host."), permission="admin", params=[_NAME],
                              body={**_GPUS_BODY, "required": ["gpus"]}, not_found="No such host.",
                              conflict="Cells use the host's GPUs now; the message says what to do."),
-            "delete": _action("removeHost", "Remove a drained host.", {"description": "Removed."}, params=[_NAME],
-                              status="204", not_found="No such host.",
+            "delete": _action("removeHost", "Remove a drained host.", {"description": "Removed."},
+                              permission="admin", params=[_NAME], status="204", not_found="No such host.",
                               conflict="The host still holds replicas: drain it first."),
         },
         f"{API_PREFIX}/hosts/{{name}}/drain": {"post": _action(
             "drainHost", "Stop placing work on the host and move its replicas away (replicas running a cell move "
-                         "after it).", _json(_ref("Host"), "The host, now draining."), params=[_NAME],
+                         "after it).", _json(_ref("Host"), "The host, now draining."), permission="admin",
+            params=[_NAME],
             not_found="No such host.")},
         f"{API_PREFIX}/gpus": _get("listGpus", "Every GPU of the cluster and the kernel whose cell holds it now.",
                                    _json(_ref("GpuList"), "The GPUs.")),
-        f"{API_PREFIX}/kernels": _get("listKernels", "Kernels on the cluster with their replicas.",
+        f"{API_PREFIX}/kernels": _get("listKernels", "Kernels on the cluster with their replicas (a user's own; "
+                                                     "every kernel for a pool admin).",
                                       _json(_ref("KernelList"), "The kernels.")),
         f"{API_PREFIX}/kernels/{{kernel_id}}": {
             **_get("getKernel", "One kernel with its replicas (never its connection info).",
                    _json(_ref("Kernel"), "The kernel."), params=[_KERNEL_ID], not_found=True),
             "delete": _action("shutdownKernel", "Shut the kernel down (through Jupyter when this server started "
                                                 "it, so its sessions know).", {"description": "Shut down."},
-                              params=[_KERNEL_ID], status="204", not_found="No such kernel."),
+                              permission="owner", params=[_KERNEL_ID], status="204",
+                              not_found="No such kernel (or another user's)."),
         },
         f"{API_PREFIX}/kernels/{{kernel_id}}/replicas/{{replica}}/kill": _replica_action(
             "kill", "Fault drill: SIGKILL the replica's process, as a crash would. The kernel front notices and "
-                    "the scheduler replaces it on another host."),
+                    "the scheduler replaces it on another host.", "admin"),
         f"{API_PREFIX}/kernels/{{kernel_id}}/replicas/{{replica}}/restart": _replica_action(
-            "restart", "Replace a dead replica (on another host where one has room); nothing happens to a live one."),
+            "restart", "Replace a dead replica (on another host where one has room); nothing happens to a live one.",
+            "owner"),
         f"{API_PREFIX}/kernels/{{kernel_id}}/replicas/{{replica}}/migrate": _replica_action(
-            "migrate", "Move the replica to the named host; the kernel keeps running.",
+            "migrate", "Move the replica to the named host; the kernel keeps running.", "admin",
             body={"type": "object", "required": ["host"], "properties": {"host": {"type": "string", "minLength": 1}}},
             conflict="The scheduler refused the move (the replica runs a cell, the host already holds a replica "
                      "of the kernel, is not active, or would pass the subscription limit); the message says which."),
-        f"{API_PREFIX}/me": _get("getMe", "The user asking, and whether they may take changing actions.",
+        f"{API_PREFIX}/me": _get("getMe", "The user asking, the owner name of their kernels, and whether they are a "
+                                          "pool admin.",
                                  _json(_ref("Me"), "The user.")),
-        f"{API_PREFIX}/events": _get("listEvents", "The scheduler's decisions and operators' actions, oldest first.",
+        f"{API_PREFIX}/events": _get("listEvents", "The scheduler's decisions and operators' actions, oldest first: "
+                                                   "the hosts' and those of the user's kernels (every one for a "
+                                                   "pool admin).",
                                      _json(_ref("EventList"), "The events."), params=_EVENT_QUERY),
         f"{API_PREFIX}/events/stream": _get(
             "streamEvents", "The same events as server-sent events, as they happen (resumes after Last-Event-ID).",
