@@ -5,7 +5,7 @@
 // fit the host's state: drain an active host, remove a drained or lost one, change the GPU count.
 
 import { h, render } from "./dom.js";
-import { DASH, isNum, num, ratio, shortId, text } from "./format.js";
+import { DASH, clock, isNum, num, ratio, shortId, text } from "./format.js";
 
 /** @typedef {{admin: boolean, actions: ReturnType<typeof import("./actions.js").adminActions>}} Context */
 
@@ -64,6 +64,9 @@ export function renderSummary(el, store) {
       isNum(cluster?.pending_hosts) && cluster.pending_hosts > 0 ? `${cluster.pending_hosts} hosts requested` : null),
     tile("policy", "Policy", text(cluster?.policy),
       isNum(cluster?.max_hosts) ? `at most ${cluster.max_hosts} hosts` : null),
+    // A restart of the cluster service shows as a new pid and start time.
+    tile("service", "Cluster service", isNum(cluster?.pid) ? `pid ${cluster.pid}` : DASH,
+      isNum(cluster?.started_at) ? `up since ${clock(cluster.started_at)}` : null),
   ]);
 }
 

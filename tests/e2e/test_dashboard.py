@@ -167,6 +167,7 @@ def test_lists_the_hosts_and_gpus_the_api_reports(page, server: LabServer, kerne
     cluster = dashboard.api("cluster")
     expect(page.get_by_test_id("summary-gpus")).to_contain_text(
         f"{cluster['gpus']['committed']} / {cluster['gpus']['total']}")
+    expect(page.get_by_test_id("summary-service")).to_contain_text(f"pid {cluster['pid']}")
 
     # The kernel's three replicas are on three hosts, as the API says.
     dashboard.show("kernels")
