@@ -23,12 +23,15 @@ import asyncio
 import json
 import logging
 import os
+import select
+import signal
 import sys
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable, TypeVar
 
 import zmq
 import zmq.asyncio
@@ -40,6 +43,7 @@ from .protocol import EXECUTOR_ANNOUNCEMENT, GPU_RELEASED, NOTEBOOKOS_META, STAT
 from .replica_link import HEARTBEAT_DEAD_AFTER_S, ReplicaLink, endpoint_of
 
 log = logging.getLogger("notebookos.front")
+T = TypeVar("T")
 
 DELIM = b"<IDS|MSG>"
 # Requests that a standby can answer as well as the executor (the namespaces are the same).
@@ -51,7 +55,16 @@ ATTEMPT_HEADER = "notebookos_attempt"
 PIN_REPLICA_META = "notebookos_replica"
 EXIT_MAJORITY_LOST = 3
 PARENT_CHECK_S = 1.0
+# A Jupyter server restarted on the same state folder restores this kernel and claims it with this request on the
+# control channel (signed with the kernel's message key, as every request is); the front then answers to that server.
+CLAIM_REQUEST, CLAIM_REPLY = "notebookos_claim_request", "notebookos_claim_reply"
+# Seconds the front waits, once the Jupyter server managing it is gone, for a restarted one to claim it; the
+# provisioner sets it (NotebookOSProvisioner.restart_grace_s). Unset or 0: the kernel is removed at once.
+RESTART_GRACE_ENV = "NOTEBOOKOS_RESTART_GRACE_S"
 REPLACEMENT_POLL_S = 0.5  # how often the front asks the cluster about a replica being replaced
+# While the cluster service does not answer (it is being restarted, and takes its state back), calls to it are
+# retried, backing off from the first to the last of these.
+OUTAGE_RETRY_S = (0.2, 2.0)
 
 
 class MalformedMessage(ValueError):
@@ -108,6 +121,57 @@ class Cell:
         return self.msg["header"]["msg_id"]
 
 
+class WatchedProcess:
+    """A process that is not our child, watched until it exits (a Jupyter server, for the front; an adopted front,
+    for a restarted server; a cluster service started by an earlier ``notebookos lab``).
+
+    Through a pidfd where the OS has them (Linux 5.3+): it reports the exit even of a zombie nobody reaps (orphans
+    of a killed server go to an init that may never reap them), and a later process that reuses the pid is never
+    taken for it. Elsewhere, by signal 0.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._fd: int | None = None
+        self._exited = False
+        try:
+            self._fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._exited = True
+        except (AttributeError, OSError):
+            pass  # no pidfds on this system: signal 0 it is
+
+    def alive(self) -> bool:
+        if self._exited:
+            return False
+        if self._fd is not None:
+            self._exited = bool(select.select([self._fd], [], [], 0)[0])
+        else:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                self._exited = True
+            except PermissionError:
+                pass  # it exists, as another user's process
+        return not self._exited
+
+    def send_signal(self, signum: int) -> None:
+        """ProcessLookupError once it has exited (or is no longer watched: its pid may be another's by then)."""
+        if self._exited:
+            raise ProcessLookupError(f"process {self.pid} has exited")
+        if self._fd is not None:
+            signal.pidfd_send_signal(self._fd, signum)
+        else:
+            os.kill(self.pid, signum)
+
+    def close(self) -> None:
+        """Stop watching: alive() is False from then on."""
+        self._exited = True
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class KernelFront:
     def __init__(self, connection: dict, kernel_id: str, replicas: list[dict], cluster: ClusterClient | None,
                  gpus: int = 0) -> None:
@@ -130,6 +194,8 @@ class KernelFront:
         self.routes: OrderedDict[str, tuple[Any, list[bytes], int]] = OrderedDict()
         self.finished = asyncio.Event()
         self.exit_code = 0
+        self._claimant: WatchedProcess | None = None  # the restarted Jupyter server that last claimed this kernel
+        self._unclaimed = False  # the grace period ended without a claim: the kernel is being removed
 
     # ------------------------------------------------------------------------------------------ sockets
 
@@ -212,6 +278,8 @@ class KernelFront:
             self.cells.put_nowait(Cell(frames, msg))
         elif header["msg_type"] == "shutdown_request":
             self._shutdown(client_sock, frames)
+        elif header["msg_type"] == CLAIM_REQUEST and client_sock is self.control:
+            self._on_claim(frames)
         else:
             self._route(client_sock, frames, header)
 
@@ -415,11 +483,20 @@ class KernelFront:
         """Ask the scheduler for this cell's executor and devices; wait, saying so in the cell, while GPUs are busy.
 
         A replica the scheduler migrated is restarting on its new host: the cell goes out once it answers."""
+        cluster = self.cluster
         try:
-            grant = await self.cluster.request_execution(self.kernel_id, self.gpus)
-            if not grant["granted"]:
+            grant = await self._through_outage(lambda: cluster.request_execution(self.kernel_id, self.gpus), cell)
+            while not grant["granted"]:
                 self._notice(cell.msg, f"notebookos: waiting for {grant['gpus']} GPU(s): {grant['reason']}\n")
-                grant = await self.cluster.wait_execution(self.kernel_id)
+                try:
+                    grant = await cluster.wait_execution(self.kernel_id)
+                except ClusterError as err:
+                    if err.status not in (None, 409):
+                        raise
+                    # The service went away while the cell waited; the one that took its place knows nothing of
+                    # the queued request: ask again.
+                    grant = await self._through_outage(lambda: cluster.request_execution(self.kernel_id, self.gpus),
+                                                       cell)
         except ClusterError as err:
             self._fail_cell(cell, "NotebookOSGPUUnavailable", err.detail or str(err))
             return None
@@ -446,8 +523,10 @@ class KernelFront:
     async def _release_gpus(self, cell: Cell) -> None:
         times = cell.gpu_times
         cell.gpu_times = {}
+        cluster = self.cluster
         try:
-            await self.cluster.release_execution(self.kernel_id, times.get("bind_s"), times.get("release_s"))
+            await self._through_outage(lambda: cluster.release_execution(self.kernel_id, times.get("bind_s"),
+                                                                          times.get("release_s")))
         except ClusterError as err:
             log.error("could not give this cell's GPUs back: %s", err)
 
@@ -511,8 +590,10 @@ class KernelFront:
         if self.cluster is None or replica.restarting:
             return
         replica.restarting = True
+        cluster = self.cluster
         try:
-            described = await self.cluster.restart_replica(self.kernel_id, replica.index, replica.endpoint)
+            described = await self._through_outage(lambda: cluster.restart_replica(self.kernel_id, replica.index,
+                                                                                     replica.endpoint))
         except ClusterError as err:
             replica.restarting = False
             log.error("could not restart %s: %s", replica, err)
@@ -556,6 +637,24 @@ class KernelFront:
             else:
                 await asyncio.sleep(REPLACEMENT_POLL_S)
 
+    async def _through_outage(self, call: Callable[[], Awaitable[T]], cell: Cell | None = None) -> T:
+        """``call()``'s answer, retried while the cluster service does not answer at all (restarted, it takes its
+        state back and answers again); the cell, if any, says once that it waits. Refusals are raised at once."""
+        delay, told = OUTAGE_RETRY_S[0], False
+        while True:
+            try:
+                return await call()
+            except ClusterError as err:
+                if err.status is not None:
+                    raise
+                if cell is not None and not told:
+                    self._notice(cell.msg, "notebookos: the cluster service does not answer; this cell waits for "
+                                           "it to be back\n")
+                    told = True
+                log.warning("%s; retrying in %.1f s", err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, OUTAGE_RETRY_S[1])
+
     def _majority_lost(self, cell: Cell) -> None:
         lost = ", ".join(str(r) for r in self.replicas if not r.alive)
         text = (f"notebookos: this kernel lost {lost}; with fewer than {self.majority} of its {len(self.replicas)} "
@@ -581,20 +680,61 @@ class KernelFront:
         self.finished.set()
 
     async def _watch_parent(self) -> None:
-        """Like ipykernel: exit when the Jupyter process that started us is gone, removing our replicas, since
-        nobody else will ever clean up after an orphaned kernel."""
+        """Remove this kernel and exit once the Jupyter server managing it has been gone for the restart grace
+        period (``NOTEBOOKOS_RESTART_GRACE_S``; 0: at once, as ipykernel exits with its parent) without another
+        server claiming it: nobody else would ever clean up after an orphaned kernel. The managing server is the
+        process that started us (``JPY_PARENT_PID``) until a restarted server claims us (``_on_claim``)."""
         parent = int(os.environ.get("JPY_PARENT_PID") or 0)
         if parent <= 1:
             return
-        while os.getppid() == parent:
+        grace = _restart_grace_s()
+        gone_since: float | None = None
+        while True:
+            manager, alive = self._manager(parent)
+            if alive:
+                gone_since = None
+            elif gone_since is None:
+                gone_since = time.monotonic()
+                log.warning("the Jupyter server %d managing this kernel is gone; the kernel is removed unless a "
+                            "restarted server claims it within %g s", manager, grace)
+            if gone_since is not None and time.monotonic() - gone_since >= grace:
+                break
             await asyncio.sleep(PARENT_CHECK_S)
-        log.warning("the Jupyter process %d that started this kernel is gone; removing the kernel", parent)
+        self._unclaimed = True
+        log.warning("no Jupyter server claimed this kernel; removing it")
         if self.cluster is not None:
             try:
                 await self.cluster.delete_kernel(self.kernel_id)
             except ClusterError as err:
                 log.error("could not remove this kernel's replicas: %s", err)
         self._exit(0)
+
+    def _manager(self, parent: int) -> tuple[int, bool]:
+        """The Jupyter server managing this kernel, and whether it still runs: the last one to claim it, else the
+        one that started it (our parent for as long as it lives; then init or a subreaper adopts us)."""
+        if self._claimant is not None:
+            return self._claimant.pid, self._claimant.alive()
+        return parent, os.getppid() == parent
+
+    def _on_claim(self, frames: Frames) -> None:
+        """A Jupyter server restarted on its predecessor's state folder restored this kernel and manages it from now
+        on: watch that process instead. The request is signed with the kernel's message key (deserialize checks
+        it), so only a holder of the key can claim. The reply says whether a cell is running, for the server's
+        model of the kernel."""
+        msg = self.session.deserialize(_strip_delim(frames.body), content=True)
+        pid = msg["content"].get("pid")
+        if self._unclaimed:
+            content = {"status": "error", "evalue": "this kernel is being removed: no server claimed it in time"}
+        elif not isinstance(pid, int) or pid <= 1:
+            content = {"status": "error", "evalue": f"a claim names the process {pid!r}, not a process id"}
+        else:
+            if self._claimant is not None:
+                self._claimant.close()
+            self._claimant = WatchedProcess(pid)
+            log.info("claimed by the Jupyter server %d", pid)
+            busy = self.pending is not None or not self.cells.empty()
+            content = {"status": "ok", "execution_state": "busy" if busy else "idle"}
+        self.session.send(self.control, CLAIM_REPLY, content, parent=msg, ident=frames.idents)
 
     # ----------------------------------------------------------------------------------- own messages
 
@@ -626,6 +766,16 @@ class KernelFront:
 
     def _replica(self, index: int) -> ReplicaLink:
         return self.replicas[index]
+
+
+def _restart_grace_s() -> float:
+    raw = os.environ.get(RESTART_GRACE_ENV) or "0"
+    try:
+        return max(float(raw), 0.0)
+    except ValueError:
+        log.error("%s=%r is not a number of seconds; this kernel is removed as soon as its Jupyter server is gone",
+                  RESTART_GRACE_ENV, raw)
+        return 0.0
 
 
 def _strip_delim(body: list[bytes]) -> list[bytes]:

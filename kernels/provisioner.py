@@ -5,29 +5,44 @@ process, the kernel front, started from the kernelspec's argv with the connectio
 that, it asks the cluster to place the kernel's three replicas; afterwards it removes them. With no cluster
 configured it starts (or reuses) an embedded one on this machine, which exits with its last kernel, so the
 kernelspec works from any Jupyter client.
+
+The front outlives the Jupyter server that started it for ``restart_grace_s``: a server restarted on the same state
+folder restores the kernel from its record (``get_provisioner_info``/``load_provisioner_info``, as Enterprise
+Gateway's kernel persistence does), adopts the front (``claim``) and manages it like one it started.
 """
 from __future__ import annotations
 
-import getpass
+import asyncio
 import json
 import os
+import signal
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
+from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.provisioning import LocalProvisioner
 from jupyter_core.paths import secure_write
-from traitlets import Integer
+from traitlets import Float, Integer
 
 from ..gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterClient, ClusterError, discovery_file
 from ..gpu_broker.cluster.launcher import ensure_cluster
+from ..server_extension.permissions import kernel_owner
+from .front import CLAIM_REPLY, CLAIM_REQUEST, RESTART_GRACE_ENV, WatchedProcess
 
 
 class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
     gpus = Integer(0, help="GPUs each cell of this kernel asks for; the kernelspec's provisioner config sets it, "
                            "and its replicas are placed (subscribed) accordingly").tag(config=True)
+    restart_grace_s = Float(0.0, min=0.0, help=(
+        "Seconds the kernel front waits, once the Jupyter server that manages it is gone (killed, crashed), for a "
+        "server restarted on the same state folder to claim it before it removes the kernel. 0: at once, since a "
+        "server that does not persist its kernels never claims them; `notebookos lab --state-dir` sets it from "
+        "--kernel-grace.")).tag(config=True)
 
     _cluster: ClusterClient | None = None
     _replicas_file: Path | None = None
+    _adopted: WatchedProcess | None = None  # the front of a kernel restored from a dead server's record
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         kwargs = await super().pre_launch(**kwargs)
@@ -35,9 +50,10 @@ class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
         info = self.connection_info
         key = info["key"].decode() if isinstance(info["key"], bytes) else str(info["key"])
         env = kwargs.get("env") or os.environ
-        # Shown on the dashboard: whose kernel this is (the Hub user, else the account running Jupyter) and the
-        # notebook it serves (Jupyter Server names the session's path in the kernel's environment).
-        owner = env.get("JUPYTERHUB_USER") or getpass.getuser()
+        # Whose kernel this is (the Hub user, else the account running Jupyter: what the REST API and dashboard match
+        # their users against) and the notebook it serves (Jupyter Server names the session's path in the kernel's
+        # environment).
+        owner = kernel_owner(env)
         try:
             described = await self._cluster.create_kernel(self.kernel_id, key, info["signature_scheme"],
                                                           str(kwargs.get("cwd") or os.getcwd()), self.gpus,
@@ -50,12 +66,16 @@ class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
             json.dump(described, f)
         env = dict(kwargs.get("env") or os.environ)
         env[CLUSTER_FILE_ENV] = str(discovery_file())
+        env[RESTART_GRACE_ENV] = str(self.restart_grace_s)
         kwargs["env"] = env
         kwargs["cmd"] = [*kwargs["cmd"], "--kernel-id", self.kernel_id, "--replicas", str(self._replicas_file)]
         return kwargs
 
     async def cleanup(self, restart: bool = False) -> None:
         await super().cleanup(restart)
+        if self._adopted is not None:
+            self._adopted.close()
+            self._adopted = None
         if self._replicas_file is not None:
             self._replicas_file.unlink(missing_ok=True)
             self._replicas_file = None
@@ -63,21 +83,90 @@ class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
             try:
                 await self._cluster.delete_kernel(self.kernel_id)
             except ClusterError as err:
-                self.log.warning("notebookos: could not remove the replicas of kernel %s: %s", self.kernel_id, err)
+                if err.status != 404:  # 404: gone already (its front removed it when no server claimed it)
+                    self.log.warning("notebookos: could not remove the replicas of kernel %s: %s", self.kernel_id,
+                                     err)
             self._cluster = None
 
     async def get_provisioner_info(self) -> dict[str, Any]:
-        """What a restarted Jupyter server needs to manage this kernel again (see jupyter_client's persistence)."""
+        """What a restarted Jupyter server needs to manage this kernel again: LocalProvisioner's (the front's pid,
+        the connection info), the replicas file, the cluster's discovery file and the working directory."""
         info = await super().get_provisioner_info()
         info.update(replicas_file=str(self._replicas_file) if self._replicas_file else None,
-                    cluster_file=str(discovery_file()) if self._cluster else None)
+                    cluster_file=str(discovery_file()) if self._cluster else None,
+                    cwd=str(self.cwd) if self.cwd else None)
         return info
 
     async def load_provisioner_info(self, provisioner_info: dict) -> None:
+        """Take over a kernel whose front a dead server started: ``has_process`` while that front runs."""
         await super().load_provisioner_info(provisioner_info)
         replicas_file, cluster_file = provisioner_info.get("replicas_file"), provisioner_info.get("cluster_file")
         self._replicas_file = Path(replicas_file) if replicas_file else None
         self._cluster = ClusterClient.from_file(Path(cluster_file)) if cluster_file else None
+        self.cwd = provisioner_info.get("cwd")
+        self._adopted = WatchedProcess(self.pid) if self.pid else None
+
+    async def claim(self, timeout_s: float) -> dict | None:
+        """Ask the adopted front to answer to this process from now on (kernels/front.py: it watches the claiming
+        server as it watched the one that started it). The front's answer (``execution_state``), or None when
+        nothing answers on its control channel with its key within ``timeout_s``: it is gone, or hangs."""
+        if self._adopted is None or not self._adopted.alive():
+            return None
+        client = AsyncKernelClient()
+        client.load_connection_info(self.connection_info)
+        client.start_channels(shell=False, iopub=False, stdin=False, hb=False, control=True)
+        request = client.session.msg(CLAIM_REQUEST, {"pid": os.getpid()})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        try:
+            client.control_channel.send(request)
+            while (remaining := deadline - loop.time()) > 0:
+                reply = await client.control_channel.get_msg(timeout=remaining)
+                if reply["msg_type"] == CLAIM_REPLY and reply["parent_header"].get("msg_id") == request["msg_id"]:
+                    return reply["content"] if reply["content"].get("status") == "ok" else None
+        except Empty:
+            pass
+        finally:
+            client.stop_channels()
+        return None
+
+    # An adopted front is not our child: these follow it through WatchedProcess where LocalProvisioner uses its Popen.
+
+    @property
+    def has_process(self) -> bool:
+        return self._adopted is not None or super().has_process
+
+    async def poll(self) -> int | None:
+        if self._adopted is None:
+            return await super().poll()
+        return None if self._adopted.alive() else 0  # not our child: its exit status is not ours to know
+
+    async def wait(self) -> int | None:
+        if self._adopted is None:
+            return await super().wait()
+        while self._adopted.alive():
+            await asyncio.sleep(0.1)
+        self._adopted.close()
+        self._adopted = None
+        return 0
+
+    async def send_signal(self, signum: int) -> None:
+        if self._adopted is None:
+            return await super().send_signal(signum)
+        try:
+            self._adopted.send_signal(signum)
+        except ProcessLookupError:
+            pass  # gone already
+
+    async def kill(self, restart: bool = False) -> None:
+        if self._adopted is None:
+            return await super().kill(restart)
+        await self.send_signal(signal.SIGKILL)
+
+    async def terminate(self, restart: bool = False) -> None:
+        if self._adopted is None:
+            return await super().terminate(restart)
+        await self.send_signal(signal.SIGTERM)
 
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
         return recommended

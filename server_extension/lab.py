@@ -4,26 +4,44 @@ Starts the cluster service on this machine (N logical hosts), points the noteboo
 ``NOTEBOOKOS_CLUSTER_FILE``, and runs JupyterLab in the foreground with the notebookos server extension (the REST
 API under ``/api/notebookos/``) enabled. Arguments it does not know are passed to JupyterLab unchanged
 (``--port``, ``--no-browser``, ``--IdentityProvider.token=...``), so it can be started headless for scripts and tests.
-Stopping JupyterLab stops the cluster and every replica.
+Stopping JupyterLab (Ctrl-C, SIGTERM to this command, or JupyterLab's own shut down) stops the cluster and every
+replica.
+
+With ``--state-dir`` kernels outlive a JupyterLab that is killed or crashes: JupyterLab runs with the persistent
+kernel manager and session database under ``STATE/jupyter`` (kernel_persistence.py), the cluster is left running, and
+the kernel fronts wait ``--kernel-grace`` seconds for ``notebookos lab --state-dir STATE`` to take them back; that
+command finds the running cluster through ``STATE/cluster.json`` and uses it rather than starting another.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterError
+from ..gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterClient, ClusterError
 from ..gpu_broker.cluster.join_token import TokenError, read_token
-from ..gpu_broker.cluster.launcher import start_cluster, write_remote_discovery_file
+from ..gpu_broker.cluster.launcher import start_cluster, stop_cluster, write_remote_discovery_file
 from ..gpu_broker.cluster.tls import TLSError, fetch_pinned_ca
+from ..kernels.front import WatchedProcess
 
 # Enables the notebookos server extension (the REST API under /api/notebookos/) in the Jupyter server started here;
 # merged with the extensions Jupyter's config files enable.
 ENABLE_EXTENSION_ARG = "--ServerApp.jpserver_extensions=notebookos.server_extension=True"
+# How long kernels outlive a killed or crashed JupyterLab by default: time for a supervisor (systemd's Restart=) or a
+# person who sees the terminal to start it again. Meanwhile the replicas keep their memory and their place on the
+# hosts, but no GPU: GPUs are bound per cell, and a cell that was running gives them back when it ends.
+DEFAULT_KERNEL_GRACE_S = 300.0
+# Under --state-dir: the kernel records, their lock and the session database of the Jupyter server.
+JUPYTER_STATE = "jupyter"
+CLUSTER_STOP_S = 30.0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +56,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-hosts", type=int, default=None,
                         help="let the autoscaler add logical hosts up to this many (default: --hosts, no scale-out)")
     parser.add_argument("--state-dir", type=Path, default=None,
-                        help="where replicas keep journals and the object store (default: a new temporary folder)")
+                        help="where replicas keep journals and the object store, and JupyterLab its kernels and "
+                             "sessions: kernels outlive a killed or crashed JupyterLab, and this command with the "
+                             "same folder takes them back (default: a new temporary folder, and nothing outlives "
+                             "JupyterLab)")
+    parser.add_argument("--kernel-grace", type=float, default=None, metavar="SECONDS",
+                        help="with --state-dir: how long kernels wait, after JupyterLab is killed or crashes, for "
+                             "this command to take them back before they shut down "
+                             f"(default {DEFAULT_KERNEL_GRACE_S:.0f})")
     network = parser.add_argument_group("a cluster of several machines")
     network.add_argument("--listen", default=None, metavar="ADDR:PORT",
                          help="the cluster service listens here, so that agents on GPU machines can join it")
@@ -72,9 +97,23 @@ def run(args: argparse.Namespace) -> int:
     if (args.cluster is None) != (args.cluster_token_file is None):
         print("notebookos: --cluster and --cluster-token-file go together", file=sys.stderr)
         return 2
-    state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="notebookos-"))
+    persistent = args.state_dir is not None
+    if args.kernel_grace is not None and (not persistent or args.kernel_grace < 0):
+        print("notebookos: --kernel-grace takes seconds (0 or more) and needs --state-dir, where a restarted "
+              "JupyterLab finds its kernels", file=sys.stderr)
+        return 2
+    grace = DEFAULT_KERNEL_GRACE_S if args.kernel_grace is None else args.kernel_grace
+    state_dir = (args.state_dir or Path(tempfile.mkdtemp(prefix="notebookos-"))).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
-    cluster: subprocess.Popen | None = None
+    if persistent:
+        # Imported here: it loads Jupyter Server, which the other subcommands of `notebookos` do without.
+        from .kernel_persistence import StateFolderBusy, lock_state_folder
+        try:
+            lock_state_folder(state_dir / JUPYTER_STATE).close()  # fail before touching the cluster it uses
+        except StateFolderBusy as err:
+            print(f"notebookos: {err}", file=sys.stderr)
+            return 1
+    cluster: LocalCluster | None = None
     try:
         if args.cluster:
             discovery = state_dir / "cluster.json"
@@ -86,25 +125,126 @@ def run(args: argparse.Namespace) -> int:
             write_remote_discovery_file(discovery, args.cluster, token.secret, ca_pem)
             where = f"the cluster at {args.cluster}"
         else:
-            cluster, discovery = start_cluster(state_dir, args.hosts, args.gpus_per_host, _cluster_options(args))
-            where = f"a cluster of {args.hosts} logical hosts" + (f", agents join at {args.listen}" if args.listen
-                                                                  else "")
+            cluster = LocalCluster.running(state_dir / "cluster.json") if persistent else None
+            if cluster is not None:
+                where = (f"the cluster already running for this state folder (pid {cluster.pid}; its options stand, "
+                         "not these)")
+            else:
+                cluster = LocalCluster.start(state_dir, args)
+                where = f"a cluster of {args.hosts} logical hosts" + (f", agents join at {args.listen}" if args.listen
+                                                                      else "")
+            discovery = cluster.discovery
     except (ClusterError, TokenError, TLSError) as err:
         print(f"notebookos: {err}", file=sys.stderr)
         return 1
     env = dict(os.environ, **{CLUSTER_FILE_ENV: str(discovery)})
-    lab_args = [ENABLE_EXTENSION_ARG, *args.extra]
+    lab_args = [ENABLE_EXTENSION_ARG, *(_persistence_args(state_dir, grace) if persistent else ()), *args.extra]
     if os.geteuid() == 0 and "--allow-root" not in lab_args:
         lab_args.append("--allow-root")
     print(f"notebookos: {where}, state in {state_dir}", flush=True)
-    lab = subprocess.Popen([sys.executable, "-m", "jupyterlab", *lab_args], env=env)
-    signal.signal(signal.SIGTERM, lambda *_: lab.terminate())
+    code: int | None = None  # stays None if JupyterLab could not be run
+    asked_to_stop = False
     try:
-        return lab.wait()
+        code, asked_to_stop = _run_jupyterlab(lab_args, env)
+        return code
+    finally:
+        # JupyterLab shut its kernels down when it was stopped, or exited 0; otherwise (killed, crashed) its kernels
+        # outlive it under --state-dir, and so must the cluster that runs their replicas.
+        outlive = persistent and code not in (None, 0) and not asked_to_stop
+        if outlive and (cluster is None or cluster.kernels()):
+            print(f"notebookos: JupyterLab {_how_it_ended(code)}; its kernels keep running for {grace:g} s: run "
+                  f"`notebookos lab --state-dir {state_dir}` again to reconnect to them", flush=True)
+        elif cluster is not None:
+            cluster.stop()
+
+
+def _persistence_args(state_dir: Path, grace: float) -> list[str]:
+    """JupyterLab's options for kernels that outlive it: the persistent kernel manager and session database under
+    the state folder, and the fronts' grace period."""
+    folder = state_dir / JUPYTER_STATE
+    return [
+        "--ServerApp.kernel_manager_class=notebookos.server_extension.kernel_persistence.PersistentKernelManager",
+        f"--PersistentKernelManager.persistence_dir={folder}",
+        f"--SessionManager.database_filepath={folder / 'sessions.db'}",
+        f"--NotebookOSProvisioner.restart_grace_s={grace}",
+    ]
+
+
+def _run_jupyterlab(lab_args: list[str], env: dict[str, str]) -> tuple[int, bool]:
+    """Run JupyterLab in the foreground: its exit status, and whether this command asked it to stop (SIGTERM to
+    this command, or Ctrl-C: the terminal sends JupyterLab one, which asks to confirm, and this command the second)."""
+    lab = subprocess.Popen([sys.executable, "-m", "jupyterlab", *lab_args], env=env)
+    asked = False
+
+    def terminate(*_: object) -> None:
+        nonlocal asked
+        asked = True
+        lab.terminate()
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        return lab.wait(), asked
     except KeyboardInterrupt:
         lab.send_signal(signal.SIGINT)
-        return lab.wait()
-    finally:
-        if cluster is not None:
-            cluster.terminate()
-            cluster.wait(30)
+        return lab.wait(), True
+
+
+def _how_it_ended(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+@dataclass
+class LocalCluster:
+    """The cluster service on this machine whose hosts run the kernels of this ``notebookos lab``: started here
+    (``process``), or by an earlier ``notebookos lab`` on the same state folder whose JupyterLab died, leaving it
+    running for the kernels that outlived it (no ``process``: not our child)."""
+
+    discovery: Path
+    pid: int
+    process: subprocess.Popen | None = None
+
+    @classmethod
+    def start(cls, state_dir: Path, args: argparse.Namespace) -> "LocalCluster":
+        process, discovery = start_cluster(state_dir, args.hosts, args.gpus_per_host, _cluster_options(args))
+        return cls(discovery, process.pid, process)
+
+    @classmethod
+    def running(cls, discovery: Path) -> "LocalCluster | None":
+        """The service the discovery file names, if it runs on this machine (a pid: not a remote one) and answers."""
+        try:
+            pid = json.loads(discovery.read_text())["pid"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not isinstance(pid, int) or not asyncio.run(ClusterClient.from_file(discovery).alive()):
+            return None
+        return cls(discovery, pid)
+
+    def kernels(self) -> int:
+        """How many kernels it runs (0 when it does not answer: nothing is left to keep it for)."""
+        try:
+            return len(asyncio.run(ClusterClient.from_file(self.discovery).request("GET", "/cluster"))["kernels"])
+        except (ClusterError, OSError, ValueError, KeyError, TypeError):
+            return 0
+
+    def stop(self) -> None:
+        """SIGTERM (the service stops its replicas), SIGKILL if it has not exited within CLUSTER_STOP_S."""
+        if self.process is not None:
+            stop_cluster(self.process, CLUSTER_STOP_S)
+            return
+        service = WatchedProcess(self.pid)
+        try:
+            service.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + CLUSTER_STOP_S
+            while service.alive() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if service.alive():
+                service.send_signal(signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # gone already
+        finally:
+            service.close()
