@@ -22,8 +22,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterClient, ClusterError
@@ -42,6 +44,10 @@ DEFAULT_KERNEL_GRACE_S = 300.0
 # Under --state-dir: the kernel records, their lock and the session database of the Jupyter server.
 JUPYTER_STATE = "jupyter"
 CLUSTER_STOP_S = 30.0
+# A cluster service that dies while JupyterLab runs is started again on its state folder (it takes its kernels
+# back), checked this often; one that dies this many times within the window is left down, with a message.
+CLUSTER_WATCH_S = 0.5
+CLUSTER_RESTARTS, CLUSTER_RESTART_WINDOW_S = 5, 60.0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -134,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
                 where = f"a cluster of {args.hosts} logical hosts" + (f", agents join at {args.listen}" if args.listen
                                                                       else "")
             discovery = cluster.discovery
+            cluster.keep_running(state_dir, args)
     except (ClusterError, TokenError, TLSError) as err:
         print(f"notebookos: {err}", file=sys.stderr)
         return 1
@@ -207,6 +214,8 @@ class LocalCluster:
     discovery: Path
     pid: int
     process: subprocess.Popen | None = None
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _watcher: threading.Thread | None = None
 
     @classmethod
     def start(cls, state_dir: Path, args: argparse.Namespace) -> "LocalCluster":
@@ -231,8 +240,49 @@ class LocalCluster:
         except (ClusterError, OSError, ValueError, KeyError, TypeError):
             return 0
 
+    def keep_running(self, state_dir: Path, args: argparse.Namespace) -> None:
+        """Restart the service, on a thread of its own, whenever it dies while JupyterLab runs (a crash, the OOM
+        killer): started on its state folder, it takes its hosts and kernels back, and listens where the kernel
+        fronts wait for it. Not after :meth:`stop`, nor once it died CLUSTER_RESTARTS times within a minute."""
+        def watch() -> None:
+            restarts: deque[float] = deque(maxlen=CLUSTER_RESTARTS)
+            while not self._stopping.wait(CLUSTER_WATCH_S):
+                if self._alive():
+                    continue
+                if len(restarts) == CLUSTER_RESTARTS and time.monotonic() - restarts[0] < CLUSTER_RESTART_WINDOW_S:
+                    print(f"notebookos: the cluster service died {CLUSTER_RESTARTS} times within "
+                          f"{CLUSTER_RESTART_WINDOW_S:.0f} s; not starting it again (its log is above)", file=sys.stderr)
+                    return
+                restarts.append(time.monotonic())
+                print(f"notebookos: the cluster service (pid {self.pid}) died; starting it again on {state_dir}",
+                      file=sys.stderr, flush=True)
+                try:
+                    self.process, self.discovery = start_cluster(state_dir, args.hosts, args.gpus_per_host,
+                                                                 _cluster_options(args), discovery=self.discovery)
+                except ClusterError as err:
+                    print(f"notebookos: {err}", file=sys.stderr, flush=True)
+                    continue
+                self.pid = self.process.pid
+
+        self._watcher = threading.Thread(target=watch, name="notebookos-cluster-watch", daemon=True)
+        self._watcher.start()
+
+    def _alive(self) -> bool:
+        if self.process is not None:
+            return self.process.poll() is None
+        service = WatchedProcess(self.pid)
+        try:
+            return service.alive()
+        except ProcessLookupError:
+            return False
+        finally:
+            service.close()
+
     def stop(self) -> None:
         """SIGTERM (the service stops its replicas), SIGKILL if it has not exited within CLUSTER_STOP_S."""
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join()  # a restart under way finishes first, so that its process is the one stopped
         if self.process is not None:
             stop_cluster(self.process, CLUSTER_STOP_S)
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import signal
 import socket
@@ -241,3 +242,33 @@ def test_a_kernel_no_server_claims_shuts_down_after_its_grace_period(labs: Labs,
     again.wrapper.send_signal(signal.SIGTERM)
     assert again.wait_exit() == 0
     wait_until(lambda: not labs.leftovers(), "the cluster service to exit", EXIT_S)
+
+
+@pytest.mark.timeout(120)
+def test_a_crashed_cluster_service_is_started_again_and_the_notebook_goes_on(labs: Labs, tmp_path: Path) -> None:
+    """SIGKILL of the cluster service under a running ``notebookos lab``: the wrapper starts it again on its state
+    folder, it takes the kernel back, and the notebook's next cell runs on the same variables."""
+    state = tmp_path / "state"
+    lab = labs.start(state)
+    _, kernel_id = _start_notebook(lab)
+    asyncio.run(lab.run(kernel_id, "x = 41"))
+    crashed = lab.api("GET", "api/notebookos/cluster")["pid"]
+    os.kill(crashed, signal.SIGKILL)
+
+    def service_pid() -> int | None:
+        try:
+            return lab.api("GET", "api/notebookos/cluster")["pid"]
+        except urllib.error.HTTPError:  # 503 while it is down
+            return None
+
+    wait_until(lambda: service_pid() not in (None, crashed), "the cluster service to be started again", START_S)
+    restarted = psutil.Process(service_pid())
+    assert f"the cluster service (pid {crashed}) died; starting it again" in lab.log.read_text()
+    outputs = asyncio.run(lab.run(kernel_id, "x + 1"))
+    assert outputs["execute_result"]["data"]["text/plain"] == "42"
+    assert [k["id"] for k in lab.api("GET", "api/notebookos/kernels")["kernels"]] == [kernel_id]
+
+    lab.wrapper.send_signal(signal.SIGTERM)
+    assert lab.wait_exit() == 0
+    wait_until(lambda: not labs.leftovers(), "the restarted cluster service and the replicas to exit", EXIT_S)
+    assert _exited(restarted)
