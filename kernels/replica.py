@@ -36,13 +36,13 @@ from traitlets import Unicode, default
 
 from ..replication.election import ALL_YIELD, ElectionBook, VoteNeeded
 from ..replication.entries import (CellKey, ExecutionRecord, LogEntry, MembershipChanged, Proposal, Role, Snapshot,
-                                   Vote)
+                                   SnapshotRequest, Vote)
 from ..replication.membership import members_route, request_join
 from ..replication.namespace import NamespaceTracker, StateApplyError, StateDelta
 from ..replication.object_store import LocalDirectoryStore, ObjectStore, ObjectStoreError, open_store
 from ..replication.peer_store import ObjectServer, PeerStore
 from ..replication.raft_log import AppendFailed, KernelLog
-from ..replication.snapshots import Restore
+from ..replication.snapshots import Restore, SnapshotAccepted
 from .replica_config import ReplicaConfig
 from .gpu_request import parse_gpus_magic
 from .protocol import (EXECUTOR_ANNOUNCEMENT, EXIT_STATE_FOLDER_FULL, GPU_RELEASED, NOTEBOOKOS_META, STATE_APPLIED,
@@ -82,6 +82,11 @@ class ReplicaKernel(IPythonKernel):
         self._warned_unpicklable: dict[str, str] = {}
         self._told_lost: set[str] = set()
         self._unapplied: list[str] = []
+        # Why this replica's namespace misses a committed change (None: it does not), until it rebuilds from the
+        # snapshot it asked for; it does not lead cells meanwhile. A rebuild that fails too is not asked for again.
+        self._diverged: str | None = None
+        self._rebuild_failed = False
+        self._snapshot_wanted = False  # a replica asked for a snapshot: the next executor takes one after its cell
         self._installs: list[str] = []  # the install lines of every accepted cell so far, for the next snapshot
         self.book = ElectionBook(cfg.replica)
         self._peer_urls = list(cfg.peer_urls)  # the kernel's replicas' peer APIs, updated as members change
@@ -169,7 +174,7 @@ class ReplicaKernel(IPythonKernel):
 
     # ----------------------------------------------------------------------------------------------- the log
 
-    def _on_commit(self, entry: LogEntry | Restore) -> None:
+    def _on_commit(self, entry: LogEntry | Restore | SnapshotAccepted) -> None:
         """pysyncobj's thread: hand the entry (or a restore) to the kernel's own loop, preserving log order."""
         self._loop.call_soon_threadsafe(self._entries.put_nowait, entry)
 
@@ -179,6 +184,8 @@ class ReplicaKernel(IPythonKernel):
             item = await self._entries.get()
             if isinstance(item, Restore):
                 await self._restore(item)
+            elif isinstance(item, SnapshotAccepted):
+                await self._on_snapshot(item)
             else:
                 await self._apply(item)
 
@@ -198,9 +205,36 @@ class ReplicaKernel(IPythonKernel):
                 self._collect_garbage()
             elif isinstance(entry, MembershipChanged):
                 self._peer_urls[entry.replica] = entry.peer_url
+            elif isinstance(entry, SnapshotRequest):
+                self._snapshot_wanted = True
         except Exception:
             self.log.exception("failed to apply a committed log entry %r", type(entry).__name__)
         self._wake(getattr(entry, "cell", None))
+
+    def _diverge(self, why: str) -> None:
+        """This replica could not apply a committed change: ask the next executor for a snapshot to rebuild from
+        (once; a replica whose rebuild failed too stays as it is, and tells the user at its first cell)."""
+        if self._diverged is not None or self._rebuild_failed:
+            return
+        self._diverged = why
+        self.log.warning("this replica's namespace misses a committed change (%s): asking for a snapshot to rebuild "
+                         "from", why)
+        self._append_in_background(SnapshotRequest(self.replica_config.replica, why[:500]))
+
+    async def _on_snapshot(self, accepted: SnapshotAccepted) -> None:
+        """A snapshot became the latest: the wish for one is met; a replica that diverged rebuilds from it."""
+        self._snapshot_wanted = False
+        if self._diverged is None:
+            return
+        why, self._diverged = self._diverged, None
+        await self._restore(Restore(accepted.index, accepted.snapshot, (), ()))
+        if self._unapplied:
+            self._rebuild_failed = True
+            self.log.error("rebuilding from the snapshot of log index %d did not help: %s", accepted.index,
+                           "; ".join(self._unapplied))
+        else:
+            self.log.info("rebuilt the namespace from the snapshot of log index %d (it had missed: %s)",
+                          accepted.index, why)
 
     def _leave_if_state_folder_full(self) -> None:
         """Exit (EXIT_STATE_FOLDER_FULL) when the state folder has less room than ``min_free_mb``: a replica that
@@ -327,6 +361,7 @@ class ReplicaKernel(IPythonKernel):
             # to the user in the first cell this replica runs.
             self.log.error("%s", err)
             self._unapplied.append(str(err))
+            self._diverge(str(err))
             return
         self._record_history(record, extra.get("out", _NO_OUTPUT))
         self.session.send(self.iopub_socket, STATE_APPLIED,
@@ -388,14 +423,17 @@ class ReplicaKernel(IPythonKernel):
         proposal = Proposal(
             cell=cell,
             replica=me,
-            role=Role.LEAD if meta.get("lead") else Role.YIELD,
+            # A replica missing part of the namespace does not lead a cell it is not pinned to by its GPUs.
+            role=Role.LEAD if meta.get("lead") and not (self._diverged and not meta.get("devices")) else Role.YIELD,
             leads=int(meta.get("leads", 1)),
             voters=tuple(meta["voters"]),
             devices=tuple(meta.get("devices", ())),
         )
         try:
-            if proposal.role is Role.LEAD or proposal.leads > 1:
-                self._append_in_background(proposal)  # in a single-lead round the others only wait (election.py)
+            if meta.get("lead") or proposal.leads > 1:
+                # In a single-lead round the others only wait (election.py): the invited replica's LEAD, or its YIELD
+                # (its namespace misses something), decides.
+                self._append_in_background(proposal)
             executor = await self._decision(cell)
         except AppendFailed as err:
             self._send_execute_reply(stream, ident, parent, _error_content("NotebookOSMajorityLost", str(err)),
@@ -482,7 +520,7 @@ class ReplicaKernel(IPythonKernel):
             self._own_records.pop(cell, None)
             self._notify(parent, f"notebookos: this cell's state could not be replicated: {err}\n")
             return
-        if self.raft.snapshots.records_in_tail >= self.replica_config.snapshot_every:
+        if self.raft.snapshots.records_in_tail >= self.replica_config.snapshot_every or self._snapshot_wanted:
             await self._snapshot(parent, record, accepted)
 
     async def _snapshot(self, parent: dict[str, Any], record: ExecutionRecord, accepted: asyncio.Future[bool]) -> None:

@@ -104,4 +104,14 @@ class Snapshot:
     installs: tuple[str, ...] = ()  # the default also reads snapshots written before installs were kept
 
 
-LogEntry = Proposal | Vote | ExecutionRecord | MembershipChanged | Snapshot
+@dataclass(frozen=True)
+class SnapshotRequest:
+    """A replica could not apply a committed state delta (a value that fails to load there, an object it cannot
+    get): the next executor takes a :class:`Snapshot` after its cell instead of waiting for the interval, and the
+    replica rebuilds its namespace from it rather than staying behind on the names it missed."""
+
+    replica: int
+    reason: str
+
+
+LogEntry = Proposal | Vote | ExecutionRecord | MembershipChanged | Snapshot | SnapshotRequest

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 
-from .entries import ExecutionRecord, LogEntry, MembershipChanged
-from .snapshots import Restore, SnapshotState, dump_path
+from .entries import ExecutionRecord, LogEntry, MembershipChanged, Snapshot
+from .snapshots import Restore, SnapshotAccepted, SnapshotState, dump_path
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +91,12 @@ class KernelLog(SyncObj):
         peer_addresses: list[str],
         password: str,
         journal_path: str | None,
-        on_commit: Callable[[LogEntry | Restore], None],
+        on_commit: Callable[[LogEntry | Restore | SnapshotAccepted], None],
         compact_after: int = COMPACT_AFTER_ENTRIES,
     ) -> None:
-        """``on_commit`` receives, in log order, every committed entry to apply and, when a dump replaces this
-        replica's state (its own at start, or the leader's), one :class:`Restore` in place of the entries it covers."""
+        """``on_commit`` receives, in log order, every committed entry to apply, a :class:`SnapshotAccepted` for
+        each snapshot entry that became the latest and, when a dump replaces this replica's state (its own at start,
+        or the leader's), one :class:`Restore` in place of the entries it covers."""
         self._on_commit = on_commit
         self._peers = list(peer_addresses)  # in replica order: an entry's replica index names its node
         self.snapshots = SnapshotState(self._restored)
@@ -121,7 +122,10 @@ class KernelLog(SyncObj):
     @replicated
     def _commit(self, entry: LogEntry) -> None:
         # pysyncobj counts an entry as applied once this returns: this entry's index is one past the applied one.
-        if not self.snapshots.admit(self.raftLastApplied + 1, entry):
+        index = self.raftLastApplied + 1
+        if not self.snapshots.admit(index, entry):
+            if isinstance(entry, Snapshot) and self.snapshots.snapshot is entry:
+                self._on_commit(SnapshotAccepted(index, entry))
             return
         if isinstance(entry, MembershipChanged):
             self._map_member(entry)

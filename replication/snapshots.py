@@ -38,6 +38,15 @@ _DUMP_FORMAT = 1
 
 
 @dataclass(frozen=True)
+class SnapshotAccepted:
+    """A :class:`Snapshot` entry at log ``index`` became the latest one: a replica whose namespace missed something
+    rebuilds from it (the others already hold what it captures)."""
+
+    index: int
+    snapshot: Snapshot
+
+
+@dataclass(frozen=True)
 class Restore:
     """Replace the replica's whole state by ``snapshot`` (None: the empty namespace), then apply ``tail``.
 

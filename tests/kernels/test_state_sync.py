@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from .driver import replicas_of
+
 REPLICAS = (0, 1, 2)
 
 DIGEST = r'''
@@ -106,3 +108,42 @@ def test_history_and_execution_count_follow_the_cell_to_another_replica(notebook
     assert third.result == "84"
     counts = [r.reply["content"]["execution_count"] for r in (first, second, third)]
     assert counts == [counts[0], counts[0] + 1, counts[0] + 2]
+
+
+REBUILD_CELLS = 10  # rounds of cells that may pass before replica 1 has rebuilt (one or two are needed)
+
+
+def test_a_replica_that_cannot_load_a_value_rebuilds_from_a_snapshot(notebook, tmp_path):
+    """A value that fails to load on one standby (here once, as a module still being installed there would) does not
+    leave that replica without it: the replica asks for a snapshot, stays out of leading meanwhile, and rebuilds
+    its namespace from the snapshot the next executor takes."""
+    marker = tmp_path / "loaded-once-on-replica-1"
+    standby = next(r["host"] for r in replicas_of(notebook) if r["replica"] == 1)
+    # What loads on the standbys is what _load returns; it fails once on replica 1's host. (It imports inside: a
+    # function pickled by value is called before its globals are restored.)
+    define = (
+        "def _load(marker, host):\n"
+        "    import os\n"
+        "    if os.environ.get('NOTEBOOKOS_HOST') == host and not os.path.exists(marker):\n"
+        "        open(marker, 'w').close()\n"
+        "        raise RuntimeError('not loadable here yet')\n"
+        "    return 'loaded'\n"
+        "class Fussy:\n"
+        f"    def __reduce__(self): return (_load, ({str(marker)!r}, {standby!r}))\n"
+        "f = Fussy()\n"
+        "g = 0\n"
+    )
+    assert notebook.run(define, replica=0).status == "ok"
+    where = "import os\nprint(os.environ['NOTEBOOKOS_HOST'], globals().get('f'))"
+    seen = []
+    for _ in range(REBUILD_CELLS):
+        res = notebook.run(where, replica=1)  # until it has rebuilt, replica 1 yields and another runs the cell
+        assert res.status == "ok", res.error
+        seen.append(res.stdout.strip())
+        if res.stdout.split() == [standby, "loaded"]:
+            break
+        assert notebook.run("g += 1", replica=0).status == "ok"
+    else:
+        pytest.fail(f"replica 1 ({standby}) never ran a cell with f after {REBUILD_CELLS} cells; ran: {seen}")
+    assert marker.exists(), "the value did fail to load once on replica 1"
+    assert notebook.value("g", replica=1) == notebook.value("g", replica=0)
