@@ -19,8 +19,14 @@ Authentication. The replicas of a kernel share a secret (its Raft password). Eve
 The secret itself never crosses the network. A signature is good for one method on one path for as long as its
 timestamp is within MAX_CLOCK_SKEW_S of the server's clock, which bounds replays; and a replay can at worst read
 an object again or store the very object its key names, since a PUT body must hash to the key in the path.
-Integrity needs no signature: readers check that the bytes hash to the key. Bodies are not encrypted: keep the
-replicas' network private, or put TLS in front of the servers.
+Readers also check that the bytes they get hash to the key. Answers are authenticated when they carry a body
+(sealed, below); the bare status that answers a HEAD or a PUT is not.
+
+Confidentiality. Every body is sealed (AES-256-GCM under a key derived from the same secret, see `sealing`): a
+PUT's object is encrypted chunk by chunk on its way to the socket and decrypted into the receiving buffer as it
+arrives, and a GET's answer likewise, each bound to its request's method, path and timestamp. A body that does not
+open is refused (400) or, in an answer, counted as that peer's failure: it is never stored. The request line (so
+the object's key), status codes and error explanations travel in clear; each store keeps its objects in clear.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from urllib.parse import urlsplit
 
 import tornado.httpserver
 import tornado.httputil
+import tornado.iostream
 import tornado.netutil
 import tornado.web
 
@@ -52,6 +59,16 @@ from .object_store import (
     StoreFullError,
     _digest_of,
 )
+from .sealing import (
+    SEALED_CONTENT_TYPE,
+    Opener,
+    SealedBodyError,
+    Sealer,
+    answer_context,
+    plaintext_size,
+    request_context,
+    sealed_size,
+)
 
 __all__ = [
     "AUTH_SCHEME",
@@ -63,6 +80,7 @@ __all__ = [
     "PeerStore",
     "TooFewCopiesError",
     "auth_headers",
+    "sealing_context",
 ]
 
 _log = logging.getLogger(__name__)
@@ -123,6 +141,12 @@ def refusal(secret: str, request: tornado.httputil.HTTPServerRequest) -> str | N
     return None
 
 
+def sealing_context(make: Callable[[str, str, str], bytes], request: tornado.httputil.HTTPServerRequest) -> bytes:
+    """What the body of a signed `request` (make=request_context) or of its answer (answer_context) is sealed for:
+    its method, path and signed timestamp. Call it once `refusal` has passed the request."""
+    return make(request.method or "", request.path, request.headers[TIME_HEADER])
+
+
 def _is_number(text: str) -> bool:
     """Whether `text` is a decimal number int() reads (str.isdigit alone also accepts '²')."""
     return text.isascii() and text.isdigit()
@@ -152,6 +176,7 @@ class ObjectServer:
         self._routes = list(routes)  # more of the kernel's peer API (membership), served beside the objects
         self.address = address
         self._secret = secret
+        self._sealer = Sealer(secret)
         self._requested_port = port
         self._bound_port: int | None = None
         self._thread: threading.Thread | None = None
@@ -220,11 +245,12 @@ class ObjectServer:
     async def _serve(self, sockets: list[Any]) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+        objects = {"store": self.store, "secret": self._secret, "sealer": self._sealer}
         application = tornado.web.Application(
-            [(r"/objects/([^/]+)", _ObjectHandler, {"store": self.store, "secret": self._secret}), *self._routes],
+            [(r"/objects/([^/]+)", _ObjectHandler, objects), *self._routes],
             log_function=_log_request,
         )
-        server = tornado.httpserver.HTTPServer(application, max_body_size=MAX_OBJECT_SIZE)
+        server = tornado.httpserver.HTTPServer(application, max_body_size=sealed_size(MAX_OBJECT_SIZE))
         server.add_sockets(sockets)
         self._ready.set()
         await self._stopping.wait()
@@ -242,13 +268,15 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 @tornado.web.stream_request_body
 class _ObjectHandler(tornado.web.RequestHandler):
     """`/objects/<key>`. Store calls run on the loop's executor: a 100 MB read or fsync must not stall other
-    requests. PUT bodies stream into one buffer of the announced size and are hashed as they arrive."""
+    requests. PUT bodies are opened as they arrive into one buffer of the object's size, and hashed as they open;
+    GET answers are sealed chunk by chunk as the socket takes them."""
 
-    def initialize(self, store: ObjectStore, secret: str) -> None:
+    def initialize(self, store: ObjectStore, secret: str, sealer: Sealer) -> None:
         self._store = store
         self._secret = secret
-        self._body: bytearray | None = None
-        self._received = 0
+        self._sealer = sealer
+        self._opener: Opener | None = None
+        self._unopened: str | None = None  # why the PUT body did not open, once a chunk has failed
         self._hasher = hashlib.sha256()
 
     def compute_etag(self) -> str | None:
@@ -269,25 +297,32 @@ class _ObjectHandler(tornado.web.RequestHandler):
             self._expect_body()
 
     def _expect_body(self) -> None:
-        """Allocate the PUT body's buffer once, at its announced size (no growing and copying as it arrives)."""
+        """Allocate the object's buffer once, at its final size (no growing and copying as the body arrives)."""
         length = self.request.headers.get("Content-Length", "")
         if not _is_number(length):
             self._answer(411, "a PUT must announce its body's size in a Content-Length header")
-        elif int(length) > MAX_OBJECT_SIZE:
+            return
+        try:
+            size = plaintext_size(int(length))
+        except SealedBodyError as error:
+            self._answer(400, f"{error}; nothing stored")
+            return
+        if size > MAX_OBJECT_SIZE:
             self._answer(413, f"objects larger than {MAX_OBJECT_SIZE} bytes are not accepted")
-        else:
-            try:
-                self._body = bytearray(int(length))
-            except MemoryError:
-                self._answer(507, f"this machine lacks the memory to receive a {length}-byte object right now")
+            return
+        try:
+            self._opener = self._sealer.opener(sealing_context(request_context, self.request), int(length))
+        except MemoryError:
+            self._answer(507, f"this machine lacks the memory to receive a {size}-byte object right now")
 
     def data_received(self, chunk: bytes) -> None:
-        if self._body is None:
-            return  # refused before its body arrived
-        end = self._received + len(chunk)
-        self._body[self._received : end] = chunk
-        self._received = end
-        self._hasher.update(chunk)
+        if self._opener is None:
+            return  # refused before its body arrived, or a chunk did not open
+        try:
+            for opened in self._opener.feed(chunk):
+                self._hasher.update(opened)
+        except SealedBodyError as error:
+            self._opener, self._unopened = None, str(error)  # drop what opened: nothing of it may be kept
 
     async def get(self, key: str) -> None:
         try:
@@ -298,8 +333,18 @@ class _ObjectHandler(tornado.web.RequestHandler):
         except ObjectStoreError as error:  # corrupt here, or the store failed: the reader asks another replica
             self._answer(500, str(error))
             return
-        self.set_header("Content-Type", "application/octet-stream")
-        self.finish(data)
+        self.set_header("Content-Type", SEALED_CONTENT_TYPE)
+        self.set_header("Content-Length", str(sealed_size(len(data))))
+        connection = self.request.connection
+        assert connection is not None
+        try:
+            await self.flush()
+            # Straight to the connection: RequestHandler.write takes bytes only, which would copy every piece.
+            for piece in self._sealer.seal(memoryview(data), sealing_context(answer_context, self.request)):
+                await connection.write(piece)  # done once the socket has taken it: the buffer may then be reused
+        except tornado.iostream.StreamClosedError:
+            return  # the reader left (it reports its own failure)
+        self.finish()
 
     async def head(self, key: str) -> None:
         try:
@@ -310,13 +355,16 @@ class _ObjectHandler(tornado.web.RequestHandler):
         self.set_status(200 if present else 404)
 
     async def put(self, key: str) -> None:
-        assert self._body is not None
+        if self._opener is None:  # a chunk did not open, and data_received dropped the rest
+            self._answer(400, f"{self._unopened}; nothing stored")
+            return
+        body = self._opener.plaintext()  # whole: tornado calls put once the announced Content-Length has arrived
         actual = KEY_PREFIX + self._hasher.hexdigest()
         if actual != key:
             self._answer(400, f"the body hashes to {actual}, not to the key {key} it was sent under; nothing stored")
             return
         try:
-            await asyncio.get_running_loop().run_in_executor(None, self._store.put, memoryview(self._body))
+            await asyncio.get_running_loop().run_in_executor(None, self._store.put, memoryview(body))
         except StoreFullError as error:
             self._answer(507, str(error))
             return
@@ -368,6 +416,7 @@ class PeerStore(ObjectStore):
         self._connect_timeout = min(timeout, _CONNECT_TIMEOUT_S)
         self._peers = peers
         self._secret = secret
+        self._sealer = Sealer(secret)
 
     def __repr__(self) -> str:
         return f"PeerStore({self.local!r}, min_copies={self.min_copies})"
@@ -474,17 +523,48 @@ class PeerStore(ObjectStore):
     def _request(
         self, connection: http.client.HTTPConnection, method: str, path: str, body: memoryview | None = None
     ) -> tuple[int, bytes]:
-        """One signed request: its status, and its body or (on an error) the server's explanation.
+        """One signed request, its body sealed: its status, and the object opened (a GET's 200) or the server's
+        explanation (errors, which travel in clear).
 
-        Raises _PeerError, saying what went wrong, on network failure.
+        Raises _PeerError, saying what went wrong, on network failure or an answer that does not open.
         """
+        headers = auth_headers(self._secret, method, path)
+        timestamp = headers[TIME_HEADER]
+        sealed = None
+        if body is not None:
+            headers["Content-Type"] = SEALED_CONTENT_TYPE
+            headers["Content-Length"] = str(sealed_size(body.nbytes))
+            sealed = self._sealer.seal(body, request_context(method, path, timestamp))
         with self._network_errors(f"did not answer within {self.timeout} s"):
-            connection.request(method, path, body=body, headers=auth_headers(self._secret, method, path))
+            connection.request(method, path, body=sealed, headers=headers)
             if body is not None:  # the peer hashes, writes and fsyncs the whole object before it answers
                 connection.sock.settimeout(self.timeout + body.nbytes / _SLOW_DISK_BYTES_PER_S)
             response = connection.getresponse()
+            if method == "GET" and response.status == 200:
+                return 200, self._open(response, answer_context(method, path, timestamp))
             content = response.read()
         return response.status, (response.getheader(_ERROR_HEADER, "").encode() or content)
+
+    def _open(self, response: http.client.HTTPResponse, context: bytes) -> bytes:
+        """A sealed answer, read one sealed chunk at a time and opened as it comes.
+
+        Returns bytes, as the store's contract says (io.BytesIO, which unpickles it, shares bytes but would copy
+        a bytearray): the one copy of the object on this, the fetching, path.
+        """
+        length = response.getheader("Content-Length", "")
+        if response.getheader("Content-Type") != SEALED_CONTENT_TYPE or not _is_number(length):
+            raise _PeerError("answered with an unsealed body: it is not an object server of this notebookos version")
+        try:
+            opener = self._sealer.opener(context, int(length))
+            while not opener.complete and (piece := response.read(opener.wanted)):
+                for _ in opener.feed(piece):
+                    pass
+            return bytes(opener.plaintext())
+        except SealedBodyError as error:
+            raise _PeerError(
+                f"sent an answer that does not open ({error}): it does not hold this kernel's secret, or the answer "
+                "was changed on the way"
+            ) from None
 
     @staticmethod
     @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 Each "machine" is a LocalDirectoryStore in a directory of its own, served by an ObjectServer, and read and written
 through a PeerStore that knows the other machines' servers. Losing a machine = stopping its server and deleting
-its directory.
+its directory. A Relay between a store and a server is an eavesdropper, or a man in the middle, on the network.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import tornado.web
 
 from notebookos.replication.object_store import (
     LocalDirectoryStore,
@@ -36,7 +37,15 @@ from notebookos.replication.peer_store import (
     TooFewCopiesError,
     auth_headers,
 )
+from notebookos.replication.sealing import (
+    CHUNK_SIZE,
+    SealedBodyError,
+    Sealer,
+    answer_context,
+    request_context,
+)
 from tests.replication import test_store_contract as contract
+from tests.replication.relay import Relay
 
 _TIMEOUT_S = 5.0  # a peer's silence; only reached if something hangs (stopped servers refuse at once)
 
@@ -106,6 +115,17 @@ def _request(server: ObjectServer, method: str, path: str, headers: dict[str, st
         return response.status, response.read()
     finally:
         connection.close()
+
+
+def _sealed_put(secret: str, path: str, data: bytes) -> tuple[dict[str, str], bytes]:
+    """The headers and the sealed body of a PUT of `data` to `path`, as a PeerStore sends them."""
+    headers = auth_headers(secret, "PUT", path)
+    return headers, Sealer(secret).seal_bytes(data, request_context("PUT", path, headers[TIME_HEADER]))
+
+
+def _open_answer(secret: str, method: str, path: str, headers: dict[str, str], sealed: bytes) -> bytes:
+    """The server's sealed answer to a request sent with `headers`, opened with `secret`'s key."""
+    return Sealer(secret).open_bytes(sealed, answer_context(method, path, headers[TIME_HEADER]))
 
 
 def _signed(secret: str, method: str, path: str, timestamp: int) -> dict[str, str]:
@@ -259,13 +279,14 @@ def test_head_and_get_answer_present_and_missing_objects(cluster, secret):
     a = cluster[0]
     key = a.local.put(b"served")
     missing = content_key(b"absent")
-    for method, wanted_key, status, body in [
-        ("HEAD", key, 200, b""),
-        ("HEAD", missing, 404, b""),
-        ("GET", key, 200, b"served"),
-    ]:
+    for method, wanted_key, status in [("HEAD", key, 200), ("HEAD", missing, 404)]:
         path = f"/objects/{wanted_key}"
-        assert _request(a.server, method, path, auth_headers(secret, method, path)) == (status, body)
+        assert _request(a.server, method, path, auth_headers(secret, method, path)) == (status, b"")
+    path = f"/objects/{key}"
+    headers = auth_headers(secret, "GET", path)
+    status, body = _request(a.server, "GET", path, headers)
+    assert status == 200 and b"served" not in body
+    assert _open_answer(secret, "GET", path, headers, body) == b"served"
     path = f"/objects/{missing}"
     status, body = _request(a.server, "GET", path, auth_headers(secret, "GET", path))
     assert status == 404 and missing.encode() in body
@@ -305,7 +326,7 @@ def test_a_put_whose_body_does_not_hash_to_the_key_is_refused_with_400_and_nothi
     a = cluster[0]
     claimed = content_key(b"what the key says")
     path = f"/objects/{claimed}"
-    status, body = _request(a.server, "PUT", path, auth_headers(secret, "PUT", path), b"something else")
+    status, body = _request(a.server, "PUT", path, *_sealed_put(secret, path, b"something else"))
     assert status == 400 and content_key(b"something else").encode() in body
     assert not a.local.contains(claimed) and not a.local.contains(content_key(b"something else"))
     assert [path for path in a.directory.rglob("*") if path.is_file()] == []
@@ -323,7 +344,7 @@ def test_a_put_is_idempotent(cluster, secret):
     data = b"twice"
     path = f"/objects/{content_key(data)}"
     for _ in range(2):
-        assert _request(a.server, "PUT", path, auth_headers(secret, "PUT", path), data)[0] == 204
+        assert _request(a.server, "PUT", path, *_sealed_put(secret, path, data))[0] == 204
     assert a.local.get(content_key(data)) == data
 
 
@@ -338,3 +359,122 @@ def test_a_100_mb_object_round_trip(cluster, tmp_path, secret):
     assert reader.get(key) == data
     get_s = time.perf_counter() - started
     print(f"\n100 MiB over loopback: put (here + 1st of 2 peers) {put_s:.2f} s, get (fetch, check, keep) {get_s:.2f} s")
+
+
+# -------------------------------------------------------------------------------------------- confidentiality
+
+
+_PATTERN = b"NOTEBOOKOS-PLAINTEXT-MARKER:"  # what an eavesdropper would look for: it is in every object below
+
+
+def _recognizable(size: int) -> bytes:
+    """`size` bytes full of _PATTERN, so that any stretch of plaintext on the wire would show."""
+    return (_PATTERN * (size // len(_PATTERN) + 1))[:size]
+
+
+@pytest.fixture
+def relay_to_a(cluster):
+    """A Relay in front of machine A's object server."""
+    relay = Relay(cluster[0].server.port)
+    yield relay
+    relay.close()
+
+
+def test_an_eavesdropper_sees_no_object_bytes_pushed_or_fetched(cluster, relay_to_a, tmp_path, secret):
+    a, b, c = cluster
+    data = _recognizable(3 * CHUNK_SIZE + 12_345)  # several chunks and a short last one
+    writer = PeerStore(b.local, lambda: [relay_to_a.url], secret, timeout=_TIMEOUT_S)
+    key = writer.put(data)
+    assert a.local.get(key) == data  # A got it, through the relay, and keeps it in clear at rest
+    reader = PeerStore(LocalDirectoryStore(tmp_path / "reader"), lambda: [relay_to_a.url], secret)
+    assert reader.get(key) == data
+    assert b"PUT /objects/" in relay_to_a.sent and b"GET /objects/" in relay_to_a.sent
+    for wire in (relay_to_a.sent, relay_to_a.answered):
+        assert _PATTERN not in wire and _PATTERN[:12] not in wire
+    assert len(relay_to_a.sent) > len(data) and len(relay_to_a.answered) > len(data)  # the object went both ways
+
+
+def test_a_tampered_put_body_is_refused_with_400_and_nothing_is_stored(cluster, secret):
+    a = cluster[0]
+    data = _recognizable(100_000)
+    path = f"/objects/{content_key(data)}"
+    headers, sealed = _sealed_put(secret, path, data)
+    tampered = bytearray(sealed)
+    tampered[len(tampered) // 2] ^= 1
+    status, body = _request(a.server, "PUT", path, headers, bytes(tampered))
+    assert status == 400 and b"does not open" in body and b"changed on the way" in body
+    assert b"nothing stored" in body
+    assert not a.local.contains(content_key(data))
+
+
+def test_a_put_body_in_clear_or_sealed_for_another_request_is_refused(cluster, secret):
+    a = cluster[0]
+    data = b"x" * 1000
+    path = f"/objects/{content_key(data)}"
+    status, body = _request(a.server, "PUT", path, auth_headers(secret, "PUT", path), data)  # in clear
+    assert status == 400 and b"does not open" in body
+    status, body = _request(a.server, "PUT", path, auth_headers(secret, "PUT", path), b"short")  # no sealing's size
+    assert status == 400 and b"not a sealed notebookos body" in body
+    other = f"/objects/{content_key(b'another object')}"
+    _, sealed_for_other = _sealed_put(secret, other, data)  # a captured body, replayed onto another key
+    status, body = _request(a.server, "PUT", path, auth_headers(secret, "PUT", path), sealed_for_other)
+    assert status == 400 and b"does not open" in body
+    assert [path for path in a.directory.rglob("*") if path.is_file()] == []
+
+
+def test_a_get_answer_cannot_be_read_with_another_kernels_password(cluster, secret):
+    a = cluster[0]
+    data = _recognizable(50_000)
+    key = a.local.put(data)
+    path = f"/objects/{key}"
+    headers = auth_headers(secret, "GET", path)
+    status, sealed = _request(a.server, "GET", path, headers)
+    assert status == 200 and _PATTERN not in sealed
+    with pytest.raises(SealedBodyError, match="sealed under another kernel's secret"):
+        _open_answer("another kernel's password", "GET", path, headers, sealed)
+    with pytest.raises(SealedBodyError):  # nor as the answer to another request (a replayed answer)
+        Sealer(secret).open_bytes(sealed, answer_context("GET", path, str(int(headers[TIME_HEADER]) - 1)))
+    assert _open_answer(secret, "GET", path, headers, sealed) == data
+
+
+def test_a_get_answer_changed_on_the_way_is_rejected_and_not_kept(cluster, tmp_path, secret):
+    a = cluster[0]
+    data = _recognizable(200_000)
+    key = a.local.put(data)
+    man_in_the_middle = Relay(a.server.port, flip_answer_at=1000)  # past the headers: in the first chunk
+    try:
+        reader = PeerStore(LocalDirectoryStore(tmp_path / "reader"), lambda: [man_in_the_middle.url], secret)
+        with pytest.raises(ObjectMissingError, match="sent an answer that does not open .*changed on the way"):
+            reader.get(key)
+        assert not reader.local.contains(key)
+    finally:
+        man_in_the_middle.close()
+
+
+def test_a_large_object_crosses_sealed_in_chunks_and_round_trips(cluster, tmp_path, secret):
+    a, b, c = cluster
+    data = os.urandom(20 << 20) + b"tail"  # 20 MiB and a partial chunk
+    key = a.store.put(data)
+    assert b.local.contains(key) or c.local.contains(key)
+    reader = PeerStore(LocalDirectoryStore(tmp_path / "reader"), lambda: [b.server.url, c.server.url], secret)
+    assert reader.get(key) == data
+
+
+class _ServesInClear(tornado.web.RequestHandler):
+    """An object server of an older version, or an impostor: it answers every GET with the bytes in clear."""
+
+    def get(self, key: str) -> None:
+        self.finish(b"served in clear")
+
+
+def test_an_answer_in_clear_is_rejected(tmp_path, secret):
+    impostor = ObjectServer(LocalDirectoryStore(tmp_path / "impostor"), secret,
+                            routes=[(r"/clear/objects/(.+)", _ServesInClear, {})])
+    impostor.start()
+    try:
+        reader = PeerStore(LocalDirectoryStore(tmp_path / "reader"), lambda: [impostor.url + "/clear"], secret)
+        with pytest.raises(ObjectMissingError, match="answered with an unsealed body"):
+            reader.get(content_key(b"served in clear"))
+        assert not reader.local.contains(content_key(b"served in clear"))
+    finally:
+        impostor.stop()
