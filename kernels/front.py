@@ -480,9 +480,34 @@ class KernelFront:
         return 0 if all(line.startswith("%gpus") for line in lines) else self.gpus
 
     async def _request_gpus(self, cell: Cell) -> dict | None:
-        """Ask the scheduler for this cell's executor and devices; wait, saying so in the cell, while GPUs are busy.
+        """The scheduler's grant of this cell's executor and devices (None: the cell failed, and says why).
 
-        A replica the scheduler migrated is restarting on its new host: the cell goes out once it answers."""
+        A replica the scheduler migrated is restarting on its new host: the cell goes out once it answers. A replica
+        this front has seen die, chosen before the cluster heard of it, is reported lost and the GPUs asked for
+        again, so that the scheduler chooses among the live replicas (or the replacement it places)."""
+        grant = await self._grant(cell)
+        if grant is None:
+            return None
+        executor = self._replica(grant["replica"])
+        if grant["kind"] == "lead" and not executor.alive and not executor.restarting:
+            await self._restart(executor)
+            await self._release_gpus(cell)
+            grant = await self._grant(cell)
+            if grant is None:
+                return None
+            executor = self._replica(grant["replica"])
+        if grant["kind"] == "migrate":
+            self._notice(cell.msg, f"notebookos: moving {executor} to {grant['host']} for its GPUs.\n")
+            await self._follow_move(executor)
+            executor = self._replica(grant["replica"])
+        # A migrated replica, or one lost and being restarted in place (the scheduler does not know it died), is
+        # waited for: the cell goes to the replica that holds its GPUs.
+        await executor.wait_alive()
+        return grant
+
+    async def _grant(self, cell: Cell) -> dict | None:
+        """Ask for the cell's GPUs; wait, saying so in the cell, while they are busy or the cluster service is
+        away. None (the cell failed with the reason) when the cluster refuses."""
         cluster = self.cluster
         try:
             grant = await self._through_outage(lambda: cluster.request_execution(self.kernel_id, self.gpus), cell)
@@ -500,14 +525,6 @@ class KernelFront:
         except ClusterError as err:
             self._fail_cell(cell, "NotebookOSGPUUnavailable", err.detail or str(err))
             return None
-        executor = self._replica(grant["replica"])
-        if grant["kind"] == "migrate":
-            self._notice(cell.msg, f"notebookos: moving {executor} to {grant['host']} for its GPUs.\n")
-            await self._follow_move(executor)
-            executor = self._replica(grant["replica"])
-        # A migrated replica, or one lost and being restarted in place (the scheduler does not know it died), is
-        # waited for: the cell goes to the replica that holds its GPUs.
-        await executor.wait_alive()
         return grant
 
     async def _follow_move(self, replica: ReplicaLink) -> None:

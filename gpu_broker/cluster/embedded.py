@@ -122,6 +122,8 @@ class EmbeddedCluster:
         self._touched_hosts: set[str] = set()  # changed since the last save
         self._touched_kernels: set[str] = set()
         self._restored_at: float | None = None  # monotonic time of the restore, if this cluster was restored
+        # Restored commitments of cells on machines whose agents have not reported since: kernel -> (host, replica).
+        self._unconfirmed: dict[str, tuple[str, int]] = {}
         stored = state.load() if state is not None else StoredState()
         if state is not None:
             self.events.listeners.append(state.add_event)
@@ -271,6 +273,7 @@ class EmbeddedCluster:
             if key in self._scaled_starting:
                 self._scaled_starting.discard(key)
                 self._act(self._decide(self.core.scale_out_failed, 1))
+        self._confirm_commitments()
         self._act(self._decide(self.core.tick))
         core = self.core
         with self.lock:
@@ -680,10 +683,7 @@ class EmbeddedCluster:
                 view = host.restore_replica(ReplicaConfig.from_json(replica["config"]), replica["connection"])
                 view.restarts = replica["restarts"]
                 record.replicas.append((host, view))
-            held = saved["allocation"]
-            allocation = None if held is None else Allocation(
-                kernel_id, held["host"], tuple(held["devices"]), held["replica"], AllocationState(held["state"]),
-                held["held"], held["since"])
+            allocation = self._restore_allocation(record, saved["allocation"])
             self.core.restore_kernel(kernel_id, saved["gpus"], {int(i): h for i, h in saved["placed"].items()},
                                      saved["previous_executor"], allocation, saved["executing"])
             self.kernels[kernel_id] = record
@@ -694,6 +694,43 @@ class EmbeddedCluster:
         self.events.append("cluster_restored", time.time(), why,
                            data={"hosts": len(self.hosts), "kernels": len(self.kernels)})
         self._act(self._decide(self.core.restored))
+
+    def _restore_allocation(self, record: KernelRecord, held: dict[str, Any] | None) -> Allocation | None:
+        """The devices a kernel's cell held, reconciled with its executor: dropped if that replica process is gone
+        (a logical host adopts what runs), kept until the agent reports if it is on a machine (see :meth:`tick`)."""
+        if held is None:
+            return None
+        allocation = Allocation(record.kernel_id, held["host"], tuple(held["devices"]), held["replica"],
+                                AllocationState(held["state"]), held["held"], held["since"])
+        executor = next(((h, p) for h, p in record.replicas if p.config.replica == allocation.replica), None)
+        if executor is not None and isinstance(executor[0], RemoteHost):
+            self._unconfirmed[record.kernel_id] = (executor[0].name, executor[1].config.replica)
+        elif executor is None or not executor[1].alive:
+            self._commitment_dropped(record.kernel_id, allocation.host_id, "its executor replica is not running")
+            return None
+        return allocation
+
+    def _commitment_dropped(self, kernel_id: str, host: str, why: str) -> None:
+        self.events.append("commitment_dropped", time.time(), f"the GPUs the kernel's cell held before the cluster "
+                           f"service restarted are free again: {why}", host=host, kernel=kernel_id)
+
+    def _confirm_commitments(self) -> None:
+        """Restored commitments of cells on machines whose agents have reported since the restart: a cell whose
+        executor replica the agent no longer runs gives its devices back."""
+        for kernel_id, (name, replica) in list(self._unconfirmed.items()):
+            host = self.hosts.get(name)
+            kernel = self.core.cluster.kernels.get(kernel_id)
+            if not isinstance(host, RemoteHost) or kernel is None or kernel.allocation is None:
+                del self._unconfirmed[kernel_id]  # the host or the kernel is gone, or the cell released: settled
+                continue
+            if not host.reported:
+                continue
+            del self._unconfirmed[kernel_id]
+            view = host.replicas.get((kernel_id, replica))
+            if view is None or not view.alive:
+                self._commitment_dropped(kernel_id, name, f"its agent no longer runs replica {replica}")
+                if kernel.executing:
+                    self._act(self._decide(self.core.release, kernel_id))
 
     def _restore_host(self, name: str, saved: dict[str, Any]) -> ReplicaHost:
         agent = saved.get("agent")

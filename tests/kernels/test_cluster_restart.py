@@ -12,7 +12,7 @@ from jupyter_client.manager import start_new_kernel
 from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV
 from notebookos.gpu_broker.cluster.launcher import start_cluster, stop_cluster
 
-from .driver import CellResult, Notebook, cluster_request, wait_until
+from .driver import CellResult, Notebook, cluster_request, kill, wait_until
 
 OUTAGE_NOTICE = "the cluster service does not answer"
 
@@ -109,6 +109,38 @@ def test_a_restarted_service_takes_back_kernels_and_commitments(own_cluster, tmp
         assert result.stdout.strip().splitlines()[-1] == "43"
         events = cluster_request(discovery, "GET", "/events?kind=cluster_restored")["events"]
         assert len(events) == 2 and events[-1]["data"]["kernels"] == 1
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+
+
+def test_a_commitment_whose_executor_died_meanwhile_is_given_back(own_cluster, tmp_path: Path):
+    """The executor of a GPU cell dies while the service is down: the restarted service does not take its devices
+    back for it (the replica is gone), and the front re-runs the cell elsewhere, on GPUs granted anew."""
+    first, discovery = own_cluster()
+    km, kc = start_new_kernel(kernel_name="notebookos", startup_timeout=120)
+    notebook = Notebook(km, kc)
+    try:
+        kernel = f"/kernels/{km.kernel_id}"
+        flag = tmp_path / "go"
+        holding = Background(notebook, f"%gpus 1\nimport os, time\nwhile not os.path.exists({str(flag)!r}): "
+                                       "time.sleep(0.05)\nprint('done')")
+        wait_until(lambda: (cluster_request(discovery, "GET", kernel)["allocation"] or {}).get("state") == "committed",
+                   "the cell's GPU to be committed")
+        described = cluster_request(discovery, "GET", kernel)
+        executor = described["allocation"]["replica"]
+        first.kill()
+        first.wait()
+        kill(next(r["pid"] for r in described["replicas"] if r["replica"] == executor))
+        own_cluster()
+        dropped = cluster_request(discovery, "GET", f"/events?kind=commitment_dropped&kernel={km.kernel_id}")["events"]
+        assert len(dropped) == 1, dropped
+        flag.touch()
+        result = holding.finish()
+        assert result.status == "ok" and result.stdout.strip().endswith("done"), (result.stdout, result.stderr)
+        assert "re-running it" in result.stderr
+        wait_until(lambda: cluster_request(discovery, "GET", kernel)["allocation"] is None,
+                   "the re-run's GPU to be given back")
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)

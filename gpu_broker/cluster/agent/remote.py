@@ -60,6 +60,7 @@ class RemoteHost:
         self.verify = verify
         self.replicas: dict[tuple[str, int], RemoteReplica] = {}
         self.last_heartbeat = time.monotonic()
+        self.reported = False  # a heartbeat has come since this proxy was made (what it knows of replicas is news)
         self.lost = False  # declared lost: calls are no longer made, its replicas count as dead
 
     def take_ports(self, kernel_id: str, count: int) -> list[int]:
@@ -97,6 +98,7 @@ class RemoteHost:
     def heartbeat(self, reports: list[dict[str, Any]]) -> None:
         """The agent's report of every replica it runs."""
         self.last_heartbeat = time.monotonic()
+        self.reported = True
         for report in reports:
             replica = self.replicas.get((report.get("kernel_id"), report.get("replica")))
             if replica is not None:
