@@ -40,7 +40,7 @@ from jupyter_client.session import Session
 from ..gpu_broker.cluster.client import ClusterClient, ClusterError, discovery_file
 from .gpu_request import parse_gpus_magic
 from .protocol import EXECUTOR_ANNOUNCEMENT, GPU_RELEASED, NOTEBOOKOS_META, STATE_APPLIED, ReplicaRole
-from .replica_link import HEARTBEAT_DEAD_AFTER_S, ReplicaLink, endpoint_of
+from .replica_link import HEARTBEAT_DEAD_AFTER_S, HEARTBEAT_PERIOD_S, START_TIMEOUT_S, ReplicaLink, endpoint_of
 
 log = logging.getLogger("notebookos.front")
 T = TypeVar("T")
@@ -434,6 +434,9 @@ class KernelFront:
                     return
                 leads, devices = [grant["replica"]], tuple(grant["devices"])
                 alive = self._alive()
+                if not any(r.index == grant["replica"] for r in alive):
+                    await self._release_gpus(cell)  # its executor did not come back in time: ask again
+                    continue
             elif cell.attempt == 0:
                 leads = [self._first_lead(cell, alive)]
             elif tried_lead:
@@ -483,27 +486,29 @@ class KernelFront:
         """The scheduler's grant of this cell's executor and devices (None: the cell failed, and says why).
 
         A replica the scheduler migrated is restarting on its new host: the cell goes out once it answers. A replica
-        this front has seen die, chosen before the cluster heard of it, is reported lost and the GPUs asked for
-        again, so that the scheduler chooses among the live replicas (or the replacement it places)."""
+        this front has seen die (chosen before the cluster heard of it, or being replaced) is reported lost and the
+        GPUs asked for again, so that the scheduler chooses among the live replicas or the replacement it placed,
+        which is then waited for."""
         grant = await self._grant(cell)
-        if grant is None:
-            return None
-        executor = self._replica(grant["replica"])
-        if grant["kind"] == "lead" and not executor.alive and not executor.restarting:
-            await self._restart(executor)
+        if grant is not None and grant["kind"] != "migrate" and not self._replica(grant["replica"]).alive:
+            await self._restart(self._replica(grant["replica"]))
             await self._release_gpus(cell)
             grant = await self._grant(cell)
-            if grant is None:
-                return None
-            executor = self._replica(grant["replica"])
+        if grant is None:
+            return None
         if grant["kind"] == "migrate":
+            executor = self._replica(grant["replica"])
             self._notice(cell.msg, f"notebookos: moving {executor} to {grant['host']} for its GPUs.\n")
             await self._follow_move(executor)
-            executor = self._replica(grant["replica"])
-        # A migrated replica, or one lost and being restarted in place (the scheduler does not know it died), is
-        # waited for: the cell goes to the replica that holds its GPUs.
-        await executor.wait_alive()
+        await self._until_alive(grant["replica"])
         return grant
+
+    async def _until_alive(self, index: int) -> None:
+        """Until replica ``index`` answers heartbeats, through whichever link it has by then (a replacement on
+        another machine gets a new one); bounded, as a start is."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._replica(index).alive and time.monotonic() < deadline:
+            await asyncio.sleep(HEARTBEAT_PERIOD_S / 2)
 
     async def _grant(self, cell: Cell) -> dict | None:
         """Ask for the cell's GPUs; wait, saying so in the cell, while they are busy or the cluster service is

@@ -419,6 +419,9 @@ class EmbeddedCluster:
             host = self.hosts.get(name)
             if not isinstance(host, RemoteHost) or host.lost:
                 raise KeyError(f"no host {name!r} has joined this cluster")
+            if not host.reported and self._restored_at is not None:
+                self.events.append("agent_back", time.time(), "its agent reported to the restarted cluster service",
+                                   host=name)
             host.heartbeat(replicas)
             placed = self.core.cluster.kernels
             return [(r["kernel_id"], r["replica"]) for r in replicas

@@ -274,6 +274,7 @@ def test_a_restarted_cluster_service_takes_back_its_agents_and_kernels(pool: Poo
     assert notebook.run("w = 1").status == "ok"
     before = {r["replica"]: (r["host"], r["pid"]) for r in pool.replicas(notebook.km.kernel_id)}
     crashed = pool.request("GET", "/cluster")["pid"]  # type: ignore[index]
+    hosts = set(pool.hosts_listed())
     assert pool.service is not None
     pool.service.kill()
     pool.service.wait()
@@ -281,16 +282,17 @@ def test_a_restarted_cluster_service_takes_back_its_agents_and_kernels(pool: Poo
     assert json.loads(pool.discovery.read_text())["url"] == pool.url, "the restarted service listens where it did"
     restored = pool.request("GET", "/events?kind=cluster_restored")["events"][-1]["seq"]  # type: ignore[index]
 
-    def rejoined() -> set[str]:
-        events = pool.request("GET", f"/events?kind=agent_rejoined&since={restored}")["events"]  # type: ignore[index]
-        return {e["host"] for e in events}
+    def back() -> set[str]:
+        """Agents heard by the restarted service: by a heartbeat, or a new join if theirs failed meanwhile."""
+        events = pool.request("GET", f"/events?since={restored}")["events"]  # type: ignore[index]
+        return {e["host"] for e in events if e["kind"] in ("agent_back", "agent_rejoined")}
 
-    wait_until(lambda: rejoined() == set(pool.hosts_listed()), "every agent to join the restarted service",
+    wait_until(lambda: back() == set(pool.hosts_listed()), "every agent to report to the restarted service",
                JOIN_DEADLINE_S)
     assert notebook.run("w += 1").status == "ok"
     assert notebook.value("w") == 2
     listed = pool.request("GET", "/cluster")
-    assert listed["pid"] != crashed and len(listed["hosts"]) == len(pool.hosts.hosts)  # type: ignore[index]
+    assert listed["pid"] != crashed and {h["name"] for h in listed["hosts"]} == hosts  # type: ignore[index]
     after = {r["replica"]: (r["host"], r["pid"]) for r in pool.replicas(notebook.km.kernel_id)}
     assert after == before, "no replica was restarted or replaced"
     assert pool.request("GET", f"/events?kind=host_lost&since={restored}")["events"] == []
