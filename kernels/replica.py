@@ -25,7 +25,7 @@ import re
 import sys
 import time
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
 from ipykernel.ipkernel import IPythonKernel
@@ -682,14 +682,37 @@ class ReplicaKernelApp(IPKernelApp):
         return logging.INFO
 
 
+# Loggers of the replica's machinery; the root logger stays the user's, as on a plain kernel.
+OWN_LOGGERS = ("notebookos", "pysyncobj", "__main__")
+
+
+def _own_log_stream() -> TextIO:
+    """Where the replica's own log lines go: its log (what the process's stderr was at start), through a descriptor
+    of their own. ipykernel forwards whatever reaches file descriptor 2 while a cell runs into that cell's output,
+    as it should for the user's code; the replica's Raft, snapshot and object-store lines must not land there."""
+    stream = os.fdopen(os.dup(2), "w", buffering=1)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    for name in OWN_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return stream
+
+
 def main() -> None:
-    # The modules' own loggers (Raft, snapshots, object stores) go to the replica's log beside the kernel's.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    stream = _own_log_stream()
     argv = sys.argv[1:]
     if not any(a.startswith("--HistoryManager.hist_file") for a in argv):
         argv.append("--HistoryManager.hist_file=:memory:")
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    ReplicaKernelApp.launch_instance(argv=argv)
+    app = ReplicaKernelApp.instance()
+    app.initialize(argv)
+    for handler in app.log.handlers:  # the kernel's own log (elections, restores, snapshots) goes there too
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(stream)
+    app.start()
 
 
 if __name__ == "__main__":

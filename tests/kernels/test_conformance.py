@@ -175,6 +175,19 @@ class PythonSamples:
             [(counts[2], "2")]
 
 
+    def test_what_the_user_logs_shows_in_the_cell(self) -> None:
+        """A warning through the root logger, which the user has not configured, shows in the cell's output."""
+        self.flush_channels()  # type: ignore[attr-defined]
+        msg_id = self.kc.execute("import logging\nlogging.warning('user line')")
+        reply = self.get_non_kernel_info_reply(timeout=TIMEOUT)  # type: ignore[attr-defined]
+        assert reply["content"]["status"] == "ok"
+        assert "user line" in _stream_text(self._iopub_until_idle(msg_id))
+
+
+def _stream_text(messages: list[dict]) -> str:
+    return "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream")
+
+
 class TestIPyKernelReference(PythonSamples, jkt.KernelTests):
     """Plain ipykernel: the reference the samples and the harness are checked against."""
 
@@ -200,6 +213,20 @@ class TestNotebookOSConformance(PythonSamples, jkt.KernelTests):
         assert len(replicas) == 3
         assert all(r["alive"] for r in replicas)
         assert len({r["host"] for r in replicas}) == 3
+
+    def test_the_replicas_own_log_lines_stay_out_of_the_cell(self) -> None:
+        """Lines the executor's machinery logs while a cell runs (Raft, snapshots, objects: here one logged from the
+        cell itself on a notebookos logger) go to the replica's log, not into the cell's output."""
+        self.flush_channels()
+        shown = []
+        # ipykernel forwards what reaches file descriptor 2 from a thread of its own, so a line may arrive during
+        # the next cell: both are looked at.
+        for code in ("import logging\nlogging.getLogger('notebookos.replication.raft_log').warning('machinery line')",
+                     "import time\ntime.sleep(0.5)"):
+            msg_id = self.kc.execute(code)
+            assert self.get_non_kernel_info_reply(timeout=TIMEOUT)["content"]["status"] == "ok"
+            shown.append(_stream_text(self._iopub_until_idle(msg_id)))
+        assert not any("machinery line" in text for text in shown), shown
 
 
 class TestNotebookOSIopubWelcome(jkt.IopubWelcomeTests):
