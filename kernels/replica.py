@@ -43,6 +43,7 @@ from ..replication.object_store import LocalDirectoryStore, ObjectStore, ObjectS
 from ..replication.peer_store import ObjectServer, PeerStore
 from ..replication.raft_log import AppendFailed, KernelLog
 from ..replication.snapshots import Restore, SnapshotAccepted
+from . import rng_state
 from .replica_config import ReplicaConfig
 from .gpu_request import parse_gpus_magic
 from .protocol import (EXECUTOR_ANNOUNCEMENT, EXIT_STATE_FOLDER_FULL, GPU_RELEASED, NOTEBOOKOS_META, STATE_APPLIED,
@@ -87,6 +88,7 @@ class ReplicaKernel(IPythonKernel):
         self._diverged: str | None = None
         self._rebuild_failed = False
         self._snapshot_wanted = False  # a replica asked for a snapshot: the next executor takes one after its cell
+        self._rng = rng_state.ChangeTracker()  # the process's random generators travel with the deltas that move them
         self._installs: list[str] = []  # the install lines of every accepted cell so far, for the next snapshot
         self.book = ElectionBook(cfg.replica)
         self._peer_urls = list(cfg.peer_urls)  # the kernel's replicas' peer APIs, updated as members change
@@ -236,6 +238,12 @@ class ReplicaKernel(IPythonKernel):
             self.log.info("rebuilt the namespace from the snapshot of log index %d (it had missed: %s)",
                           accepted.index, why)
 
+    def _set_rng(self, extra: dict[str, Any]) -> None:
+        """Set the process's random generators to the executor's, if the delta carries them."""
+        if "rng" in extra:
+            rng_state.restore(extra["rng"])
+            self._rng.seen()
+
     def _leave_if_state_folder_full(self) -> None:
         """Exit (EXIT_STATE_FOLDER_FULL) when the state folder has less room than ``min_free_mb``: a replica that
         cannot write its journal and objects would fail a cell later, or die in the middle of one. Leaving now, the
@@ -273,7 +281,7 @@ class ReplicaKernel(IPythonKernel):
         if snapshot is not None:
             self._run_installs(snapshot.installs)
             try:
-                tracker.apply(StateDelta.from_bytes(snapshot.delta), ns)
+                self._set_rng(tracker.apply(StateDelta.from_bytes(snapshot.delta), ns))
             except StateApplyError as err:
                 self.log.error("%s", err)
                 self._unapplied.append(str(err))
@@ -356,6 +364,7 @@ class ReplicaKernel(IPythonKernel):
         delta = StateDelta.from_bytes(record.delta)
         try:
             extra = self.tracker.apply(delta, self.shell.user_ns)
+            self._set_rng(extra)
         except StateApplyError as err:
             # The delta cannot be applied here, so this replica is behind on the names it carries. Logged, and told
             # to the user in the first cell this replica runs.
@@ -500,7 +509,11 @@ class ReplicaKernel(IPythonKernel):
         count = int(self._last_reply.get("execution_count", 0)) if in_history else 0
         out = shell.user_ns.get("Out", {}).get(count, _NO_OUTPUT) if count else _NO_OUTPUT
         try:
-            delta = self.tracker.capture(shell.user_ns, count, extra={} if out is _NO_OUTPUT else {"out": out})
+            extra: dict[str, Any] = {} if out is _NO_OUTPUT else {"out": out}
+            rng = self._rng.changed()
+            if rng is not None:
+                extra["rng"] = rng
+            delta = self.tracker.capture(shell.user_ns, count, extra=extra)
         except ObjectStoreError as err:
             self._notify(parent, f"notebookos: this cell's state could not be saved, so it will not survive a "
                                  f"failover: {err}\n")
@@ -534,7 +547,8 @@ class ReplicaKernel(IPythonKernel):
             return  # a restore replaced the state meanwhile
         started = time.perf_counter()
         try:
-            full = self.tracker.capture_all(self.shell.user_ns, record.execution_count)
+            full = self.tracker.capture_all(self.shell.user_ns, record.execution_count,
+                                            extra={"rng": rng_state.current()})
         except ObjectStoreError as err:
             self._notify(parent, f"notebookos: the namespace snapshot could not be stored, so the Raft log keeps "
                                  f"growing until a later one succeeds: {err}\n")

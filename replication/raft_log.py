@@ -18,13 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 from pathlib import Path
 
+import pysyncobj.dns_resolver
+import pysyncobj.syncobj
+import pysyncobj.transport
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 
 from .entries import ExecutionRecord, LogEntry, MembershipChanged, Snapshot
 from .snapshots import Restore, SnapshotAccepted, SnapshotState, dump_path
+
+
+# pysyncobj draws its election timeouts (and a few delays) from the process-wide `random` generator, which is also
+# the notebook's: after `random.seed(1)` a user would see Raft's draws interleaved with their own, and different
+# numbers than on a plain kernel. Its modules get a generator of their own.
+for _module in (pysyncobj.syncobj, pysyncobj.transport, pysyncobj.dns_resolver):
+    _module.random = random.Random()  # type: ignore[attr-defined]
 
 log = logging.getLogger(__name__)
 

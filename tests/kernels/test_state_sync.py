@@ -147,3 +147,24 @@ def test_a_replica_that_cannot_load_a_value_rebuilds_from_a_snapshot(notebook, t
         pytest.fail(f"replica 1 ({standby}) never ran a cell with f after {REBUILD_CELLS} cells; ran: {seen}")
     assert marker.exists(), "the value did fail to load once on replica 1"
     assert notebook.value("g", replica=1) == notebook.value("g", replica=0)
+
+
+DRAW = "[random.random(), float(np.random.rand()), float(torch.rand(1))]"
+
+
+def test_random_draws_go_on_from_replica_to_replica_as_in_one_process(notebook):
+    """After seeding, each replica in turn draws the next numbers of the one sequence a plain kernel would draw:
+    the process-wide generators (random, numpy, torch) travel with the state."""
+    import random
+
+    import numpy as np
+    import torch
+
+    seed = "import random, numpy as np, torch\nrandom.seed(1); np.random.seed(1); torch.manual_seed(1)"
+    assert notebook.run(seed, replica=0).status == "ok"
+    drawn = [notebook.value(DRAW, replica=r) for r in (0, 1, 2, 0)]
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    expected = [eval(DRAW, {"random": random, "np": np, "torch": torch}) for _ in drawn]
+    assert drawn == expected
