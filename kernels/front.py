@@ -113,6 +113,9 @@ class Cell:
     all_yield: set[int] = field(default_factory=set)
     buffered: dict[int, list[list[bytes]]] = field(default_factory=dict)
     idle: list[bytes] | None = None  # the executor's idle status, held until the reply has been forwarded
+    # The notice shown over the output of an attempt whose executor was lost: that output is cleared once another
+    # replica really runs the cell again, and stands if the cell had finished (the new executor answers from the log).
+    stale: str | None = None
     outcome: asyncio.Future | None = None
     gpu_times: dict = field(default_factory=dict)  # bind_s / release_s, as the executor measured them
 
@@ -366,7 +369,7 @@ class KernelFront:
             if parent.get(ATTEMPT_HEADER) != cell.attempt:
                 return  # from an attempt already abandoned
             if header["msg_type"] == EXECUTOR_ANNOUNCEMENT:
-                self._elected(cell, replica.index)
+                self._elected(cell, replica.index, bool(frames.content().get("from_log")))
                 return
             if header["msg_type"] == GPU_RELEASED:
                 cell.gpu_times = frames.content()
@@ -394,7 +397,10 @@ class KernelFront:
         if cell.replied and cell.idle is not None:
             _settle(cell.outcome, "done")
 
-    def _elected(self, cell: Cell, executor: int) -> None:
+    def _elected(self, cell: Cell, executor: int, from_log: bool) -> None:
+        if cell.stale is not None and not from_log:
+            self._notice(cell.msg, cell.stale, clear=True)
+        cell.stale = None
         cell.executor = executor
         self.previous_executor = executor
         for raw in cell.buffered.pop(executor, []):
@@ -593,8 +599,9 @@ class KernelFront:
         cell = self.pending
         if cell is not None and cell.outcome is not None and not cell.outcome.done() and (
                 cell.executor == replica.index or (cell.executor is None and replica.index in cell.leads)):
-            self._notice(cell.msg, f"notebookos: {replica} was lost while running this cell; "
-                                   "re-running it from the last committed state.\n", clear=True)
+            cell.stale = (f"notebookos: {replica} was lost while running this cell; re-running it from the last "
+                          "committed state.\n")
+            self._notice(cell.msg, cell.stale)
             _settle(cell.outcome, "failover")
         elif cell is not None and len(self._alive()) < self.majority:
             _settle(cell.outcome, "majority lost")  # nothing can commit: say so now rather than at a timeout

@@ -456,9 +456,10 @@ class ReplicaKernel(IPythonKernel):
             await self._execute_as_leader(stream, ident, parent, cell)
 
     async def _execute_as_leader(self, stream: Any, ident: Any, parent: dict[str, Any], cell: CellKey) -> None:
-        self.session.send(self.iopub_socket, EXECUTOR_ANNOUNCEMENT,
-                          {"replica": self.replica_config.replica, "host": self.replica_config.host}, parent)
         done = self.book.committed_record(cell.msg_id)
+        # ``from_log``: the cell finished before its executor was lost; the front keeps the output it forwarded.
+        self.session.send(self.iopub_socket, EXECUTOR_ANNOUNCEMENT, {"replica": self.replica_config.replica,
+                          "host": self.replica_config.host, "from_log": done is not None}, parent)
         if done is not None:
             # A previous attempt finished and committed before its executor was lost: answer from the log.
             self._send_execute_reply(stream, ident, parent, done.reply, ReplicaRole.EXECUTOR)
