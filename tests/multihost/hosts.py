@@ -196,6 +196,14 @@ class NetworkHosts:
         result = subprocess.run(["ip", "netns", "identify", str(pid)], capture_output=True, text=True)
         return next((host for host in self.hosts if host.netns == result.stdout.strip()), None)
 
+    def disk(self, host: Host) -> Path | None:
+        """``host``'s private disk as the root namespace can read it (through its holder's mount namespace, e.g. to
+        keep its processes' logs), or None while the host is powered off."""
+        holder = self._holders.get(host.name)
+        if holder is None or holder.poll() is not None:
+            return None
+        return Path(f"/proc/{holder.pid}/root{host.state_dir}")
+
     def link_down(self, host: Host) -> None:
         """Unplug ``host``'s cable: a partition. Its processes keep running; packets to and from it are lost."""
         _ip("link", "set", host.veth, "down")
