@@ -43,6 +43,8 @@ from .protocol import EXECUTOR_ANNOUNCEMENT, GPU_RELEASED, NOTEBOOKOS_META, STAT
 from .replica_link import HEARTBEAT_DEAD_AFTER_S, HEARTBEAT_PERIOD_S, START_TIMEOUT_S, ReplicaLink, endpoint_of
 
 log = logging.getLogger("notebookos.front")
+# IOPub messages that are a cell's output, as the user sees it.
+_OUTPUT_TYPES = frozenset({"stream", "display_data", "update_display_data", "execute_result", "error", "clear_output"})
 T = TypeVar("T")
 
 DELIM = b"<IDS|MSG>"
@@ -116,6 +118,9 @@ class Cell:
     # The notice shown over the output of an attempt whose executor was lost: that output is cleared once another
     # replica really runs the cell again, and stands if the cell had finished (the new executor answers from the log).
     stale: str | None = None
+    # Output that abandoned attempts sent after they were abandoned, by (attempt, replica): if one of them turns out
+    # to have finished and committed (a partition heals), the new executor answers from the log and this is shown.
+    late: dict[tuple[int, int], list[list[bytes]]] = field(default_factory=dict)
     outcome: asyncio.Future | None = None
     gpu_times: dict = field(default_factory=dict)  # bind_s / release_s, as the executor measured them
 
@@ -342,7 +347,7 @@ class KernelFront:
         if role != ReplicaRole.EXECUTOR.value:
             return
         if cell.executor is None:
-            self._elected(cell, replica.index)
+            self._elected(cell, replica.index, frames.metadata().get(NOTEBOOKOS_META, {}).get("from_log"))
         if replica.index != cell.executor:
             return
         if cell.replied:  # answered by an earlier attempt's executor, which died before its state committed
@@ -366,10 +371,13 @@ class KernelFront:
             return  # our own bookkeeping, and replicas greeting the front's subscription (the front greets clients)
         cell = self.pending
         if cell is not None and parent.get("msg_id") == cell.msg_id:
-            if parent.get(ATTEMPT_HEADER) != cell.attempt:
-                return  # from an attempt already abandoned
+            attempt = parent.get(ATTEMPT_HEADER)
+            if attempt != cell.attempt:  # from an attempt already abandoned: kept in case it had finished
+                if header["msg_type"] in _OUTPUT_TYPES and isinstance(attempt, int):
+                    cell.late.setdefault((attempt, replica.index), []).append(raw)
+                return
             if header["msg_type"] == EXECUTOR_ANNOUNCEMENT:
-                self._elected(cell, replica.index, bool(frames.content().get("from_log")))
+                self._elected(cell, replica.index, frames.content().get("from_log"))
                 return
             if header["msg_type"] == GPU_RELEASED:
                 cell.gpu_times = frames.content()
@@ -397,10 +405,16 @@ class KernelFront:
         if cell.replied and cell.idle is not None:
             _settle(cell.outcome, "done")
 
-    def _elected(self, cell: Cell, executor: int, from_log: bool) -> None:
-        if cell.stale is not None and not from_log:
+    def _elected(self, cell: Cell, executor: int, from_log: dict[str, int] | None) -> None:
+        """``executor`` runs this attempt; ``from_log`` (attempt, executor) if it answers from the log because an
+        abandoned attempt had finished: that attempt's output stands (shown already, or kept since in ``late``)."""
+        if from_log is not None:
+            for raw in cell.late.get((from_log["attempt"], from_log["executor"]), []):
+                self.iopub.send_multipart(raw)
+        elif cell.stale is not None:
             self._notice(cell.msg, cell.stale, clear=True)
         cell.stale = None
+        cell.late.clear()
         cell.executor = executor
         self.previous_executor = executor
         for raw in cell.buffered.pop(executor, []):

@@ -21,6 +21,7 @@ import inspect
 import json
 import logging
 import os
+import random
 import re
 import sys
 import time
@@ -457,12 +458,14 @@ class ReplicaKernel(IPythonKernel):
 
     async def _execute_as_leader(self, stream: Any, ident: Any, parent: dict[str, Any], cell: CellKey) -> None:
         done = self.book.committed_record(cell.msg_id)
-        # ``from_log``: the cell finished before its executor was lost; the front keeps the output it forwarded.
+        # ``from_log``: the cell finished (attempt, executor) before its executor was lost; the front shows what
+        # that attempt printed instead of a re-run's output.
+        from_log = None if done is None else {"attempt": done.cell.attempt, "executor": done.executor}
         self.session.send(self.iopub_socket, EXECUTOR_ANNOUNCEMENT, {"replica": self.replica_config.replica,
-                          "host": self.replica_config.host, "from_log": done is not None}, parent)
+                          "host": self.replica_config.host, "from_log": from_log}, parent)
         if done is not None:
             # A previous attempt finished and committed before its executor was lost: answer from the log.
-            self._send_execute_reply(stream, ident, parent, done.reply, ReplicaRole.EXECUTOR)
+            self._send_execute_reply(stream, ident, parent, done.reply, ReplicaRole.EXECUTOR, from_log)
             return
         self._tell_lost_names(parent)
         self._last_reply: dict[str, Any] = {}
@@ -629,9 +632,22 @@ class ReplicaKernel(IPythonKernel):
         return {"status": "ok", "execution_count": self.shell.execution_count, "user_expressions": {}, "payload": []}
 
     def _send_execute_reply(self, stream: Any, ident: Any, parent: dict[str, Any], content: dict[str, Any],
-                            role: ReplicaRole) -> None:
-        self.session.send(stream, "execute_reply", content, parent, ident=ident,
-                          metadata={NOTEBOOKOS_META: {"role": role.value, "replica": self.replica_config.replica}})
+                            role: ReplicaRole, from_log: dict[str, int] | None = None) -> None:
+        meta = {"role": role.value, "replica": self.replica_config.replica}
+        if from_log is not None:
+            meta["from_log"] = from_log
+        self.session.send(stream, "execute_reply", content, parent, ident=ident, metadata={NOTEBOOKOS_META: meta})
+
+    async def kernel_info_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        """IPython's banner, part of the kernel info, picks a tip with the process-wide ``random`` generator, and
+        Jupyter asks for the kernel info at every (re)connection. Whichever replica answers would have the user's
+        generator moved on it alone, and draw other numbers than its peers once it runs a cell: it is kept as it
+        was."""
+        state = random.getstate()
+        try:
+            await super().kernel_info_request(stream, ident, parent)
+        finally:
+            random.setstate(state)
 
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:
         self.raft.destroy()

@@ -162,6 +162,9 @@ def test_random_draws_go_on_from_replica_to_replica_as_in_one_process(notebook):
 
     seed = "import random, numpy as np, torch\nrandom.seed(1); np.random.seed(1); torch.manual_seed(1)"
     assert notebook.run(seed, replica=0).status == "ok"
+    # Jupyter asks for the kernel info at every reconnection; IPython's banner then picks a tip with `random`.
+    notebook.kc.kernel_info()
+    notebook.kc.get_shell_msg(timeout=10)
     drawn = [notebook.value(DRAW, replica=r) for r in (0, 1, 2, 0)]
     random.seed(1)
     np.random.seed(1)
