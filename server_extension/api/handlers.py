@@ -346,7 +346,7 @@ class HistoryHandler(NotebookOSHandler):
             seconds = float(raw)
         except ValueError:
             seconds = -1.0
-        if not 0 < seconds <= 24 * 3600:
+        if not 1 <= seconds <= 24 * 3600:
             raise web.HTTPError(400, f"seconds must be a number from 1 to 86400, got {raw[:40]!r}")
         self.reply(await self.cluster_call(get_history(seconds)))
 

@@ -381,7 +381,7 @@ DOCUMENT: dict = {
             "getHistory", "Samples of the last hour for charts: GPUs committed and total, pending cells, delays.",
             _json(_ref("History"), "The samples."),
             params=[{"name": "seconds", "in": "query", "required": False,
-                     "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400}}]),
+                     "schema": {"type": "number", "minimum": 1, "maximum": 86400}}]),
         f"{API_PREFIX}/metrics": _get(
             "getMetrics", "Prometheus metrics of the cluster (text exposition format).",
             {"description": "Prometheus text; `notebookos_cluster_up` is 0 when the cluster does not answer.",
