@@ -149,7 +149,6 @@ class EmbeddedCluster:
             self._start_kernel(record, key, signature_scheme, gpus)
         with self.lock:
             self.kernels[kernel_id] = record
-            self._touched_kernels.add(kernel_id)
         return self.describe_kernel(kernel_id)
 
     def _start_kernel(self, record: KernelRecord, key: str, signature_scheme: str, gpus: int) -> None:
@@ -690,7 +689,6 @@ class EmbeddedCluster:
             self.core.restore_kernel(kernel_id, saved["gpus"], {int(i): h for i, h in saved["placed"].items()},
                                      saved["previous_executor"], allocation, saved["executing"])
             self.kernels[kernel_id] = record
-            self._touched_kernels.add(kernel_id)
         self._stop_strays()
         why = f"the cluster service restarted and took back {len(self.hosts)} host(s) and {len(self.kernels)} kernel(s)"
         log.info("%s from %s", why, self.state.path if self.state else "")
@@ -714,6 +712,7 @@ class EmbeddedCluster:
         return allocation
 
     def _commitment_dropped(self, kernel_id: str, host: str, why: str) -> None:
+        self._touched_kernels.add(kernel_id)  # its row still names the devices
         self.events.append("commitment_dropped", time.time(), f"the GPUs the kernel's cell held before the cluster "
                            f"service restarted are free again: {why}", host=host, kernel=kernel_id)
 
@@ -844,7 +843,6 @@ def _connection(ports: list[int], key: str, signature_scheme: str) -> dict:
     return {**dict(zip(_CHANNELS, ports[1:1 + len(_CHANNELS)])), "transport": "tcp", "key": key,
             "signature_scheme": signature_scheme, "kernel_name": "notebookos-replica",
             "curve_publickey": public.decode(), "curve_secretkey": secret.decode()}
-
 
 
 def _describe_device(device: int, holder: Allocation | None) -> dict:

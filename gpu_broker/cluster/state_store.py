@@ -67,6 +67,11 @@ class ClusterStateStore:
         self._settings: dict[str, str] = {}
         self.failing: str | None = None  # why the last write failed, until one succeeds
 
+    def settings(self) -> dict[str, str]:
+        """The service's own settings alone (token, address, port): what it needs before the cluster loads."""
+        with self._lock:
+            return dict(self._db.execute("SELECT name, value FROM settings"))
+
     def load(self) -> StoredState:
         with self._lock:
             rows = self._db.execute

@@ -73,7 +73,7 @@ async def serve(args: argparse.Namespace) -> None:
     gpus_per_host = args.gpus_per_host or (max(1, physical // max(1, args.hosts)) if physical else 1)
     join_token = ensure_token(args.join_token_file) if args.join_token_file else None
     state = ClusterStateStore(args.state_dir)
-    stored = state.load().settings
+    stored = state.settings()
     address, port = args.listen
     if port == 0 and stored.get("address") == address:
         port = int(stored["port"])  # a restart: where kernel fronts and agents know it (any port if now taken)
