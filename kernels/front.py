@@ -39,6 +39,7 @@ from jupyter_client.session import Session
 
 from ..gpu_broker.cluster.client import ClusterClient, ClusterError, discovery_file
 from .gpu_request import parse_gpus_magic
+from .watched_process import WatchedProcess
 from .protocol import EXECUTOR_ANNOUNCEMENT, GPU_RELEASED, NOTEBOOKOS_META, STATE_APPLIED, ReplicaRole
 from .replica_link import HEARTBEAT_DEAD_AFTER_S, HEARTBEAT_PERIOD_S, START_TIMEOUT_S, ReplicaLink, endpoint_of
 
@@ -127,57 +128,6 @@ class Cell:
     @property
     def msg_id(self) -> str:
         return self.msg["header"]["msg_id"]
-
-
-class WatchedProcess:
-    """A process that is not our child, watched until it exits (a Jupyter server, for the front; an adopted front,
-    for a restarted server; a cluster service started by an earlier ``notebookos lab``).
-
-    Through a pidfd where the OS has them (Linux 5.3+): it reports the exit even of a zombie nobody reaps (orphans
-    of a killed server go to an init that may never reap them), and a later process that reuses the pid is never
-    taken for it. Elsewhere, by signal 0.
-    """
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self._fd: int | None = None
-        self._exited = False
-        try:
-            self._fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            self._exited = True
-        except (AttributeError, OSError):
-            pass  # no pidfds on this system: signal 0 it is
-
-    def alive(self) -> bool:
-        if self._exited:
-            return False
-        if self._fd is not None:
-            self._exited = bool(select.select([self._fd], [], [], 0)[0])
-        else:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                self._exited = True
-            except PermissionError:
-                pass  # it exists, as another user's process
-        return not self._exited
-
-    def send_signal(self, signum: int) -> None:
-        """ProcessLookupError once it has exited (or is no longer watched: its pid may be another's by then)."""
-        if self._exited:
-            raise ProcessLookupError(f"process {self.pid} has exited")
-        if self._fd is not None:
-            signal.pidfd_send_signal(self._fd, signum)
-        else:
-            os.kill(self.pid, signum)
-
-    def close(self) -> None:
-        """Stop watching: alive() is False from then on."""
-        self._exited = True
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 class KernelFront:

@@ -28,7 +28,8 @@ from traitlets import Float, Integer
 from ..gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterClient, ClusterError, discovery_file
 from ..gpu_broker.cluster.launcher import ensure_cluster
 from ..server_extension.permissions import kernel_owner
-from .front import CLAIM_REPLY, CLAIM_REQUEST, RESTART_GRACE_ENV, WatchedProcess
+from .front import CLAIM_REPLY, CLAIM_REQUEST, RESTART_GRACE_ENV
+from .watched_process import WatchedProcess
 
 
 class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]

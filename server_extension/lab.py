@@ -32,7 +32,7 @@ from ..gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterClient, Cluster
 from ..gpu_broker.cluster.join_token import TokenError, read_token
 from ..gpu_broker.cluster.launcher import start_cluster, stop_cluster, write_remote_discovery_file
 from ..gpu_broker.cluster.tls import TLSError, fetch_pinned_ca
-from ..kernels.front import WatchedProcess
+from ..kernels.watched_process import WatchedProcess
 
 # Enables the notebookos server extension (the REST API under /api/notebookos/) in the Jupyter server started here;
 # merged with the extensions Jupyter's config files enable.
@@ -214,6 +214,7 @@ class LocalCluster:
     discovery: Path
     pid: int
     process: subprocess.Popen | None = None
+    watched: WatchedProcess | None = None  # the service an earlier run left, followed through a pidfd
     _stopping: threading.Event = field(default_factory=threading.Event)
     _watcher: threading.Thread | None = None
 
@@ -231,7 +232,7 @@ class LocalCluster:
             return None
         if not isinstance(pid, int) or not asyncio.run(ClusterClient.from_file(discovery).alive()):
             return None
-        return cls(discovery, pid)
+        return cls(discovery, pid, watched=WatchedProcess(pid))
 
     def kernels(self) -> int:
         """How many kernels it runs (0 when it does not answer: nothing is left to keep it for)."""
@@ -263,6 +264,9 @@ class LocalCluster:
                     print(f"notebookos: {err}", file=sys.stderr, flush=True)
                     continue
                 self.pid = self.process.pid
+                if self.watched is not None:  # the service an earlier run left is gone: ours from now on
+                    self.watched.close()
+                    self.watched = None
 
         self._watcher = threading.Thread(target=watch, name="notebookos-cluster-watch", daemon=True)
         self._watcher.start()
@@ -270,13 +274,7 @@ class LocalCluster:
     def _alive(self) -> bool:
         if self.process is not None:
             return self.process.poll() is None
-        service = WatchedProcess(self.pid)
-        try:
-            return service.alive()
-        except ProcessLookupError:
-            return False
-        finally:
-            service.close()
+        return self.watched is not None and self.watched.alive()
 
     def stop(self) -> None:
         """SIGTERM (the service stops its replicas), SIGKILL if it has not exited within CLUSTER_STOP_S."""
@@ -286,7 +284,9 @@ class LocalCluster:
         if self.process is not None:
             stop_cluster(self.process, CLUSTER_STOP_S)
             return
-        service = WatchedProcess(self.pid)
+        if self.watched is None:
+            return
+        service = self.watched
         try:
             service.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + CLUSTER_STOP_S
