@@ -89,6 +89,9 @@ class ReplicaKernel(IPythonKernel):
         self._diverged: str | None = None
         self._rebuild_failed = False
         self._snapshot_wanted = False  # a replica asked for a snapshot: the next executor takes one after its cell
+        # Cleared while the namespace is rebuilt from the committed state (_roll_back): no cell runs on it meanwhile.
+        self._rebuilt = asyncio.Event()
+        self._rebuilt.set()
         self._rng = rng_state.ChangeTracker()  # the process's random generators travel with the deltas that move them
         self._installs: list[str] = []  # the install lines of every accepted cell so far, for the next snapshot
         self.book = ElectionBook(cfg.replica)
@@ -296,6 +299,16 @@ class ReplicaKernel(IPythonKernel):
             await self._apply(entry)
         for cell in list(self._waiters):
             self._wake(cell)
+        self._rebuilt.set()
+
+    def _roll_back(self, why: str) -> None:
+        """This replica ran a cell whose record the kernel's log does not hold: its namespace has changes the
+        kernel's state has not (a partitioned executor finishes its cell while the others re-run it). Rebuild the
+        namespace from the committed state this replica holds, its latest snapshot and the entries after it, before
+        it runs another cell; a re-run on it would otherwise start from the abandoned attempt's changes."""
+        self.log.warning("%s: rebuilding the namespace from the committed state", why)
+        self._rebuilt.clear()
+        self.raft.rebuild()
 
     def _collect_garbage(self) -> None:
         """Once per accepted snapshot or dump written, delete the objects of this replica's own store that neither
@@ -355,6 +368,8 @@ class ReplicaKernel(IPythonKernel):
             own.set_result(accepted)
         if not accepted:
             self.log.info("fenced off a record of %s from replica %s", record.cell, record.executor)
+            if own is not None:
+                self._roll_back(f"the log fenced off this replica's own record of {record.cell}")
             return
         installs = _install_lines(record.source)
         self._installs = _latest_last(self._installs + installs)
@@ -457,6 +472,7 @@ class ReplicaKernel(IPythonKernel):
             await self._execute_as_leader(stream, ident, parent, cell)
 
     async def _execute_as_leader(self, stream: Any, ident: Any, parent: dict[str, Any], cell: CellKey) -> None:
+        await self._rebuilt.wait()
         done = self.book.committed_record(cell.msg_id)
         # ``from_log``: the cell finished (attempt, executor) before its executor was lost; the front shows what
         # that attempt printed instead of a re-run's output.
@@ -488,6 +504,8 @@ class ReplicaKernel(IPythonKernel):
                 self._report_release(parent, binder.release(ns))
         if delta is not None:
             await self._commit_state(parent, cell, delta)
+        else:
+            self._roll_back(f"the state of {cell} could not be stored")
 
     def _binder_for(self, devices: tuple[int, ...]) -> DeviceBinder | None:
         """The device binder, once there can be anything to bind: GPUs granted, or torch loaded by the user.
@@ -519,8 +537,8 @@ class ReplicaKernel(IPythonKernel):
                 extra["rng"] = rng
             delta = self.tracker.capture(shell.user_ns, count, extra=extra)
         except ObjectStoreError as err:
-            self._notify(parent, f"notebookos: this cell's state could not be saved, so it will not survive a "
-                                 f"failover: {err}\n")
+            self._notify(parent, f"notebookos: this cell's changes could not be stored, so they are undone (the "
+                                 f"kernel keeps the state from before the cell; run it again): {err}\n")
             return None
         self._warn_unpicklable(delta, parent)
         return delta
@@ -535,7 +553,9 @@ class ReplicaKernel(IPythonKernel):
             await self.raft.append_async(record, COMMIT_TIMEOUT_S)
         except AppendFailed as err:
             self._own_records.pop(cell, None)
-            self._notify(parent, f"notebookos: this cell's state could not be replicated: {err}\n")
+            self._notify(parent, f"notebookos: this cell's changes could not be replicated, so they are undone (the "
+                                 f"kernel keeps the state from before the cell; run it again): {err}\n")
+            self._roll_back(f"the record of {cell} did not commit")
             return
         if self.raft.snapshots.records_in_tail >= self.replica_config.snapshot_every or self._snapshot_wanted:
             await self._snapshot(parent, record, accepted)

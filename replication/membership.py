@@ -64,15 +64,21 @@ class MembersHandler(tornado.web.RequestHandler):
         except (ValueError, KeyError, TypeError) as err:
             self._answer(400, {"error": f"a join names replica, raft_address and peer_url: {err}"})
             return
+        log.info("replica %d asks to join as %s", replica, address)
         try:
             await asyncio.wait_for(asyncio.wrap_future(self._on_join(replica, address, url)), CHANGE_TIMEOUT_S)
         except TimeoutError:
-            self._answer(409, {"error": f"the membership change did not commit within {CHANGE_TIMEOUT_S:.0f} s"})
+            self._refuse(f"the membership change did not commit within {CHANGE_TIMEOUT_S:.0f} s")
             return
         except Exception as err:  # the change failed: the joining replica asks again, here or elsewhere
-            self._answer(409, {"error": str(err)})
+            self._refuse(str(err))
             return
+        log.info("%s is replica %d now", address, replica)
         self._answer(200, {"replica": replica, "raft_address": address})
+
+    def _refuse(self, why: str) -> None:
+        log.warning("a join was refused: %s", why)
+        self._answer(409, {"error": why})
 
     def _answer(self, status: int, answer: dict[str, Any]) -> None:
         """An answer sealed for this request; its reason stays out of the status line, which travels in clear."""
@@ -102,6 +108,8 @@ def request_join(peers: Sequence[str], replica: int, raft_address: str, peer_url
             problem = _ask(peer, body, secret, sealer)
             if problem is None:
                 return peer
+            if problems.get(peer) != problem:  # each new refusal once: a replica's log shows why a join takes long
+                log.warning("joining as replica %d through %s: %s; asking again", replica, peer, problem)
             problems[peer] = problem
         time.sleep(RETRY_S)
     raise RuntimeError(f"no live replica let this one join within {deadline_s:.0f} s: " +

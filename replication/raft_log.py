@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,6 +110,9 @@ class KernelLog(SyncObj):
         each snapshot entry that became the latest and, when a dump replaces this replica's state (its own at start,
         or the leader's), one :class:`Restore` in place of the entries it covers."""
         self._on_commit = on_commit
+        # Held while an entry is admitted and handed on, and while a rebuild is queued: a rebuild's state is exactly
+        # the entries queued before it.
+        self._order = threading.RLock()
         self._peers = list(peer_addresses)  # in replica order: an entry's replica index names its node
         self.snapshots = SnapshotState(self._restored)
         if journal_path:
@@ -121,10 +125,17 @@ class KernelLog(SyncObj):
                                                          bind_address=self_address))
 
     def _restored(self, restore: Restore) -> None:
-        for change in (*restore.members, *restore.tail):
-            if isinstance(change, MembershipChanged):
-                self._map_member(change)
-        self._on_commit(restore)
+        with self._order:
+            for change in (*restore.members, *restore.tail):
+                if isinstance(change, MembershipChanged):
+                    self._map_member(change)
+            self._on_commit(restore)
+
+    def rebuild(self) -> None:
+        """Hand ``on_commit`` a :class:`Restore` of the committed state (the latest snapshot and the entries after
+        it), in order with the entries: it reaches exactly as far as the entries handed on before it."""
+        with self._order:
+            self._on_commit(self.snapshots.committed())
 
     def _map_member(self, change: MembershipChanged) -> None:
         if 0 <= change.replica < len(self._peers):
@@ -134,13 +145,14 @@ class KernelLog(SyncObj):
     def _commit(self, entry: LogEntry) -> None:
         # pysyncobj counts an entry as applied once this returns: this entry's index is one past the applied one.
         index = self.raftLastApplied + 1
-        if not self.snapshots.admit(index, entry):
-            if isinstance(entry, Snapshot) and self.snapshots.snapshot is entry:
-                self._on_commit(SnapshotAccepted(index, entry))
-            return
-        if isinstance(entry, MembershipChanged):
-            self._map_member(entry)
-        self._on_commit(entry)
+        with self._order:
+            if not self.snapshots.admit(index, entry):
+                if isinstance(entry, Snapshot) and self.snapshots.snapshot is entry:
+                    self._on_commit(SnapshotAccepted(index, entry))
+                return
+            if isinstance(entry, MembershipChanged):
+                self._map_member(entry)
+            self._on_commit(entry)
         if isinstance(entry, ExecutionRecord):
             self._follow_executor(entry.executor)
 
@@ -163,11 +175,14 @@ class KernelLog(SyncObj):
             if reason != FAIL_REASON.SUCCESS and old in self.members:
                 done(AppendFailed(f"removing the lost replica {old} from the Raft group failed: {_describe(reason)}"))
             else:
+                log.info("adding %s to the Raft group as replica %d", address, replica)
                 self.addNodeToCluster(address, callback=added)
 
         if address in self.members:
             done(None)
         elif old in self.members and old != address:
+            log.info("removing %s, replica %d, from the Raft group %s (leader %s)", old, replica,
+                     sorted(self.members), self._getLeader())
             self.removeNodeFromCluster(old, callback=removed)
         else:
             removed(None, FAIL_REASON.SUCCESS)

@@ -115,6 +115,11 @@ class SnapshotState:
         self.tail.append(entry)
         return True
 
+    def committed(self) -> Restore:
+        """The committed state as admitted so far: the latest snapshot and every entry after it, up to ``applied``.
+        A replica whose namespace ran ahead of the log (its own cell's record never committed) rebuilds from it."""
+        return Restore(self.applied, self.snapshot, tuple(self.tail), tuple(self._members.values()))
+
     def serialize(self, file_name: str, raft_data: tuple[Any, ...]) -> None:
         """pysyncobj's serializer: write this state with pysyncobj's own ``raft_data`` (the entries at and before
         the applied index and the cluster's nodes) to ``file_name``, durably, before returning. Runs in the tick

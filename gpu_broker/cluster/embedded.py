@@ -77,6 +77,14 @@ class KernelRecord:
     moving: set[int] = field(default_factory=set)  # replicas being handed over to another host
     cwd: str | None = None  # the working directory the kernel asked for
 
+    def member_addresses(self) -> tuple[list[str], list[str]]:
+        """Each replica's Raft address and peer API URL (empty without a peer API), in replica order, each as its
+        own config gives it. Another replica's config names the members as they were when that replica started:
+        after a replacement, the others' configs still point at the replaced replica's old home."""
+        views = [view for _, view in self.replicas]
+        urls = [view.config.peer_urls[index] for index, view in enumerate(views) if view.config.peer_urls]
+        return [view.config.raft_address for view in views], urls if len(urls) == len(views) else []
+
 
 class EmbeddedCluster:
     def __init__(self, state_dir: Path, n_hosts: int = 4, gpus_per_host: int = 1,
@@ -589,10 +597,10 @@ class EmbeddedCluster:
         is used."""
         source, lost = record.replicas[index]
         ports = target.take_ports(record.kernel_id, _PORTS_PER_REPLICA)
-        peers = [p.config.raft_address for _, p in record.replicas]
+        peers, urls = record.member_addresses()
         peers[index] = _raft_address(target, ports)
-        urls = list(lost.config.peer_urls)
-        urls[index] = _peer_url(target, ports)
+        if urls:
+            urls[index] = _peer_url(target, ports)
         config = dataclasses.replace(lost.config, host=target.name, raft_address=peers[index], raft_peers=tuple(peers),
                                      journal_path="", store=self.object_store or "", cwd=record.cwd,
                                      peer_urls=tuple(urls), joining=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,6 +314,33 @@ def test_a_standby_cut_off_briefly_catches_up_when_its_link_is_back(pool: Pool, 
     assert wait_until(lambda: _where_and(notebook, "v", replica=index) == [cut_name, 2],
                       "the cut-off replica to run a cell with the state", 30)
     assert {r["replica"]: (r["host"], r["pid"]) for r in pool.replicas(notebook.km.kernel_id)} == before
+
+
+def test_an_executor_cut_off_mid_cell_leaves_the_cell_counted_once(pool: Pool, notebook: Notebook) -> None:
+    """Found by the chaos run: the executor's machine is cut off for 3 s (less than the host time-out) during a
+    cell that holds a GPU. The front re-runs the cell; the cut-off executor finishes its own attempt meanwhile and
+    cannot store or commit its state. Once back, it gets the re-run (its GPU is there): its namespace must not
+    keep the abandoned attempt's changes, or the cell counts twice. Every replica ends with the count of one run."""
+    assert notebook.run("%gpus 1\ncount = 0").status == "ok"
+    executor = pool.host(_where_and(notebook, "0")[0])
+    healed = threading.Timer(3.0, pool.hosts.link_up, (executor,))  # the fault's length, not a synchronization
+
+    def cut_off(text: str) -> None:
+        if "started" in text and healed.ident is None:  # the first attempt only
+            pool.hosts.link_down(executor)
+            healed.start()
+
+    try:
+        res = notebook.run("print('started', flush=True)\nimport time\ntime.sleep(2)\ncount += 1\n"
+                           "print('count', count)", on_output=cut_off)
+    finally:
+        healed.join()
+    assert res.status == "ok", (res.reply["content"], res.stderr)
+    assert "count 1" in res.stdout and "count 2" not in res.stdout, (res.stdout, res.stderr)
+    assert notebook.run("count += 10\nprint(count)").stdout.strip() == "11"
+    for replica in range(3):
+        assert wait_until(lambda: _where_and(notebook, "count", replica=replica)[1] == 11,
+                          f"replica {replica} to hold the count of one run", 60)
 
 
 def test_a_cut_off_standby_stops_nothing_and_its_machine_rejoins_the_pool(pool: Pool, notebook: Notebook) -> None:

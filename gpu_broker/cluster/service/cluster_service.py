@@ -101,7 +101,7 @@ class ClusterService:
                 future.set_exception(tornado.web.HTTPError(503, reason=_reason(
                     f"could not move replica {decision.replica} to {decision.host_id} for its GPUs: {err}")))
             return
-        log.info("scheduler: %s for kernel %s started: %s", decision.kind.value, decision.kernel_id, decision.reason)
+        log.debug("scheduler: %s for kernel %s started: %s", decision.kind.value, decision.kernel_id, decision.reason)
         future = self._grants.get(decision.kernel_id)
         if future is not None and not future.done():
             future.set_result(decision)
