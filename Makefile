@@ -11,14 +11,31 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# torch is pinned to the CPU build that lies on this machine's disk; an unpinned torch pulls a multi-GB CUDA build.
-$(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]"
+# constraints.txt pins torch to the CPU build that lies on this machine's disk; an unpinned torch pulls a multi-GB CUDA
+# build. An editable install skips the package's data files, so the kernelspec and the switch that enables the server
+# extension in every Jupyter server of the venv are put where a wheel would put them.
+SERVER_CONFIG := jupyter-config/jupyter_server_config.d/notebookos.json
+$(STAMP): $(PY) pyproject.toml constraints.txt $(SERVER_CONFIG)
+	$(PY) -m pip install -q -c constraints.txt torch
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
 	$(PY) -m notebookos.kernels.kernelspec --sys-prefix
+	install -D -m 0644 $(SERVER_CONFIG) $(VENV)/etc/jupyter/jupyter_server_config.d/notebookos.json
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The JupyterLab extension (labextension/): its bundle in labextension/prebuilt/ is committed, so installing needs no
+# node. An editable install skips data files, so the venv's labextensions folder gets a link to the bundle (a rebuild
+# shows at the next page load). `make labextension` rebuilds it: jlpm (from the venv) installs the npm dependencies,
+# tsc compiles src/, and JupyterLab's builder writes labextension/prebuilt/ (node 20.19+ and the npm registry).
+LABEXT_LINK := $(VENV)/share/jupyter/labextensions/notebookos
+$(LABEXT_LINK): | $(STAMP)
+	install -d $(dir $@)
+	ln -sfn $(CURDIR)/labextension/prebuilt $@
+install run test: $(LABEXT_LINK)
+.PHONY: labextension
+labextension: $(STAMP)
+	cd labextension && export PATH="$(CURDIR)/$(VENV)/bin:$$PATH" && jlpm install && jlpm clean && jlpm build
 
 # Debian packages the browser, Redis and Docker tests use. Installed only where missing, so a warm machine skips apt.
 system-deps:
@@ -30,6 +47,16 @@ system-deps:
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+# configurable-http-proxy, the proxy JupyterHub runs (tests/hub), from npm into a project-local folder; only where it
+# is missing and node is there (without node the Hub test skips, saying so).
+HUB_TOOLS := .hub-tools
+.PHONY: hub-tools
+test: hub-tools
+hub-tools:
+	@command -v npm >/dev/null || { echo "npm not found: tests/hub will skip"; exit 0; }; \
+	test -x $(HUB_TOOLS)/node_modules/.bin/configurable-http-proxy || \
+	  npm install --silent --no-fund --no-audit --prefix $(HUB_TOOLS) configurable-http-proxy@5
 
 run: $(STAMP)
 	$(VENV)/bin/notebookos lab $(ARGS)

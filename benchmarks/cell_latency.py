@@ -64,7 +64,7 @@ WARMUP_CELLS = 15
 # A process using this much CPU when the run starts is named in a warning: it competes with the kernels.
 FOREIGN_CPU_WARN_PERCENT = 10.0
 
-# Targets from the brief; the paper's figures are for context in the table.
+# The project's latency targets (added over plain ipykernel; standby sync); the paper's figures are for context.
 ADDED_P50_LIMIT_MS = 10.0
 ADDED_P99_LIMIT_MS = 40.0
 SMALL_SYNC_P90_LIMIT_MS = 15.0

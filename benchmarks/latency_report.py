@@ -34,7 +34,7 @@ def summarize(samples_s: Sequence[float]) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Target:
-    """One goal the brief sets, and what was measured against it."""
+    """One of the project's latency targets, and what was measured against it."""
 
     name: str
     limit: float
@@ -192,10 +192,12 @@ def machine_context() -> dict[str, Any]:
 
 
 def load_snapshot() -> dict[str, Any]:
-    """Load average and the busiest other processes: the benchmark shares a 2-core machine with whatever runs."""
+    """Load average and the busiest other processes: the benchmark shares a 2-core machine with whatever runs.
+    Processes by name only: their command lines carry this machine's paths (and at times tokens), which committed
+    results must not."""
     import psutil
 
-    procs = [p for p in psutil.process_iter(["pid", "name", "cmdline"]) if p.pid != os.getpid()]
+    procs = [p for p in psutil.process_iter(["pid", "name"]) if p.pid != os.getpid()]
     for p in procs:  # cpu_percent needs two readings; the first primes it
         try:
             p.cpu_percent(None)
@@ -205,7 +207,7 @@ def load_snapshot() -> dict[str, Any]:
     busiest = []
     for p in procs:
         try:
-            busiest.append((p.cpu_percent(None), p.pid, " ".join(p.info["cmdline"] or [p.info["name"] or ""])[:120]))
+            busiest.append((p.cpu_percent(None), p.pid, p.info["name"] or "?"))
         except psutil.Error:
             continue
     busiest.sort(reverse=True)

@@ -18,8 +18,16 @@ from rich.console import Console
 from notebookos.gpu_broker.simulator.experiment import Experiment, run_experiment
 from notebookos.gpu_broker.simulator.report import plot_delay_cdf, plot_gpus_over_time, render_table
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 BUDGET_S = 60.0  # per policy, on a 2-core machine
+
+
+def portable(path: Path) -> str:
+    """A file of this repository as a path from its root (the committed results name no machine's folders); any
+    other file by its name alone."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
 
 
 def main() -> int:
@@ -36,7 +44,9 @@ def main() -> int:
     render_table(metrics, run.wall_s, console)
     RESULTS.mkdir(parents=True, exist_ok=True)
     args.img_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"settings": experiment.settings(), "wall_s": run.wall_s, "policies": metrics}
+    settings = experiment.settings()
+    settings["trace"] = portable(experiment.trace)
+    payload = {"settings": settings, "wall_s": run.wall_s, "policies": metrics}
     (RESULTS / "simulate_june.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     plot_delay_cdf(args.img_dir / "simulate_june_delay_cdf.png", run.results)
     plot_gpus_over_time(args.img_dir / "simulate_june_gpus_over_time.png", run.results)

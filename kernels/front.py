@@ -38,9 +38,9 @@ import zmq.asyncio
 from jupyter_client.session import Session
 
 from ..gpu_broker.cluster.client import ClusterClient, ClusterError, discovery_file
-from .gpu_request import parse_gpus_magic
 from .watched_process import WatchedProcess
-from .protocol import EXECUTOR_ANNOUNCEMENT, GPU_RELEASED, NOTEBOOKOS_META, STATE_APPLIED, ReplicaRole
+from .protocol import (EXECUTOR_ANNOUNCEMENT, GPU_RELEASED, GPUS_REPLY, GPUS_REQUEST, NOTEBOOKOS_META, STATE_APPLIED,
+                       ReplicaRole)
 from .replica_link import HEARTBEAT_DEAD_AFTER_S, HEARTBEAT_PERIOD_S, START_TIMEOUT_S, ReplicaLink, endpoint_of
 
 log = logging.getLogger("notebookos.front")
@@ -68,6 +68,8 @@ REPLACEMENT_POLL_S = 0.5  # how often the front asks the cluster about a replica
 # While the cluster service does not answer (it is being restarted, and takes its state back), calls to it are
 # retried, backing off from the first to the last of these.
 OUTAGE_RETRY_S = (0.2, 2.0)
+# How long the front waits for a replica to say what a cell asks for (_cell_gpus).
+GPUS_ANSWER_TIMEOUT_S = 2.0
 
 
 class MalformedMessage(ValueError):
@@ -124,6 +126,7 @@ class Cell:
     late: dict[tuple[int, int], list[list[bytes]]] = field(default_factory=dict)
     outcome: asyncio.Future | None = None
     gpu_times: dict = field(default_factory=dict)  # bind_s / release_s, as the executor measured them
+    gpus: int = 0  # what the cell asks the scheduler for, as a replica read it (_cell_gpus)
 
     @property
     def msg_id(self) -> str:
@@ -145,7 +148,10 @@ class KernelFront:
         self._followers: set[asyncio.Future] = set()  # tasks following lost replicas until they are back
         # Raft commits with a majority: 2 of 3 replicas (1 of 1 under the reservation policy, which keeps one).
         self.majority = len(self.replicas) // 2 + 1
-        self.gpus = gpus  # what each cell asks the scheduler for; `%gpus N` in a cell changes it
+        # The kernel's GPU request, as the replicas last said (they own `%gpus`): the kernelspec's at first, then what
+        # a replica read in a cell (_cell_gpus) or an executor reported after one. Carried to each attempt's replicas.
+        self.gpus = gpus
+        self._gpus_asked: dict[str, asyncio.Future[dict]] = {}  # GPUS_REQUEST msg_id -> its reply
         self.cells: asyncio.Queue[Cell] = asyncio.Queue()
         self.pending: Cell | None = None
         self.previous_executor = 0
@@ -278,6 +284,9 @@ class KernelFront:
         """A reply on a replica's shell or control channel: the cell's, or a routed request's, or nobody's."""
         frames = Frames.split(raw)
         header, parent = frames.header(), frames.parent()
+        if header["msg_type"] == GPUS_REPLY:
+            _settle(self._gpus_asked.get(parent.get("msg_id", "")), frames.content())
+            return
         cell = self.pending
         if header["msg_type"] == "execute_reply" and cell is not None and parent.get("msg_id") == cell.msg_id:
             if parent.get(ATTEMPT_HEADER) == cell.attempt:
@@ -391,13 +400,14 @@ class KernelFront:
 
     async def _run_cell(self, cell: Cell) -> None:
         tried_lead: set[int] = set()
+        cell.gpus = await self._cell_gpus(cell)
         while True:
             alive = self._alive()
             if len(alive) < self.majority:
                 self._majority_lost(cell)
                 return
             devices: tuple[int, ...] = ()
-            granted = self._gpus_for(cell) > 0
+            granted = cell.gpus > 0
             if granted:
                 grant = await self._request_gpus(cell)
                 if grant is None:
@@ -438,19 +448,33 @@ class KernelFront:
                 tried_lead.update(leads)
             cell.attempt += 1
 
-    def _gpus_for(self, cell: Cell) -> int:
-        """GPUs this cell asks for. A cell that starts with ``%gpus N`` asks for N itself (and so do later cells);
-        a cell of nothing but ``%gpus`` lines needs no GPU, so ``%gpus 0`` works even when GPUs are scarce."""
-        lines = [line.strip() for line in cell.msg["content"].get("code", "").splitlines() if line.strip()]
-        if not lines or not lines[0].startswith("%gpus"):
+    async def _cell_gpus(self, cell: Cell) -> int:
+        """GPUs this cell asks for, before it runs: the replicas own ``%gpus`` (the magic, and how a cell's first
+        line asks, :func:`.gpu_request.cell_gpus`), so the front asks them on their control channels, every live
+        one at once, and takes the first answer (a replica that has just died does not hold the cell up). A cell
+        that starts with ``%gpus N`` asks for N (and so do later cells); a cell of nothing but ``%gpus`` lines asks
+        for none. A front that hears from no replica keeps the kernel's request."""
+        alive = self._alive()
+        if not alive:
             return self.gpus
+        msg = self.session.msg(GPUS_REQUEST, {"code": cell.msg["content"].get("code", ""), "gpus": self.gpus})
+        msg_id = msg["header"]["msg_id"]
+        asked = self._gpus_asked[msg_id] = asyncio.get_running_loop().create_future()
+        frames = self.session.serialize(msg)
+        for replica in alive:
+            replica.control.send_multipart(frames)
         try:
-            wanted = parse_gpus_magic(lines[0])
-        except ValueError:
-            return 0  # the replica runs the magic and shows the user the error
-        if wanted is not None:
-            self.gpus = wanted
-        return 0 if all(line.startswith("%gpus") for line in lines) else self.gpus
+            answer = await asyncio.wait_for(asked, GPUS_ANSWER_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning("no replica said within %s s what the cell asks for; it asks for the kernel's %s GPU(s)",
+                        GPUS_ANSWER_TIMEOUT_S, self.gpus)
+            return self.gpus
+        finally:
+            self._gpus_asked.pop(msg_id, None)
+        if not (isinstance(answer.get("cell"), int) and isinstance(answer.get("kernel"), int)):
+            return self.gpus
+        self.gpus = answer["kernel"]
+        return answer["cell"]
 
     async def _request_gpus(self, cell: Cell) -> dict | None:
         """The scheduler's grant of this cell's executor and devices (None: the cell failed, and says why).
@@ -485,7 +509,7 @@ class KernelFront:
         away. None (the cell failed with the reason) when the cluster refuses."""
         cluster = self.cluster
         try:
-            grant = await self._through_outage(lambda: cluster.request_execution(self.kernel_id, self.gpus), cell)
+            grant = await self._through_outage(lambda: cluster.request_execution(self.kernel_id, cell.gpus), cell)
             while not grant["granted"]:
                 self._notice(cell.msg, f"notebookos: waiting for {grant['gpus']} GPU(s): {grant['reason']}\n")
                 try:
@@ -495,7 +519,7 @@ class KernelFront:
                         raise
                     # The service went away while the cell waited; the one that took its place knows nothing of
                     # the queued request: ask again.
-                    grant = await self._through_outage(lambda: cluster.request_execution(self.kernel_id, self.gpus),
+                    grant = await self._through_outage(lambda: cluster.request_execution(self.kernel_id, cell.gpus),
                                                        cell)
         except ClusterError as err:
             self._fail_cell(cell, "NotebookOSGPUUnavailable", err.detail or str(err))
@@ -775,7 +799,7 @@ def _strip_delim(body: list[bytes]) -> list[bytes]:
     return body[1:]
 
 
-def _settle(future: asyncio.Future | None, outcome: str) -> None:
+def _settle(future: asyncio.Future | None, outcome: Any) -> None:
     if future is not None and not future.done():
         future.set_result(outcome)
 

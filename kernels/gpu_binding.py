@@ -16,10 +16,10 @@ parameter, gradient and optimizer state tensor stays the same Python object (onl
 shared memory (views, tied weights, flattened RNN weights) still share it after the trip.
 
 Why the order above matters: the namespace tracker fingerprints a tensor by identity, `_version`, data pointer and
-device (:mod:`notebookos.replication.fingerprint`). Swapping `.data` does not bump `_version` (FACTS.md) but does
-change the data pointer and device, so a park/unpark cycle between snapshot and capture would read as a mutation of
-every moved tensor and re-replicate all of them. Snapshot after bind and capture before release, and the cell's own
-changes are the only ones the tracker sees.
+device (:mod:`notebookos.replication.fingerprint`). Swapping `.data` does not bump `_version` (torch counts no
+write through `.data`) but does change the data pointer and device, so a park/unpark cycle between snapshot and
+capture would read as a mutation of every moved tensor and re-replicate all of them. Snapshot after bind and
+capture before release, and the cell's own changes are the only ones the tracker sees.
 
 What is reachable from the namespace, and so parked: top-level values; the items (and keys) of lists, tuples,
 dicts, sets, frozensets and deques, nested; the attributes (`__dict__` and `__slots__`) of other objects, which

@@ -1,10 +1,19 @@
 """The ``%gpus`` line magic's argument: how many GPUs a kernel's following cells ask for.
 
-Kept apart from the binding code so that parsing it never imports torch.
+The replica owns ``%gpus`` (:mod:`.replica` registers the magic and answers the front's question about a cell with
+:func:`answer_gpus_request`); nothing else parses it. Kept apart from the binding code so that parsing it never
+imports torch.
 """
 from __future__ import annotations
 
+import json
 import re
+from typing import TYPE_CHECKING, Any
+
+from .protocol import GPUS_REPLY, GPUS_REQUEST
+
+if TYPE_CHECKING:
+    from jupyter_client.session import Session
 
 _GPUS_ARG = re.compile(r"[0-9]+")
 _SIGNED_INT = re.compile(r"[+-][0-9]+")
@@ -32,3 +41,40 @@ def parse_gpus_magic(line: str) -> int | None:
     if _SIGNED_INT.fullmatch(arg) and int(arg) < 0:
         raise ValueError(f"%gpus cannot be negative, got {arg}; use %gpus 0 to run cells without a GPU")
     raise ValueError(f"%gpus takes a whole number of GPUs (0 or more), got {arg!r}")
+
+
+def cell_gpus(code: str, kernel_gpus: int) -> tuple[int, int]:
+    """What a cell asks the scheduler for before it runs, and the kernel's request from then on, given the
+    kernel's request before it: a cell that starts with ``%gpus N`` asks for N itself (and so do later cells); a
+    cell of nothing but ``%gpus`` lines asks for none, so that ``%gpus 0`` works even when GPUs are scarce; a
+    malformed first ``%gpus`` line asks for none and changes nothing (the magic then tells the user why)."""
+    lines = [line.strip() for line in code.splitlines() if line.strip()]
+    if not lines or not lines[0].startswith("%gpus"):
+        return kernel_gpus, kernel_gpus
+    try:
+        wanted = parse_gpus_magic(lines[0])
+    except ValueError:
+        return 0, kernel_gpus
+    if wanted is not None:
+        kernel_gpus = wanted
+    return (0 if all(line.startswith("%gpus") for line in lines) else kernel_gpus), kernel_gpus
+
+
+def answer_gpus_request(session: "Session", stream: Any, raw: list) -> bool:
+    """Answer the front's ``%gpus`` question (protocol.GPUS_REQUEST) if ``raw``, a control message as the replica's
+    control stream received it, is one: what the cell asks for and the kernel's request after it (:func:`cell_gpus`
+    of the request's ``code`` and ``gpus``). Answered on the control thread ahead of ipykernel's control dispatch,
+    whose busy and idle on IOPub would cost every cell more than the answer. False for any other message (and for
+    one that does not parse, which ipykernel then reports)."""
+    try:
+        idents, frames = session.feed_identities(raw, copy=False)
+        header = json.loads(frames[1].bytes if hasattr(frames[1], "bytes") else frames[1])
+        if header.get("msg_type") != GPUS_REQUEST:
+            return False
+        parent = session.deserialize(frames, content=True, copy=False)  # checks the signature
+        content = parent["content"]
+        cell, kernel = cell_gpus(str(content.get("code", "")), int(content.get("gpus", 0)))
+    except (ValueError, TypeError, IndexError, KeyError):
+        return False
+    session.send(stream, GPUS_REPLY, {"cell": cell, "kernel": kernel}, parent, idents)
+    return True

@@ -1,7 +1,8 @@
 """Names shared by the kernel front and its replicas on top of the Jupyter messaging protocol.
 
 The front talks to replicas with ordinary Jupyter messages; what notebookos adds travels in ``metadata.notebookos``
-of execute requests and replies, and in one IOPub message type that the front consumes and never forwards.
+of execute requests and replies, in IOPub message types that the front consumes and never forwards, and in one
+control request of the front's own (``%gpus``).
 """
 from __future__ import annotations
 
@@ -21,6 +22,14 @@ STATE_APPLIED = "notebookos_state_applied"
 # IOPub message the executor publishes once a cell's GPUs are released (content: bind_s, release_s, seconds), before
 # its idle; the front passes the times to the cluster with the release. Never forwarded to clients.
 GPU_RELEASED = "notebookos_gpu_released"
+
+
+# Control-channel request by which the front asks a replica, before it asks the scheduler for a cell's GPUs, what the
+# cell asks for: the replica owns the `%gpus` magic (content: code, gpus = the kernel's request so far). The reply
+# (content: cell = GPUs this cell asks for, kernel = the kernel's request from then on) is the front's own. Answered
+# ahead of ipykernel's control dispatch (kernels/gpu_request.py), so it publishes no busy or idle on IOPub.
+GPUS_REQUEST = "notebookos_gpus_request"
+GPUS_REPLY = "notebookos_gpus_reply"
 
 
 # A replica's exit statuses that mean something to the cluster, with the reason an operator reads (the cluster's

@@ -33,6 +33,19 @@ from .watched_process import WatchedProcess
 
 
 class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
+    """jupyter_client's ``LocalProvisioner`` for the kernel front, plus the kernel's replicas in the cluster.
+
+    jupyter_client's kernel manager (``KernelManager``, and Jupyter Server's kernel manager through it) creates one
+    instance per kernel from the kernelspec's ``kernel_provisioner`` and calls its hooks. A start runs
+    ``pre_launch`` (here: place the replicas), then ``launch_kernel`` and ``post_launch`` (inherited: start the
+    front as a local process with the connection file). A shutdown or restart sends the front a
+    ``shutdown_request``, follows it with ``poll`` and ``wait`` (``terminate``, then ``kill``, if it lingers) and runs
+    ``cleanup`` (here: remove the replicas); a restart then starts again. Meanwhile ``poll`` serves the restarter's
+    liveness checks and ``send_signal`` the kernel manager's ``signal_kernel``. A Jupyter server restarted on the
+    same state folder (``server_extension/kernel_persistence.py``) calls ``load_provisioner_info`` and :meth:`claim`
+    instead of the start hooks, and from then on the same hooks follow the adopted front.
+    """
+
     gpus = Integer(0, help="GPUs each cell of this kernel asks for; the kernelspec's provisioner config sets it, "
                            "and its replicas are placed (subscribed) accordingly").tag(config=True)
     restart_grace_s = Float(0.0, min=0.0, help=(
@@ -46,6 +59,12 @@ class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
     _adopted: WatchedProcess | None = None  # the front of a kernel restored from a dead server's record
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        """Called by ``KernelManager.pre_start_kernel()`` at every start and restart of the kernel, before
+        ``launch_kernel``: after jupyter_client's own preparation (environment substitutions, the connection file's
+        ports), ask the cluster to place the kernel's three replicas (starting an embedded cluster when none
+        answers), write what it answered to the replicas file beside the connection file, and add to the front's
+        command line and environment what it needs to find them and the cluster. Returns the keyword arguments that
+        ``launch_kernel`` receives; raises RuntimeError, which fails the start, when the replicas cannot be placed."""
         kwargs = await super().pre_launch(**kwargs)
         self._cluster = await ensure_cluster()
         info = self.connection_info
@@ -73,6 +92,11 @@ class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
         return kwargs
 
     async def cleanup(self, restart: bool = False) -> None:
+        """Called by ``KernelManager.cleanup_resources()`` once the front has exited, at every shutdown and restart
+        (``restart`` True: ``pre_launch`` places fresh replicas next), and by the restoring Jupyter server for a
+        kernel whose front did not take its claim: stop following an adopted front, remove the replicas file and
+        delete the kernel in the cluster, which stops its replicas (a kernel the cluster no longer knows is not an
+        error: its front removed it when no server claimed it)."""
         await super().cleanup(restart)
         if self._adopted is not None:
             self._adopted.close()
@@ -91,7 +115,10 @@ class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     async def get_provisioner_info(self) -> dict[str, Any]:
         """What a restarted Jupyter server needs to manage this kernel again: LocalProvisioner's (the front's pid,
-        the connection info), the replicas file, the cluster's discovery file and the working directory."""
+        the connection info), the replicas file, the cluster's discovery file and the working directory.
+
+        Called by ``PersistentKernelManager`` (``server_extension/kernel_persistence.py``) after each start and
+        restart of the kernel, to write the kernel's record; jupyter_client itself never calls it."""
         info = await super().get_provisioner_info()
         info.update(replicas_file=str(self._replicas_file) if self._replicas_file else None,
                     cluster_file=str(discovery_file()) if self._cluster else None,
@@ -99,7 +126,11 @@ class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
         return info
 
     async def load_provisioner_info(self, provisioner_info: dict) -> None:
-        """Take over a kernel whose front a dead server started: ``has_process`` while that front runs."""
+        """Take over a kernel whose front a dead server started: ``has_process`` while that front runs.
+
+        Called by ``PersistentKernelManager`` while a restarted Jupyter server restores the kernel from its record
+        (what :meth:`get_provisioner_info` returned), on a fresh instance, before :meth:`claim`; no start hook runs
+        for such a kernel."""
         await super().load_provisioner_info(provisioner_info)
         replicas_file, cluster_file = provisioner_info.get("replicas_file"), provisioner_info.get("cluster_file")
         self._replicas_file = Path(replicas_file) if replicas_file else None
@@ -110,7 +141,10 @@ class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
     async def claim(self, timeout_s: float) -> dict | None:
         """Ask the adopted front to answer to this process from now on (kernels/front.py: it watches the claiming
         server as it watched the one that started it). The front's answer (``execution_state``), or None when
-        nothing answers on its control channel with its key within ``timeout_s``: it is gone, or hangs."""
+        nothing answers on its control channel with its key within ``timeout_s``: it is gone, or hangs.
+
+        Not a jupyter_client hook: called by ``PersistentKernelManager`` right after :meth:`load_provisioner_info`;
+        a kernel whose front does not answer is then given :meth:`cleanup`."""
         if self._adopted is None or not self._adopted.alive():
             return None
         client = AsyncKernelClient()
@@ -135,14 +169,22 @@ class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     @property
     def has_process(self) -> bool:
+        """Whether a front is managed: one this process launched, or an adopted one. Read by
+        ``KernelManager.has_kernel`` (shutdown, restart, interrupt and liveness checks ask it first), and asserted
+        right after ``launch_kernel``."""
         return self._adopted is not None or super().has_process
 
     async def poll(self) -> int | None:
+        """None while the front runs, else its exit status (0 for an adopted front, whose status is its parent's to
+        know). Called by ``KernelManager.is_alive()``: the kernel restarter's periodic check, and the shutdown
+        sequence's wait for the front to exit."""
         if self._adopted is None:
             return await super().poll()
         return None if self._adopted.alive() else 0  # not our child: its exit status is not ours to know
 
     async def wait(self) -> int | None:
+        """Return once the front has exited. Called by ``KernelManager.finish_shutdown()`` when the front exited
+        after its ``shutdown_request`` or SIGTERM, and by ``kill_kernel()`` after :meth:`kill`."""
         if self._adopted is None:
             return await super().wait()
         while self._adopted.alive():
@@ -152,6 +194,10 @@ class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
         return 0
 
     async def send_signal(self, signum: int) -> None:
+        """Send ``signum`` to the front (it reaches the replicas only as the front relays it). Called by
+        ``KernelManager.signal_kernel()``; the kernelspec's ``interrupt_mode`` is ``message``, so an interrupt
+        arrives as an ``interrupt_request`` on the control channel, not through here. A front already gone is
+        ignored."""
         if self._adopted is None:
             return await super().send_signal(signum)
         try:
@@ -160,18 +206,28 @@ class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
             pass  # gone already
 
     async def kill(self, restart: bool = False) -> None:
+        """SIGKILL to the front. Called by ``KernelManager.kill_kernel()``: an immediate shutdown or restart
+        (``now``), or a graceful one the front did not finish within :meth:`get_shutdown_wait_time`; ``restart``
+        True when a launch follows. The replicas go in :meth:`cleanup`, which follows."""
         if self._adopted is None:
             return await super().kill(restart)
         await self.send_signal(signal.SIGKILL)
 
     async def terminate(self, restart: bool = False) -> None:
+        """SIGTERM to the front. Called by ``KernelManager.finish_shutdown()`` when the front has not exited within
+        half of :meth:`get_shutdown_wait_time` after its ``shutdown_request`` (jupyter_client passes ``restart``
+        False here even on a restart)."""
         if self._adopted is None:
             return await super().terminate(restart)
         await self.send_signal(signal.SIGTERM)
 
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
+        """How long a graceful shutdown waits for the front: half before :meth:`terminate`, half more before
+        :meth:`kill`. The kernel manager's own setting; called by ``KernelManager.finish_shutdown()``."""
         return recommended
 
     def get_stable_start_time(self, recommended: float = 10.0) -> float:
+        """How long the kernel must have stayed alive before jupyter_client's ``KernelRestarter``, which calls
+        this, counts its start as stable (a death before that counts as a failed start): at least 20 s."""
         # Replicas start, elect a Raft leader and replay their journal before the first cell: allow for it.
         return max(recommended, 20.0)

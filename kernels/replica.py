@@ -46,7 +46,7 @@ from ..replication.raft_log import AppendFailed, KernelLog
 from ..replication.snapshots import Restore, SnapshotAccepted
 from . import rng_state
 from .replica_config import ReplicaConfig
-from .gpu_request import parse_gpus_magic
+from .gpu_request import answer_gpus_request, parse_gpus_magic
 from .protocol import (EXECUTOR_ANNOUNCEMENT, EXIT_STATE_FOLDER_FULL, GPU_RELEASED, NOTEBOOKOS_META, STATE_APPLIED,
                        ReplicaRole)
 
@@ -603,6 +603,12 @@ class ReplicaKernel(IPythonKernel):
         metadata[NOTEBOOKOS_META] = {"role": ReplicaRole.EXECUTOR.value, "replica": self.replica_config.replica,
                                      "gpus": self._gpus}
         return metadata
+
+    async def dispatch_control(self, msg: list) -> None:
+        """The front's ``%gpus`` question (what a cell asks for, before it asks the scheduler) is answered by the
+        magic's owner, here, ahead of ipykernel's control dispatch; anything else goes on to it."""
+        if not answer_gpus_request(self.session, self.control_stream, msg):
+            await super().dispatch_control(msg)
 
     def _gpus_magic(self, line: str) -> None:
         """``%gpus N``: the GPUs each following cell asks for (0: bind none). ``%gpus``: what this cell holds."""

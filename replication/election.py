@@ -3,7 +3,7 @@
 Each replica feeds every committed entry, in log order, into its own :class:`ElectionBook`. Because the log is the
 same everywhere, so are the decisions; no replica needs to ask another who won.
 
-Rules (ARCHITECTURE.md, "A cell's life", step 4):
+Rules (docs/architecture.md, "One cell", step 2, and its fencing paragraph):
 
 * One replica invited to LEAD (``leads == 1``): only that replica proposes, and its proposal decides: LEAD makes
   it the executor, YIELD (it cannot get its GPUs) decides :data:`ALL_YIELD`. The other replicas append nothing,

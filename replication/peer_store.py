@@ -50,14 +50,14 @@ import tornado.iostream
 import tornado.netutil
 import tornado.web
 
-from .object_store import (
+from .object_store.base import (
     KEY_PREFIX,
     ObjectCorruptError,
     ObjectMissingError,
     ObjectStore,
     ObjectStoreError,
     StoreFullError,
-    _digest_of,
+    key_digest,
 )
 from .sealing import (
     SEALED_CONTENT_TYPE,
@@ -289,7 +289,7 @@ class _ObjectHandler(tornado.web.RequestHandler):
             self._answer(401, refused)
             return
         try:
-            _digest_of(self.path_args[0])
+            key_digest(self.path_args[0])
         except ValueError as error:
             self._answer(400, str(error))
             return

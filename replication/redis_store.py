@@ -18,7 +18,7 @@ outlive a restart. It must also never evict: any `maxmemory-policy` but `noevict
 points at, and the store logs a warning when it finds one. With `noeviction`, a full server answers OOM and `put`
 raises StoreFullError, having stored nothing.
 
-Errors follow object_store.py: ObjectMissingError, ObjectCorruptError (naming the key, and the Redis key to
+Errors follow object_store/base.py: ObjectMissingError, ObjectCorruptError (naming the key, and the Redis key to
 delete), StoreFullError when the server is at its memory limit, and ObjectStoreError naming the URL (its password
 left out) when the server cannot be reached or refuses a command. The client connects lazily, on the first call.
 """
@@ -37,14 +37,14 @@ from redis import exceptions as redis_errors
 from redis.backoff import EqualJitterBackoff
 from redis.retry import Retry
 
-from .object_store import (
+from .object_store.base import (
     ObjectCorruptError,
     ObjectMissingError,
     ObjectStore,
     ObjectStoreError,
     StoreFullError,
-    _digest_of,
     content_key,
+    key_digest,
 )
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_PREFIX", "RedisStore"]
@@ -90,7 +90,7 @@ class RedisStore(ObjectStore):
 
     def redis_key(self, key: str) -> str:
         """The Redis key the object under `key` is stored at (checks the key's shape)."""
-        _digest_of(key)
+        key_digest(key)
         return self.prefix + key
 
     def put(self, data: bytes | memoryview) -> str:

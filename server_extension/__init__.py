@@ -1,9 +1,10 @@
 """The notebookos Jupyter Server extension: the REST API under ``/api/notebookos/`` (see :mod:`.api`) and the admin
-dashboard at ``/notebookos/`` (see :mod:`.dashboard`), both showing each user what :mod:`.permissions` allows.
+dashboard at ``/notebookos/`` (see :mod:`.dashboard`), both showing each user what :mod:`.permissions` allows, and
+configured as ``c.NotebookOS`` (:mod:`.app`).
 
-Enabled with ``--ServerApp.jpserver_extensions={'notebookos.server_extension': True}``, which ``notebookos lab``
-passes to the Jupyter server it starts. Jupyter Server is imported only when the extension loads, so the
-``notebookos`` command line stays quick to start.
+Installing the package enables it (``jupyter-config/jupyter_server_config.d/notebookos.json``, installed under
+``etc/jupyter``); ``notebookos lab`` enables it on its command line as well. Jupyter Server is imported only when
+the extension is listed, so the ``notebookos`` command line, which lives in this package, stays quick to start.
 """
 from __future__ import annotations
 
@@ -12,15 +13,7 @@ from typing import Any
 EXTENSION_NAME = "notebookos.server_extension"
 
 
-def _jupyter_server_extension_points() -> list[dict[str, str]]:
-    return [{"module": EXTENSION_NAME}]
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    from .app import NotebookOS
 
-
-def _load_jupyter_server_extension(serverapp: Any) -> None:
-    from .api import load as load_api
-    from .dashboard import load as load_dashboard
-    from .permissions import install as install_permissions
-
-    install_permissions(serverapp)
-    load_api(serverapp)
-    load_dashboard(serverapp)
+    return [{"module": EXTENSION_NAME, "app": NotebookOS}]

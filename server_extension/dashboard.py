@@ -105,16 +105,9 @@ class DashboardStaticHandler(JupyterHandler, web.StaticFileHandler):
         return super().get_content_type()
 
 
-def handlers(base_url: str) -> list[tuple[Any, ...]]:
-    """The dashboard's routes under the server's base URL."""
+def handlers(static_path: str) -> list[tuple[Any, ...]]:
+    """The dashboard's routes, relative to the server's base URL; ``static_path``: the folder of its files."""
     return [
-        (url_path_join(base_url, "notebookos") + "/?", DashboardHandler),
-        (url_path_join(base_url, STATIC_PATH) + "(.*)", DashboardStaticHandler, {"path": str(frontend_dir())}),
+        (DASHBOARD_PATH.rstrip("/") + "/?", DashboardHandler),
+        (STATIC_PATH + "(.*)", DashboardStaticHandler, {"path": static_path}),
     ]
-
-
-def load(serverapp: Any) -> None:
-    """Register the dashboard on a Jupyter server."""
-    base_url = serverapp.web_app.settings["base_url"]
-    serverapp.web_app.add_handlers(".*$", handlers(base_url))
-    serverapp.log.info("notebookos: dashboard at %s", url_path_join(base_url, DASHBOARD_PATH))

@@ -5,7 +5,7 @@ Starts the cluster service on this machine (N logical hosts), points the noteboo
 API under ``/api/notebookos/``) enabled. Arguments it does not know are passed to JupyterLab unchanged
 (``--port``, ``--no-browser``, ``--IdentityProvider.token=...``), so it can be started headless for scripts and tests.
 Stopping JupyterLab (Ctrl-C, SIGTERM to this command, or JupyterLab's own shut down) stops the cluster and every
-replica.
+replica, and removes the temporary state folder. Everything logs in Jupyter's format, at ``--log-level``.
 
 With ``--state-dir`` kernels outlive a JupyterLab that is killed or crashes: JupyterLab runs with the persistent
 kernel manager and session database under ``STATE/jupyter`` (kernel_persistence.py), the cluster is left running, and
@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,13 +31,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterClient, ClusterError
-from ..gpu_broker.cluster.join_token import TokenError, read_token
-from ..gpu_broker.cluster.launcher import start_cluster, stop_cluster, write_remote_discovery_file
-from ..gpu_broker.cluster.tls import TLSError, fetch_pinned_ca
+from ..gpu_broker.cluster.join_token import TokenError
+from ..gpu_broker.cluster.launcher import name_remote_cluster, start_cluster, stop_cluster
+from ..gpu_broker.cluster.options import LOG_LEVELS, configure_logging, gpu_count, hosts_problem, log_level
+from ..gpu_broker.cluster.tls import TLSError
+from ..gpu_broker.scheduler.policies import LIVE_POLICY, POLICIES
 from ..kernels.watched_process import WatchedProcess
 
-# Enables the notebookos server extension (the REST API under /api/notebookos/) in the Jupyter server started here;
-# merged with the extensions Jupyter's config files enable.
+# Enables the notebookos server extension (the REST API under /api/notebookos/) in the Jupyter server started here,
+# merged with the extensions Jupyter's config files enable. Installing the package enables it already
+# (etc/jupyter/jupyter_server_config.d/notebookos.json); this keeps the one-command start whole where that switch is
+# missing (an editable install without `make`) or was turned off.
 ENABLE_EXTENSION_ARG = "--ServerApp.jpserver_extensions=notebookos.server_extension=True"
 # How long kernels outlive a killed or crashed JupyterLab by default: time for a supervisor (systemd's Restart=) or a
 # person who sees the terminal to start it again. Meanwhile the replicas keep their memory and their place on the
@@ -49,23 +55,30 @@ CLUSTER_STOP_S = 30.0
 CLUSTER_WATCH_S = 0.5
 CLUSTER_RESTARTS, CLUSTER_RESTART_WINDOW_S = 5, 60.0
 
+log = logging.getLogger("notebookos")  # in Jupyter's format, as JupyterLab's lines and the cluster service's
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "lab", help="start an embedded cluster and JupyterLab",
         description="Start an embedded notebookos cluster and JupyterLab. Unknown options go to JupyterLab.",
     )
-    parser.add_argument("--hosts", type=int, default=4, help="logical hosts in the embedded cluster (default 4)")
-    parser.add_argument("--gpus-per-host", type=int, default=None,
+    parser.add_argument("--hosts", type=int, default=4,
+                        help="logical hosts in the embedded cluster (default 4): 3 or more, as each kernel runs 3 "
+                             "replicas on 3 hosts; 0: none, only the hosts whose agents join (see --listen)")
+    parser.add_argument("--gpus-per-host", type=gpu_count, default=None,
                         help="GPUs of each logical host: a slice of the GPUs NVML sees (default: an equal share), "
-                             "else virtual GPUs (default 1)")
+                             "else virtual GPUs (default 1); 0: hosts without GPUs, for kernels that need none")
+    parser.add_argument("--log-level", type=log_level, default="INFO", metavar="LEVEL",
+                        help=f"how much JupyterLab, the cluster service and this command log: "
+                             f"{', '.join(LOG_LEVELS)} (default INFO), all in Jupyter's format")
     parser.add_argument("--max-hosts", type=int, default=None,
                         help="let the autoscaler add logical hosts up to this many (default: --hosts, no scale-out)")
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="where replicas keep journals and the object store, and JupyterLab its kernels and "
                              "sessions: kernels outlive a killed or crashed JupyterLab, and this command with the "
-                             "same folder takes them back (default: a new temporary folder, and nothing outlives "
-                             "JupyterLab)")
+                             "same folder takes them back (default: a new temporary folder, removed on exit, and "
+                             "nothing outlives JupyterLab)")
     parser.add_argument("--kernel-grace", type=float, default=None, metavar="SECONDS",
                         help="with --state-dir: how long kernels wait, after JupyterLab is killed or crashes, for "
                              "this command to take them back before they shut down "
@@ -96,12 +109,15 @@ def _cluster_options(args: argparse.Namespace) -> tuple[str, ...]:
     pairs = (("--max-hosts", args.max_hosts), ("--listen", args.listen), ("--join-token-file", args.join_token_file),
              ("--object-store", args.object_store), *(("--tls-name", name) for name in args.tls_name))
     options = tuple(item for flag, value in pairs if value is not None for item in (flag, str(value)))
-    return options + (("--tls-auto",) if args.tls_auto else ())
+    return options + ("--log-level", args.log_level) + (("--tls-auto",) if args.tls_auto else ())
 
 
 def run(args: argparse.Namespace) -> int:
     if (args.cluster is None) != (args.cluster_token_file is None):
         print("notebookos: --cluster and --cluster-token-file go together", file=sys.stderr)
+        return 2
+    if args.cluster is None and (problem := hosts_problem(args.hosts, POLICIES[LIVE_POLICY].replicas)):
+        print(f"notebookos: {problem}", file=sys.stderr)
         return 2
     persistent = args.state_dir is not None
     if args.kernel_grace is not None and (not persistent or args.kernel_grace < 0):
@@ -109,8 +125,19 @@ def run(args: argparse.Namespace) -> int:
               "JupyterLab finds its kernels", file=sys.stderr)
         return 2
     grace = DEFAULT_KERNEL_GRACE_S if args.kernel_grace is None else args.kernel_grace
+    configure_logging(args.log_level)
     state_dir = (args.state_dir or Path(tempfile.mkdtemp(prefix="notebookos-"))).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run_in(state_dir, args, grace)
+    finally:
+        if not persistent:  # a temporary folder: the cluster that used it has stopped with JupyterLab
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _run_in(state_dir: Path, args: argparse.Namespace, grace: float) -> int:
+    """``notebookos lab`` on its state folder, once the options are checked."""
+    persistent = args.state_dir is not None
     if persistent:
         # Imported here: it loads Jupyter Server, which the other subcommands of `notebookos` do without.
         from .kernel_persistence import StateFolderBusy, lock_state_folder
@@ -123,12 +150,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.cluster:
             discovery = state_dir / "cluster.json"
-            token = read_token(args.cluster_token_file)
-            # The CA to verify the service against: given, or pinned by the token (fetched and checked), or none
-            # (the system's CAs).
-            ca_pem = (args.cluster_ca.read_text() if args.cluster_ca else
-                      fetch_pinned_ca(args.cluster, token.ca_pin) if token.ca_pin else None)
-            write_remote_discovery_file(discovery, args.cluster, token.secret, ca_pem)
+            name_remote_cluster(discovery, args.cluster, args.cluster_token_file, args.cluster_ca)
             where = f"the cluster at {args.cluster}"
         else:
             cluster = LocalCluster.running(state_dir / "cluster.json") if persistent else None
@@ -145,10 +167,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"notebookos: {err}", file=sys.stderr)
         return 1
     env = dict(os.environ, **{CLUSTER_FILE_ENV: str(discovery)})
-    lab_args = [ENABLE_EXTENSION_ARG, *(_persistence_args(state_dir, grace) if persistent else ()), *args.extra]
+    lab_args = [ENABLE_EXTENSION_ARG, f"--log-level={args.log_level}",
+                *(_persistence_args(state_dir, grace) if persistent else ()), *args.extra]
     if os.geteuid() == 0 and "--allow-root" not in lab_args:
         lab_args.append("--allow-root")
-    print(f"notebookos: {where}, state in {state_dir}", flush=True)
+    log.info("%s, state in %s", where, state_dir)
     code: int | None = None  # stays None if JupyterLab could not be run
     asked_to_stop = False
     try:
@@ -159,8 +182,8 @@ def run(args: argparse.Namespace) -> int:
         # outlive it under --state-dir, and so must the cluster that runs their replicas.
         outlive = persistent and code not in (None, 0) and not asked_to_stop
         if outlive and (cluster is None or cluster.kernels()):
-            print(f"notebookos: JupyterLab {_how_it_ended(code)}; its kernels keep running for {grace:g} s: run "
-                  f"`notebookos lab --state-dir {state_dir}` again to reconnect to them", flush=True)
+            log.warning("JupyterLab %s; its kernels keep running for %g s: run `notebookos lab --state-dir %s` again "
+                        "to reconnect to them", _how_it_ended(code), grace, state_dir)
         elif cluster is not None:
             cluster.stop()
 
@@ -237,7 +260,7 @@ class LocalCluster:
     def kernels(self) -> int:
         """How many kernels it runs (0 when it does not answer: nothing is left to keep it for)."""
         try:
-            return len(asyncio.run(ClusterClient.from_file(self.discovery).request("GET", "/cluster"))["kernels"])
+            return len(asyncio.run(ClusterClient.from_file(self.discovery).describe())["kernels"])
         except (ClusterError, OSError, ValueError, KeyError, TypeError):
             return 0
 
@@ -251,17 +274,16 @@ class LocalCluster:
                 if self._alive():
                     continue
                 if len(restarts) == CLUSTER_RESTARTS and time.monotonic() - restarts[0] < CLUSTER_RESTART_WINDOW_S:
-                    print(f"notebookos: the cluster service died {CLUSTER_RESTARTS} times within "
-                          f"{CLUSTER_RESTART_WINDOW_S:.0f} s; not starting it again (its log is above)", file=sys.stderr)
+                    log.error("the cluster service died %d times within %.0f s; not starting it again (its log is "
+                              "above)", CLUSTER_RESTARTS, CLUSTER_RESTART_WINDOW_S)
                     return
                 restarts.append(time.monotonic())
-                print(f"notebookos: the cluster service (pid {self.pid}) died; starting it again on {state_dir}",
-                      file=sys.stderr, flush=True)
+                log.warning("the cluster service (pid %d) died; starting it again on %s", self.pid, state_dir)
                 try:
                     self.process, self.discovery = start_cluster(state_dir, args.hosts, args.gpus_per_host,
                                                                  _cluster_options(args), discovery=self.discovery)
                 except ClusterError as err:
-                    print(f"notebookos: {err}", file=sys.stderr, flush=True)
+                    log.error("%s", err)
                     continue
                 self.pid = self.process.pid
                 if self.watched is not None:  # the service an earlier run left is gone: ours from now on

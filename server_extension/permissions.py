@@ -3,7 +3,7 @@ whether they are a pool admin.
 
 **Owners.** A kernel carries the owner its provisioner recorded, :func:`kernel_owner`: the JupyterHub user whose
 single-user server started it, else the account running the Jupyter server. A request's user is matched against
-the same notion (:meth:`NotebookOS.owner`): under JupyterHub the hub user's name; on a server outside JupyterHub
+the same notion (:meth:`PoolAdmins.owner`): under JupyterHub the hub user's name; on a server outside JupyterHub
 the account running it, which every user of that server stands for (the kernels it starts carry that name, and the
 user of a token login has a generated one).
 
@@ -17,7 +17,9 @@ takes both
   provider returns), or they are a JupyterHub admin. With neither set, the users of a server outside JupyterHub (a
   personal ``notebookos lab``) are admins, as before there were rules; under JupyterHub only Hub admins are.
 
-Nothing here imports Jupyter Server, so the provisioner can import :func:`kernel_owner` without loading it.
+Nothing here imports Jupyter Server, so the provisioner can import :func:`kernel_owner` without loading it; the
+options themselves live on the extension (``NotebookOS`` in :mod:`.app`), which hands them here as
+:class:`PoolAdmins`.
 """
 from __future__ import annotations
 
@@ -28,8 +30,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jupyter_core.utils import ensure_async
-from traitlets import Set, Unicode
-from traitlets.config import Configurable
 
 if TYPE_CHECKING:
     from jupyter_server.auth import User
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 RESOURCE = "notebookos"  # the Jupyter authorization resource of every endpoint
 HUB_USER_ENV = "JUPYTERHUB_USER"  # set by JupyterHub's spawners on each user's single-user server
-SETTING = "notebookos_permissions"  # where the server's tornado settings hold the NotebookOS instance
+SETTING = "notebookos_permissions"  # where the server's tornado settings hold the PoolAdmins
 
 WRITE_MESSAGE = (f"This server's authorizer (ServerApp.authorizer_class) does not grant you action 'write' on "
                  f"resource '{RESOURCE}', which every change needs, from shutting down your own kernel to the admin "
@@ -69,17 +69,12 @@ class Access:
         return self.admin or owner == self.owner
 
 
-class NotebookOS(Configurable):
-    """The notebookos server extension's settings: who administers the pool (``c.NotebookOS.*``)."""
+@dataclass(frozen=True)
+class PoolAdmins:
+    """Who administers the pool: ``c.NotebookOS.admin_users`` and ``admin_groups`` as the extension read them."""
 
-    admin_users = Set(Unicode(), help="""Users who administer the notebookos GPU pool: they see every kernel and
-        may add, resize, drain and remove hosts, migrate and kill replicas and shut down any kernel. Names as the
-        server's identity provider gives them (the hub user name under JupyterHub). When neither this nor
-        admin_groups is set, the users of a server outside JupyterHub are admins, and under JupyterHub only Hub
-        admins are.""").tag(config=True)
-    admin_groups = Set(Unicode(), help="""Groups whose members administer the notebookos GPU pool (see
-        admin_users): JupyterHub groups, or the groups a custom identity provider's users carry in a `groups`
-        attribute.""").tag(config=True)
+    admin_users: frozenset[str] = frozenset()
+    admin_groups: frozenset[str] = frozenset()
 
     def owner(self, user: User) -> str:
         """The owner name of the user's kernels (see the module's docstring)."""
@@ -115,15 +110,7 @@ class NotebookOS(Configurable):
                 "c.NotebookOS.admin_users or admin_groups to name the admins)")
 
 
-def install(serverapp: Any) -> NotebookOS:
-    """Read the ``NotebookOS`` configuration of a Jupyter server and keep it in the server's settings."""
-    permissions = NotebookOS(parent=serverapp)
-    serverapp.web_app.settings[SETTING] = permissions
-    serverapp.log.info("notebookos: %s", permissions.describe())
-    return permissions
-
-
 async def request_access(handler: JupyterHandler) -> Access:
     """What the user of the handler's request may see and do, by the server's ``NotebookOS`` configuration."""
-    permissions: NotebookOS = handler.settings[SETTING]
+    permissions: PoolAdmins = handler.settings[SETTING]
     return await permissions.access(handler)

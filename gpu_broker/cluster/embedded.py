@@ -31,7 +31,7 @@ from ..scheduler.events import (Decision, DecisionKind, Event, ExecutionStarted,
                                 ReplicaMoved, ReplicaReplaced, ScaleOutRequested)
 from ..scheduler.journal import CoreJournal
 from ..scheduler.model import Allocation, AllocationState, HostState
-from ..scheduler.policies import make_policy
+from ..scheduler.policies import LIVE_POLICY, make_policy
 from ..scheduler.core import CoreConfig, SchedulerCore
 from .event_log import EventLog
 from .history import History
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 REPLICAS_PER_KERNEL = 3
-POLICY = "notebookos"  # the live cluster's default policy (the simulator compares it with the others)
 _CHANNELS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 _PORTS_PER_REPLICA = 2 + len(_CHANNELS)  # Raft, the five Jupyter channels, the peer API
 
@@ -89,7 +88,7 @@ class KernelRecord:
 class EmbeddedCluster:
     def __init__(self, state_dir: Path, n_hosts: int = 4, gpus_per_host: int = 1,
                  subscription_limit: float = CoreConfig.subscription_limit, journal: bool = False,
-                 max_hosts: int | None = None, policy: str = POLICY, provider: HostProvider | None = None,
+                 max_hosts: int | None = None, policy: str = LIVE_POLICY, provider: HostProvider | None = None,
                  object_store: str | None = None, host_timeout_s: float = 5.0,
                  devices: list[int] | None = None, state: ClusterStateStore | None = None) -> None:
         """``state``: where the cluster keeps what it must not lose (:mod:`.state_store`); a cluster started on
@@ -106,8 +105,10 @@ class EmbeddedCluster:
         self.provider = provider or LocalProvider(self.state_dir / "hosts", max_hosts, PortPool(), object_store,
                                                   devices)
         self.provider_name = type(self.provider).__name__.removesuffix("Provider").lower()
-        # The hosts started with are the floor the autoscaler keeps; it may add hosts up to max_hosts.
-        self.core_config = CoreConfig(host_gpus=gpus_per_host, subscription_limit=subscription_limit,
+        # The hosts started with are the floor the autoscaler keeps; it may add hosts up to max_hosts. The core sizes
+        # a scale-out in GPUs per added host, which must be positive: with hosts without GPUs (for kernels that need
+        # none) it counts 1, and the hosts a scale-out adds still get gpus_per_host, none.
+        self.core_config = CoreConfig(host_gpus=max(1, gpus_per_host), subscription_limit=subscription_limit,
                                       min_hosts=n_hosts, max_hosts=max_hosts)
         self.core = SchedulerCore(self.policy, self.core_config)
         # With ``journal``, every call the live cluster makes on the core is kept, so that it can be replayed on the
@@ -359,7 +360,8 @@ class EmbeddedCluster:
     def add_host(self, gpus: int | None = None, scaled: bool = True) -> dict:
         """A new host from the provider (the operator's "add host", or a scale-out); ProviderError if it cannot.
         A machine whose agent joins later (a container, a pod) is listed ``starting`` until it does."""
-        agent = self.provider.add_host(gpus or self.gpus_per_host)
+        gpus = self.gpus_per_host if gpus is None else gpus  # 0: a host without GPUs
+        agent = self.provider.add_host(gpus)
         if isinstance(agent, PendingHost):
             key = agent.name or f"starting-{next(self._starting_ids)}"
             with self.lock:
@@ -375,7 +377,7 @@ class EmbeddedCluster:
         with self.lock:
             self.hosts[agent.name] = agent
         # A slice of this machine's real GPUs may be smaller than asked for (the others hold the rest).
-        granted = len(agent.gpu_devices) if agent.gpu_devices is not None else gpus or self.gpus_per_host
+        granted = len(agent.gpu_devices) if agent.gpu_devices is not None else gpus
         self._act(self._decide(self.core.add_host, agent.name, granted))
         if scaled:
             self.metrics.scale_events.labels("out").inc()
@@ -527,8 +529,7 @@ class EmbeddedCluster:
             metrics.interactivity_delay.observe(event.time - cell.submitted)
             self.history.cell_started(event.time - cell.submitted)
         elif isinstance(event, ReplicaMoved):
-            metrics.migrations.labels("drain" if event.reason.startswith("drain") else
-                                      "request" if event.reason == "moved on request" else "scale_in").inc()
+            metrics.migrations.labels(event.cause.value).inc()
             self.history.migrated()
         elif isinstance(event, ReplicaReplaced):
             metrics.replacements.inc()

@@ -22,6 +22,8 @@ from pathlib import Path
 from jupyter_core.paths import secure_write
 
 from .client import ClusterClient, ClusterError, discovery_file
+from .join_token import read_token
+from .tls import fetch_pinned_ca
 
 SERVICE_MODULE = "notebookos.gpu_broker.cluster.service"
 START_TIMEOUT_S = 60.0
@@ -42,7 +44,8 @@ def start_cluster(state_dir: Path, hosts: int, gpus_per_host: int | None = None,
     discovery = discovery or state_dir / "cluster.json"
     discovery.unlink(missing_ok=True)
     argv = [sys.executable, "-m", SERVICE_MODULE, "--state-dir", str(state_dir), "--hosts", str(hosts),
-            "--discovery-file", str(discovery), *(("--gpus-per-host", str(gpus_per_host)) if gpus_per_host else ()),
+            "--discovery-file", str(discovery),
+            *(("--gpus-per-host", str(gpus_per_host)) if gpus_per_host is not None else ()),
             *extra_args]
     output = open(log_path, "ab") if log_path else None
     try:
@@ -120,6 +123,15 @@ def write_remote_discovery_file(path: Path, url: str, token: str, ca_pem: str | 
     by an on-demand local cluster when it does not answer. ``ca_pem``: the CA to verify it against."""
     with secure_write(str(path)) as f:
         json.dump({"url": url, "token": token, "pid": None, "ca_pem": ca_pem}, f)
+
+
+def name_remote_cluster(path: Path, url: str, token_file: Path, ca_file: Path | None = None) -> None:
+    """Write the discovery file of the cluster service at ``url`` from its token file: the CA to verify it against
+    is ``ca_file``, else the one the token pins (fetched and checked against the pin), else none (the system's
+    CAs). TokenError or TLSError, saying what is wrong, when the token or the CA will not do."""
+    token = read_token(token_file)
+    ca_pem = (ca_file.read_text() if ca_file else fetch_pinned_ca(url, token.ca_pin) if token.ca_pin else None)
+    write_remote_discovery_file(path, url, token.secret, ca_pem)
 
 
 def _names_remote_cluster(path: Path) -> bool:

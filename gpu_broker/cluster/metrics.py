@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from ..scheduler.events import DecisionKind
+from ..scheduler.events import DecisionKind, MoveCause
 
 # Bind and release take milliseconds on an idle GPU and seconds for a large model; interactivity delay ranges from
 # the few milliseconds of a LEAD to the minutes of a scale-out.
 _BIND_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0)
-MIGRATION_CAUSES = ("all_yield", "drain", "request", "scale_in")
+# A MIGRATE decision (every replica yielded) moves the executor; the core's ReplicaMoved says why it moved one.
+MIGRATION_CAUSES = ("all_yield", *(cause.value for cause in MoveCause))
 _DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 

@@ -1,8 +1,9 @@
 """Drive a running Jupyter server the way JupyterLab does: REST for sessions, the kernel websocket for cells.
 
-Used by ``notebookos replay``. Only public Jupyter Server APIs are used (``/api/status``, ``/api/sessions``,
-``/api/kernels/<id>/channels`` with the JSON websocket protocol), so the same code drives a ``notebookos lab``
-started here or any server reachable by URL and token. :class:`OwnLab` starts and stops a headless
+Used by ``notebookos replay``. Only public APIs are used (Jupyter Server's ``/api/status``, ``/api/sessions``,
+``/api/kernels/<id>/channels`` with the JSON websocket protocol, and the notebookos extension's
+``/api/notebookos/events``), so the same code drives a ``notebookos lab`` started here or any server reachable by
+URL and token. :class:`OwnLab` starts and stops a headless
 ``notebookos lab`` (embedded cluster plus JupyterLab) for a run that is given no server.
 
 Every time is ``time.monotonic()`` on this machine, so submit, start and reply times of one cell are comparable.
@@ -79,6 +80,12 @@ class JupyterRest:
             "path": f"notebookos-replay/{name}.ipynb", "name": f"{name}.ipynb", "type": "notebook",
             "kernel": {"name": kernel_name},
         })
+
+    async def events(self, kernel_id: str, kind: str | None = None) -> list[dict]:
+        """``GET /api/notebookos/events``: the cluster's event log about one kernel (a closed one too, for an
+        admin), oldest first."""
+        query = f"kernel={quote(kernel_id)}" + (f"&kind={quote(kind)}" if kind else "")
+        return (await self.call("GET", f"api/notebookos/events?{query}"))["events"]
 
     async def delete_session(self, session_id: str) -> None:
         """``DELETE /api/sessions/<id>``: closes the notebook and shuts its kernel down."""
@@ -257,11 +264,13 @@ def free_port() -> int:
 
 
 class OwnLab:
-    """A headless ``notebookos lab`` (embedded cluster of ``hosts`` logical hosts plus JupyterLab) on loopback."""
+    """A headless ``notebookos lab`` (embedded cluster of ``hosts`` logical hosts plus JupyterLab) on loopback.
+    ``gpus_per_host``: each host's GPUs (a slice of the machine's, else virtual ones); None: the lab's default."""
 
-    def __init__(self, workdir: Path, hosts: int = 4) -> None:
+    def __init__(self, workdir: Path, hosts: int = 4, gpus_per_host: int | None = None) -> None:
         self.workdir = Path(workdir)
         self.hosts = hosts
+        self.gpus_per_host = gpus_per_host
         self.port = free_port()
         self.token = secrets.token_hex(24)
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -272,6 +281,7 @@ class OwnLab:
         root = self.workdir / "root"
         return [
             sys.executable, "-m", "notebookos.server_extension.cli", "lab", "--hosts", str(self.hosts),
+            *(("--gpus-per-host", str(self.gpus_per_host)) if self.gpus_per_host else ()),
             "--state-dir", str(self.workdir / "cluster"),
             "--no-browser", "--ServerApp.ip=127.0.0.1", f"--port={self.port}", "--ServerApp.port_retries=0",
             f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={root}",

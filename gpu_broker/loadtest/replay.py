@@ -14,15 +14,22 @@ same trace against the **real system**, through the same APIs JupyterLab uses, s
   simulator, the first cell is submitted ``open before`` after the notebook opened and each later one the
   (scaled) think time after the previous cell's reply, so a late start shifts the rest of the session. Notebooks
   close (``DELETE /api/sessions/<id>``) at their scaled close time. Sessions run concurrently.
+* Each training cell asks for its event's GPUs, as a user would: before a cell whose event wants another number
+  than the kernel asks for now, a cell of only ``%gpus N`` (which holds no GPU itself) changes the kernel's request,
+  and the cell then waits for the scheduler's grant like any notebook's. The lab this command starts has
+  ``--gpus-per-host`` GPUs per logical host (virtual ones where the machine has none), so cells of concurrent
+  sessions contend for them: a cell may wait in the queue, or move to another host first (a migration).
 * Per cell it measures, on this machine's monotonic clock: submit -> ``execute_input`` (the cell's start: the
-  kernel front forwards nothing of a cell before its replicas have elected the executor), submit -> reply, and
-  reply -> idle (the executor's state delta is committed to the Raft log before its idle status).
+  kernel front forwards nothing of a cell before the scheduler granted its GPUs and its replicas elected the
+  executor), submit -> reply, and reply -> idle (the executor's state delta is committed to the Raft log before its
+  idle status). After the run it counts the scheduler's decisions on the replayed kernels from the server's
+  ``/api/notebookos/events``: cells granted at once, queued, migrated.
 
-What the live numbers measure today: the live cluster does not bind GPUs per cell yet, so they are the cost of the
-replication path (front fan-out, Raft election, state commit) and of this machine's CPU contention, **not** of GPU
-contention. ``--compare-simulator`` runs the simulator's ``notebookos`` policy on the same sessions and prints both
-summaries side by side; the simulator's delays are GPU waiting in trace seconds, also shown divided by the time
-scale.
+So the live delays are GPU waiting (queueing, migrations) plus the replication path (front fan-out, Raft
+election, state commit) and this machine's CPU contention: every cell trains on the CPU where the machine has no
+GPU. ``--compare-simulator`` runs the simulator's ``notebookos`` policy on the same sessions, on the same
+``--hosts`` x ``--gpus-per-host`` cluster, and prints both summaries side by side; the simulator's delays are GPU
+waiting in trace seconds, also shown divided by the time scale.
 """
 from __future__ import annotations
 
@@ -47,6 +54,7 @@ from tornado.websocket import WebSocketClosedError
 
 from ..simulator.cli import add_session_arguments, session_model
 from ..simulator.experiment import BUNDLED_TRACE
+from ..simulator.metrics import delay_stats
 from .lab_driver import Execution, JupyterRest, KernelChannel, LabError, OwnLab
 from ..simulator.trace import TraceError, TraceEvent, load_trace, reconstruct_sessions, select_window
 from ..simulator.workload import SessionModel, SessionPlan, plan_session
@@ -56,8 +64,10 @@ from ..simulator.workload import SessionModel, SessionPlan, plan_session
 # would call waiting.
 DEFAULT_WAIT_THRESHOLD_S = 0.5
 RESULT_TAG = "notebookos_replay"
-LIVE_NOTE = ("live delays: the embedded cluster does not bind GPUs per cell yet, so they measure the replication, "
-             "election and state path (and this machine's CPU contention), not GPU contention")
+DEFAULT_GPUS_PER_HOST = 8  # the simulator's default host, so that a slice of the June trace fits (up to 8 GPUs)
+LIVE_NOTE = ("live delays: each cell asks the scheduler for its event's GPUs, so they include GPU waiting (queued "
+             "cells, migrations) as well as the replication, election and state path and this machine's CPU "
+             "contention (cells train on the CPU where the machine has no GPU)")
 
 SETUP_CODE = """\
 import json, time
@@ -68,13 +78,19 @@ model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.L
 opt = torch.optim.SGD(model.parameters(), lr=0.01)
 """
 
+# The kernel's GPU request for its following cells (the replica's `%gpus` magic). A cell of nothing but `%gpus`
+# lines binds no GPU, so changing the request never waits for GPUs itself.
+GPUS_CODE = "%gpus {gpus}"
+
 TRAIN_CODE = """\
 # notebookos replay: trace line {line}, job {job_id}, {gpus} GPU(s), {duration_min:g} trace minutes
 started = time.time()
+device = "cuda" if torch.cuda.is_available() else "cpu"  # "cuda" is the GPU bound to this cell
+model.to(device)
 deadline = time.perf_counter() + {run_s!r}
 steps = 0
 while True:
-    x = torch.randn(256, 32)
+    x = torch.randn(256, 32, device=device)
     loss = torch.nn.functional.mse_loss(model(x), x.sum(dim=1, keepdim=True))
     opt.zero_grad()
     loss.backward()
@@ -225,6 +241,8 @@ class Replay:
     events: list[EventRecord] = field(default_factory=list)
     notebooks: list[NotebookRecord] = field(default_factory=list)
     origin: float = 0.0
+    # the scheduler's decisions on the replayed kernels by kind (lead, migrate, queued, ...); None: not readable
+    decisions: dict[str, int] | None = None
 
     def now(self) -> float:
         return time.monotonic() - self.origin
@@ -249,6 +267,23 @@ class Replay:
                         e.submit_s / 60.0, e.duration_s / 60.0, cell.run_s, cell.nominal_submit_s))
         self.origin = time.monotonic()
         await asyncio.gather(*(self._session(s) for s in self.schedule))
+        self.decisions = await self._decisions()
+
+    async def _decisions(self) -> dict[str, int] | None:
+        """Count the scheduler's decisions on the replayed kernels (``GET /api/notebookos/events``): every cell
+        that asked for GPUs has one grant (``lead`` or ``migrate``), and a ``queued`` one before it if it waited.
+        None when the server does not show them (another user's server, a log that has moved on)."""
+        counts: dict[str, int] = {}
+        try:
+            for notebook in self.notebooks:
+                if notebook.kernel_id is not None:
+                    for record in await self.rest.events(notebook.kernel_id, kind="decision"):
+                        kind = str((record.get("data") or {}).get("kind", "unknown"))
+                        counts[kind] = counts.get(kind, 0) + 1
+        except LabError as err:
+            self.say(f"[yellow]the scheduler's decisions are not readable: {escape(str(err))}[/yellow]")
+            return None
+        return counts
 
     async def _session(self, session: SessionSchedule) -> None:
         open_at = session.notebooks[0].open_s
@@ -278,9 +313,15 @@ class Replay:
             record.setup_s = setup.idle - setup.submitted
             self.say(f"{plan.name}: kernel ready in {record.kernel_ready_s:.2f} s, setup {record.setup_s:.2f} s")
             planned = open_at + plan.open_before_s
+            requested = 0  # the kernelspec's GPUs per cell
             running: list[tuple[EventRecord, Execution]] = []
             for cell, event in zip(plan.cells, events):
                 planned = planned if cell.index == 0 else last_reply + cell.think_s
+                if cell.event.gpus != requested:  # within the think time, before the cell is due
+                    changed = await channel.run(GPUS_CODE.format(gpus=cell.event.gpus), self.cell_timeout_s)
+                    if changed.status != "ok":
+                        raise LabError(f"%gpus {cell.event.gpus} failed: {changed.status}: {changed.error}")
+                    requested = cell.event.gpus
                 await self.sleep_until(planned)
                 execution = await channel.execute(TRAIN_CODE.format(
                     line=cell.event.line, job_id=cell.event.job_id, gpus=cell.event.gpus,
@@ -361,28 +402,14 @@ def _cell_result(stdout: list[str]) -> dict | None:
 # --------------------------------------------------------------------------------------------- summary
 
 
-def delay_stats(delays: list[float], threshold_s: float) -> dict[str, float | int | None]:
-    d = np.asarray(delays, dtype=float)
-    if not d.size:
-        return {"delay_mean_s": None, "delay_p50_s": None, "delay_p90_s": None, "delay_p99_s": None,
-                "delay_max_s": None, "started_without_wait": None}
-    return {
-        "delay_mean_s": float(d.mean()),
-        "delay_p50_s": float(np.percentile(d, 50)),
-        "delay_p90_s": float(np.percentile(d, 90)),
-        "delay_p99_s": float(np.percentile(d, 99)),
-        "delay_max_s": float(d.max()),
-        "started_without_wait": float(np.mean(d <= threshold_s)),
-    }
-
-
 def _pct(values: list[float | None], q: float) -> float | None:
     v = [x for x in values if x is not None]
     return float(np.percentile(v, q)) if v else None
 
 
 def summarize(events: list[EventRecord], notebooks: list[NotebookRecord], threshold_s: float,
-              sessions: int) -> dict:
+              sessions: int, decisions: dict[str, int] | None = None) -> dict:
+    """The live run's numbers; ``decisions``: the scheduler's decisions on its kernels by kind (None: unknown)."""
     ran = [e for e in events if e.ran]
     summary: dict = {
         "events": len(events),
@@ -399,6 +426,7 @@ def summarize(events: list[EventRecord], notebooks: list[NotebookRecord], thresh
         "late_submissions": sum(1 for e in ran if (e.late_s or 0.0) > threshold_s),
         "kernel_ready_p50_s": _pct([n.kernel_ready_s for n in notebooks], 50),
         "kernel_ready_max_s": _pct([n.kernel_ready_s for n in notebooks], 100),
+        "gpu_decisions": decisions,
     }
     return summary
 
@@ -423,8 +451,8 @@ def simulate_same(plans: list[SessionPlan], model: SessionModel, start_min: floa
         "cluster": asdict(cluster),
         "costs": asdict(CostModel()),
         "events": metrics["training_events"],
-        "trace_seconds": {**delay_stats(delays, 1e-6), "started_without_wait_rule": "delay == 0 (simulator)"},
-        "replay_seconds": delay_stats([d / time_scale for d in delays], 1e-6),
+        "trace_seconds": {**delay_stats(delays), "started_without_wait_rule": "delay == 0 (simulator)"},
+        "replay_seconds": delay_stats([d / time_scale for d in delays]),
         "migrations": metrics["migrations"],
         "gpu_hours_committed": metrics["gpu_hours_committed"],
         "delays_s": delays,
@@ -529,6 +557,11 @@ def render(summary: dict, simulator: dict | None, time_scale: float, console: Co
              f"state commit (reply → idle) p50 {_fmt(summary['commit_p50_s'])} s, "
              f"p99 {_fmt(summary['commit_p99_s'])} s; kernel ready p50 {_fmt(summary['kernel_ready_p50_s'])} s")
     console.print(extra, highlight=False)
+    decisions = summary.get("gpu_decisions")
+    if decisions is not None:
+        console.print("live scheduler decisions on these kernels: " + (", ".join(
+            f"{count} {kind}" for kind, count in sorted(decisions.items())) or "none (no cell asked for GPUs)"),
+            highlight=False)
     console.print(f"note: {LIVE_NOTE}", style="yellow", highlight=False)
     if simulator is not None:
         c = simulator["cluster"]
@@ -547,16 +580,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Replay the sessions of a trace window against a real notebookos Jupyter server (its own headless "
             "`notebookos lab` unless --url is given): each training event becomes a cell that trains a small "
-            "torch model for the event's duration divided by --time-scale. Measures submit -> execution start, "
-            "submit -> reply and the state commit of every cell; writes replay.json, replay.csv and "
-            "delay_cdf.png to --out. The live cluster does not bind GPUs per cell yet: the delays measure the "
-            "replication/election/state path, not GPU contention."
+            "torch model for the event's duration divided by --time-scale, asking for the event's GPUs (%gpus). "
+            "Measures submit -> execution start (GPU waiting included), submit -> reply and the state commit of "
+            "every cell, and counts the scheduler's decisions (granted at once, queued, migrated); writes "
+            "replay.json, replay.csv and delay_cdf.png to --out."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--trace", type=Path, default=BUNDLED_TRACE, help="trace CSV (Sensei June format)")
     parser.add_argument("--start-min", type=float, default=0.0, help="keep events submitted from this trace minute")
-    parser.add_argument("--minutes", type=float, default=60.0, help="keep events submitted within this many trace minutes of --start-min")
+    parser.add_argument("--minutes", type=float, default=60.0,
+                        help="keep events submitted within this many trace minutes of --start-min")
     parser.add_argument("--max-sessions", type=int, default=4,
                         help="replay at most this many sessions of the window (the earliest first)")
     parser.add_argument("--time-scale", type=float, default=60.0,
@@ -566,6 +600,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     server.add_argument("--url", default=None, help="base URL of a running Jupyter server with the notebookos kernel")
     server.add_argument("--token", default=None, help="its token; $JUPYTER_TOKEN when not given")
     server.add_argument("--hosts", type=int, default=4, help="logical hosts of the lab this command starts")
+    server.add_argument("--gpus-per-host", "--sim-gpus-per-host", dest="gpus_per_host", type=int,
+                        default=DEFAULT_GPUS_PER_HOST,
+                        help="GPUs of each host: of the lab this command starts (a slice of the machine's GPUs, "
+                             "else virtual ones), and of the simulated cluster of --compare-simulator")
     add_session_arguments(parser, "session model, trace minutes (as notebookos simulate)")
     parser.add_argument("--wait-threshold-s", type=float, default=DEFAULT_WAIT_THRESHOLD_S,
                         help="a live cell 'started at once' if submit -> execution start is at most this (wall s)")
@@ -573,8 +611,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="give up on a cell this long after its training time")
     parser.add_argument("--compare-simulator", action="store_true",
                         help="also run the simulator's notebookos policy on the same sessions, side by side")
-    parser.add_argument("--sim-gpus-per-host", type=int, default=8,
-                        help="GPUs per host of the simulated cluster (--hosts hosts, fixed)")
     parser.add_argument("--no-plots", action="store_true", help="skip delay_cdf.png")
     parser.add_argument("--quiet", action="store_true", help="no per-cell progress lines")
     parser.set_defaults(func=run)
@@ -584,9 +620,10 @@ def settings_of(args: argparse.Namespace, model: SessionModel) -> dict:
     return {
         "trace": str(args.trace), "start_min": args.start_min, "minutes": args.minutes,
         "max_sessions": args.max_sessions, "time_scale": args.time_scale,
-        "server": args.url or f"own notebookos lab, {args.hosts} hosts",
+        "server": args.url or f"own notebookos lab, {args.hosts} hosts of {args.gpus_per_host} GPUs",
         "session_model": asdict(model), "wait_threshold_s": args.wait_threshold_s,
         "cell_code": TRAIN_CODE.format(line="L", job_id="J", gpus="G", duration_min=0, run_s=0.0, tag=RESULT_TAG),
+        "gpus_code": GPUS_CODE.format(gpus="G"),
         "setup_code": SETUP_CODE.format(seed="<session id>"),
     }
 
@@ -601,11 +638,11 @@ def run(args: argparse.Namespace) -> int:
         model = session_model(args)
         plans = select_plans(args.trace, args.start_min, args.minutes, args.max_sessions, model)
         schedule = build_schedule(plans, model, args.time_scale)
-        if args.compare_simulator:
+        if args.compare_simulator or not args.url:  # a cell asking more GPUs than any host has would wait forever
             widest = max(n.gpus for p in plans for n in p.notebooks)
-            if widest > args.sim_gpus_per_host or args.hosts < 3:
-                raise ValueError(f"--compare-simulator needs at least 3 hosts of at least {widest} GPUs (the widest "
-                                 f"request of the slice); got {args.hosts} x {args.sim_gpus_per_host}")
+            if widest > args.gpus_per_host or args.hosts < 3:
+                raise ValueError(f"the replay needs at least 3 hosts of at least {widest} GPUs (the widest "
+                                 f"request of the slice); got {args.hosts} x {args.gpus_per_host}")
     except (TraceError, ValueError) as exc:
         print(f"notebookos replay: {exc}", file=sys.stderr)
         return 2
@@ -623,11 +660,11 @@ def run(args: argparse.Namespace) -> int:
         print("notebookos replay: interrupted; nothing written", file=sys.stderr)
         return 130
     wall = time.monotonic() - began
-    summary = summarize(replay.events, replay.notebooks, args.wait_threshold_s, len(plans))
+    summary = summarize(replay.events, replay.notebooks, args.wait_threshold_s, len(plans), replay.decisions)
     summary["wall_s"] = wall
     simulator = None
     if args.compare_simulator:
-        simulator = simulate_same(plans, model, args.start_min, args.minutes, args.hosts, args.sim_gpus_per_host,
+        simulator = simulate_same(plans, model, args.start_min, args.minutes, args.hosts, args.gpus_per_host,
                                   args.time_scale)
     report = {
         "settings": settings_of(args, model),
@@ -650,9 +687,11 @@ async def _replay(args: argparse.Namespace, schedule: list[SessionSchedule], log
         rest = JupyterRest(args.url, args.token if args.token is not None else os.environ.get("JUPYTER_TOKEN", ""))
         await rest.status()
     else:
-        lab = OwnLab(Path(tempfile.mkdtemp(prefix="notebookos-replay-")), hosts=args.hosts)
+        lab = OwnLab(Path(tempfile.mkdtemp(prefix="notebookos-replay-")), hosts=args.hosts,
+                     gpus_per_host=args.gpus_per_host)
         if log is not None:
-            log.print(f"starting notebookos lab ({args.hosts} hosts) on {lab.url}, log {lab.log_path}",
+            log.print(f"starting notebookos lab ({args.hosts} hosts of {args.gpus_per_host} GPUs) on {lab.url}, "
+                      f"log {lab.log_path}",
                       highlight=False)
         rest = await lab.start()
     replay = None

@@ -5,7 +5,7 @@ per thing that happened, passing the time it happened, and gets back the events 
 carrying them out (starting containers, booting hosts, telling replicas to LEAD) is the driver's job. Both drivers
 run the same code, so the simulator's results are the live scheduler's behaviour.
 
-A cell's life, as the core sees it (see ARCHITECTURE.md, "A cell's life"):
+A cell's life, as the core sees it (the whole of it: docs/architecture.md, "One cell"):
 
 1. ``request_execution`` pre-selects the executor and pre-commits its devices (PENDING), or queues the request.
 2. ``start_execution`` marks them COMMITTED once the executor runs.
@@ -35,6 +35,7 @@ from .events import (
     HostResized,
     KernelClosed,
     KernelPlaced,
+    MoveCause,
     PlacementDeferred,
     Released,
     ReplicaLost,
@@ -197,7 +198,7 @@ class SchedulerCore:
                              f"({target.ratio(kernel.gpus):.2f} > {self.config.subscription_limit})")
         self.cluster.move_replica(kernel, replica, target)
         return [ReplicaMoved(time=now, reason="moved on request", kernel_id=kernel_id, replica=replica,
-                             from_host=source, to_host=host_id)]
+                             from_host=source, to_host=host_id, cause=MoveCause.REQUEST)]
 
     # ----------------------------------------------------------------- cells
     def request_execution(self, kernel_id: str, gpus: int, now: float) -> Decision:
@@ -528,7 +529,7 @@ class SchedulerCore:
             plan.append((kernel, index, target))
         return plan
 
-    def _move(self, plan: list[tuple[Kernel, int, Host]], now: float, why: str) -> list[Event]:
+    def _move(self, plan: list[tuple[Kernel, int, Host]], now: float, why: str, cause: MoveCause) -> list[Event]:
         events: list[Event] = []
         for kernel, index, target in plan:
             held = kernel.allocation is not None and kernel.allocation.held
@@ -539,7 +540,7 @@ class SchedulerCore:
                 self.cluster.allocate(kernel, target, kernel.gpus, index, held=True, state=AllocationState.COMMITTED,
                                       now=now)
             events.append(ReplicaMoved(time=now, reason=why, kernel_id=kernel.kernel_id, replica=index,
-                                       from_host=source.host_id, to_host=target.host_id))
+                                       from_host=source.host_id, to_host=target.host_id, cause=cause))
         return events
 
     def _progress_drains(self, now: float) -> list[Event]:
@@ -547,7 +548,7 @@ class SchedulerCore:
         for host in [h for h in self.cluster.hosts.values() if h.state is HostState.DRAINING]:
             plan = self._movable_plan(host, partial=True)
             if plan:
-                events += self._move(plan, now, f"draining {host.host_id}")
+                events += self._move(plan, now, f"draining {host.host_id}", MoveCause.DRAIN)
             if host.replicas or host.allocations:
                 continue
             if host.remove_when_drained:
@@ -572,7 +573,7 @@ class SchedulerCore:
             if plan is None:
                 continue
             host.state = HostState.DRAINING
-            events += self._move(plan, now, f"scale-in vacates {host.host_id}")
+            events += self._move(plan, now, f"scale-in vacates {host.host_id}", MoveCause.SCALE_IN)
             self.cluster.remove_host(host.host_id)
             events.append(HostRemoved(time=now, reason=why, host_id=host.host_id))
             count -= 1

@@ -106,6 +106,14 @@ class KernelClosed(Event):
     kernel_id: str
 
 
+class MoveCause(Enum):
+    """Why the core moved an idle replica: what a driver counts a move under (the reason is prose for people)."""
+
+    DRAIN = "drain"  # its host is draining
+    SCALE_IN = "scale_in"  # the autoscaler vacates its host to remove it
+    REQUEST = "request"  # an operator asked (migrate_replica)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReplicaMoved(Event):
     """An idle replica moved (off a draining host, or on request): off the critical path, it was not executing."""
@@ -114,6 +122,7 @@ class ReplicaMoved(Event):
     replica: int
     from_host: str
     to_host: str
+    cause: MoveCause
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -166,6 +166,7 @@ class NotebookOSPlus(NotebookOS):
 POLICIES: dict[str, type[Policy]] = {
     cls.name: cls for cls in (Reservation, Batch, NotebookOS, LargeContainerPool, NotebookOSPlus)
 }
+LIVE_POLICY = NotebookOS.name  # the live cluster's default policy (the simulator compares it with the others)
 
 
 def make_policy(name: str) -> Policy:

@@ -12,7 +12,7 @@ from ..scheduler.policies import POLICIES
 from .costs import CostModel
 from .engine import ClusterSpec
 from .experiment import BUNDLED_TRACE, Experiment, run_experiment
-from .report import render_table, write_outputs
+from .report import PLOTS_NEED, can_plot, render_table, write_outputs
 from .trace import TraceError
 from .workload import SessionModel
 
@@ -102,6 +102,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.no_plots and not can_plot():
+        print(f"notebookos simulate: {PLOTS_NEED}", file=sys.stderr)
+        return 2
     try:
         experiment = Experiment(
             trace=args.trace,

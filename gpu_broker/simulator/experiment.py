@@ -19,7 +19,8 @@ from .metrics import PolicyResult
 from .trace import load_trace, reconstruct_sessions, select_window
 from .workload import SessionModel, SessionPlan, plan_session
 
-BUNDLED_TRACE = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "sensei_june_60sec.csv"
+# Package data (pyproject.toml), so that an installed wheel replays it as a checkout does.
+BUNDLED_TRACE = Path(__file__).resolve().parent / "data" / "sensei_june_60sec.csv"
 BASELINE = "reservation"
 
 

@@ -4,12 +4,37 @@ GPU-hours are time integrals of two step functions the core exposes: *provisione
 pays for, from the moment a scale-out is requested until the host is removed) and *committed* GPUs (devices bound
 or pre-committed to an executor, including start-up and migration time; for reservation, the GPUs a session
 holds). Both are integrated only over the accounting window, so a 17.5-hour window reports 17.5 hours of cost.
+
+Delay statistics (:func:`delay_stats`) are computed here for every caller: the simulator's policy metrics and
+``notebookos replay`` (live delays and the simulator's beside them) report the same keys, computed the same way.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+# A simulated training event "started at once" when its delay is zero; the tolerance absorbs float rounding of the
+# virtual clock.
+AT_ONCE_S = 1e-6
+
+
+def delay_stats(delays_s: Sequence[float], at_once_s: float = AT_ONCE_S) -> dict[str, float | None]:
+    """Mean, p50/p90/p99 (numpy's linear interpolation) and max of ``delays_s``, and the share of events that
+    started at once (delay at most ``at_once_s``). Every value is None when there is no delay to summarize."""
+    d = np.asarray(delays_s, dtype=float)
+    if not d.size:
+        return {"started_without_wait": None, "delay_mean_s": None, "delay_p50_s": None, "delay_p90_s": None,
+                "delay_p99_s": None, "delay_max_s": None}
+    return {
+        "started_without_wait": float(np.mean(d <= at_once_s)),
+        "delay_mean_s": float(d.mean()),
+        "delay_p50_s": float(np.percentile(d, 50)),
+        "delay_p90_s": float(np.percentile(d, 90)),
+        "delay_p99_s": float(np.percentile(d, 99)),
+        "delay_max_s": float(d.max()),
+    }
 
 
 @dataclass
@@ -56,25 +81,15 @@ class PolicyResult:
 
     def metrics(self, reservation_provisioned_h: float | None) -> dict[str, float | int | None]:
         rec = self.recorder
-        delays = np.asarray(rec.delays_s, dtype=float)
         provisioned_h = rec.provisioned_gpu_s / 3600.0
-
-        def pct(q: float) -> float:
-            return float(np.percentile(delays, q)) if delays.size else 0.0
-
         return {
-            "training_events": int(delays.size),
+            "training_events": len(rec.delays_s),
             "gpu_hours_provisioned": provisioned_h,
             "gpu_hours_committed": rec.committed_gpu_s / 3600.0,
             "gpu_hours_saved_vs_reservation": (
                 None if reservation_provisioned_h is None else reservation_provisioned_h - provisioned_h
             ),
-            "started_without_wait": float(np.mean(delays <= 1e-6)) if delays.size else 1.0,
-            "delay_mean_s": float(delays.mean()) if delays.size else 0.0,
-            "delay_p50_s": pct(50),
-            "delay_p90_s": pct(90),
-            "delay_p99_s": pct(99),
-            "delay_max_s": float(delays.max()) if delays.size else 0.0,
+            **delay_stats(rec.delays_s),
             "migrations": rec.migrations,
             "drain_moves": rec.drain_moves,
             "scale_outs": rec.scale_out_hosts,

@@ -1,17 +1,27 @@
-"""Report an experiment: a terminal table, summary.json, CSV files and PNG plots."""
+"""Report an experiment: a terminal table, summary.json, CSV files and PNG plots.
+
+The plots need matplotlib, which only the ``sim`` extra installs (``pip install 'notebookos[sim]'``); it is imported
+when a plot is drawn, so everything else works without it.
+"""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
 from .experiment import ExperimentResult
 from .metrics import PolicyResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+PLOTS_NEED = "the PNG plots need matplotlib: pip install 'notebookos[sim]', or pass --no-plots"
 
 Metrics = dict[str, dict[str, float | int | None]]
 
@@ -100,8 +110,19 @@ def write_timeseries_csv(path: Path, results: dict[str, PolicyResult]) -> None:
                 writer.writerow([name, *(f"{x:.3f}" for x in row)])
 
 
+def can_plot() -> bool:
+    """Whether matplotlib is installed (else the plots are refused with PLOTS_NEED)."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def _figure(**kwargs: object) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(layout="constrained", **kwargs)
+
+
 def plot_delay_cdf(path: Path, results: dict[str, PolicyResult]) -> None:
-    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    fig = _figure(figsize=(7, 4.2))
     ax = fig.add_subplot()
     right = max([1.0, *(max(r.recorder.delays_s, default=0.0) for r in results.values())]) * 1.2
     for name, result in results.items():
@@ -123,7 +144,7 @@ def plot_delay_cdf(path: Path, results: dict[str, PolicyResult]) -> None:
 
 
 def plot_gpus_over_time(path: Path, results: dict[str, PolicyResult]) -> None:
-    fig = Figure(figsize=(9, 1.9 * len(results) + 0.8), layout="constrained")
+    fig = _figure(figsize=(9, 1.9 * len(results) + 0.8))
     axes = fig.subplots(len(results), 1, sharex=True, sharey=True, squeeze=False)[:, 0]
     for ax, (name, result) in zip(axes, results.items()):
         hours, provisioned, committed = gpu_series(result)

@@ -2,7 +2,9 @@
 
 The cluster is found the way kernels find it (``$NOTEBOOKOS_CLUSTER_FILE``, else the runtime directory's
 ``notebookos-cluster.json``), read again on every request, so a cluster that restarts and rewrites its discovery
-file is picked up. The API never starts a cluster: with none answering it reports 503 and says what to do.
+file is picked up. The API never starts a cluster: with none answering it reports 503 and says what to do. Every
+call is one typed method of :class:`ClusterClient` (one operation of the service's OpenAPI document), never a URL
+built here.
 
 The models are built field by field from what the cluster returns (a whitelist), so what the cluster keeps for
 its own clients (a replica's connection info, which carries the kernel's message key) never reaches the API.
@@ -13,9 +15,8 @@ a GPU). What hosts and GPUs are, and how busy, stays the pool's.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
-from urllib.parse import quote, urlencode
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from ...gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterClient, ClusterError, discovery_file
 
@@ -25,6 +26,7 @@ REQUEST_TIMEOUT_S = 30.0
 OWNER_RETRY_S = (0.1, 0.2, 0.4, 0.8)
 
 Sees = Callable[[str | None], bool]  # whether the user may see a kernel of this owner
+T = TypeVar("T")
 
 
 def everyone(owner: str | None) -> bool:
@@ -45,8 +47,10 @@ class ClusterRefused(Exception):
 
 
 def _what_to_do(path: Any) -> str:
-    return (f"Start Jupyter with `notebookos lab`, which starts a cluster and points the server at it, or set "
-            f"{CLUSTER_FILE_ENV} to the discovery file of a running cluster (looked for at {path}).")
+    return (f"Start Jupyter with `notebookos lab`, which starts a cluster and points the server at it; or name a "
+            f"shared cluster service with c.NotebookOS.cluster_url and c.NotebookOS.cluster_token_file; or set "
+            f"{CLUSTER_FILE_ENV} to the discovery file of a running cluster (looked for at {path}); or start a "
+            f"notebookos kernel, which starts a cluster on this machine.")
 
 
 def _client() -> ClusterClient:
@@ -54,19 +58,18 @@ def _client() -> ClusterClient:
     if not path.exists():
         raise ClusterUnavailable(f"No notebookos cluster is configured for this server. {_what_to_do(path)}")
     try:
-        return ClusterClient.from_file(path)
+        return ClusterClient.from_file(path, timeout=REQUEST_TIMEOUT_S)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ClusterUnavailable(f"The notebookos cluster discovery file {path} cannot be read ({err}). "
                                  f"{_what_to_do(path)}") from None
 
 
-async def cluster_request(method: str, path: str, body: dict | None = None, text: bool = False,
-                          timeout: float = REQUEST_TIMEOUT_S) -> Any:
-    """One request to the cluster service; its JSON answer (its text with ``text``), or ClusterUnavailable /
-    ClusterRefused."""
+async def _call(operation: Callable[[ClusterClient], Awaitable[T]]) -> T:
+    """One call of a :class:`ClusterClient` method on the cluster this server is pointed at; its answer, or
+    ClusterUnavailable / ClusterRefused."""
     client = _client()
     try:
-        return await client.request(method, path, body, timeout=timeout, text=text)
+        return await operation(client)
     except ClusterError as err:
         if err.status is None:
             said = str(err)
@@ -181,45 +184,58 @@ def cluster_model(raw_cluster: dict, sees: Sees = everyone) -> dict:
 
 # --- calls ------------------------------------------------------------------------------------------------------
 
-def _kernel_path(kernel_id: str) -> str:
-    return f"/kernels/{quote(kernel_id, safe='')}"
-
-
 async def get_cluster() -> dict:
     """The cluster service's raw ``GET /cluster``."""
-    return await cluster_request("GET", "/cluster")
+    return await _call(lambda c: c.describe())
 
 
 async def get_kernel(kernel_id: str) -> dict:
-    return kernel_model(await cluster_request("GET", _kernel_path(kernel_id)))
+    return kernel_model(await _call(lambda c: c.kernel(kernel_id)))
 
 
 async def delete_kernel(kernel_id: str) -> None:
-    await cluster_request("DELETE", _kernel_path(kernel_id))
+    await _call(lambda c: c.delete_kernel(kernel_id))
 
 
-async def replica_action(kernel_id: str, replica: int, action: str, body: dict | None = None) -> dict:
-    assert action in ("kill", "restart", "migrate")
-    return kernel_model(await cluster_request(
-        "POST", f"{_kernel_path(kernel_id)}/replicas/{replica}/{action}", body))
+async def kill_replica(kernel_id: str, replica: int) -> dict:
+    return kernel_model(await _call(lambda c: c.kill_replica(kernel_id, replica)))
 
 
-async def host_request(method: str, name: str | None = None, action: str = "", body: dict | None = None) -> dict | None:
-    """Add (POST, no name), change (PATCH), drain (POST with action "drain") or remove (DELETE) a host; the host's
-    model afterwards (None once removed)."""
-    path = "/hosts" + (f"/{quote(name, safe='')}" if name is not None else "") + (f"/{action}" if action else "")
-    raw = await cluster_request(method, path, body)
-    if raw is None:
-        return None
+async def restart_replica(kernel_id: str, replica: int) -> dict:
+    return kernel_model(await _call(lambda c: c.restart_replica(kernel_id, replica)))
+
+
+async def migrate_replica(kernel_id: str, replica: int, host: str) -> dict:
+    return kernel_model(await _call(lambda c: c.migrate_replica(kernel_id, replica, host)))
+
+
+async def _host_model(raw: dict) -> dict:
+    """A host the cluster answered with, as the API's model (its replicas counted from the kernels)."""
     kernels = [kernel_model(k) for k in (await get_cluster()).get("kernels", [])]
     return host_model(raw, kernels)
 
 
-async def get_events(query: dict[str, str], wait: bool = False, timeout: float = REQUEST_TIMEOUT_S) -> dict:
-    """The cluster's event log after ``query['since']``, filtered; with ``wait``, held until one comes (or the
-    cluster's own time-out)."""
-    path = "/events" + ("/wait" if wait else "") + ("?" + urlencode(query) if query else "")
-    return await cluster_request("GET", path, timeout=timeout)
+async def add_host(gpus: int | None) -> dict:
+    return await _host_model(await _call(lambda c: c.add_host(gpus)))
+
+
+async def resize_host(name: str, gpus: int) -> dict:
+    return await _host_model(await _call(lambda c: c.resize_host(name, gpus)))
+
+
+async def drain_host(name: str) -> dict:
+    return await _host_model(await _call(lambda c: c.drain_host(name)))
+
+
+async def remove_host(name: str) -> None:
+    await _call(lambda c: c.remove_host(name))
+
+
+async def get_events(query: dict[str, Any], wait_s: int | None = None) -> dict:
+    """The cluster's event log after ``query['since']``, filtered by ``query``'s ``limit``, ``host``, ``kernel`` and
+    ``kind``; with ``wait_s``, held up to that many seconds until one comes."""
+    timeout = None if wait_s is None else wait_s + 10.0
+    return await _call(lambda c: c.events(**query, wait_s=wait_s, timeout=timeout))
 
 
 async def learn_owners(owners: dict[str, str | None], events: list[dict]) -> None:
@@ -234,9 +250,9 @@ async def learn_owners(owners: dict[str, str | None], events: list[dict]) -> Non
 
 
 async def get_history(seconds: float) -> dict:
-    return await cluster_request("GET", f"/history?seconds={seconds}")
+    return await _call(lambda c: c.history(seconds))
 
 
 async def get_cluster_metrics() -> str:
     """The cluster service's own Prometheus text (bind latency, interactivity delay, GPU-seconds, ...)."""
-    return await cluster_request("GET", "/metrics", text=True)
+    return await _call(lambda c: c.metrics())

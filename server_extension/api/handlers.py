@@ -9,6 +9,12 @@ their dead replicas, and gets 403 saying how the admin permission is granted for
 (``{"message": ..., "reason": ...}``, Jupyter's APIHandler format): 400 for a malformed request, 404 for an unknown
 kernel, replica or host, 409 when the cluster refuses an action (with its reason), 503 when the cluster is not there,
 with what to do about it.
+
+Every request is checked against the OpenAPI document this server serves (:mod:`.openapi`), once the user is known
+to be allowed the action: :meth:`NotebookOSHandler.checked` (the shared
+:class:`~notebookos.gpu_broker.cluster.openapi.RequestChecker`) converts path and query parameters, refuses unknown
+query parameters and checks the JSON body, answering 400 with the field and why. Handlers read their inputs from
+what it returns, never from the raw request.
 """
 from __future__ import annotations
 
@@ -21,16 +27,20 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 from tornado.iostream import StreamClosedError
 
+from ...gpu_broker.cluster.openapi import Checked, RequestChecker, RequestInvalid
 from ..permissions import ADMIN_MESSAGE, RESOURCE, WRITE_MESSAGE, Access, request_access
-from .cluster import (ClusterRefused, ClusterUnavailable, cluster_model, delete_kernel, event_visible, get_cluster,
-                      get_cluster_metrics, get_events, get_history, get_kernel, gpus_model, host_request, hosts_model,
-                      kernel_owners, kernels_model, learn_owners, replica_action)
+from .cluster import (ClusterRefused, ClusterUnavailable, add_host, cluster_model, delete_kernel, drain_host,
+                      event_visible, get_cluster, get_cluster_metrics, get_events, get_history, get_kernel, gpus_model,
+                      hosts_model, kernel_owners, kernels_model, kill_replica, learn_owners, migrate_replica,
+                      remove_host, resize_host, restart_replica)
 from .metrics import CONTENT_TYPE, Metrics
-from .openapi import API_PREFIX, document
+from .openapi import API_PREFIX, DOCUMENT, document
 
 STREAM_WAIT_S = 15  # how long the event stream waits for an event before it writes a keep-alive comment
 STREAM_RETRY_MS = 3000  # how soon a browser reconnects after the stream ends
 ADMIN_ACTIONS = ("kill", "migrate")  # replica actions that move work around the pool; an owner may "restart"
+# Jupyter's authentication reads these from any request's query: no operation declares them, none refuses them.
+CHECKER = RequestChecker(DOCUMENT, ignored_query=frozenset({"token", "_xsrf"}))
 
 
 class NotebookOSHandler(APIHandler):
@@ -91,39 +101,22 @@ class NotebookOSHandler(APIHandler):
                 raise web.HTTPError(err.status, str(err)) from None
             raise web.HTTPError(502, f"the notebookos cluster answered {err.status}: {err}") from None
 
-    def json_body(self) -> dict[str, Any]:
-        """The request's JSON object body (empty: {}), or 400 saying what is wrong with it."""
+    def checked(self) -> Checked:
+        """The request checked against the served document: its path and query parameters and JSON body, or 400
+        naming the field and why. Called once the user may do what they ask (a refusal comes first)."""
+        path = self.request.path
         try:
-            data = json.loads(self.request.body or b"{}")
-        except ValueError as err:
-            raise web.HTTPError(400, f"the request body is not JSON: {err}") from None
-        if not isinstance(data, dict):
-            raise web.HTTPError(400, "the request body must be a JSON object")
-        return data
-
-    def only_query(self, *allowed: str) -> None:
-        """400 for a query parameter this endpoint does not take (a typo would otherwise be silently ignored)."""
-        unknown = sorted(set(self.request.query_arguments) - set(allowed))
-        if unknown:
-            raise web.HTTPError(400, f"unknown query parameter {unknown[0][:40]!r}; this endpoint takes "
-                                     f"{', '.join(allowed) or 'none'}")
-
-    def gpu_count(self, data: dict[str, Any], required: bool) -> int | None:
-        """``gpus`` of a request body: a whole number of at least 1 (or absent when not ``required``)."""
-        value = data.get("gpus")
-        if value is None and not required:
-            return None
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)  # JSON Schema's integer: 2.0 is one
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1024:
-            raise web.HTTPError(400, f"gpus must be a whole number from 1 to 1024, got {value!r}")
-        return value
+            return CHECKER.check(self.request.method or "GET", path[path.find(API_PREFIX):],
+                                 self.request.query_arguments, self.request.body)
+        except RequestInvalid as err:
+            raise web.HTTPError(400, str(err)) from None
 
 
 class OpenAPIHandler(NotebookOSHandler):
     @web.authenticated
     @authorized("read", resource=RESOURCE)
     def get(self) -> None:
+        self.checked()
         self.reply(document(self.base_url))
 
 
@@ -134,6 +127,7 @@ class MeHandler(NotebookOSHandler):
     @web.authenticated
     @authorized("read", resource=RESOURCE)
     async def get(self) -> None:
+        self.checked()
         user = self.current_user
         access = await self.access()
         self.reply({"name": getattr(user, "name", None) or getattr(user, "username", "") or "",
@@ -144,6 +138,7 @@ class ClusterHandler(NotebookOSHandler):
     @web.authenticated
     @authorized("read", resource=RESOURCE)
     async def get(self) -> None:
+        self.checked()
         self.reply(cluster_model(await self.cluster_call(get_cluster()), (await self.access()).sees))
 
 
@@ -151,15 +146,16 @@ class HostsHandler(NotebookOSHandler):
     @web.authenticated
     @authorized("read", resource=RESOURCE)
     async def get(self) -> None:
+        self.checked()
         self.reply({"hosts": hosts_model(await self.cluster_call(get_cluster()), (await self.access()).sees)})
 
     @web.authenticated
     @authorized("write", resource=RESOURCE, message=WRITE_MESSAGE)
     async def post(self) -> None:
         await self.require_admin()
-        gpus = self.gpu_count(self.json_body(), required=False)
+        gpus = self.checked().body.get("gpus")
         self.set_status(201)
-        self.reply(await self.cluster_call(host_request("POST", body={} if gpus is None else {"gpus": gpus})))
+        self.reply(await self.cluster_call(add_host(None if gpus is None else int(gpus))))
 
 
 class HostHandler(NotebookOSHandler):
@@ -167,14 +163,14 @@ class HostHandler(NotebookOSHandler):
     @authorized("write", resource=RESOURCE, message=WRITE_MESSAGE)
     async def patch(self, name: str) -> None:
         await self.require_admin()
-        gpus = self.gpu_count(self.json_body(), required=True)
-        self.reply(await self.cluster_call(host_request("PATCH", name, body={"gpus": gpus})))
+        self.reply(await self.cluster_call(resize_host(name, int(self.checked().body["gpus"]))))
 
     @web.authenticated
     @authorized("write", resource=RESOURCE, message=WRITE_MESSAGE)
     async def delete(self, name: str) -> None:
         await self.require_admin()
-        await self.cluster_call(host_request("DELETE", name))
+        self.checked()
+        await self.cluster_call(remove_host(name))
         self.set_status(204)
         self.finish()
 
@@ -184,13 +180,15 @@ class DrainHandler(NotebookOSHandler):
     @authorized("write", resource=RESOURCE, message=WRITE_MESSAGE)
     async def post(self, name: str) -> None:
         await self.require_admin()
-        self.reply(await self.cluster_call(host_request("POST", name, "drain")))
+        self.checked()
+        self.reply(await self.cluster_call(drain_host(name)))
 
 
 class GpusHandler(NotebookOSHandler):
     @web.authenticated
     @authorized("read", resource=RESOURCE)
     async def get(self) -> None:
+        self.checked()
         self.reply({"gpus": gpus_model(await self.cluster_call(get_cluster()), (await self.access()).sees)})
 
 
@@ -198,6 +196,7 @@ class KernelsHandler(NotebookOSHandler):
     @web.authenticated
     @authorized("read", resource=RESOURCE)
     async def get(self) -> None:
+        self.checked()
         raw = await self.cluster_call(get_cluster())
         paths = await self.notebook_paths()
         self.reply({"kernels": [with_notebook(k, paths) for k in kernels_model(raw, (await self.access()).sees)]})
@@ -207,6 +206,7 @@ class KernelHandler(NotebookOSHandler):
     @web.authenticated
     @authorized("read", resource=RESOURCE)
     async def get(self, kernel_id: str) -> None:
+        self.checked()
         self.reply(with_notebook(await self.visible_kernel(kernel_id), await self.notebook_paths()))
 
     @web.authenticated
@@ -215,6 +215,7 @@ class KernelHandler(NotebookOSHandler):
         """Shut the kernel down (the user's own, or any for an admin): through this server's kernel manager when it
         started the kernel (its sessions and clients are told), else on the cluster directly (a kernel of another
         Jupyter server sharing the cluster)."""
+        self.checked()
         await self.visible_kernel(kernel_id)  # 404 for a kernel the cluster does not know, or another user's
         if kernel_id in self.kernel_manager:
             await self.kernel_manager.shutdown_kernel(kernel_id)
@@ -232,20 +233,16 @@ class ReplicaActionHandler(NotebookOSHandler):
     async def post(self, kernel_id: str, replica: str, action: str) -> None:
         if action in ADMIN_ACTIONS:
             await self.require_admin()
-        if not (replica.isascii() and replica.isdigit()):
-            raise web.HTTPError(400, f"the replica must be an index (0, 1, 2, ...), not {replica[:40]!r}")
-        body = None
-        if action == "migrate":
-            host = self.json_body().get("host")
-            if not isinstance(host, str) or not host:
-                raise web.HTTPError(400, 'give the target host as {"host": "host-N"}')
-            body = {"host": host}
+        checked = self.checked()
+        index = checked.path["replica"]
         kernel = await self.visible_kernel(kernel_id)
-        # Compared as text first: an index of thousands of digits is refused without making it an int.
-        if len(replica) > 6 or int(replica) >= len(kernel["replicas"]):
-            raise web.HTTPError(404, f"kernel {kernel_id} has no replica {replica[:40]}; it has "
-                                     f"{len(kernel['replicas'])}")
-        self.reply(await self.cluster_call(replica_action(kernel_id, int(replica), action, body)))
+        if index >= len(kernel["replicas"]):
+            raise web.HTTPError(404, f"kernel {kernel_id} has no replica {index}; it has {len(kernel['replicas'])}")
+        if action == "migrate":
+            done = migrate_replica(kernel_id, index, checked.body["host"])
+        else:
+            done = (kill_replica if action == "kill" else restart_replica)(kernel_id, index)
+        self.reply(await self.cluster_call(done))
 
 
 class EventsHandler(NotebookOSHandler):
@@ -255,7 +252,7 @@ class EventsHandler(NotebookOSHandler):
     @web.authenticated
     @authorized("read", resource=RESOURCE)
     async def get(self) -> None:
-        answer = await self.cluster_call(get_events(event_query(self)))
+        answer = await self.cluster_call(get_events(event_query(self.checked())))
         access = await self.access()
         if not access.admin:
             owners = kernel_owners(await self.cluster_call(get_cluster()))
@@ -277,10 +274,10 @@ class EventStreamHandler(NotebookOSHandler):
     @web.authenticated
     @authorized("read", resource=RESOURCE)
     async def get(self) -> None:
-        query = {**event_query(self), "timeout": str(STREAM_WAIT_S)}  # how long each long-poll waits
+        query = event_query(self.checked())
         since = self.request.headers.get("Last-Event-ID", "")
         if since.isascii() and since.isdigit() and len(since) < 16:
-            query["since"] = since
+            query["since"] = int(since)
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
@@ -291,7 +288,7 @@ class EventStreamHandler(NotebookOSHandler):
             await self.flush()  # the browser reports the stream open once the headers arrive: send them now
             while not self.request.connection.stream.closed():
                 try:
-                    answer = await get_events(query, wait=True, timeout=STREAM_WAIT_S + 10)
+                    answer = await get_events(query, wait_s=STREAM_WAIT_S)
                     if not access.admin:
                         await learn_owners(owners, answer["events"])
                         answer["events"] = [e for e in answer["events"] if event_visible(e, owners, access.sees)]
@@ -304,7 +301,7 @@ class EventStreamHandler(NotebookOSHandler):
                     self.write(f"id: {event['seq']}\ndata: {json.dumps(event)}\n\n")
                 if not answer["events"]:
                     self.write(": keepalive\n\n")
-                query["since"] = str(answer["last_seq"])
+                query["since"] = answer["last_seq"]
                 await self.flush()
         except StreamClosedError:
             return
@@ -317,22 +314,12 @@ def with_notebook(kernel: dict, paths: dict[str, str]) -> dict:
     return kernel
 
 
-def event_query(handler: NotebookOSHandler) -> dict[str, str]:
-    """``since``, ``limit`` (whole numbers) and the ``host``, ``kernel``, ``kind`` filters of an events request."""
-    handler.only_query("since", "limit", "host", "kernel", "kind")
-    query: dict[str, str] = {}
-    for name in ("since", "limit"):
-        raw = handler.get_query_argument(name, None)
-        if raw is not None:
-            if not (raw.isascii() and raw.isdigit() and len(raw) < 16):
-                raise web.HTTPError(400, f"{name} must be a whole number >= 0, got {raw[:40]!r}")
-            query[name] = raw
-    for name in ("host", "kernel", "kind"):
-        raw = handler.get_query_argument(name, None)
-        if raw:
-            query[name] = raw[:200]
+def event_query(checked: Checked) -> dict[str, Any]:
+    """``since``, ``limit`` and the ``host``, ``kernel``, ``kind`` filters of a checked events request (an empty
+    filter is none)."""
+    query = {k: v for k, v in checked.query.items() if v != ""}
     if "kernel" not in query and "since" not in query:
-        query.setdefault("limit", "1000")  # the whole log can be large; a first look gets the latest
+        query.setdefault("limit", 1000)  # the whole log can be large; a first look gets the latest
     return query
 
 
@@ -340,14 +327,7 @@ class HistoryHandler(NotebookOSHandler):
     @web.authenticated
     @authorized("read", resource=RESOURCE)
     async def get(self) -> None:
-        self.only_query("seconds")
-        raw = self.get_query_argument("seconds", "3600")
-        try:
-            seconds = float(raw)
-        except ValueError:
-            seconds = -1.0
-        if not 1 <= seconds <= 24 * 3600:
-            raise web.HTTPError(400, f"seconds must be a number from 1 to 86400, got {raw[:40]!r}")
+        seconds = self.checked().query.get("seconds", 3600.0)
         self.reply(await self.cluster_call(get_history(seconds)))
 
 
@@ -365,6 +345,7 @@ class MetricsHandler(NotebookOSHandler):
         if self.settings.get("authenticate_prometheus", True) and not self.logged_in:
             raise web.HTTPError(403, reason="metrics need a Jupyter token unless ServerApp.authenticate_prometheus "
                                             "is False")
+        self.checked()
         try:
             raw, counted = await get_cluster(), await get_cluster_metrics()
         except (ClusterUnavailable, ClusterRefused) as err:

@@ -1,14 +1,18 @@
 """The OpenAPI 3.1 document of the REST API, served at ``/api/notebookos/openapi.json``.
 
 Built here as a Python dict, so it ships with the package without package data. Every handler in
-:mod:`.handlers` is described, with the statuses it answers; tests validate every response they get against it and
-fuzz the live server from it (schemathesis). Schemas are JSON Schema 2020-12, as OpenAPI 3.1 uses.
+:mod:`.handlers` is described, with the statuses it answers, and checks its requests against it
+(:class:`~notebookos.gpu_broker.cluster.openapi.RequestChecker`); tests validate every response they get against it
+and fuzz the live server from it (schemathesis). Schemas are JSON Schema 2020-12, as OpenAPI 3.1 uses. The fields
+the cluster service takes too (a host's GPU count, the event query, the history window) are its definitions
+(:mod:`notebookos.gpu_broker.cluster.openapi`), so the two layers agree.
 """
 from __future__ import annotations
 
 import copy
 from typing import Literal
 
+from ...gpu_broker.cluster.openapi import EVENT_QUERY, HISTORY_SECONDS, HOST_GPUS
 from ..permissions import RESOURCE
 
 API_PREFIX = "/api/notebookos"
@@ -32,6 +36,8 @@ _FORBIDDEN_ADMIN = _error("Not authenticated, not authorized for action `write` 
                           f"`{RESOURCE}` resource, or not a pool admin; the message says how an operator grants it.")
 _UNAVAILABLE = _error("The notebookos cluster is not configured or does not answer; the message says what to do.")
 _BAD_GATEWAY = _error("The notebookos cluster answered with an unexpected error.")
+_BAD_REQUEST = _error("A malformed request (a parameter or body field this document does not allow, or a query "
+                      "parameter it does not declare): the message says which and why.")
 _KERNEL_ID = {"name": "kernel_id", "in": "path", "required": True, "description": "Jupyter kernel id",
               "schema": {"type": "string", "minLength": 1}}
 _REPLICA = {"name": "replica", "in": "path", "required": True, "description": "replica index (0, 1, 2)",
@@ -40,15 +46,13 @@ _REPLICA = {"name": "replica", "in": "path", "required": True, "description": "r
 
 def _get(operation_id: str, summary: str, ok: dict, *, params: list | None = None,
          not_found: bool = False) -> dict:
-    responses = {"200": ok, "403": _FORBIDDEN, "502": _BAD_GATEWAY, "503": _UNAVAILABLE}
+    responses = {"200": ok, "400": _BAD_REQUEST, "403": _FORBIDDEN, "502": _BAD_GATEWAY, "503": _UNAVAILABLE}
     if not_found:
         responses["404"] = _error("No such kernel in the cluster.")
     op = {"operationId": operation_id, "summary": summary, "responses": responses,
           "x-notebookos-permission": "read"}
     if params:
         op["parameters"] = params
-    if any(p["in"] == "query" for p in params or ()):
-        responses["400"] = _error("A malformed query parameter: the message says which.")
     return {"get": op}
 
 
@@ -69,10 +73,8 @@ def _action(operation_id: str, summary: str, ok: dict, *, permission: Permission
             body: dict | None = None, status: str = "200", not_found: str = "No such kernel or replica.",
             conflict: str | None = None) -> dict:
     """A changing action, with the permission it needs (``admin`` or ``owner``) and the statuses it answers."""
-    responses = {status: ok, "403": _FORBIDDEN_ADMIN if permission == "admin" else _FORBIDDEN,
+    responses = {status: ok, "400": _BAD_REQUEST, "403": _FORBIDDEN_ADMIN if permission == "admin" else _FORBIDDEN,
                  "404": _error(not_found), "502": _BAD_GATEWAY, "503": _UNAVAILABLE}
-    if params or body:
-        responses["400"] = _error("A malformed request: the message says which field is wrong.")
     if conflict:
         responses["409"] = _error(conflict)
     op = {"operationId": operation_id, "summary": summary, "x-notebookos-permission": permission,
@@ -92,20 +94,9 @@ def _replica_action(action: str, summary: str, permission: Permission, body: dic
 
 _NAME = {"name": "name", "in": "path", "required": True, "description": "host name",
          "schema": {"type": "string", "minLength": 1}}
-_GPUS_BODY = {"type": "object", "properties": {"gpus": {"type": "integer", "minimum": 1, "maximum": 1024}}}
+_GPUS_BODY = {"type": "object", "properties": {"gpus": HOST_GPUS}}
 _TIME = {"type": ["number", "null"], "description": "epoch seconds"}
 _NULL_STR = {"type": ["string", "null"]}
-_MAX_SEQ = 10**15 - 1  # sequence numbers and limits are refused past 15 digits
-_EVENT_QUERY = [
-    {"name": "since", "in": "query", "required": False, "description": "only events after this sequence number",
-     "schema": {"type": "integer", "minimum": 0, "maximum": _MAX_SEQ}},
-    {"name": "limit", "in": "query", "required": False, "description": "at most this many (the latest)",
-     "schema": {"type": "integer", "minimum": 0, "maximum": _MAX_SEQ}},
-    {"name": "host", "in": "query", "required": False, "schema": {"type": "string"}},
-    {"name": "kernel", "in": "query", "required": False, "schema": {"type": "string"}},
-    {"name": "kind", "in": "query", "required": False, "schema": {"type": "string"},
-     "description": "e.g. decision, replica_moved, host_added, scale_out_requested"},
-]
 
 SCHEMAS: dict = {
     "Error": {
@@ -372,16 +363,15 @@ DOCUMENT: dict = {
         f"{API_PREFIX}/events": _get("listEvents", "The scheduler's decisions and operators' actions, oldest first: "
                                                    "the hosts' and those of the user's kernels (every one for a "
                                                    "pool admin).",
-                                     _json(_ref("EventList"), "The events."), params=_EVENT_QUERY),
+                                     _json(_ref("EventList"), "The events."), params=EVENT_QUERY),
         f"{API_PREFIX}/events/stream": _get(
             "streamEvents", "The same events as server-sent events, as they happen (resumes after Last-Event-ID).",
             {"description": "`text/event-stream`: `id: <seq>` and `data: <Event as JSON>` per event.",
-             "content": {"text/event-stream": {"schema": {"type": "string"}}}}, params=_EVENT_QUERY),
+             "content": {"text/event-stream": {"schema": {"type": "string"}}}}, params=EVENT_QUERY),
         f"{API_PREFIX}/history": _get(
             "getHistory", "Samples of the last hour for charts: GPUs committed and total, pending cells, delays.",
             _json(_ref("History"), "The samples."),
-            params=[{"name": "seconds", "in": "query", "required": False,
-                     "schema": {"type": "number", "minimum": 1, "maximum": 86400}}]),
+            params=[HISTORY_SECONDS]),
         f"{API_PREFIX}/metrics": _get(
             "getMetrics", "Prometheus metrics of the cluster (text exposition format).",
             {"description": "Prometheus text; `notebookos_cluster_up` is 0 when the cluster does not answer.",

@@ -9,6 +9,7 @@ import psutil
 import pytest
 
 from notebookos.gpu_broker.loadtest import replay
+from notebookos.gpu_broker.simulator.metrics import delay_stats
 from notebookos.gpu_broker.simulator.workload import SessionModel
 from notebookos.server_extension import cli
 
@@ -79,10 +80,14 @@ def test_window_and_max_sessions_take_the_earliest_sessions_of_the_window():
 
 
 def test_delay_stats_count_started_at_once_against_the_threshold():
-    stats = replay.delay_stats([0.01, 0.2, 0.6, 2.0], threshold_s=0.5)
+    # one function for the live replay (a wall-clock threshold) and the simulator (zero delay)
+    stats = delay_stats([0.01, 0.2, 0.6, 2.0], at_once_s=0.5)
     assert stats["started_without_wait"] == 0.5
     assert stats["delay_max_s"] == 2.0 and stats["delay_p50_s"] == pytest.approx(0.4)
-    assert replay.delay_stats([], 0.5)["delay_p50_s"] is None
+    assert delay_stats([0.0, 0.0, 30.0])["started_without_wait"] == pytest.approx(2 / 3)
+    assert set(delay_stats([], 0.5).values()) == {None}
+    summary = replay.summarize([], [], 0.5, 0)
+    assert set(delay_stats([1.0])) <= set(summary) and summary["delay_p50_s"] is None
 
 
 def _leftovers(marker: str) -> list[str]:
@@ -103,7 +108,7 @@ def test_replay_drives_a_real_lab_and_measures_every_cell(jupyter_env, tmp_path,
     code = cli.main([
         "replay", "--trace", str(TINY), "--start-min", "0", "--minutes", "10", "--max-sessions", "2",
         "--time-scale", "60", "--open-before-min", "0.5", "--idle-timeout-min", "5", "--close-after-min", "0",
-        "--out", str(out), "--compare-simulator",
+        "--out", str(out), "--compare-simulator", "--gpus-per-host", "4",
     ])
     printed = capsys.readouterr()
     assert code == 0, printed.err[-3000:]
@@ -129,7 +134,14 @@ def test_replay_drives_a_real_lab_and_measures_every_cell(jupyter_env, tmp_path,
         assert summary[key] >= 0
     assert 0.0 <= summary["started_without_wait"] <= 1.0 and summary["wait_threshold_s"] == 0.5
     assert report["simulator"]["events"] == 5 and report["simulator"]["policy"] == "notebookos"
-    assert "not GPU contention" in report["note"] and "not GPU contention" in printed.out
+    assert report["simulator"]["cluster"]["host_gpus"] == 4  # the same cluster as the live lab's
+    # every training cell asked the scheduler for its event's GPUs (1 or 4) and was granted them, at once (lead) or
+    # after moving a replica (migrate), perhaps after waiting (queued); `%gpus N` cells and the setup ask for none
+    decisions = summary["gpu_decisions"]
+    assert set(decisions) <= {"lead", "migrate", "queued"}, decisions
+    assert decisions.get("lead", 0) + decisions.get("migrate", 0) == 5, decisions
+    assert "GPU waiting" in report["note"] and "GPU waiting" in printed.out
+    assert "%gpus G" == report["settings"]["gpus_code"]
 
     with (out / "replay.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 5

@@ -110,5 +110,6 @@ def test_corrupt_object_found_on_recovery_is_named_not_silently_wrong(notebook, 
 
     res = wait_until(first_cell_on_restarted_standby, "a cell to run on the restarted standby")
     # It replayed its journal; the record pointing at the damaged object could not be applied, and it says so.
-    notice = next(line for line in res.stderr.splitlines() if "could not restore part of the state" in line)
+    notice = next((line for line in res.stderr.splitlines() if "could not restore part of the state" in line), None)
+    assert notice is not None, (res.stdout, res.stderr)
     assert "weights" in notice and "small" in notice

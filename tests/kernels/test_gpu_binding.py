@@ -18,7 +18,7 @@ import torch
 
 from notebookos.kernels import gpu_binding
 from notebookos.kernels.gpu_binding import UNREACHABLE, BindTimings, DeviceBinder
-from notebookos.kernels.gpu_request import parse_gpus_magic
+from notebookos.kernels.gpu_request import cell_gpus, parse_gpus_magic
 from notebookos.replication.namespace import NamespaceTracker
 from notebookos.replication.object_store import LocalDirectoryStore
 
@@ -562,6 +562,21 @@ def test_parse_gpus_magic(line: str, expected: int | None) -> None:
 def test_parse_gpus_magic_rejects_bad_input(line: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_gpus_magic(line)
+
+
+@pytest.mark.parametrize(
+    ("code", "before", "expected"),
+    [
+        ("x = 1", 2, (2, 2)),  # no %gpus line: the kernel's request
+        ("%gpus 3\nx = 1", 1, (3, 3)),  # %gpus N on top asks N for this cell and the next
+        ("\n  %gpus 0\n\n", 2, (0, 0)),  # only %gpus lines: no GPU for the cell itself
+        ("%gpus\nx + 1", 1, (1, 1)),  # bare %gpus shows the request, changes nothing
+        ("%gpus -1\nx", 1, (0, 1)),  # malformed: no GPU, request unchanged (the magic says why)
+        ("x = 1\n%gpus 4", 1, (1, 1)),  # not on top: the executor reports it after the cell
+    ],
+)
+def test_cell_gpus_is_what_the_replica_tells_the_front(code: str, before: int, expected: tuple[int, int]) -> None:
+    assert cell_gpus(code, before) == expected
 
 
 # -- real GPU only --------------------------------------------------------------------------------------------------

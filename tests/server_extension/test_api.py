@@ -132,7 +132,7 @@ async def test_unknown_kernel_and_malformed_replica(api: Api) -> None:
         await api.json("POST", template, 404, kernel_id="no-such-kernel", replica="0")
         for bad in ("x", "-1", "1.5", "\u00b2"):  # a superscript two: a digit to str.isdigit, not to us
             refused = await api.json("POST", template, 400, kernel_id="no-such-kernel", replica=bad)
-            assert "replica must be an index" in refused["message"]
+            assert "path parameter 'replica'" in refused["message"]
 
 
 async def test_cluster_unreachable_is_503_with_what_to_do(api: Api, monkeypatch: pytest.MonkeyPatch,
@@ -230,14 +230,18 @@ async def test_host_gpu_count_changes_and_refusals(api: Api) -> None:
     assert [g["device"] for g in (await api.json("GET", f"{PREFIX}/gpus"))["gpus"] if g["host"] == "host-4"] == [0, 1]
     assert (await api.json("PATCH", host, name="host-4", body={"gpus": 1}))["gpus"] == 1
     for bad in ({}, {"gpus": 0}, {"gpus": "2"}, {"gpus": True}):
-        assert "gpus must be" in (await api.json("PATCH", host, 400, name="host-4", body=bad))["message"]
+        assert "body field 'gpus'" in (await api.json("PATCH", host, 400, name="host-4", body=bad))["message"]
     assert "no host" in (await api.json("PATCH", host, 404, name="host-9", body={"gpus": 1}))["message"]
     # The session's cluster runs at its provider's maximum: one more host is refused with what to do.
     more = await api.json("POST", f"{PREFIX}/hosts", 409, body={})
     assert "--max-hosts" in more["message"]
     history = await api.json("GET", f"{PREFIX}/history", query={"seconds": "3600"})
     assert history["interval_s"] > 0 and all(s["gpus_total"] >= 4 for s in history["samples"])
-    await api.json("GET", f"{PREFIX}/history", 400, query={"seconds": "-5"})
+    too_short = await api.json("GET", f"{PREFIX}/history", 400, query={"seconds": "-5"})
+    assert "query parameter 'seconds': -5.0 is less than the minimum of 1" in too_short["message"]
+    # The extension and the service take the same fields: a typo in a query parameter is refused, not ignored.
+    assert "unknown query parameter 'sinse'" in (await api.json("GET", f"{PREFIX}/events", 400,
+                                                                 query={"sinse": "1"}))["message"]
     changes = (await api.json("GET", f"{PREFIX}/events", query={"kind": "host_resized"}))["events"]
     assert [e["data"]["gpus"] for e in changes][-2:] == [2, 1]
 

@@ -27,7 +27,8 @@ from jupyter_server.serverapp import ServerApp
 from notebookos.gpu_broker.cluster.client import ClusterClient, ClusterError
 from notebookos.server_extension.api.cluster import (cluster_model, event_visible, gpus_model, hosts_model,
                                                      kernel_owners, kernels_model)
-from notebookos.server_extension.permissions import ADMIN_MESSAGE, Access, NotebookOS
+from notebookos.server_extension.app import NotebookOS
+from notebookos.server_extension.permissions import ADMIN_MESSAGE, Access
 
 from .conftest import PREFIX, Api, EventStream
 
@@ -244,8 +245,8 @@ def test_admins_can_be_named_on_the_command_line() -> None:
     app = ServerApp()
     app.parse_command_line(["--NotebookOS.admin_users=alice", "--NotebookOS.admin_users=bob",
                             "--NotebookOS.admin_groups=ops"])
-    permissions = NotebookOS(parent=app)
-    assert permissions.admin_users == {"alice", "bob"} and permissions.admin_groups == {"ops"}
+    extension = NotebookOS(config=app.config)  # what linking the extension to the server does with its config
+    assert extension.admin_users == {"alice", "bob"} and extension.admin_groups == {"ops"}
 
 
 def test_models_leave_out_other_users_kernels() -> None:

@@ -20,6 +20,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -37,6 +38,7 @@ import tornado.web
 from ..host_agent import HostAgent
 from ..inventory import nvml_gpu_count
 from ..join_token import JoinToken, TokenError, read_token
+from ..options import configure_logging
 from ..tls import ServerTLS, TLSError, fetch_pinned_ca, self_signed
 from ..ports import PortPool
 from ..runtime.base import ReplicaRuntime
@@ -229,7 +231,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     try:
         token = read_token(args.join_token_file)
     except TokenError as err:
@@ -246,9 +248,20 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError as err:
         print(f"notebookos agent: {err}", file=sys.stderr)
         return EXIT_REFUSED
+    temporary = args.state_dir is None
     args.state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="notebookos-agent-"))
     args.state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(args.state_dir, 0o700)
+    try:
+        return _serve(args, token, runtime, temporary)
+    finally:
+        if temporary:
+            shutil.rmtree(args.state_dir, ignore_errors=True)
+
+
+def _serve(args: argparse.Namespace, token: JoinToken, runtime: ReplicaRuntime, temporary: bool) -> int:
+    """Serve until stopped. With a state folder the replicas outlive the agent, for the next agent on that folder
+    to adopt (an upgrade); in a temporary one, which no later agent finds, they stop with it."""
     try:
         verify, tls = _tls(args, token)
     except TLSError as err:
@@ -263,4 +276,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"notebookos agent: cannot serve on {args.address}: {err.strerror or err}", file=sys.stderr)
         return 1
+    finally:
+        if temporary:
+            agent.host.stop_all()
     return 0

@@ -47,7 +47,7 @@ class AgentHandler(JsonHandler):
         except OSError as err:
             raise tornado.web.HTTPError(507, reason=f"the agent could not start the replica: {err}") from None
 
-class ReplicasHandler(AgentHandler):
+class AgentReplicasHandler(AgentHandler):
     def get(self) -> None:
         self.finish({"replicas": self.agent.report()})
 
@@ -64,7 +64,7 @@ class ReplicasHandler(AgentHandler):
         self.finish({**proc.describe(), "config": dataclasses.asdict(proc.config)})
 
 
-class PortsHandler(AgentHandler):
+class AgentPortsHandler(AgentHandler):
     async def post(self, kernel_id: str) -> None:
         count = self.body().get("count")
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_PORTS:
@@ -72,13 +72,13 @@ class PortsHandler(AgentHandler):
         self.finish({"ports": await self.run(self.agent.host.take_ports, kernel_id, count)})
 
 
-class KillHandler(AgentHandler):
+class AgentKillHandler(AgentHandler):
     async def post(self, kernel_id: str, replica: str) -> None:
         await self.run(self.agent.host.kill_replica, kernel_id, int(replica))
         self.finish(self.agent.host.replicas[(kernel_id, int(replica))].describe())
 
 
-class KernelHandler(AgentHandler):
+class AgentKernelHandler(AgentHandler):
     async def delete(self, kernel_id: str) -> None:
         await self.run(self.agent.host.stop_kernel, kernel_id)
         self.set_status(204)
@@ -88,8 +88,8 @@ class KernelHandler(AgentHandler):
 def routes(agent: "Agent") -> list[tuple[str, type, dict]]:
     args = {"agent": agent}
     return [
-        (r"/replicas", ReplicasHandler, args),
-        (r"/replicas/([^/]+)/(\d+)/kill", KillHandler, args),
-        (r"/kernels/([^/]+)/ports", PortsHandler, args),
-        (r"/kernels/([^/]+)", KernelHandler, args),
+        (r"/replicas", AgentReplicasHandler, args),
+        (r"/replicas/([^/]+)/(\d+)/kill", AgentKillHandler, args),
+        (r"/kernels/([^/]+)/ports", AgentPortsHandler, args),
+        (r"/kernels/([^/]+)", AgentKernelHandler, args),
     ]

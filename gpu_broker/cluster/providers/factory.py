@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from importlib.util import find_spec
 from pathlib import Path
 
 from .base import HostProvider, ProviderError
@@ -42,19 +43,18 @@ def make_provider(args: argparse.Namespace, url: str) -> HostProvider | None:
     if args.provider == "docker":
         if args.join_token_file is None:
             raise ProviderError("--provider docker needs --join-token-file: the agents it starts join with it")
-        try:
-            from .docker import DockerProvider
-        except ImportError:
-            raise ProviderError("--provider docker needs the Docker SDK: pip install 'notebookos[docker]'") from None
+        # The providers import their SDK only where they use it, so importing them would not tell.
+        if find_spec("docker") is None:
+            raise ProviderError("--provider docker needs the Docker SDK: pip install 'notebookos[docker]'")
+        from .docker import DockerProvider
         from ..runtime.factory import default_image
 
         return DockerProvider(args.provider_join_url or url, Path(args.join_token_file),
                               args.provider_image or default_image(), max_hosts=args.max_hosts,
                               network=args.provider_network, addresses=tuple(args.provider_address),
                               mounts=tuple(args.provider_mount), python=args.provider_python)
-    try:
-        from .kubernetes import KubernetesProvider
-    except ImportError:
-        raise ProviderError("--provider kubernetes needs the Kubernetes client: pip install "
-                            "'notebookos[kubernetes]'") from None
+    if find_spec("kubernetes") is None:
+        raise ProviderError("--provider kubernetes needs the Kubernetes client: pip install 'notebookos[kubernetes]'")
+    from .kubernetes import KubernetesProvider
+
     return KubernetesProvider(args.kubernetes_namespace, args.kubernetes_deployment, max_hosts=args.max_hosts)

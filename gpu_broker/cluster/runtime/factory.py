@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib.util import find_spec
 from importlib.metadata import PackageNotFoundError, version
 
 from .base import ReplicaRuntime
@@ -50,10 +51,10 @@ def make_runtime(args: argparse.Namespace, gpu_devices: tuple[int, ...] | None) 
         return ProcessRuntime(args.replica_python or sys.executable)
     if args.replica_cpus is not None and args.replica_cpus <= 0:
         raise RuntimeError(f"--replica-cpus must be more than 0, got {args.replica_cpus}")
-    try:
-        from .docker import ContainerLimits, DockerRuntime
-    except ImportError:
-        raise RuntimeError("--runtime docker needs the Docker SDK: pip install 'notebookos[docker]'") from None
+    if find_spec("docker") is None:  # imported only where used, so the import below would not tell
+        raise RuntimeError("--runtime docker needs the Docker SDK: pip install 'notebookos[docker]'")
+    from .docker import ContainerLimits, DockerRuntime
+
     return DockerRuntime(args.image or default_image(), python=args.replica_python or "python",
                          limits=ContainerLimits(args.replica_cpus, args.replica_memory),
                          mounts=tuple(args.replica_mount), gpu_devices=gpu_devices)

@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import tempfile
+from importlib.util import find_spec
 from pathlib import Path
 
 import tornado.httpserver
@@ -21,10 +22,11 @@ import tornado.netutil
 from jupyter_core.paths import secure_write
 
 from ...scheduler.core import CoreConfig
-from ...scheduler.policies import POLICIES
-from ..embedded import POLICY, EmbeddedCluster
+from ...scheduler.policies import LIVE_POLICY, POLICIES
+from ..embedded import EmbeddedCluster
 from ..inventory import nvml_gpu_count
 from ..join_token import TokenError, ensure_token, pin_ca
+from ..options import LOG_LEVELS, configure_logging, gpu_count, hosts_problem, log_level
 from ..tls import ServerTLS, TLSError, auto_tls, fingerprint, serving_names
 from ..providers import ProviderError
 from ..providers.factory import add_provider_arguments, make_provider
@@ -70,7 +72,8 @@ def parse_listen(value: str) -> tuple[str, int]:
 async def serve(args: argparse.Namespace) -> None:
     # With real GPUs, logical hosts split them (default: an equal share each); without, they carry virtual ones.
     physical = nvml_gpu_count()
-    gpus_per_host = args.gpus_per_host or (max(1, physical // max(1, args.hosts)) if physical else 1)
+    gpus_per_host = (args.gpus_per_host if args.gpus_per_host is not None else
+                     max(1, physical // max(1, args.hosts)) if physical else 1)
     join_token = ensure_token(args.join_token_file) if args.join_token_file else None
     state = ClusterStateStore(args.state_dir)
     stored = state.settings()
@@ -135,12 +138,15 @@ def add_service_arguments(parser: argparse.ArgumentParser, hosts: int) -> None:
     """The options the service takes, wherever it is started from."""
     parser.add_argument("--hosts", type=int, default=hosts,
                         help=f"logical hosts on this machine to start with; the autoscaler keeps at least these "
-                             f"(default {hosts}; 0: only hosts whose agents join)")
+                             f"(default {hosts}; 0: only hosts whose agents join; else 3 or more, as each kernel "
+                             "runs 3 replicas on 3 hosts)")
     parser.add_argument("--max-hosts", type=int, default=None,
                         help="most logical hosts the autoscaler may run (default: --hosts, no scale-out)")
-    parser.add_argument("--gpus-per-host", type=int, default=None,
+    parser.add_argument("--gpus-per-host", type=gpu_count, default=None,
                         help="GPUs of each logical host: a slice of the GPUs NVML sees (default: an equal share), "
-                             "else virtual GPUs (default 1)")
+                             "else virtual GPUs (default 1); 0: hosts without GPUs, for kernels that need none")
+    parser.add_argument("--log-level", type=log_level, default="INFO", metavar="LEVEL",
+                        help=f"the service's logging: {', '.join(LOG_LEVELS)} (default INFO)")
     parser.add_argument("--listen", type=parse_listen, default=parse_listen(DEFAULT_LISTEN), metavar="ADDR:PORT",
                         help=f"where the service's API listens (default {DEFAULT_LISTEN}: loopback, any port); agents "
                              "and remote Jupyter servers need an address they can reach")
@@ -153,7 +159,7 @@ def add_service_arguments(parser: argparse.ArgumentParser, hosts: int) -> None:
     parser.add_argument("--host-timeout", type=float, default=HOST_TIMEOUT_S, metavar="SECONDS",
                         help=f"a joined host whose agent is silent this long is lost (default {HOST_TIMEOUT_S:.0f})")
     parser.add_argument("--policy", choices=sorted(p for p in POLICIES if POLICIES[p].replicas),
-                        default=POLICY, help="scheduling policy (reservation: one replica holding its GPUs)")
+                        default=LIVE_POLICY, help="scheduling policy (reservation: one replica holding its GPUs)")
     parser.add_argument("--subscription-limit", type=float, default=CoreConfig.subscription_limit,
                         help="most GPUs the replicas on a host may ask for, per GPU of the host")
     parser.add_argument("--journal", action="store_true",
@@ -191,21 +197,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "`notebookos agent`; Jupyter servers use it with `notebookos lab --cluster URL`.",
     )
     parser.add_argument("--state-dir", type=Path, default=None,
-                        help="where the service keeps its files (default: a new temporary folder)")
+                        help="where the service keeps its files, and its kernels outlive it for the next service "
+                             "started on it (default: a new temporary folder, removed with the kernels on exit)")
     add_service_arguments(parser, hosts=0)
     parser.set_defaults(func=run_cluster)
 
 
 def run_cluster(args: argparse.Namespace) -> int:
+    temporary = args.state_dir is None
     args.state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="notebookos-cluster-"))
     args.discovery_file = args.state_dir / "cluster.json"
     args.ephemeral = False
-    args.keep_kernels = True  # the shared service: restarting it (an upgrade) must cost no kernel
-    return _run(args)
+    # The shared service: restarting it on its state folder (an upgrade) must cost no kernel. A temporary folder
+    # no later service can know is removed on exit, with the kernels it holds.
+    args.keep_kernels = not temporary
+    try:
+        return _run(args)
+    finally:
+        if temporary:
+            shutil.rmtree(args.state_dir, ignore_errors=True)
 
 
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    problem = hosts_problem(args.hosts, POLICIES[args.policy].replicas)
+    if args.object_store and args.object_store.startswith("redis") and find_spec("redis") is None:
+        problem = ("--object-store redis://... needs the redis package, on this machine and every host's: pip "
+                   "install 'notebookos[redis]'")
+    if problem:
+        print(f"notebookos cluster: {problem}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level)
     try:
         asyncio.run(serve(args))
     except (TokenError, ProviderError, TLSError) as err:

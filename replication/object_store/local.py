@@ -1,90 +1,27 @@
-"""Content-addressed blob storage for state that is too large for the Raft log.
-
-A state delta of a few hundred megabytes cannot travel through Raft (entries of 10 MB already stall heartbeats,
-see FACTS.md), so the executor writes the payload here and logs only its key. Keys are the SHA-256 of the bytes:
-writing the same payload twice stores it once, a reader can verify what it got, and a key is a safe file name.
-
-`ObjectStore` is the backend-neutral contract; Redis and S3 backends implement the same four methods.
-`LocalDirectoryStore` keeps one file per object under a two-character fan-out directory and makes every write
-atomic and durable before `put` returns, because a key goes into the log right after `put`: a standby that reads
-the log must never find a missing or half-written object behind it.
-"""
+"""The local directory store: one file per object, written atomically and durably before ``put`` returns."""
 
 from __future__ import annotations
 
-import abc
 import errno
-import hashlib
 import os
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
-__all__ = [
-    "KEY_PREFIX",
-    "LocalDirectoryStore",
-    "ObjectCorruptError",
-    "ObjectMissingError",
-    "ObjectStore",
-    "ObjectStoreError",
-    "StoreFullError",
-    "content_key",
-    "open_store",
-]
+from .base import (
+    KEY_PREFIX,
+    ObjectCorruptError,
+    ObjectMissingError,
+    ObjectStore,
+    ObjectStoreError,
+    StoreFullError,
+    content_key,
+    key_digest,
+)
 
-KEY_PREFIX = "sha256:"
-_HEX_DIGITS = frozenset("0123456789abcdef")
+__all__ = ["LocalDirectoryStore"]
+
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-class ObjectStoreError(Exception):
-    """Base of every store failure. Messages say what happened and what the user should do about it."""
-
-
-class ObjectMissingError(ObjectStoreError):
-    """No object under the requested key."""
-
-
-class ObjectCorruptError(ObjectStoreError):
-    """The stored bytes no longer hash to their key."""
-
-
-class StoreFullError(ObjectStoreError):
-    """The volume or quota is full; the failed write left nothing behind."""
-
-
-def content_key(data: bytes | memoryview) -> str:
-    """The key an object store files `data` under."""
-    return KEY_PREFIX + hashlib.sha256(data).hexdigest()
-
-
-def _digest_of(key: str) -> str:
-    """The hex digest inside `key`, after checking its shape: keys come from log entries and become file names."""
-    digest = key[len(KEY_PREFIX) :] if isinstance(key, str) and key.startswith(KEY_PREFIX) else ""
-    if len(digest) != 64 or not _HEX_DIGITS.issuperset(digest):
-        raise ValueError(f"{key!r} is not an object store key; keys look like 'sha256:' followed by 64 hex digits")
-    return digest
-
-
-class ObjectStore(abc.ABC):
-    """Content-addressed blobs. Key = 'sha256:<hex>' of the bytes. put is idempotent."""
-
-    @abc.abstractmethod
-    def put(self, data: bytes | memoryview) -> str:
-        """Store `data` durably and return its key. Raises StoreFullError when there is no room."""
-
-    @abc.abstractmethod
-    def get(self, key: str) -> bytes:
-        """The bytes stored under `key`, verified against it. Raises ObjectMissingError or ObjectCorruptError."""
-
-    @abc.abstractmethod
-    def contains(self, key: str) -> bool:
-        """Whether an object is stored under `key` (without reading or verifying it)."""
-
-    @abc.abstractmethod
-    def delete(self, key: str) -> None:
-        """Remove the object under `key`; a key that is not there is not an error."""
 
 
 def _is_older(path: Path, cutoff: float) -> bool:
@@ -170,7 +107,7 @@ class LocalDirectoryStore(ObjectStore):
                 if not path.name.startswith(".") and _is_older(path, cutoff)]
 
     def _path(self, key: str) -> Path:
-        digest = _digest_of(key)
+        digest = key_digest(key)
         return self.root / digest[:2] / digest
 
     @staticmethod
@@ -229,26 +166,3 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-
-
-def open_store(location: str) -> ObjectStore:
-    """The store a configured location names: 'file:///abs/path', a plain directory path, or 'redis://host:port/db'."""
-    if "://" not in location:
-        if not location:
-            raise ValueError("the object store location is empty; give 'file:///absolute/path' or a directory path")
-        return LocalDirectoryStore(location)
-    parts = urlsplit(location)
-    if parts.scheme in ("redis", "rediss"):
-        from .redis_store import RedisStore  # imported here: only Redis users need the redis package
-
-        return RedisStore(location)
-    if parts.scheme != "file":
-        raise ValueError(
-            f"unsupported object store location {location!r}: supported are 'file:///absolute/path' and plain "
-            "directory paths, and 'redis://host:port/db' (S3 stores are not available yet)"
-        )
-    if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-        raise ValueError(
-            f"{location!r} is not a local file URL: write 'file:///absolute/path' (three slashes, no host name)"
-        )
-    return LocalDirectoryStore(unquote(parts.path))
