@@ -96,6 +96,7 @@ class ReplicaKernel(IPythonKernel):
         self._installs: list[str] = []  # the install lines of every accepted cell so far, for the next snapshot
         self.book = ElectionBook(cfg.replica)
         self._peer_urls = list(cfg.peer_urls)  # the kernel's replicas' peer APIs, updated as members change
+        self._caught_up = False  # applied what its group had committed when it started (_report_ready)
         self._peer_server: ObjectServer | None = None
         # The snapshot and dump count (SnapshotState.dumps) of the last garbage collection.
         self._collected_at: tuple[Snapshot | None, int] = (None, 0)
@@ -128,7 +129,16 @@ class ReplicaKernel(IPythonKernel):
         return store
 
     def _other_peer_urls(self) -> list[str]:
-        return [url for index, url in enumerate(self._peer_urls) if index != self.replica_config.replica]
+        """Where the other replicas' peer APIs are: as the log last named them and, until this replica has caught
+        up, as its config named them at its start too. A replacement catching up applies old membership entries,
+        which name replicas long gone; its config, written by the cluster when it started it, names the members of
+        now, where the objects of those old entries are."""
+        me = self.replica_config.replica
+        logged = [url for index, url in enumerate(self._peer_urls) if index != me]
+        if self._caught_up:
+            return logged
+        return logged + [url for index, url in enumerate(self.replica_config.peer_urls)
+                         if index != me and url not in logged]
 
     def _join(self) -> None:
         """A replacement on another machine: have a live replica swap this node in for the lost one before this
@@ -174,6 +184,7 @@ class ReplicaKernel(IPythonKernel):
         restarted replica replaying a long journal takes seconds."""
         while not (self.raft.isReady() and self._entries.empty()):
             await asyncio.sleep(READY_POLL_S)
+        self._caught_up = True
         # What it took to get here, for operators and tests: a replica restored from a snapshot applies few records.
         self.replica_config.ready_marker.write_text(json.dumps({"records_applied": self.records_applied,
                                                                 "restored_index": self.restored_index}))
