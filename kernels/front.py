@@ -58,6 +58,7 @@ ATTEMPT_HEADER = "notebookos_attempt"
 PIN_REPLICA_META = "notebookos_replica"
 EXIT_MAJORITY_LOST = 3
 PARENT_CHECK_S = 1.0
+IDLE_AFTER_S = 5.0  # without a cell for this long, the replicas' heartbeats go to their idle pace
 # A Jupyter server restarted on the same state folder restores this kernel and claims it with this request on the
 # control channel (signed with the kernel's message key, as every request is); the front then answers to that server.
 CLAIM_REQUEST, CLAIM_REPLY = "notebookos_claim_request", "notebookos_claim_reply"
@@ -391,12 +392,25 @@ class KernelFront:
 
     async def _run_cells(self) -> None:
         while True:
-            cell = await self.cells.get()
+            cell = await self._next_cell()
             self.pending = cell
             try:
                 await self._run_cell(cell)
             finally:
                 self.pending = None
+
+    async def _next_cell(self) -> Cell:
+        """The next cell. When none comes for IDLE_AFTER_S, the replica links ping at their idle pace until one
+        does: most notebooks are idle most of the time, and their kernels should cost next to nothing then."""
+        try:
+            cell = await asyncio.wait_for(self.cells.get(), IDLE_AFTER_S)
+        except TimeoutError:
+            for replica in self.replicas:
+                replica.idle = True
+            cell = await self.cells.get()
+        for replica in self.replicas:
+            replica.idle = False
+        return cell
 
     async def _run_cell(self, cell: Cell) -> None:
         tried_lead: set[int] = set()
@@ -638,7 +652,7 @@ class KernelFront:
         if self._replica(lost.index) is not lost:
             return  # followed already (a move the front was told of, and the loss it then saw)
         new = ReplicaLink(self.ctx, lost.index, described["host"], described["connection"], self._identity)
-        new.alive, new.joining = False, True
+        new.alive, new.joining, new.idle = False, True, lost.idle
         self.replicas[self.replicas.index(lost)] = new
         for task in self._link_tasks.pop(lost.index, []):
             task.cancel()

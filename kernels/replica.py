@@ -447,6 +447,7 @@ class ReplicaKernel(IPythonKernel):
     # ------------------------------------------------------------------------------------------ execution
 
     async def execute_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        self.raft.quicken()  # every replica gets each cell: the group is back to the busy pace before it proposes
         meta = (parent.get("metadata") or {}).get(NOTEBOOKOS_META)
         if not meta:
             self._send_execute_reply(stream, ident, parent, _error_content(

@@ -6,6 +6,7 @@ GIL: a replica busy in a long cell still answers, a killed one or one on a lost 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,10 @@ log = logging.getLogger(__name__)
 HEARTBEAT_PERIOD_S = 0.2
 # A replica that has not answered a heartbeat for this long is treated as lost.
 HEARTBEAT_DEAD_AFTER_S = 1.0
+# While the notebook runs no cell (the front says so, see ReplicaLink.idle): five times fewer pings, and a replica
+# lost meanwhile is noticed within 3 s, or within a second of the next cell.
+IDLE_HEARTBEAT_PERIOD_S = 1.0
+IDLE_DEAD_AFTER_S = 3.0
 # How long a replica that is (re)starting may take to answer its first heartbeat before it counts as lost
 # (starting Python, ipykernel and pysyncobj takes 1-3 s here), and how long a migrated one is waited for.
 STARTUP_GRACE_S = 10.0
@@ -55,9 +60,24 @@ class ReplicaLink:
         self.iopub.connect(self._url("iopub_port"))
         self._last_beat = time.monotonic()
         self._answered = False
+        self._idle = False
+        self._quickened = asyncio.Event()  # set when a cell ends the idle pace: the pinger stops waiting
 
     def __repr__(self) -> str:
         return f"replica {self.index} on {self.host}"
+
+    @property
+    def idle(self) -> bool:
+        """Whether the notebook is idle, so heartbeats can be slow: the front sets it."""
+        return self._idle
+
+    @idle.setter
+    def idle(self, idle: bool) -> None:
+        self._idle = idle
+        if idle:
+            self._quickened.clear()
+        else:
+            self._quickened.set()
 
     @property
     def endpoint(self) -> str:
@@ -90,8 +110,10 @@ class ReplicaLink:
                 sock.setsockopt(zmq.LINGER, 0)
                 sock.connect(self._url("hb_port"))
             started = time.monotonic()
+            period, dead_after = ((IDLE_HEARTBEAT_PERIOD_S, IDLE_DEAD_AFTER_S) if self._idle else
+                                  (HEARTBEAT_PERIOD_S, HEARTBEAT_DEAD_AFTER_S))
             await sock.send(b"ping")
-            if await sock.poll(int(HEARTBEAT_DEAD_AFTER_S * 1000)):
+            if await sock.poll(int(dead_after * 1000)):
                 await sock.recv()
                 self._last_beat = time.monotonic()
                 self._answered = True
@@ -103,11 +125,16 @@ class ReplicaLink:
                 sock.close()
                 sock = None
                 # A replica still starting (no answer yet) gets more time before it counts as lost.
-                patience = HEARTBEAT_DEAD_AFTER_S if self._answered else STARTUP_GRACE_S
+                patience = dead_after if self._answered else STARTUP_GRACE_S
                 if self.alive and time.monotonic() - self._last_beat >= patience:
                     self.alive = False
                     await on_change(self, False)
-            await asyncio.sleep(max(0.0, HEARTBEAT_PERIOD_S - (time.monotonic() - started)))
+            delay = max(0.0, period - (time.monotonic() - started))
+            if self._idle:
+                with contextlib.suppress(TimeoutError):  # a cell coming ends the idle wait at once
+                    await asyncio.wait_for(self._quickened.wait(), delay)
+            else:
+                await asyncio.sleep(delay)
 
     async def wait_alive(self, timeout: float = START_TIMEOUT_S) -> None:
         """Until the replica answers heartbeats (it was started or moved); bounded, the watcher does the pinging."""

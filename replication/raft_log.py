@@ -20,7 +20,9 @@ import asyncio
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pysyncobj.dns_resolver
@@ -37,6 +39,7 @@ from .snapshots import Restore, SnapshotAccepted, SnapshotState, dump_path
 # numbers than on a plain kernel. Its modules get a generator of their own.
 for _module in (pysyncobj.syncobj, pysyncobj.transport, pysyncobj.dns_resolver):
     _module.random = random.Random()  # type: ignore[attr-defined]
+_draws = random.Random()  # this module's own draws, for the same reason
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,27 @@ RETRY_BACKOFF_S = 0.05
 
 DEFAULT_TICK_S = 0.05  # pysyncobj's own default
 ONE_NODE_TICK_S = 0.005
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How often a replica's Raft wakes: its tick, the leader's heartbeat (append entries) period and the range of
+    the followers' election time-outs (at least three heartbeats, as pysyncobj requires)."""
+
+    tick_s: float
+    heartbeat_s: float
+    election_s: tuple[float, float]
+
+
+# While cells run: elections within about a second of a leader's loss (pysyncobj's default heartbeat period).
+BUSY = Pace(DEFAULT_TICK_S, 0.1, (0.5, 1.2))
+# A notebook nobody runs cells in: ten times fewer wake-ups (most notebooks, most of the time). A leader lost
+# meanwhile is replaced after 2.5 to 5 s, or at once when a cell comes (see KernelLog.quicken).
+IDLE = Pace(1.0, 1.0, (4.0, 8.0))
+IDLE_AFTER_S = 5.0  # without a cell or a committed entry for this long, a replica slows down
+# A leader slows its heartbeats this much later than its followers lengthen their time-outs, so that no follower
+# still on the busy time-out misses a heartbeat.
+LEADER_LAG_S = 2.0
 # Journal entries that trigger a compaction: an ordinary cell appends 2 to 4, so a few hundred cells' worth.
 COMPACT_AFTER_ENTRIES = 1000
 
@@ -76,7 +100,8 @@ def raft_conf(password: str, journal_path: str | None, alone: bool = False, snap
         compaction = {"logCompactionMinEntries": compact_after, "fullDumpFile": dump_path(journal_path),
                       "serializer": snapshots.serialize, "deserializer": snapshots.deserialize}
     return SyncObjConf(
-        autoTickPeriod=ONE_NODE_TICK_S if alone else DEFAULT_TICK_S,
+        autoTickPeriod=ONE_NODE_TICK_S if alone else BUSY.tick_s,
+        appendEntriesPeriod=BUSY.heartbeat_s,
         password=password,
         appendEntriesUseBatch=False,
         journalFile=journal_path,
@@ -85,9 +110,9 @@ def raft_conf(password: str, journal_path: str | None, alone: bool = False, snap
         **compaction,
         dynamicMembershipChange=True,
         connectionRetryTime=0.25,  # a peer restarted in place is reconnected within a quarter second
-        connectionTimeout=2.0,
-        raftMinTimeout=0.5,
-        raftMaxTimeout=1.2,
+        connectionTimeout=3.5,  # above the idle heartbeat period: a connection read nothing for this long is dead
+        raftMinTimeout=BUSY.election_s[0],
+        raftMaxTimeout=BUSY.election_s[1],
         commandsWaitLeader=True,
         bindAddress=bind_address,
         onStateChanged=_log_state_change,
@@ -123,6 +148,10 @@ class KernelLog(SyncObj):
         super().__init__(self_address, others, raft_conf(password, journal_path, alone=not others,
                                                          snapshots=self.snapshots, compact_after=compact_after,
                                                          bind_address=self_address))
+        self._busy = Pace(self.conf.autoTickPeriod, BUSY.heartbeat_s, BUSY.election_s)
+        self._idle = False
+        self._last_activity = time.monotonic()
+        self.addOnTickCallback(self._slow_down_when_quiet)
 
     def _restored(self, restore: Restore) -> None:
         with self._order:
@@ -145,6 +174,7 @@ class KernelLog(SyncObj):
     def _commit(self, entry: LogEntry) -> None:
         # pysyncobj counts an entry as applied once this returns: this entry's index is one past the applied one.
         index = self.raftLastApplied + 1
+        self._last_activity = time.monotonic()
         with self._order:
             if not self.snapshots.admit(index, entry):
                 if isinstance(entry, Snapshot) and self.snapshots.snapshot is entry:
@@ -186,6 +216,39 @@ class KernelLog(SyncObj):
             self.removeNodeFromCluster(old, callback=removed)
         else:
             removed(None, FAIL_REASON.SUCCESS)
+
+    # ---------------------------------------------------------------------------------------------- pace
+
+    def quicken(self) -> None:
+        """A cell is coming (every replica is sent it): back to the busy pace at once. A follower that then hears
+        nothing from its leader for an idle heartbeat plus a busy time-out calls an election, rather than after the
+        idle time-out: a leader lost while the notebook was idle costs the cell about two seconds, not eight."""
+        self._last_activity = time.monotonic()
+        if not self._idle:
+            return
+        self._idle = False
+        self._set_pace(self._busy)
+        if not self._isLeader():
+            # After the idle heartbeat the leader may still be due to send (its own quicken comes with the same
+            # cell, but its tick may be asleep until then): no election before that, one soon after.
+            deadline = time.monotonic() + IDLE.heartbeat_s + _draws.uniform(*self._busy.election_s)
+            self._SyncObj__raftElectionDeadline = min(self._SyncObj__raftElectionDeadline, deadline)
+
+    def _slow_down_when_quiet(self) -> None:
+        """pysyncobj's thread, every tick: after IDLE_AFTER_S without a cell or a committed entry, and with a
+        leader, the idle pace. Followers first, then the leader (LEADER_LAG_S later), so that heartbeats never come
+        slower than a follower's time-out expects."""
+        if self._idle or self._getLeader() is None:  # a group without a leader elects one at the busy pace
+            return
+        quiet = time.monotonic() - self._last_activity
+        if quiet >= IDLE_AFTER_S + (LEADER_LAG_S if self._isLeader() else 0.0):
+            self._idle = True
+            self._set_pace(IDLE)
+
+    def _set_pace(self, pace: Pace) -> None:
+        conf = self.conf  # pysyncobj reads these on every use
+        conf.autoTickPeriod, conf.appendEntriesPeriod = pace.tick_s, pace.heartbeat_s
+        conf.raftMinTimeout, conf.raftMaxTimeout = pace.election_s
 
     def _follow_executor(self, executor: int) -> None:
         """Hand Raft leadership to the replica that executes cells.
