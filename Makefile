@@ -61,7 +61,10 @@ hub-tools:
 run: $(STAMP)
 	$(VENV)/bin/notebookos lab $(ARGS)
 
+# Lint first (seconds): a mistake pyflakes sees should not wait for a 12-minute suite to show.
+LINTED := replication kernels gpu_broker server_extension benchmarks tests
 test: $(STAMP) system-deps
+	$(VENV)/bin/ruff check $(LINTED)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Measurements, not tests: each prints its table and writes benchmarks/results/.
@@ -70,6 +73,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/simulate_june.py
 	$(PY) benchmarks/gpu_sharing.py
 	$(PY) benchmarks/multihost.py
+	$(PY) benchmarks/footprint.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -72,7 +72,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +239,7 @@ class _NotebookWriter:
             f"for key in sorted(registry)[:{self.rng.randint(1, 4)}]:\n    registry[key]['hits'] += 1\n"
             f"    registry[key]['tags'].append('h{n}')\n"
             "print({k: v['hits'] for k, v in sorted(registry.items())[:3]})",
-            f"registry.pop(sorted(registry)[0], None) if registry else None\nlen(registry)",
+            "registry.pop(sorted(registry)[0], None) if registry else None\nlen(registry)",
         ])
 
     def _object(self) -> str:
@@ -568,7 +568,7 @@ class LabKernel:
         metadata = {} if replica is None else {"notebookos_replica": replica}
         self.ws.send(json.dumps({
             "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "chaos", "session": self.session_id,
-                       "version": "5.3", "date": datetime.now(timezone.utc).isoformat()},
+                       "version": "5.3", "date": datetime.now(UTC).isoformat()},
             "parent_header": {}, "metadata": metadata, "channel": "shell", "buffers": [],
             "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {},
                         "allow_stdin": False, "stop_on_error": True}}))
@@ -1056,7 +1056,7 @@ def run_under_faults(kernel: LabKernel, notebook: Sequence[NotebookCell], plan: 
             chaos.wait_whole()
             if not fault.during:
                 waited_from = chaos.inject(fault)
-        trigger = _once(lambda: chaos.inject(fault)) if fault is not None and fault.during else None
+        trigger = _once(lambda fault=fault: chaos.inject(fault)) if fault is not None and fault.during else None
         try:
             run = kernel.run(cell.source, on_stdout=trigger, timeout=cell_timeout_s)
         except Failure as failure:

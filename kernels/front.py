@@ -23,15 +23,14 @@ import asyncio
 import json
 import logging
 import os
-import select
-import signal
 import sys
 import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
 
 import zmq
 import zmq.asyncio
@@ -85,7 +84,7 @@ class Frames:
     body: list[bytes]
 
     @classmethod
-    def split(cls, frames: list[bytes]) -> "Frames":
+    def split(cls, frames: list[bytes]) -> Frames:
         try:
             i = frames.index(DELIM)
         except ValueError:
@@ -479,7 +478,7 @@ class KernelFront:
             replica.control.send_multipart(frames)
         try:
             answer = await asyncio.wait_for(asked, GPUS_ANSWER_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("no replica said within %s s what the cell asks for; it asks for the kernel's %s GPU(s)",
                         GPUS_ANSWER_TIMEOUT_S, self.gpus)
             return self.gpus

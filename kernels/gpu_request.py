@@ -60,7 +60,7 @@ def cell_gpus(code: str, kernel_gpus: int) -> tuple[int, int]:
     return (0 if all(line.startswith("%gpus") for line in lines) else kernel_gpus), kernel_gpus
 
 
-def answer_gpus_request(session: "Session", stream: Any, raw: list) -> bool:
+def answer_gpus_request(session: Session, stream: Any, raw: list) -> bool:
     """Answer the front's ``%gpus`` question (protocol.GPUS_REQUEST) if ``raw``, a control message as the replica's
     control stream received it, is one: what the cell asks for and the kernel's request after it (:func:`cell_gpus`
     of the request's ``code`` and ``gpus``). Answered on the control thread ahead of ipykernel's control dispatch,

@@ -109,7 +109,8 @@ class ReplicaKernel(IPythonKernel):
         self._applier = self._loop.create_task(self._apply_committed())
         if cfg.joining:
             self._join()
-        self.raft = KernelLog(cfg.raft_address, list(cfg.raft_peers), cfg.raft_password, cfg.journal_path, self._on_commit,
+        self.raft = KernelLog(cfg.raft_address, list(cfg.raft_peers), cfg.raft_password, cfg.journal_path,
+                              self._on_commit,
                               compact_after=cfg.compact_after)
         self._loop.create_task(self._report_ready())
 

@@ -74,11 +74,11 @@ class ReplicaConfig:
         os.replace(tmp, path)
 
     @classmethod
-    def read(cls, path: str | os.PathLike) -> "ReplicaConfig":
+    def read(cls, path: str | os.PathLike) -> ReplicaConfig:
         return cls.from_json(json.loads(Path(path).read_text()))
 
     @classmethod
-    def from_json(cls, data: dict) -> "ReplicaConfig":
+    def from_json(cls, data: dict) -> ReplicaConfig:
         """From its JSON form (a file, or an agent's API); TypeError or ValueError if it is not one."""
         fields = {f.name for f in dataclasses.fields(cls)}
         if not isinstance(data, dict):

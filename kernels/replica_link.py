@@ -101,7 +101,7 @@ class ReplicaLink:
         sock.connect(self._url(port_name))
         return sock
 
-    async def watch_heartbeat(self, on_change: Callable[["ReplicaLink", bool], Awaitable[None]]) -> None:
+    async def watch_heartbeat(self, on_change: Callable[[ReplicaLink, bool], Awaitable[None]]) -> None:
         """Ping forever; call ``on_change(self, alive)`` when the replica is lost or answers again."""
         sock = None
         while True:

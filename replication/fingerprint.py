@@ -6,7 +6,8 @@ still change when the value is mutated in place. What each kind of value costs, 
 
 - torch tensors: identity, `_version`, data pointer, shape, stride, dtype, device and `requires_grad`, all O(1).
   `_version` counts in-place changes, including those through views and `optimizer.step()`, but not writes
-  through `.data` (`p.data.mul_(2)` leaves it as it was); so tensors of at most `SMALL_BYTES` also hash their bytes, which
+  through `.data` (`p.data.mul_(2)` leaves it as it was); so tensors of at most `SMALL_BYTES` also hash their bytes,
+  which
   catches that case for small tensors. A large tensor changed through `.data` goes unnoticed.
 - torch modules: the fingerprints of their parameters and buffers, plus every submodule's plain scalar attributes
   (`training`, `p` of a dropout, ...). Non-scalar attributes of a module are not looked at.

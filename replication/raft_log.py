@@ -3,7 +3,8 @@
 The state machine is deliberately empty: every committed entry is handed, in log order, to a callback owned by the
 replica kernel, which keeps the namespace and the election book. pysyncobj only orders, replicates and journals.
 
-Tuning (measured: ~100 ms commits with pysyncobj defaults, ~1 ms without batching): batching is off, so an entry is sent at once instead of waiting for the
+Tuning (measured: ~100 ms commits with pysyncobj defaults, ~1 ms without batching): batching is off, so an entry
+is sent at once instead of waiting for the
 next 100 ms append-entries tick (~1 ms commits on loopback instead of ~100 ms). Peers must authenticate with the
 kernel's password. The journal lives on disk, so a replica restarted in place replays its log and keeps its state.
 

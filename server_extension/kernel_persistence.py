@@ -21,7 +21,7 @@ import asyncio
 import fcntl
 import json
 import os
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import IO, Any
 
@@ -199,7 +199,7 @@ class PersistentKernelManager(AsyncMappingKernelManager):
         self._kernel_connections[kernel_id] = 0
         km.execution_state = state
         km.reason = ""
-        km.last_activity = datetime.now(timezone.utc)
+        km.last_activity = datetime.now(UTC)
         KERNEL_CURRENTLY_RUNNING_TOTAL.labels(type=km.kernel_name).inc()
         await self._finish_kernel_start(kernel_id)  # ports, activity watching, the restarter's "dead" callback
         if not self._initialized_culler:

@@ -242,12 +242,12 @@ class LocalCluster:
     _watcher: threading.Thread | None = None
 
     @classmethod
-    def start(cls, state_dir: Path, args: argparse.Namespace) -> "LocalCluster":
+    def start(cls, state_dir: Path, args: argparse.Namespace) -> LocalCluster:
         process, discovery = start_cluster(state_dir, args.hosts, args.gpus_per_host, _cluster_options(args))
         return cls(discovery, process.pid, process)
 
     @classmethod
-    def running(cls, discovery: Path) -> "LocalCluster | None":
+    def running(cls, discovery: Path) -> LocalCluster | None:
         """The service the discovery file names, if it runs on this machine (a pid: not a remote one) and answers."""
         try:
             pid = json.loads(discovery.read_text())["pid"]

@@ -98,7 +98,7 @@ def start_jupyter(command: Sequence[str], home: Path, token: str, extra_args: Se
                                  f"{server.output()}") from None
         if line is None:
             process.wait()
-            raise AssertionError(f"{' '.join(argv)} exited with {process.returncode}:\n{server.output()}")
+            raise AssertionError(f"{' '.join(argv)} exited with {process.returncode}:\n{server.output()}") from None
         server.log.append(line)
         running = running or "is running at" in line  # the URL follows on the next line
         if running and (found := _SERVING.search(line)):
@@ -118,7 +118,7 @@ def start_jupyter(command: Sequence[str], home: Path, token: str, extra_args: Se
                 process.wait(timeout=0.05)  # the retry interval, cut short if it exits
             except subprocess.TimeoutExpired:
                 continue
-            raise AssertionError(f"{' '.join(argv)} exited with {process.returncode}:\n{server.output()}")
+            raise AssertionError(f"{' '.join(argv)} exited with {process.returncode}:\n{server.output()}") from None
 
     def keep_reading() -> None:  # the rest of its output, for a failing test's message
         while (line := lines.get()) is not None:

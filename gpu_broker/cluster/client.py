@@ -48,7 +48,7 @@ class ClusterClient:
         self._ssl = client_context(ca_pem) if self.url.startswith("https:") else None
 
     @classmethod
-    def from_file(cls, path: Path, timeout: float = 60.0) -> "ClusterClient":
+    def from_file(cls, path: Path, timeout: float = 60.0) -> ClusterClient:
         data = json.loads(path.read_text())
         return cls(data["url"], data["token"], data.get("ca_pem"), timeout)
 

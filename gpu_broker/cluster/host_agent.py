@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import signal
 import time
@@ -164,7 +163,7 @@ class HostAgent:
         """SIGKILL, as a crash would: the fault drill used by tests and the dashboard."""
         self.replicas[(kernel_id, replica)].kill()
 
-    def hand_over(self, kernel_id: str, replica: int, target: "HostAgent", pause_s: float = 0.0) -> ReplicaProcess:
+    def hand_over(self, kernel_id: str, replica: int, target: HostAgent, pause_s: float = 0.0) -> ReplicaProcess:
         """Move a replica to another host of this machine: stop it, move its folder (journal included), start it
         there with the same ports and Raft address. It replays its journal and catches up like a restarted replica.
 

@@ -141,7 +141,7 @@ def fetch_pinned_ca(url: str, pin: str, timeout: float = 10.0) -> str:
 
 def _certificate(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey,
                  signing_key: ec.EllipticCurvePrivateKey, names: list[str], ca: bool) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
                .not_valid_after(now + _VALID)

@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -148,7 +148,7 @@ class KernelChannel:
         self._reader = asyncio.ensure_future(self._read())
 
     @classmethod
-    async def connect(cls, rest: JupyterRest, kernel_id: str, timeout: float = 60.0) -> "KernelChannel":
+    async def connect(cls, rest: JupyterRest, kernel_id: str, timeout: float = 60.0) -> KernelChannel:
         client_session = uuid.uuid4().hex
         request = HTTPRequest(rest.ws_url(kernel_id, client_session), headers={"Authorization": f"token {rest.token}"},
                               connect_timeout=timeout, request_timeout=timeout)
@@ -162,7 +162,7 @@ class KernelChannel:
         return {
             "header": {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "username": "notebookos-replay",
                        "session": self.client_session, "version": PROTOCOL_VERSION,
-                       "date": datetime.now(timezone.utc).isoformat()},
+                       "date": datetime.now(UTC).isoformat()},
             "parent_header": {}, "metadata": {}, "content": content, "channel": "shell", "buffers": [],
         }
 

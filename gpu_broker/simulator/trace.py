@@ -1,6 +1,7 @@
 """Training-event traces: load a CSV in the Sensei June format and rebuild its notebook sessions.
 
-The format (the production trace of the NotebookOS paper, bundled in gpu_broker/simulator/data/): one row per training event
+The format (the production trace of the NotebookOS paper, bundled in gpu_broker/simulator/data/): one row per
+training event
 with ``job_id``, ``num_gpu``, ``submit_time`` (minutes from the start of the trace) and ``duration`` (minutes);
 ``iterations``, ``model_name``
 and ``interval`` are carried but unused. There is no session column: a session is a run of consecutive rows whose

@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.error
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 from playwright.sync_api import Locator, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeout

@@ -1,7 +1,8 @@
 """The admin dashboard end to end: a real embedded cluster (4 hosts, 1 virtual GPU each), a real JupyterLab server
 with the notebookos extension, a real kernel, and the page in headless Chromium.
 
-The cluster is started as ``notebookos lab`` starts it (``gpu_broker.cluster.launcher.start_cluster``) and the server gets
+The cluster is started as ``notebookos lab`` starts it (``gpu_broker.cluster.launcher.start_cluster``) and the server
+gets
 the same extension switch and ``NOTEBOOKOS_CLUSTER_FILE``; one cluster and one server serve the whole module (a
 second server, with a read-only authorizer, shares the cluster for the last test). Every page check is
 cross-checked against a direct API call. The tests run in order and share one GPU kernel: the drain and resize
@@ -15,7 +16,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from jupyter_client.blocking import BlockingKernelClient

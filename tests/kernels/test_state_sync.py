@@ -90,8 +90,8 @@ def test_training_continues_on_another_replica_with_shared_optimizer_state(train
     before = trained.value("final_loss")
     # The optimizer must still drive the model's own parameters after the move, with its momentum buffers.
     code = ("for _ in range(20):\n    opt.zero_grad()\n    loss = torch.nn.functional.mse_loss(model(X), Y)\n"
-            "    loss.backward()\n    opt.step()\nprint(float(loss), opt.param_groups[0]['params'][0] is model[0].weight,"
-            " len(opt.state))")
+            "    loss.backward()\n    opt.step()\n"
+            "print(float(loss), opt.param_groups[0]['params'][0] is model[0].weight, len(opt.state))")
     res = trained.run(code, replica=2)
     assert res.status == "ok", res.error
     loss, shares, states = res.stdout.split()
@@ -104,7 +104,7 @@ def test_history_and_execution_count_follow_the_cell_to_another_replica(notebook
     first = notebook.run("40 + 2", replica=0)
     second = notebook.run("_ + 1", replica=1)
     assert second.result == "43"
-    third = notebook.run("Out[%d] * 2" % first.reply["content"]["execution_count"], replica=2)
+    third = notebook.run(f"Out[{first.reply['content']['execution_count']}] * 2", replica=2)
     assert third.result == "84"
     counts = [r.reply["content"]["execution_count"] for r in (first, second, third)]
     assert counts == [counts[0], counts[0] + 1, counts[0] + 2]

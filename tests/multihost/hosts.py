@@ -215,7 +215,7 @@ class NetworkHosts:
     def limit_disk(self, host: Host, free_mb: int | None) -> None:
         """Resize ``host``'s disk (its tmpfs) to what it holds now plus ``free_mb``, as a disk filling up leaves;
         None: back to the default size (half the memory)."""
-        size = "$(( $(df -k --output=used . | tail -1) + %d ))k" % (free_mb * 1024) if free_mb is not None else "50%"
+        size = f"$(( $(df -k --output=used . | tail -1) + {free_mb * 1024} ))k" if free_mb is not None else "50%"
         proc = self.spawn(host, ["sh", "-c", f"mount -o remount,size={size} ."])
         if proc.wait(30) != 0:
             raise RuntimeError(f"could not resize the disk of {host.name} (exit status {proc.returncode})")

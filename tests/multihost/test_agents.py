@@ -339,7 +339,7 @@ def test_an_executor_cut_off_mid_cell_leaves_the_cell_counted_once(pool: Pool, n
     assert "count 1" in res.stdout and "count 2" not in res.stdout, (res.stdout, res.stderr)
     assert notebook.run("count += 10\nprint(count)").stdout.strip() == "11"
     for replica in range(3):
-        assert wait_until(lambda: _where_and(notebook, "count", replica=replica)[1] == 11,
+        assert wait_until(lambda replica=replica: _where_and(notebook, "count", replica=replica)[1] == 11,
                           f"replica {replica} to hold the count of one run", 60)
 
 
@@ -366,8 +366,9 @@ def test_a_cut_off_standby_stops_nothing_and_its_machine_rejoins_the_pool(pool: 
     wait_until(lambda: _replacement(pool, notebook.km.kernel_id, placed), "a third replica to catch up",
                REPLACEMENT_DEADLINE_S)
     for replica in pool.replicas(notebook.km.kernel_id):
-        assert wait_until(lambda: _where_and(notebook, "y", replica=replica["replica"]) == [replica["host"], 2],
-                          f"a cell on replica {replica['replica']}", 30)
+        assert wait_until(
+            lambda replica=replica: _where_and(notebook, "y", replica=replica["replica"]) == [replica["host"], 2],
+            f"a cell on replica {replica['replica']}", 30)
 
 
 def test_a_replacement_restores_from_the_leaders_snapshot_and_the_log_tail(pool: Pool, notebook: Notebook,
@@ -384,8 +385,9 @@ def test_a_replacement_restores_from_the_leaders_snapshot_and_the_log_tail(pool:
         assert notebook.run("n += 1\nt += 1").status == "ok"
     # Each cell stored a new 400 KB tensor on every replica's disk; only the latest snapshot's and the tail's stay.
     for replica in pool.replicas(notebook.km.kernel_id):
-        assert wait_until(lambda: _objects_on_disk(pool, notebook.km.kernel_id, replica) <= MAX_KEPT_OBJECTS,
-                          f"replica {replica['replica']}'s unreferenced objects to be deleted", 30)
+        assert wait_until(
+            lambda replica=replica: _objects_on_disk(pool, notebook.km.kernel_id, replica) <= MAX_KEPT_OBJECTS,
+            f"replica {replica['replica']}'s unreferenced objects to be deleted", 30)
     placed = pool.placement(notebook.km.kernel_id)
     executor = _where_and(notebook, "0")[0]
     pool.hosts.kill_host(next(h for h in placed if h.name != executor))

@@ -67,7 +67,8 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> FreshVenv:
     for name in SOURCES:
         source = ROOT / name
         if source.is_dir():
-            shutil.copytree(source, tree / name, ignore=shutil.ignore_patterns("__pycache__", "node_modules", "lib", ".yarn"))
+            shutil.copytree(source, tree / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "node_modules", "lib", ".yarn"))
         else:
             shutil.copy2(source, tree / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
@@ -89,7 +90,8 @@ def test_the_wheel_carries_license_trace_kernelspec_and_server_switch(fresh_venv
         import json, importlib.metadata as m, notebookos.server_extension as ext
         from notebookos.gpu_broker.simulator.experiment import BUNDLED_TRACE
         dist = m.distribution("notebookos")
-        print(json.dumps({"module": ext.__file__, "trace": str(BUNDLED_TRACE), "license": dist.metadata["License-Expression"],
+        print(json.dumps({"module": ext.__file__, "trace": str(BUNDLED_TRACE),
+                          "license": dist.metadata["License-Expression"],
                           "files": [str(f) for f in dist.files]}))""")], tmp_path)
     found = json.loads(done.stdout)
     assert found["module"].startswith(str(fresh_venv.site_packages)), found["module"]

@@ -171,11 +171,11 @@ def test_a_one_node_log_compacts_and_restarts_from_its_dump(tmp_path: Path) -> N
         _wait(raft.isReady, "the one-node group to be ready")
         for n in range(1, 61):
             done = threading.Event()
-            raft.append(record(n), lambda error: done.set())
+            raft.append(record(n), lambda error, done=done: done.set())
             assert done.wait(10)
             if n % 5 == 0:
                 done.clear()
-                raft.append(snapshot_of(n), lambda error: done.set())
+                raft.append(snapshot_of(n), lambda error, done=done: done.set())
                 assert done.wait(10)
         # The entries pysyncobj keeps stay bounded; index stepping is confirmed against pysyncobj's own count.
         assert raft.getStatus()["log_len"] <= 25

@@ -157,7 +157,8 @@ class TestSharedPoolUnderJupyterHub:
         # The owner restarts their replicas (a live one: nothing happens); moving work around the pool is admin's.
         restarted = await alice.json("POST", REPLICA + "restart", kernel_id=mine, replica="0")
         assert restarted["id"] == mine
-        refusals = [await alice.json("POST", REPLICA + action, 403, kernel_id=mine, replica="0", body={"host": "host-4"})
+        refusals = [await alice.json("POST", REPLICA + action, 403, kernel_id=mine, replica="0",
+                                     body={"host": "host-4"})
                     for action in ("kill", "migrate")]
         refusals += [await alice.json("POST", f"{PREFIX}/hosts", 403, body={}),
                      await alice.json("PATCH", f"{PREFIX}/hosts/{{name}}", 403, name="host-1", body={"gpus": 1}),

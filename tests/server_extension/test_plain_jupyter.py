@@ -55,7 +55,8 @@ def test_a_plain_jupyter_server_serves_the_api_and_the_dashboard(plain_server: C
     assert "NotebookOS] REST API at /api/notebookos/, dashboard at /notebookos/" in server.output()
 
 
-def test_the_cluster_and_the_admins_come_from_c_notebookos(plain_server: Callable[..., JupyterProcess], cluster_file: str,
+def test_the_cluster_and_the_admins_come_from_c_notebookos(plain_server: Callable[..., JupyterProcess],
+                                                          cluster_file: str,
                                                           tmp_path: Path) -> None:
     """The options of the extension, on the server's command line as in a jupyter_server_config.py: the session's
     cluster named by URL and token file, and an admin who is not the token's user."""

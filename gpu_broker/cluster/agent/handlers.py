@@ -30,7 +30,7 @@ MAX_PORTS = 16
 class AgentHandler(JsonHandler):
     """Token authentication, JSON in and out, errors as JSON ``{"error": message}``."""
 
-    def initialize(self, agent: "Agent") -> None:
+    def initialize(self, agent: Agent) -> None:
         self.agent = agent
 
     def prepare(self) -> None:
@@ -85,7 +85,7 @@ class AgentKernelHandler(AgentHandler):
         self.finish()
 
 
-def routes(agent: "Agent") -> list[tuple[str, type, dict]]:
+def routes(agent: Agent) -> list[tuple[str, type, dict]]:
     args = {"agent": agent}
     return [
         (r"/replicas", AgentReplicasHandler, args),

@@ -63,7 +63,7 @@ class RunningReplica(abc.ABC):
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for it to end; whether it has."""
 
-    def discard(self) -> None:
+    def discard(self) -> None:  # noqa: B027 - optional: a process leaves nothing behind
         """Release what is left of it once it has ended and is not needed any more (a container)."""
 
 

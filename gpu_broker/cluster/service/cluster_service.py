@@ -164,7 +164,7 @@ class ClusterService:
         self._event_waiters.append(waiter)
         try:
             await asyncio.wait_for(waiter, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:
             if waiter in self._event_waiters:

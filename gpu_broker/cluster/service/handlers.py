@@ -34,7 +34,7 @@ class ServiceHandler(JsonHandler):
 
     checked: Checked
 
-    def initialize(self, service: "ClusterService") -> None:
+    def initialize(self, service: ClusterService) -> None:
         self.service = service
 
     def prepare(self) -> None:
@@ -260,7 +260,7 @@ class ServiceCAHandler(tornado.web.RequestHandler):
     """``GET /tls/ca.pem``, unauthenticated: the CA this service made. Public by nature; a client trusts it only
     if its fingerprint is the one its join token pins (tls.py)."""
 
-    def initialize(self, service: "ClusterService") -> None:
+    def initialize(self, service: ClusterService) -> None:
         self.service = service
 
     def get(self) -> None:
@@ -270,7 +270,7 @@ class ServiceCAHandler(tornado.web.RequestHandler):
         self.finish(self.service.ca_pem)
 
 
-def routes(service: "ClusterService") -> list[tuple[str, type, dict]]:
+def routes(service: ClusterService) -> list[tuple[str, type, dict]]:
     """The service's API; every handler gets the service."""
     args = {"service": service}
     return [
