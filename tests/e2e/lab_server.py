@@ -186,6 +186,20 @@ def _cmdline(p: psutil.Process) -> str:
         return "?"
 
 
+def prepare_lab_dirs(base_dir: Path) -> tuple[Path, dict[str, str]]:
+    """The server's root folder and an environment isolated from the user's Jupyter folders, with JupyterLab's user
+    settings that keep its pages quiet in tests; shared by every start of a lab server here."""
+    base_dir.mkdir(parents=True, exist_ok=True)
+    root_dir = base_dir / "root"
+    root_dir.mkdir(exist_ok=True)
+    env = isolated_jupyter_env(base_dir)
+    for rel, settings in _USER_SETTINGS.items():
+        path = base_dir / "config" / "lab" / "user-settings" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings))
+    return root_dir, env
+
+
 def start_lab_server(
     base_dir: Path,
     extra_args: Sequence[str] = (),
@@ -198,15 +212,7 @@ def start_lab_server(
     picked free then bound by the server with ``port_retries=0``: if another process grabs it in between, the server
     exits and the start is retried with a new port instead of silently serving elsewhere.
     """
-    base_dir.mkdir(parents=True, exist_ok=True)
-    root_dir = base_dir / "root"
-    root_dir.mkdir(exist_ok=True)
-    env = isolated_jupyter_env(base_dir)
-    for rel, settings in _USER_SETTINGS.items():
-        path = base_dir / "config" / "lab" / "user-settings" / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(settings))
-
+    root_dir, env = prepare_lab_dirs(base_dir)
     last_error = ""
     for attempt in range(1, attempts + 1):
         port = _free_port()

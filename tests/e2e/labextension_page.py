@@ -7,7 +7,6 @@ state that lasts a second, such as a replica migrating, is seen however Playwrig
 """
 from __future__ import annotations
 
-import json
 import re
 import secrets
 import subprocess
@@ -21,7 +20,7 @@ from playwright.sync_api import Locator, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from lab_page import Notebook
-from lab_server import _USER_SETTINGS, LabServer, ServerStartError, _free_port, isolated_jupyter_env
+from lab_server import LabServer, ServerStartError, _free_port, prepare_lab_dirs
 
 NOTEBOOKOS = Path(sys.prefix) / "bin" / "notebookos"
 LABEXTENSION = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "notebookos"
@@ -43,14 +42,7 @@ def start_notebookos_lab(base_dir: Path, extra_args: Sequence[str] = (), startup
     Jupyter folders as ``lab_server.start_lab_server`` isolates ``jupyter lab``; returns once ``/api/status`` and the
     extension's ``/api/notebookos/cluster`` answer. ``LabServer.stop()`` shuts it down (JupyterLab's shutdown makes
     ``notebookos lab`` stop its cluster and exit)."""
-    base_dir.mkdir(parents=True, exist_ok=True)
-    root_dir = base_dir / "root"
-    root_dir.mkdir(exist_ok=True)
-    env = isolated_jupyter_env(base_dir)
-    for rel, settings in _USER_SETTINGS.items():
-        path = base_dir / "config" / "lab" / "user-settings" / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(settings))
+    root_dir, env = prepare_lab_dirs(base_dir)
     port, token = _free_port(), secrets.token_hex(24)
     log_path = base_dir / "notebookos-lab.log"
     cmd = [
