@@ -34,19 +34,22 @@ def summarize(samples_s: Sequence[float]) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Target:
-    """One of the project's latency targets, and what was measured against it."""
+    """One of the project's targets, and what was measured against it: ``measured`` must be at most ``limit``
+    (or, with ``floor``, at least ``limit``)."""
 
     name: str
     limit: float
     measured: float
     unit: str
+    floor: bool = False
 
     @property
     def met(self) -> bool:
-        return self.measured <= self.limit
+        return self.measured >= self.limit if self.floor else self.measured <= self.limit
 
     def as_dict(self) -> dict[str, Any]:
-        return {"limit": self.limit, "measured": self.measured, "unit": self.unit, "met": self.met}
+        return {"limit": round(self.limit, 4), "measured": round(self.measured, 4), "unit": self.unit,
+                "at_least" if self.floor else "at_most": True, "met": self.met}
 
 
 def _fmt(value: float | None, unit: str = "ms") -> str:
