@@ -88,6 +88,12 @@ class _Operation:
     body_required: bool
 
 
+def _cache_buster(name: str, values: list[bytes]) -> bool:
+    """``?1733500000000``: JupyterLab's ServerConnection appends the time to GET requests (its default cache mode,
+    no-store) so that no browser cache answers them. It carries nothing, so every endpoint takes it."""
+    return name.isdigit() and all(not value for value in values)
+
+
 class RequestChecker:
     """Checks requests against ``document``'s operations. ``ignored_query``: query parameters any request may carry
     that no operation declares (Jupyter's ``token`` and ``_xsrf``, which its authentication reads)."""
@@ -120,7 +126,8 @@ class RequestChecker:
         else:
             raise LookupError(f"the OpenAPI document describes no operation {method} {path}")
         declared = {p["name"] for p in op.parameters if p["in"] == "query"}
-        unknown = sorted(set(query) - declared - self.ignored_query)
+        unknown = sorted(name for name in set(query) - declared - self.ignored_query
+                         if not _cache_buster(name, query[name]))
         if unknown:
             raise RequestInvalid(f"unknown query parameter {unknown[0][:40]!r}; this endpoint takes "
                                  f"{', '.join(sorted(declared)) or 'none'}")

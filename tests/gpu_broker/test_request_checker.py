@@ -72,6 +72,9 @@ def test_parameters_are_converted_by_their_schemas_and_unknown_ones_refused() ->
     # Jupyter's own authentication reads `token` from the query of any request.
     assert EXTENSION_CHECKER.check("GET", "/api/notebookos/cluster", {"token": [b"t"]}, None).query == {}
     assert "unknown query parameter 'x'" in refused(EXTENSION_CHECKER, "GET", "/api/notebookos/cluster", x="1")
+    # JupyterLab's requests carry `?<milliseconds>` so that no browser cache answers them: taken, and ignored.
+    assert EXTENSION_CHECKER.check("GET", "/api/notebookos/cluster", {"1733500000000": [b""]}, None).query == {}
+    assert "unknown query parameter '17'" in refused(EXTENSION_CHECKER, "GET", "/api/notebookos/cluster", **{"17": "1"})
 
 
 def test_bodies_that_are_not_json_objects_and_agents_that_are_not_addresses() -> None:
