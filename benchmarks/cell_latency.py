@@ -50,7 +50,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from latency_probe import CellTiming, ProbeTimeout, ReplicaTap, TimedClient
 from latency_report import (Curve, Target, breakdown_table, load_snapshot, machine_context, plot_cdfs, print_tables,
-                            round_trip_table, stats_table, summarize, targets_table)
+                            round_trip_table, stats_table, summarize, targets_table, write_results)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PLAIN, NOTEBOOKOS = "python3", "notebookos"
@@ -585,8 +585,8 @@ def report(results: dict[str, Any], raw: dict[str, Any], console: Console, out: 
     console.print(f"paper (NotebookOS, ASPLOS '26) small-delta sync: p90 {PAPER_SMALL_SYNC['p90_ms']} ms, "
                   f"p99 {PAPER_SMALL_SYNC['p99_ms']} ms; load average at start {load['start']['loadavg']}, "
                   f"at end {load['end']['loadavg']}", highlight=False)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cell_latency.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    raw_samples = {"samples_ms": results.pop("samples_ms")}
+    write_results(out, "cell_latency", results, raw_samples)
     plot_cdfs(out / "cell_latency.png", cdf_panels(raw),
               f"notebookos vs ipykernel, trivial cell `{TRIVIAL_CELL}` ({os.cpu_count()} CPUs, loopback)")
     console.print(f"wrote {out / 'cell_latency.json'} and {out / 'cell_latency.png'}", highlight=False)

@@ -59,7 +59,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from cell_latency import children_output_to, isolate_jupyter
-from latency_report import load_snapshot, machine_context, summarize
+from latency_report import load_snapshot, machine_context, summarize, write_results
 
 from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterClient
 from notebookos.gpu_broker.scheduler.policies import POLICIES
@@ -683,8 +683,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": {**machine_context(), "load": {"start": load_start, "end": load_snapshot()}},
         "wall_s": wall,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_sharing.json").write_text(json.dumps(document, indent=1, allow_nan=False) + "\n")
+    detail = {name: {key: policy.pop(key) for key in ("cells_detail", "scheduler_detail")}
+              for name, policy in results.items()}
+    write_results(args.out, "gpu_sharing", document, {"policies": detail})
     plot(args.out / "gpu_sharing.png", runs,
          f"GPUs held over time, {args.notebooks} notebooks, same seeded schedule ({gpu_note.split(':')[0]})")
     console.print(f"wrote {args.out / 'gpu_sharing.json'} and {args.out / 'gpu_sharing.png'}; total {wall} s")

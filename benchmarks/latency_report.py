@@ -4,6 +4,7 @@ Kept apart from the measuring code so that changing how results look never risks
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -20,6 +21,16 @@ from rich.console import Console
 from rich.table import Table
 
 PERCENTILES = (50, 90, 99)
+
+
+def write_results(out: Path, name: str, summary: dict[str, Any], raw: dict[str, Any]) -> Path:
+    """Write ``name.json``, the summary a reader (and the repository) keeps, and ``name.raw.json``, the per-sample
+    data every run rewrites (git ignores it): thousands of lines nobody reads in a diff. Returns the summary's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.raw.json").write_text(json.dumps(raw, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    return path
 
 
 def summarize(samples_s: Sequence[float]) -> dict[str, float]:
