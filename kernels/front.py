@@ -38,8 +38,8 @@ from jupyter_client.session import Session
 
 from ..gpu_broker.cluster.client import ClusterClient, ClusterError, discovery_file
 from .watched_process import WatchedProcess
-from .protocol import (EXECUTOR_ANNOUNCEMENT, GPU_RELEASED, GPUS_REPLY, GPUS_REQUEST, NOTEBOOKOS_META, STATE_APPLIED,
-                       ReplicaRole)
+from .protocol import (EXECUTOR_ANNOUNCEMENT, GPU_RELEASED, GPUS_MAGIC, GPUS_REPLY, GPUS_REQUEST, NOTEBOOKOS_META,
+                       STATE_APPLIED, ReplicaRole)
 from .replica_link import HEARTBEAT_DEAD_AFTER_S, HEARTBEAT_PERIOD_S, START_TIMEOUT_S, ReplicaLink, endpoint_of
 
 log = logging.getLogger("notebookos.front")
@@ -466,11 +466,14 @@ class KernelFront:
         line asks, :func:`.gpu_request.cell_gpus`), so the front asks them on their control channels, every live
         one at once, and takes the first answer (a replica that has just died does not hold the cell up). A cell
         that starts with ``%gpus N`` asks for N (and so do later cells); a cell of nothing but ``%gpus`` lines asks
-        for none. A front that hears from no replica keeps the kernel's request."""
+        for none. A front that hears from no replica keeps the kernel's request. A cell whose source does not
+        contain the magic cannot ask for anything else than the kernel's request, so most cells skip the question
+        (it costs about 3 ms of CPU across the replicas)."""
+        code = cell.msg["content"].get("code", "")
         alive = self._alive()
-        if not alive:
+        if not alive or GPUS_MAGIC not in code:  # a cell that does not name the magic asks for the kernel's request
             return self.gpus
-        msg = self.session.msg(GPUS_REQUEST, {"code": cell.msg["content"].get("code", ""), "gpus": self.gpus})
+        msg = self.session.msg(GPUS_REQUEST, {"code": code, "gpus": self.gpus})
         msg_id = msg["header"]["msg_id"]
         asked = self._gpus_asked[msg_id] = asyncio.get_running_loop().create_future()
         frames = self.session.serialize(msg)

@@ -10,7 +10,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from .protocol import GPUS_REPLY, GPUS_REQUEST
+from .protocol import GPUS_MAGIC, GPUS_REPLY, GPUS_REQUEST
 
 if TYPE_CHECKING:
     from jupyter_client.session import Session
@@ -25,8 +25,8 @@ def parse_gpus_magic(line: str) -> int | None:
     passes it to a line magic, the argument alone ("2", ""). Raises ValueError, with a message for the user, on
     anything else: negative, non-integer or several arguments."""
     text = line.strip()
-    if text.startswith("%gpus"):
-        rest = text[len("%gpus"):]
+    if text.startswith(GPUS_MAGIC):
+        rest = text[len(GPUS_MAGIC):]
         if rest and not rest[0].isspace():
             raise ValueError(f"not a %gpus line: {line!r}")
         text = rest.strip()
@@ -49,7 +49,7 @@ def cell_gpus(code: str, kernel_gpus: int) -> tuple[int, int]:
     cell of nothing but ``%gpus`` lines asks for none, so that ``%gpus 0`` works even when GPUs are scarce; a
     malformed first ``%gpus`` line asks for none and changes nothing (the magic then tells the user why)."""
     lines = [line.strip() for line in code.splitlines() if line.strip()]
-    if not lines or not lines[0].startswith("%gpus"):
+    if not lines or not lines[0].startswith(GPUS_MAGIC):
         return kernel_gpus, kernel_gpus
     try:
         wanted = parse_gpus_magic(lines[0])
@@ -57,7 +57,7 @@ def cell_gpus(code: str, kernel_gpus: int) -> tuple[int, int]:
         return 0, kernel_gpus
     if wanted is not None:
         kernel_gpus = wanted
-    return (0 if all(line.startswith("%gpus") for line in lines) else kernel_gpus), kernel_gpus
+    return (0 if all(line.startswith(GPUS_MAGIC) for line in lines) else kernel_gpus), kernel_gpus
 
 
 def answer_gpus_request(session: Session, stream: Any, raw: list) -> bool:

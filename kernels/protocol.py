@@ -29,6 +29,9 @@ GPU_RELEASED = "notebookos_gpu_released"
 # (content: cell = GPUs this cell asks for, kernel = the kernel's request from then on) is the front's own. Answered
 # ahead of ipykernel's control dispatch (kernels/gpu_request.py), so it publishes no busy or idle on IOPub.
 GPUS_REQUEST = "notebookos_gpus_request"
+# The magic a cell asks for GPUs with. The replica parses it (gpu_request.py); the front only knows that a cell whose
+# source does not contain it asks for the kernel's request, and skips the question for such cells.
+GPUS_MAGIC = "%gpus"
 GPUS_REPLY = "notebookos_gpus_reply"
 
 
