@@ -60,8 +60,8 @@ class ReplicaLink:
         self.iopub.connect(self._url("iopub_port"))
         self._last_beat = time.monotonic()
         self._answered = False
-        self._idle = False
-        self._quickened = asyncio.Event()  # set when a cell ends the idle pace: the pinger stops waiting
+        self._busy = asyncio.Event()  # cleared while the notebook is idle; setting it ends the pinger's idle wait
+        self._busy.set()
 
     def __repr__(self) -> str:
         return f"replica {self.index} on {self.host}"
@@ -69,15 +69,14 @@ class ReplicaLink:
     @property
     def idle(self) -> bool:
         """Whether the notebook is idle, so heartbeats can be slow: the front sets it."""
-        return self._idle
+        return not self._busy.is_set()
 
     @idle.setter
     def idle(self, idle: bool) -> None:
-        self._idle = idle
         if idle:
-            self._quickened.clear()
+            self._busy.clear()
         else:
-            self._quickened.set()
+            self._busy.set()
 
     @property
     def endpoint(self) -> str:
@@ -110,7 +109,8 @@ class ReplicaLink:
                 sock.setsockopt(zmq.LINGER, 0)
                 sock.connect(self._url("hb_port"))
             started = time.monotonic()
-            period, dead_after = ((IDLE_HEARTBEAT_PERIOD_S, IDLE_DEAD_AFTER_S) if self._idle else
+            idle = self.idle
+            period, dead_after = ((IDLE_HEARTBEAT_PERIOD_S, IDLE_DEAD_AFTER_S) if idle else
                                   (HEARTBEAT_PERIOD_S, HEARTBEAT_DEAD_AFTER_S))
             await sock.send(b"ping")
             if await sock.poll(int(dead_after * 1000)):
@@ -130,9 +130,9 @@ class ReplicaLink:
                     self.alive = False
                     await on_change(self, False)
             delay = max(0.0, period - (time.monotonic() - started))
-            if self._idle:
+            if self.idle:
                 with contextlib.suppress(TimeoutError):  # a cell coming ends the idle wait at once
-                    await asyncio.wait_for(self._quickened.wait(), delay)
+                    await asyncio.wait_for(self._busy.wait(), delay)
             else:
                 await asyncio.sleep(delay)
 

@@ -4,8 +4,8 @@ The state machine is deliberately empty: every committed entry is handed, in log
 replica kernel, which keeps the namespace and the election book. pysyncobj only orders, replicates and journals.
 
 Tuning (measured: ~100 ms commits with pysyncobj defaults, ~1 ms without batching): batching is off, so an entry
-is sent at once instead of waiting for the
-next 100 ms append-entries tick (~1 ms commits on loopback instead of ~100 ms). Peers must authenticate with the
+is sent at once instead of waiting for the next 100 ms append-entries tick (~1 ms commits on loopback instead of
+~100 ms). Peers must authenticate with the
 kernel's password. The journal lives on disk, so a replica restarted in place replays its log and keeps its state.
 
 Log compaction: once the journal holds ``compact_after`` entries, pysyncobj writes a dump (snapshots.py: the latest
@@ -67,7 +67,7 @@ class Pace:
 # While cells run: elections within about a second of a leader's loss (pysyncobj's default heartbeat period).
 BUSY = Pace(DEFAULT_TICK_S, 0.1, (0.5, 1.2))
 # A notebook nobody runs cells in: ten times fewer wake-ups (most notebooks, most of the time). A leader lost
-# meanwhile is replaced after 2.5 to 5 s, or at once when a cell comes (see KernelLog.quicken).
+# meanwhile is replaced after 4 to 8 s, or about 2 s after a cell comes (see KernelLog.quicken).
 IDLE = Pace(1.0, 1.0, (4.0, 8.0))
 IDLE_AFTER_S = 5.0  # without a cell or a committed entry for this long, a replica slows down
 # A leader slows its heartbeats this much later than its followers lengthen their time-outs, so that no follower
