@@ -61,10 +61,11 @@ hub-tools:
 run: $(STAMP)
 	$(VENV)/bin/notebookos lab $(ARGS)
 
-# Lint first (seconds): a mistake pyflakes sees should not wait for a 12-minute suite to show.
+# Lint and format check first (seconds): a mistake pyflakes sees should not wait for a 13-minute suite to show.
 LINTED := replication kernels gpu_broker server_extension benchmarks tests
 test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Measurements, not tests: each prints its table and writes benchmarks/results/.

@@ -25,6 +25,7 @@ Writes benchmarks/results/cell_latency.json and benchmarks/results/cell_latency.
 
     .venv/bin/python benchmarks/cell_latency.py [--trivial 300] [--small 100] [--tensor 10]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from latency_probe import CellTiming, ProbeTimeout, ReplicaTap, TimedClient
-from latency_report import (Curve, Target, breakdown_table, load_snapshot, machine_context, plot_cdfs, print_tables,
-                            round_trip_table, stats_table, summarize, targets_table, write_results)
+from latency_report import (
+    Curve,
+    Target,
+    breakdown_table,
+    load_snapshot,
+    machine_context,
+    plot_cdfs,
+    print_tables,
+    round_trip_table,
+    stats_table,
+    summarize,
+    targets_table,
+    write_results,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PLAIN, NOTEBOOKOS = "python3", "notebookos"
@@ -73,6 +86,7 @@ PAPER_SMALL_SYNC = {"p90_ms": 54.79, "p99_ms": 268.25}
 
 
 # ----------------------------------------------------------------------------------------------- environment
+
 
 def isolate_jupyter(root: Path) -> None:
     """Runtime, config and IPython dirs of our own, so the run neither finds nor disturbs anyone's kernels or
@@ -145,21 +159,30 @@ def running_kernel(kernel_name: str, log: TextIO) -> Iterator[tuple[KernelManage
 def replicas_of(discovery: Path, kernel_id: str) -> list[dict[str, Any]]:
     """The kernel's replicas (index, host, pid, connection) from the cluster API."""
     cluster = json.loads(discovery.read_text())
-    req = urllib.request.Request(f"{cluster['url']}/kernels/{kernel_id}",
-                                 headers={"Authorization": f"token {cluster['token']}"})
+    req = urllib.request.Request(
+        f"{cluster['url']}/kernels/{kernel_id}", headers={"Authorization": f"token {cluster['token']}"}
+    )
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())["replicas"]
 
 
 # ------------------------------------------------------------------------------------------------- measuring
 
+
 def progress_bar(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=False)
+    return Progress(
+        TextColumn("{task.description:<34}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
 
 
-def run_checked(client: TimedClient, code: str, timeout: float = CELL_TIMEOUT_S,
-                tap: ReplicaTap | None = None) -> CellTiming:
+def run_checked(
+    client: TimedClient, code: str, timeout: float = CELL_TIMEOUT_S, tap: ReplicaTap | None = None
+) -> CellTiming:
     """One cell that must succeed: a failed cell would time the error path, not the one we mean to measure.
 
     A cell whose reply never came (``reply_lost``) is kept: it ran, its idle came, and the loss itself is a result.
@@ -176,8 +199,9 @@ def warm_up(clients: dict[str, TimedClient], cells: int) -> dict[str, list[CellT
     return {name: [run_checked(client, TRIVIAL_CELL) for _ in range(cells)] for name, client in clients.items()}
 
 
-def interleaved_round_trips(clients: dict[str, TimedClient], per_kernel: int, block: int,
-                            progress: Progress) -> dict[str, list[CellTiming]]:
+def interleaved_round_trips(
+    clients: dict[str, TimedClient], per_kernel: int, block: int, progress: Progress
+) -> dict[str, list[CellTiming]]:
     """``per_kernel`` trivial cells on each kernel, in alternating blocks of ``block``.
 
     Alternating blocks (and which kernel goes first) lets both kernels see the same machine: this 2-core box is
@@ -200,8 +224,9 @@ def interleaved_round_trips(clients: dict[str, TimedClient], per_kernel: int, bl
     return timings
 
 
-def open_tap(client: TimedClient, replicas: Sequence[dict[str, Any]], ctx: zmq.Context,
-             attempts: int = 5) -> ReplicaTap:
+def open_tap(
+    client: TimedClient, replicas: Sequence[dict[str, Any]], ctx: zmq.Context, attempts: int = 5
+) -> ReplicaTap:
     """Subscribe to every replica's IOPub and prove the subscriptions are live with a cell whose state both
     standbys announce (a SUB socket misses what is published before its subscription reaches the publisher)."""
     tap = ReplicaTap(ctx, replicas, client.session)
@@ -216,8 +241,14 @@ def open_tap(client: TimedClient, replicas: Sequence[dict[str, Any]], ctx: zmq.C
     raise RuntimeError("the replicas' state-applied announcements never arrived; is STATE_APPLIED published?")
 
 
-def timed_cells(client: TimedClient, codes: Sequence[str], description: str, progress: Progress,
-                timeout: float = CELL_TIMEOUT_S, tap: ReplicaTap | None = None) -> list[CellTiming]:
+def timed_cells(
+    client: TimedClient,
+    codes: Sequence[str],
+    description: str,
+    progress: Progress,
+    timeout: float = CELL_TIMEOUT_S,
+    tap: ReplicaTap | None = None,
+) -> list[CellTiming]:
     """Run ``codes`` one by one with a progress bar; with ``tap``, each waits until both standbys applied it."""
     task = progress.add_task(description, total=len(codes))
     timings = []
@@ -264,13 +295,15 @@ def cpu_per_cell(pids: dict[str, int], run: Callable[[], int], idle_s: float = 2
     idle_rate = {name: idle_used[name] / idle_wall for name in pids}
     return {
         "idle_cpu_percent": {name: round(100 * rate, 2) for name, rate in idle_rate.items()},
-        "cpu_ms_per_cell": {name: round(1000 * (busy_used[name] - idle_rate[name] * busy_wall) / cells, 3)
-                            for name in pids},
+        "cpu_ms_per_cell": {
+            name: round(1000 * (busy_used[name] - idle_rate[name] * busy_wall) / cells, 3) for name in pids
+        },
         "cells": cells,
     }
 
 
 # ------------------------------------------------------------------------------------------------- analysis
+
 
 def deltas(timings: Sequence[CellTiming], later: str, earlier: str | None = None) -> list[float]:
     """Per cell, seconds between two arrivals (or from the send when ``earlier`` is None); cells lacking one of
@@ -316,8 +349,7 @@ def step_stats(timings: Sequence[CellTiming]) -> dict[str, dict[str, float]]:
 EXECUTOR_STEPS: tuple[tuple[str, Callable[[CellTiming, dict[str, float]], float]], ...] = (
     ("send → executor's busy (front relay + replica dispatch)", lambda t, ex: ex["busy"]),
     ("executor's busy → its execute_input (executor election, Raft)", lambda t, ex: ex["execute_input"] - ex["busy"]),
-    ("executor's execute_input → its idle (run, reply, state commit)",
-     lambda t, ex: ex["idle"] - ex["execute_input"]),
+    ("executor's execute_input → its idle (run, reply, state commit)", lambda t, ex: ex["idle"] - ex["execute_input"]),
     ("executor's execute_input → client's (front relay)", lambda t, ex: t.execute_input - ex["execute_input"]),
     ("executor's idle → client's idle (front relay)", lambda t, ex: t.idle - ex["idle"]),
     ("executor's idle → applied on both standbys", lambda t, ex: t.synced() - ex["idle"]),
@@ -348,8 +380,9 @@ def sync_samples(timings: Sequence[CellTiming]) -> dict[str, list[float]]:
         "idle": [t.idle for t in timings],
         "idle_to_last_standby": [s - t.idle for s, t in zip(synced, timings)],
         # A standby's applied_at must precede our receipt of its announcement; if not, the clocks disagree.
-        "clock_skew_violations": [sum(1 for r, at in t.standby_applied().items() if at > t.applied_seen[r] + 1e-3)
-                                  for t in timings],
+        "clock_skew_violations": [
+            sum(1 for r, at in t.standby_applied().items() if at > t.applied_seen[r] + 1e-3) for t in timings
+        ],
     }
 
 
@@ -364,21 +397,33 @@ def message_order(raw: dict[str, Any]) -> dict[str, dict[str, int]]:
         cells[name] += timings
     cells[NOTEBOOKOS] += [*raw["small"], raw["tensor_setup"][NOTEBOOKOS], *raw["tensor"]]
     cells[PLAIN] += [raw["tensor_setup"][PLAIN], *raw["tensor_plain"]]
-    return {name: {"cells": len(ts), "replies_lost": sum(t.reply_lost for t in ts),
-                   "reply_after_idle": sum(1 for t in ts if t.reply is not None and t.reply > t.idle)}
-            for name, ts in cells.items()}
+    return {
+        name: {
+            "cells": len(ts),
+            "replies_lost": sum(t.reply_lost for t in ts),
+            "reply_after_idle": sum(1 for t in ts if t.reply is not None and t.reply > t.idle),
+        }
+        for name, ts in cells.items()
+    }
 
 
 def timing_rows(timings: Sequence[CellTiming]) -> list[dict[str, Any]]:
     """Raw per-cell arrivals for the JSON, in milliseconds after the send (``at_replicas``: arrivals straight from
     each replica's IOPub, for the phases that tap them)."""
+
     def ms(v: float | None) -> float | None:
         return None if v is None else round(v * 1000, 3)
 
     rows = []
     for t in timings:
-        row = {"busy": ms(t.busy), "execute_input": ms(t.execute_input), "reply": ms(t.reply), "idle": ms(t.idle),
-               "reply_lost": t.reply_lost, "executor": t.executor}
+        row = {
+            "busy": ms(t.busy),
+            "execute_input": ms(t.execute_input),
+            "reply": ms(t.reply),
+            "idle": ms(t.idle),
+            "reply_lost": t.reply_lost,
+            "executor": t.executor,
+        }
         if t.replica_seen:
             row["standbys_applied"] = {str(r): ms(v) for r, v in t.standby_applied().items()}
             row["at_replicas"] = {str(r): {k: ms(v) for k, v in seen.items()} for r, seen in t.replica_seen.items()}
@@ -387,6 +432,7 @@ def timing_rows(timings: Sequence[CellTiming]) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------------------------- main
+
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -402,16 +448,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def measure(args: argparse.Namespace, console: Console, workdir: Path, log: TextIO) -> dict[str, Any]:
     """Start both kernels, run every phase, and return the raw timings plus CPU accounting and load context."""
     raw: dict[str, Any] = {"load": {"start": load_snapshot()}}
-    with running_cluster(workdir / "cluster", log) as discovery, \
-            running_kernel(PLAIN, log) as (plain_km, plain_kc), \
-            running_kernel(NOTEBOOKOS, log) as (nb_km, nb_kc):
+    with (
+        running_cluster(workdir / "cluster", log) as discovery,
+        running_kernel(PLAIN, log) as (plain_km, plain_kc),
+        running_kernel(NOTEBOOKOS, log) as (nb_km, nb_kc),
+    ):
         clients = {PLAIN: TimedClient(plain_kc), NOTEBOOKOS: TimedClient(nb_kc)}
         replicas = replicas_of(discovery, nb_km.kernel_id)
-        console.print(f"notebookos kernel {nb_km.kernel_id}: replicas on "
-                      + ", ".join(f"{r['host']} (pid {r['pid']})" for r in replicas), highlight=False)
+        console.print(
+            f"notebookos kernel {nb_km.kernel_id}: replicas on "
+            + ", ".join(f"{r['host']} (pid {r['pid']})" for r in replicas),
+            highlight=False,
+        )
         raw["warmup"] = warm_up(clients, WARMUP_CELLS)
-        pids = {"ipykernel": plain_km.provisioner.pid, "notebookos front": nb_km.provisioner.pid,
-                **{f"replica {r['replica']}": r["pid"] for r in replicas}}
+        pids = {
+            "ipykernel": plain_km.provisioner.pid,
+            "notebookos front": nb_km.provisioner.pid,
+            **{f"replica {r['replica']}": r["pid"] for r in replicas},
+        }
         with progress_bar(console) as progress:
             trivial: dict[str, list[CellTiming]] = {}
 
@@ -425,16 +479,32 @@ def measure(args: argparse.Namespace, console: Console, workdir: Path, log: Text
             ctx = zmq.Context.instance()
             tap = open_tap(clients[NOTEBOOKOS], replicas, ctx)
             try:
-                raw["small"] = timed_cells(clients[NOTEBOOKOS], [f"x = {i + 2}" for i in range(args.small)],
-                                           "small-delta sync (notebookos)", progress, tap=tap)
+                raw["small"] = timed_cells(
+                    clients[NOTEBOOKOS],
+                    [f"x = {i + 2}" for i in range(args.small)],
+                    "small-delta sync (notebookos)",
+                    progress,
+                    tap=tap,
+                )
                 raw["tensor_setup"] = {
                     NOTEBOOKOS: run_checked(clients[NOTEBOOKOS], TENSOR_SETUP, TENSOR_TIMEOUT_S, tap),
                     PLAIN: run_checked(clients[PLAIN], TENSOR_SETUP, TENSOR_TIMEOUT_S),
                 }
-                raw["tensor"] = timed_cells(clients[NOTEBOOKOS], [TENSOR_CELL] * args.tensor,
-                                            "100 MB tensor sync (notebookos)", progress, TENSOR_TIMEOUT_S, tap)
-                raw["tensor_plain"] = timed_cells(clients[PLAIN], [TENSOR_CELL] * args.tensor,
-                                                  "100 MB tensor cell (ipykernel)", progress, TENSOR_TIMEOUT_S)
+                raw["tensor"] = timed_cells(
+                    clients[NOTEBOOKOS],
+                    [TENSOR_CELL] * args.tensor,
+                    "100 MB tensor sync (notebookos)",
+                    progress,
+                    TENSOR_TIMEOUT_S,
+                    tap,
+                )
+                raw["tensor_plain"] = timed_cells(
+                    clients[PLAIN],
+                    [TENSOR_CELL] * args.tensor,
+                    "100 MB tensor cell (ipykernel)",
+                    progress,
+                    TENSOR_TIMEOUT_S,
+                )
             finally:
                 tap.close()
         raw["replicas"] = [{k: r[k] for k in ("replica", "host", "pid")} for r in replicas]
@@ -469,10 +539,12 @@ def analyse(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "added_reply_roundtrip_p50_ms": nb_reply["p50"] - plain_reply["p50"],
         "added_reply_roundtrip_p90_ms": nb_reply["p90"] - plain_reply["p90"],
         "added_reply_roundtrip_p99_ms": nb_reply["p99"] - plain_reply["p99"],
-        "added_start_p50_ms": (kernels[NOTEBOOKOS]["start_execute_input"]["p50"]
-                               - kernels[PLAIN]["start_execute_input"]["p50"]),
-        "added_start_p99_ms": (kernels[NOTEBOOKOS]["start_execute_input"]["p99"]
-                               - kernels[PLAIN]["start_execute_input"]["p99"]),
+        "added_start_p50_ms": (
+            kernels[NOTEBOOKOS]["start_execute_input"]["p50"] - kernels[PLAIN]["start_execute_input"]["p50"]
+        ),
+        "added_start_p99_ms": (
+            kernels[NOTEBOOKOS]["start_execute_input"]["p99"] - kernels[PLAIN]["start_execute_input"]["p99"]
+        ),
         "small_delta_sync_p50_ms": sync["small_delta"]["p50"],
         "small_delta_sync_p90_ms": sync["small_delta"]["p90"],
         "small_delta_sync_p99_ms": sync["small_delta"]["p99"],
@@ -485,12 +557,16 @@ def analyse(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         Target("added round trip p99 (to idle)", ADDED_P99_LIMIT_MS, headline["added_roundtrip_p99_ms"], "ms"),
         Target("small-delta sync p90", SMALL_SYNC_P90_LIMIT_MS, headline["small_delta_sync_p90_ms"], "ms"),
         Target("100 MB tensor on both standbys (median)", TENSOR_SYNC_LIMIT_S, headline["tensor_100mb_sync_s"], "s"),
-        Target("100 MB tensor on both standbys (worst)", TENSOR_SYNC_LIMIT_S, headline["tensor_100mb_sync_max_s"],
-               "s"),
+        Target("100 MB tensor on both standbys (worst)", TENSOR_SYNC_LIMIT_S, headline["tensor_100mb_sync_max_s"], "s"),
         Target("notebookos execute_replies lost", 0, headline["notebookos_replies_lost"], "count"),
     ]
-    cold = {name: {"first_cell_idle_ms": round(t[0].idle * 1000, 3), "first_cell_start_ms":
-                   round((t[0].execute_input or float("nan")) * 1000, 3)} for name, t in raw["warmup"].items()}
+    cold = {
+        name: {
+            "first_cell_idle_ms": round(t[0].idle * 1000, 3),
+            "first_cell_start_ms": round((t[0].execute_input or float("nan")) * 1000, 3),
+        }
+        for name, t in raw["warmup"].items()
+    }
     setup = raw["tensor_setup"]
     return {
         **headline,
@@ -503,18 +579,27 @@ def analyse(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "message_order": order,
         "clock_skew_violations": sum(small["clock_skew_violations"]) + sum(tensor["clock_skew_violations"]),
         "cold_start": cold,
-        "tensor_setup_ms": {"notebookos_synced": round(setup[NOTEBOOKOS].synced() * 1000, 1),
-                            "notebookos_idle": round(setup[NOTEBOOKOS].idle * 1000, 1),
-                            "plain_idle": round(setup[PLAIN].idle * 1000, 1)},
+        "tensor_setup_ms": {
+            "notebookos_synced": round(setup[NOTEBOOKOS].synced() * 1000, 1),
+            "notebookos_idle": round(setup[NOTEBOOKOS].idle * 1000, 1),
+            "plain_idle": round(setup[PLAIN].idle * 1000, 1),
+        },
         "cpu": raw["cpu"],
-        "settings": {"trivial_per_kernel": args.trivial, "block": args.block, "small_delta": args.small,
-                     "tensor": args.tensor, "warmup_cells": WARMUP_CELLS, "trivial_cell": TRIVIAL_CELL,
-                     "small_cell": "x = <n>, a new int each sample", "tensor_setup": TENSOR_SETUP,
-                     "tensor_cell": TENSOR_CELL,
-                     "roundtrip_definition": "added_roundtrip_* compare the round trip to the idle status (the "
-                                             "cell is over); added_reply_roundtrip_* the one to execute_reply",
-                     "start_definition": "send → execute_input on the client's IOPub",
-                     "sync_definition": "max over both standbys of (applied_at - time.time() at send)"},
+        "settings": {
+            "trivial_per_kernel": args.trivial,
+            "block": args.block,
+            "small_delta": args.small,
+            "tensor": args.tensor,
+            "warmup_cells": WARMUP_CELLS,
+            "trivial_cell": TRIVIAL_CELL,
+            "small_cell": "x = <n>, a new int each sample",
+            "tensor_setup": TENSOR_SETUP,
+            "tensor_cell": TENSOR_CELL,
+            "roundtrip_definition": "added_roundtrip_* compare the round trip to the idle status (the "
+            "cell is over); added_reply_roundtrip_* the one to execute_reply",
+            "start_definition": "send → execute_input on the client's IOPub",
+            "sync_definition": "max over both standbys of (applied_at - time.time() at send)",
+        },
         "replicas": raw["replicas"],
         "machine": {**machine_context(), "load": raw["load"]},
         "samples_ms": {
@@ -532,14 +617,28 @@ def cdf_panels(raw: dict[str, Any]) -> list[tuple[str, list[Curve], list[tuple[f
     per measure), and notebookos' sync delays against their targets."""
     colors = {PLAIN: "tab:blue", NOTEBOOKOS: "tab:orange"}
     measures = (("idle", "-", "idle"), ("reply", "--", "reply"), ("execute_input", ":", "execute_input"))
-    round_trips = [Curve(f"{name}: send → {label}", deltas(timings, attr), colors[name], style)
-                   for name, timings in raw["trivial"].items() for attr, style, label in measures]
-    sync = [Curve("small delta (x = n)", [t.synced() for t in raw["small"]], "tab:green"),
-            Curve("100 MB tensor (t.add_(1))", [t.synced() for t in raw["tensor"]], "tab:red")]
-    return [("Trivial cell: round trip and execution start", round_trips, []),
-            ("notebookos: state applied on both standbys", sync,
-             [(SMALL_SYNC_P90_LIMIT_MS, "small-delta p90 target"), (TENSOR_SYNC_LIMIT_S * 1000, "tensor target"),
-              (PAPER_SMALL_SYNC["p90_ms"], "paper p90"), (PAPER_SMALL_SYNC["p99_ms"], "paper p99")])]
+    round_trips = [
+        Curve(f"{name}: send → {label}", deltas(timings, attr), colors[name], style)
+        for name, timings in raw["trivial"].items()
+        for attr, style, label in measures
+    ]
+    sync = [
+        Curve("small delta (x = n)", [t.synced() for t in raw["small"]], "tab:green"),
+        Curve("100 MB tensor (t.add_(1))", [t.synced() for t in raw["tensor"]], "tab:red"),
+    ]
+    return [
+        ("Trivial cell: round trip and execution start", round_trips, []),
+        (
+            "notebookos: state applied on both standbys",
+            sync,
+            [
+                (SMALL_SYNC_P90_LIMIT_MS, "small-delta p90 target"),
+                (TENSOR_SYNC_LIMIT_S * 1000, "tensor target"),
+                (PAPER_SMALL_SYNC["p90_ms"], "paper p90"),
+                (PAPER_SMALL_SYNC["p99_ms"], "paper p99"),
+            ],
+        ),
+    ]
 
 
 def report(results: dict[str, Any], raw: dict[str, Any], console: Console, out: Path) -> None:
@@ -556,39 +655,62 @@ def report(results: dict[str, Any], raw: dict[str, Any], console: Console, out: 
         "tensor_100mb_idle_to_last_standby": "100 MB tensor: idle → last standby",
         "tensor_100mb_plain_ipykernel_idle": "same cell on plain ipykernel (idle)",
     }
-    print_tables(console,
-                 round_trip_table(results["kernels"], ROUND_TRIP_ROWS, PLAIN, NOTEBOOKOS),
-                 breakdown_table(results["steps"], [label for label, _, _ in STEPS]),
-                 stats_table("State sync to both standbys (notebookos), ms from send",
-                             {label: results["sync"][key] for key, label in sync_labels.items()}),
-                 stats_table("notebookos small-delta cells split at the executor's own IOPub, ms",
-                             results["executor_view"]["small_delta"]),
-                 stats_table("notebookos 100 MB tensor cells split at the executor's own IOPub, ms",
-                             results["executor_view"]["tensor_100mb"]),
-                 targets_table(targets))
+    print_tables(
+        console,
+        round_trip_table(results["kernels"], ROUND_TRIP_ROWS, PLAIN, NOTEBOOKOS),
+        breakdown_table(results["steps"], [label for label, _, _ in STEPS]),
+        stats_table(
+            "State sync to both standbys (notebookos), ms from send",
+            {label: results["sync"][key] for key, label in sync_labels.items()},
+        ),
+        stats_table(
+            "notebookos small-delta cells split at the executor's own IOPub, ms",
+            results["executor_view"]["small_delta"],
+        ),
+        stats_table(
+            "notebookos 100 MB tensor cells split at the executor's own IOPub, ms",
+            results["executor_view"]["tensor_100mb"],
+        ),
+        targets_table(targets),
+    )
     for name, order in results["message_order"].items():
         style = "red" if order["replies_lost"] else "default"
-        console.print(f"[{style}]{name}: {order['replies_lost']} execute_reply lost of {order['cells']} cells; "
-                      f"{order['reply_after_idle']} replies arrived after the idle status[/{style}]", highlight=False)
+        console.print(
+            f"[{style}]{name}: {order['replies_lost']} execute_reply lost of {order['cells']} cells; "
+            f"{order['reply_after_idle']} replies arrived after the idle status[/{style}]",
+            highlight=False,
+        )
     cpu = results["cpu"]
-    console.print("CPU ms per trivial cell, by process (idle background taken off): "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in cpu["cpu_ms_per_cell"].items())
-                  + "; idle background (% of a core): "
-                  + ", ".join(f"{k} {v:.1f}" for k, v in cpu["idle_cpu_percent"].items()), highlight=False)
+    console.print(
+        "CPU ms per trivial cell, by process (idle background taken off): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in cpu["cpu_ms_per_cell"].items())
+        + "; idle background (% of a core): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in cpu["idle_cpu_percent"].items()),
+        highlight=False,
+    )
     load = results["machine"]["load"]
     foreign = [p for p in load["start"]["busiest"] if p["cpu_percent"] >= FOREIGN_CPU_WARN_PERCENT]
     if foreign:
-        console.print(f"[yellow]other processes were using CPU when the run started (this is a {os.cpu_count()}-CPU "
-                      "machine; percentiles, p99 above all, move with their load): "
-                      + "; ".join(f"{p['cpu_percent']:.0f}% {p['cmd'][:60]}" for p in foreign) + "[/yellow]",
-                      highlight=False)
-    console.print(f"paper (NotebookOS, ASPLOS '26) small-delta sync: p90 {PAPER_SMALL_SYNC['p90_ms']} ms, "
-                  f"p99 {PAPER_SMALL_SYNC['p99_ms']} ms; load average at start {load['start']['loadavg']}, "
-                  f"at end {load['end']['loadavg']}", highlight=False)
+        console.print(
+            f"[yellow]other processes were using CPU when the run started (this is a {os.cpu_count()}-CPU "
+            "machine; percentiles, p99 above all, move with their load): "
+            + "; ".join(f"{p['cpu_percent']:.0f}% {p['cmd'][:60]}" for p in foreign)
+            + "[/yellow]",
+            highlight=False,
+        )
+    console.print(
+        f"paper (NotebookOS, ASPLOS '26) small-delta sync: p90 {PAPER_SMALL_SYNC['p90_ms']} ms, "
+        f"p99 {PAPER_SMALL_SYNC['p99_ms']} ms; load average at start {load['start']['loadavg']}, "
+        f"at end {load['end']['loadavg']}",
+        highlight=False,
+    )
     raw_samples = {"samples_ms": results.pop("samples_ms")}
     write_results(out, "cell_latency", results, raw_samples)
-    plot_cdfs(out / "cell_latency.png", cdf_panels(raw),
-              f"notebookos vs ipykernel, trivial cell `{TRIVIAL_CELL}` ({os.cpu_count()} CPUs, loopback)")
+    plot_cdfs(
+        out / "cell_latency.png",
+        cdf_panels(raw),
+        f"notebookos vs ipykernel, trivial cell `{TRIVIAL_CELL}` ({os.cpu_count()} CPUs, loopback)",
+    )
     console.print(f"wrote {out / 'cell_latency.json'} and {out / 'cell_latency.png'}", highlight=False)
 
 
@@ -611,8 +733,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_in_workdir(run, console, workdir, args.keep)
 
 
-def run_in_workdir(run: Callable[[], dict[str, Any]], console: Console, workdir: Path, keep: bool,
-                   reported: tuple[type[BaseException], ...] = ()) -> int:
+def run_in_workdir(
+    run: Callable[[], dict[str, Any]],
+    console: Console,
+    workdir: Path,
+    keep: bool,
+    reported: tuple[type[BaseException], ...] = (),
+) -> int:
     """Run a benchmark whose processes log into ``workdir``: the folder goes afterwards unless ``keep``, or the run
     failed (then the console says where it is). A ``reported`` failure (the product failed under the benchmark) is
     told in one line; any other propagates. The exit status: 0 when every target of ``run``'s results was met."""

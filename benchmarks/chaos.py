@@ -51,6 +51,7 @@ cell that never ends, a kernel that never recovers); without root and network na
     .venv/bin/python benchmarks/chaos.py [--cells 300] [--faults 20] [--seed 1] [--gpus 1]
                                          [--kinds replica,host,partition,service,jupyter] [--keep]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -118,6 +119,7 @@ PER_CELL_EVENTS = {"decision", "execution_started", "released"}  # a GPU cell's 
 
 # ------------------------------------------------------------------------------------------------ the notebook
 
+
 @dataclass(frozen=True)
 class NotebookCell:
     """One cell of the generated notebook. ``slow`` cells print ``start`` and then run for about a second, so a
@@ -130,8 +132,20 @@ class NotebookCell:
 
 
 # Relative frequency of each kind of cell after the setup cell.
-CELL_WEIGHTS = {"train": 24, "list": 11, "dict": 11, "object": 5, "small_tensor": 7, "big_tensor": 8,
-                "function": 6, "print": 8, "unpicklable": 6, "error": 5, "generator_rng": 5, "global_rng": 4}
+CELL_WEIGHTS = {
+    "train": 24,
+    "list": 11,
+    "dict": 11,
+    "object": 5,
+    "small_tensor": 7,
+    "big_tensor": 8,
+    "function": 6,
+    "print": 8,
+    "unpicklable": 6,
+    "error": 5,
+    "generator_rng": 5,
+    "global_rng": 4,
+}
 SLOW_FRACTION = 0.12
 MAX_BIG_TENSORS = 3
 
@@ -225,33 +239,39 @@ class _NotebookWriter:
 
     def _list(self) -> str:
         n, v = self.serial, self.rng.randint(-50, 50)
-        return self.rng.choice([
-            f"items.append({v})\nitems.extend([{v} * 2, {n}])\nprint(len(items), items[-3:])",
-            f"if items:\n    items[{n} % len(items)] = {v}\nprint(sum(items), len(items))",
-            "items.sort()\nprint(items[:3], items[-3:])",
-            "popped = items.pop(0) if items else None\nprint('popped', popped, len(items))",
-        ])
+        return self.rng.choice(
+            [
+                f"items.append({v})\nitems.extend([{v} * 2, {n}])\nprint(len(items), items[-3:])",
+                f"if items:\n    items[{n} % len(items)] = {v}\nprint(sum(items), len(items))",
+                "items.sort()\nprint(items[:3], items[-3:])",
+                "popped = items.pop(0) if items else None\nprint('popped', popped, len(items))",
+            ]
+        )
 
     def _dict(self) -> str:
         n = self.serial
-        return self.rng.choice([
-            f"registry['k{n}'] = {{'step': step, 'hits': 0, 'tags': ['t{n}']}}\nprint(sorted(registry)[-3:])",
-            f"for key in sorted(registry)[:{self.rng.randint(1, 4)}]:\n    registry[key]['hits'] += 1\n"
-            f"    registry[key]['tags'].append('h{n}')\n"
-            "print({k: v['hits'] for k, v in sorted(registry.items())[:3]})",
-            "registry.pop(sorted(registry)[0], None) if registry else None\nlen(registry)",
-        ])
+        return self.rng.choice(
+            [
+                f"registry['k{n}'] = {{'step': step, 'hits': 0, 'tags': ['t{n}']}}\nprint(sorted(registry)[-3:])",
+                f"for key in sorted(registry)[:{self.rng.randint(1, 4)}]:\n    registry[key]['hits'] += 1\n"
+                f"    registry[key]['tags'].append('h{n}')\n"
+                "print({k: v['hits'] for k, v in sorted(registry.items())[:3]})",
+                "registry.pop(sorted(registry)[0], None) if registry else None\nlen(registry)",
+            ]
+        )
 
     def _object(self) -> str:
         return f"print(tally.add({self.rng.randint(1, 9)}), len(tally.seen))"
 
     def _small_tensor(self) -> str:
         n = self.serial
-        return self.rng.choice([
-            f"t{n} = torch.linspace(0, 1, 5) * step\nt{n}",
-            "round(float(model.weight.detach().abs().sum()), 6), round(float(model.bias.detach()), 6)",
-            "opt.state_dict()['param_groups'][0]['lr'], len(opt.state_dict()['state'])",
-        ])
+        return self.rng.choice(
+            [
+                f"t{n} = torch.linspace(0, 1, 5) * step\nt{n}",
+                "round(float(model.weight.detach().abs().sum()), 6), round(float(model.bias.detach()), 6)",
+                "opt.state_dict()['param_groups'][0]['lr'], len(opt.state_dict()['state'])",
+            ]
+        )
 
     def _big_tensor(self) -> str:
         if self.big and (len(self.big) >= MAX_BIG_TENSORS or self.rng.random() < 0.5):
@@ -267,45 +287,55 @@ class _NotebookWriter:
             source = f"{name} = torch.full(({size},), {self.rng.randint(1, 9)}.0, dtype=torch.float64)"
         else:
             source = f"{name} = torch.arange({size}, dtype=torch.int64) * {self.rng.randint(1, 9)}"
-        return (f"{source}\nprint({name}.numel(), int({name}.sum()), "
-                f"f'{{{name}.element_size() * {name}.numel() / 2**20:.1f}} MiB')")
+        return (
+            f"{source}\nprint({name}.numel(), int({name}.sum()), "
+            f"f'{{{name}.element_size() * {name}.numel() / 2**20:.1f}} MiB')"
+        )
 
     def _function(self) -> str:
         if self.functions and self.rng.random() < 0.6:
             return f"print({self.rng.choice(self.functions)}(items[-3:]))"
         name = f"scale{self.serial}"
         self.functions.append(name)
-        return (f"def {name}(values, k={self.rng.randint(2, 7)}):\n    return [v * k for v in values]\n"
-                f"print({name}([1, 2, 3]))")
+        return (
+            f"def {name}(values, k={self.rng.randint(2, 7)}):\n    return [v * k for v in values]\n"
+            f"print({name}([1, 2, 3]))"
+        )
 
     def _print(self) -> str:
-        return self.rng.choice([
-            "print(f'step {step}, {len(losses)} losses, last {losses[-1] if losses else None}')\n"
-            "print('items', len(items), 'registry', len(registry), file=sys.stderr)",
-            "losses[-3:]",
-            "sorted(registry)[:4]",
-            "print('\\n'.join(f'{i}: {v}' for i, v in enumerate(items[-4:])))",
-        ])
+        return self.rng.choice(
+            [
+                "print(f'step {step}, {len(losses)} losses, last {losses[-1] if losses else None}')\n"
+                "print('items', len(items), 'registry', len(registry), file=sys.stderr)",
+                "losses[-3:]",
+                "sorted(registry)[:4]",
+                "print('\\n'.join(f'{i}: {v}' for i, v in enumerate(items[-4:])))",
+            ]
+        )
 
     def _unpicklable(self) -> str:
         n = self.serial
-        return self.rng.choice([
-            f"gen{n} = (i * i for i in range({self.rng.randint(3, 9)}))\n"
-            f"print(next(gen{n}), next(gen{n}), sum(gen{n}))",
-            f"lock{n} = threading.Lock()\nwith lock{n}:\n    print('locked', lock{n}.locked())\n"
-            f"print('released', lock{n}.locked())",
-            f"fh{n} = tempfile.TemporaryFile('w+')\nfh{n}.write('line {n}\\n' * 3)\nfh{n}.seek(0)\n"
-            f"print(fh{n}.read().count('line'))",
-        ])
+        return self.rng.choice(
+            [
+                f"gen{n} = (i * i for i in range({self.rng.randint(3, 9)}))\n"
+                f"print(next(gen{n}), next(gen{n}), sum(gen{n}))",
+                f"lock{n} = threading.Lock()\nwith lock{n}:\n    print('locked', lock{n}.locked())\n"
+                f"print('released', lock{n}.locked())",
+                f"fh{n} = tempfile.TemporaryFile('w+')\nfh{n}.write('line {n}\\n' * 3)\nfh{n}.seek(0)\n"
+                f"print(fh{n}.read().count('line'))",
+            ]
+        )
 
     def _error(self) -> str:
         n, v = self.serial, self.rng.randint(1, 99)
-        return self.rng.choice([
-            "items[10 ** 6]",
-            f"registry['missing{n}']",
-            f"items.append({v})\nraise RuntimeError('cell {n} failed after appending {v}')",
-            "1 / (step - step)",
-        ])
+        return self.rng.choice(
+            [
+                "items[10 ** 6]",
+                f"registry['missing{n}']",
+                f"items.append({v})\nraise RuntimeError('cell {n} failed after appending {v}')",
+                "1 / (step - step)",
+            ]
+        )
 
     def _generator_rng(self) -> str:
         return "print(torch.randint(0, 1000, (4,), generator=g).tolist())"
@@ -331,6 +361,7 @@ def generate_notebook(seed: int, cells: int) -> list[NotebookCell]:
 
 
 # --------------------------------------------------------------------------------------------- cell outputs
+
 
 @dataclass
 class CellRun:
@@ -382,8 +413,13 @@ class CellRun:
         return sum(RERUN_NOTICE in notice for notice in self.notices)
 
     def visible(self) -> dict[str, str | None]:
-        return {"status": self.status, "stdout": self.stdout, "stderr": self.stderr, "result": self.result,
-                "error": self.error}
+        return {
+            "status": self.status,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "result": self.result,
+            "error": self.error,
+        }
 
 
 FINAL = -1  # the cell index of a mismatch in the final namespace
@@ -410,9 +446,17 @@ def compare_cell(cell: NotebookCell, expected: CellRun, got: CellRun) -> list[Mi
         other = got.visible()[what]
         if other != value:
             leaked = what == "stderr" and _without_log_lines(other or "") == (value or "")
-            found.append(Mismatch(cell.index, cell.kind, what, repr(value), repr(other),
-                                  "only log records added to the cell's stderr" if leaked else "",
-                                  tuple(got.notices)))
+            found.append(
+                Mismatch(
+                    cell.index,
+                    cell.kind,
+                    what,
+                    repr(value),
+                    repr(other),
+                    "only log records added to the cell's stderr" if leaked else "",
+                    tuple(got.notices),
+                )
+            )
     return found
 
 
@@ -426,12 +470,15 @@ def compare_digests(label: str, expected: CellRun, got: CellRun) -> list[Mismatc
         want, have = json.loads(expected.stdout), json.loads(got.stdout)
     except ValueError:
         return [Mismatch(FINAL, label, "digest", expected.stdout[:200], f"{got.stdout[:200]!r} {got.error}")]
-    return [Mismatch(FINAL, label, f"variable {name}", json.dumps(want.get(name))[:200],
-                     json.dumps(have.get(name))[:200])
-            for name in sorted(want.keys() | have.keys()) if want.get(name) != have.get(name)]
+    return [
+        Mismatch(FINAL, label, f"variable {name}", json.dumps(want.get(name))[:200], json.dumps(have.get(name))[:200])
+        for name in sorted(want.keys() | have.keys())
+        if want.get(name) != have.get(name)
+    ]
 
 
 # ------------------------------------------------------------------------------------ the Jupyter server
+
 
 @dataclass
 class Lab:
@@ -464,15 +511,38 @@ class Lab:
         return self.workdir / f"lab-{run}.log"
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "notebookos.server_extension.cli", "lab", "--cluster", self.cluster_url,
-                "--cluster-token-file", str(self.token_file), "--state-dir", str(self.workdir / "state"),
-                "--kernel-grace", str(KERNEL_GRACE_S), "--no-browser", "--ServerApp.ip=127.0.0.1",
-                f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",
-                f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",
-                "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+        argv = [
+            sys.executable,
+            "-m",
+            "notebookos.server_extension.cli",
+            "lab",
+            "--cluster",
+            self.cluster_url,
+            "--cluster-token-file",
+            str(self.token_file),
+            "--state-dir",
+            str(self.workdir / "state"),
+            "--kernel-grace",
+            str(KERNEL_GRACE_S),
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={self.root}",
+            "--LabApp.news_url=None",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ]
         with open(self.log(self.runs), "ab") as out:
-            self.wrapper = subprocess.Popen(argv, env=self.env, cwd=self.root, stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+            self.wrapper = subprocess.Popen(
+                argv,
+                env=self.env,
+                cwd=self.root,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.runs += 1
         wait_for(self._serving, f"JupyterLab to answer (see {self.log(self.runs - 1)})", LAB_START_S)
 
@@ -504,18 +574,24 @@ class Lab:
             stop(self.wrapper)
 
     def api(self, method: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
-        req = urllib.request.Request(f"{self.url}{path}", method=method,
-                                     data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Authorization": f"token {self.token}"})
+        req = urllib.request.Request(
+            f"{self.url}{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"token {self.token}"},
+        )
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
         return json.loads(raw) if raw else None
 
     def open_notebook(self, name: str, kernel: str) -> LabKernel:
         """A notebook session with a new kernel (``POST /api/sessions``), its websocket connected."""
-        session = self.api("POST", "api/sessions", {"path": f"{name}.ipynb", "name": f"{name}.ipynb",
-                                                    "type": "notebook", "kernel": {"name": kernel}},
-                           timeout=SESSION_START_S)
+        session = self.api(
+            "POST",
+            "api/sessions",
+            {"path": f"{name}.ipynb", "name": f"{name}.ipynb", "type": "notebook", "kernel": {"name": kernel}},
+            timeout=SESSION_START_S,
+        )
         notebook = LabKernel(self, session["id"], session["kernel"]["id"])
         notebook.connect()
         return notebook
@@ -559,19 +635,44 @@ class LabKernel:
             self.ws.close()
             self.ws = None
 
-    def run(self, code: str, on_stdout: Callable[[], None] | None = None, replica: int | None = None,
-            timeout: float = CELL_TIMEOUT_S) -> CellRun:
+    def run(
+        self,
+        code: str,
+        on_stdout: Callable[[], None] | None = None,
+        replica: int | None = None,
+        timeout: float = CELL_TIMEOUT_S,
+    ) -> CellRun:
         """Send a cell and collect its outputs until its reply and idle status. ``on_stdout`` is called at its
         first stdout output (the cell is running); ``replica`` pins the cell on that replica."""
         assert self.ws is not None
         msg_id = uuid.uuid4().hex
         metadata = {} if replica is None else {"notebookos_replica": replica}
-        self.ws.send(json.dumps({
-            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "chaos", "session": self.session_id,
-                       "version": "5.3", "date": datetime.now(UTC).isoformat()},
-            "parent_header": {}, "metadata": metadata, "channel": "shell", "buffers": [],
-            "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {},
-                        "allow_stdin": False, "stop_on_error": True}}))
+        self.ws.send(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "msg_type": "execute_request",
+                        "username": "chaos",
+                        "session": self.session_id,
+                        "version": "5.3",
+                        "date": datetime.now(UTC).isoformat(),
+                    },
+                    "parent_header": {},
+                    "metadata": metadata,
+                    "channel": "shell",
+                    "buffers": [],
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": True,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                        "stop_on_error": True,
+                    },
+                }
+            )
+        )
         run = CellRun(time.monotonic())
         deadline = run.submitted + timeout
         while not run.done:
@@ -588,8 +689,10 @@ class LabKernel:
         assert self.ws is not None
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise Failure(f"a cell did not finish within {deadline - run.submitted:.0f} s (its stdout so far "
-                          f"{run.stdout[-200:]!r}, notices {run.notices})")
+            raise Failure(
+                f"a cell did not finish within {deadline - run.submitted:.0f} s (its stdout so far "
+                f"{run.stdout[-200:]!r}, notices {run.notices})"
+            )
         self.ws.settimeout(remaining)
         try:
             raw = self.ws.recv()
@@ -606,6 +709,7 @@ class LabKernel:
 
 
 # -------------------------------------------------------------------------------------------------- the pool
+
 
 class Pool:
     """Machines (network namespaces) each running an agent, the cluster service on the bridge, and a lab using it:
@@ -625,9 +729,18 @@ class Pool:
     def start_service(self) -> None:
         """Start the cluster service (again: on its state folder it takes back its hosts and kernels)."""
         self.service, discovery = start_cluster(
-            self.service_dir, 0, log_path=self.workdir / "service.log",
-            extra_args=("--listen", f"{self.hosts.cluster_address}:0", "--join-token-file", str(self.token_file),
-                        "--host-timeout", str(HOST_TIMEOUT_S)))
+            self.service_dir,
+            0,
+            log_path=self.workdir / "service.log",
+            extra_args=(
+                "--listen",
+                f"{self.hosts.cluster_address}:0",
+                "--join-token-file",
+                str(self.token_file),
+                "--host-timeout",
+                str(HOST_TIMEOUT_S),
+            ),
+        )
         self.cluster_file.write_text(discovery.read_text())
         self.url = json.loads(discovery.read_text())["url"]
 
@@ -639,11 +752,28 @@ class Pool:
         return self.service.pid
 
     def start_agent(self, host: Host) -> None:
-        self.hosts.spawn(host, [sys.executable, "-m", "notebookos.server_extension.cli", "agent", "--join", self.url,
-                                "--join-token-file", str(self.token_file), "--name", host.name, "--address",
-                                host.address, "--gpus", str(GPUS_PER_MACHINE), "--state-dir",
-                                str(host.state_dir / AGENT_DIR)],
-                         log_path=self.workdir / f"agent-{host.name}.log")
+        self.hosts.spawn(
+            host,
+            [
+                sys.executable,
+                "-m",
+                "notebookos.server_extension.cli",
+                "agent",
+                "--join",
+                self.url,
+                "--join-token-file",
+                str(self.token_file),
+                "--name",
+                host.name,
+                "--address",
+                host.address,
+                "--gpus",
+                str(GPUS_PER_MACHINE),
+                "--state-dir",
+                str(host.state_dir / AGENT_DIR),
+            ],
+            log_path=self.workdir / f"agent-{host.name}.log",
+        )
 
     def request(self, method: str, path: str) -> Any:
         return cluster_request(str(self.cluster_file), method, path)
@@ -655,7 +785,8 @@ class Pool:
         """Every machine joined, reachable and taking replicas: the pool has room to replace a replica."""
         listed = self.listed()
         return set(listed) == {h.name for h in self.hosts.hosts} and all(
-            h["state"] == "active" and h["reachable"] for h in listed.values())
+            h["state"] == "active" and h["reachable"] for h in listed.values()
+        )
 
     def replicas(self, kernel_id: str) -> list[dict[str, Any]]:
         return self.request("GET", f"/kernels/{kernel_id}")["replicas"]
@@ -701,6 +832,7 @@ def keep_replica_logs(pool: Pool) -> None:
 
 # ---------------------------------------------------------------------------------------------------- faults
 
+
 @dataclass(frozen=True)
 class PlannedFault:
     """A fault of the plan. ``during``: injected once the cell has printed (it runs), else just before it is sent.
@@ -722,7 +854,7 @@ def plan_faults(notebook: Sequence[NotebookCell], kinds: Sequence[str], count: i
     first, stretch = 2, (len(notebook) - 2) / max(count, 1)
     faults = []
     for n, kind in enumerate(order):
-        cells = notebook[first + int(n * stretch): first + int((n + 1) * stretch)]
+        cells = notebook[first + int(n * stretch) : first + int((n + 1) * stretch)]
         if not cells:
             raise ValueError(f"{count} faults do not fit in {len(notebook)} cells")
         slow = [c for c in cells if c.slow]
@@ -809,10 +941,13 @@ class Chaos:
             repair = getattr(self, f"_{fault.kind}")(record)
         except OSError as err:
             raise Failure(f"injecting {fault}: {err}") from None
-        self.console.print(f"cell {fault.cell}: {fault.kind} {'while it runs' if fault.during else 'before it'} "
-                           f"→ {record.target}", highlight=False)
-        self._aftermath = threading.Thread(target=self._recover, args=(record, repair), name="chaos-aftermath",
-                                           daemon=True)
+        self.console.print(
+            f"cell {fault.cell}: {fault.kind} {'while it runs' if fault.during else 'before it'} → {record.target}",
+            highlight=False,
+        )
+        self._aftermath = threading.Thread(
+            target=self._recover, args=(record, repair), name="chaos-aftermath", daemon=True
+        )
         self._aftermath.start()
         return self.started + record.injected_s
 
@@ -851,8 +986,10 @@ class Chaos:
         record.evidence["kernels_listed"] = [k["id"] for k in lab.api("GET", "api/kernels")]
         record.evidence["sessions_listed"] = [s["id"] for s in lab.api("GET", "api/sessions")]
         if self.kernel.kernel_id not in record.evidence["kernels_listed"]:
-            raise Failure(f"the restarted Jupyter server did not restore kernel {self.kernel.kernel_id} "
-                          f"(it lists {record.evidence['kernels_listed']}); see {lab.log(lab.runs - 1)}")
+            raise Failure(
+                f"the restarted Jupyter server did not restore kernel {self.kernel.kernel_id} "
+                f"(it lists {record.evidence['kernels_listed']}); see {lab.log(lab.runs - 1)}"
+            )
         self.kernel.connect()
 
     def _target_replica(self, record: FaultRecord) -> dict[str, Any]:
@@ -866,8 +1003,12 @@ class Chaos:
         else:
             standbys = [r for r in replicas if r is not executor]
             target = executor if record.planned.target == 0 else standbys[record.planned.target - 1]
-        record.evidence["replica"] = {"index": target["replica"], "host": target["host"], "pid": target["pid"],
-                                      "role": target["role"]}
+        record.evidence["replica"] = {
+            "index": target["replica"],
+            "host": target["host"],
+            "pid": target["pid"],
+            "role": target["role"],
+        }
         return target
 
     # ---------------------------------------------------------------------------------------- aftermath
@@ -885,8 +1026,11 @@ class Chaos:
 
     def _replace_machine(self, host: Host) -> None:
         """Once the cluster has declared the dead machine lost, a new one comes up at its address (empty disk)."""
-        wait_for(lambda: host.name not in self.pool.listed(), f"{host.name} to be declared lost",
-                 HOST_TIMEOUT_S + RECOVERY_DEADLINE_S)
+        wait_for(
+            lambda: host.name not in self.pool.listed(),
+            f"{host.name} to be declared lost",
+            HOST_TIMEOUT_S + RECOVERY_DEADLINE_S,
+        )
         self.pool.hosts.link_up(host)
         self.pool.start_agent(host)
 
@@ -936,8 +1080,9 @@ class Chaos:
         restored the kernel."""
         events = self.pool.events(record.events_since)
         self._seq = max([self._seq, *(e["seq"] for e in events)])
-        kernel_events = [e for e in events if e.get("kernel") in (None, self.kernel.kernel_id)
-                         and e["kind"] not in PER_CELL_EVENTS]
+        kernel_events = [
+            e for e in events if e.get("kernel") in (None, self.kernel.kernel_id) and e["kind"] not in PER_CELL_EVENTS
+        ]
         record.evidence["events"] = [f"{e['kind']} {e.get('host') or ''}".strip() for e in kernel_events]
         kinds = {e["kind"] for e in kernel_events}
         replicas = {r["replica"]: r for r in self.pool.replicas(self.kernel.kernel_id)}
@@ -956,12 +1101,16 @@ class Chaos:
             record.confirmed = record.evidence["front_saw_loss"]
         elif kind == "service":
             record.evidence["service_pid_after"] = self.pool.request("GET", "/cluster")["pid"]
-            record.confirmed = ("cluster_restored" in kinds
-                                and record.evidence["service_pid_after"] != record.evidence["service_pid_before"])
+            record.confirmed = (
+                "cluster_restored" in kinds
+                and record.evidence["service_pid_after"] != record.evidence["service_pid_before"]
+            )
         elif kind == "jupyter":
-            record.confirmed = (record.evidence["jupyterlab_pid_after"] != record.evidence["jupyterlab_pid_before"]
-                                and self.kernel.kernel_id in record.evidence["kernels_listed"]
-                                and self.kernel.session_id in record.evidence["sessions_listed"])
+            record.confirmed = (
+                record.evidence["jupyterlab_pid_after"] != record.evidence["jupyterlab_pid_before"]
+                and self.kernel.kernel_id in record.evidence["kernels_listed"]
+                and self.kernel.session_id in record.evidence["sessions_listed"]
+            )
 
     def _front_losses(self) -> int:
         self.front_log.read()
@@ -972,6 +1121,7 @@ class Chaos:
 
 
 # ----------------------------------------------------------------------------------------------------- the run
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -1042,8 +1192,15 @@ def run_cells(kernel: LabKernel, notebook: Sequence[NotebookCell], progress: Pro
     return runs
 
 
-def run_under_faults(kernel: LabKernel, notebook: Sequence[NotebookCell], plan: Sequence[PlannedFault],
-                     chaos: Chaos, progress: Progress, cell_timeout_s: float, runs: list[CellRun]) -> None:
+def run_under_faults(
+    kernel: LabKernel,
+    notebook: Sequence[NotebookCell],
+    plan: Sequence[PlannedFault],
+    chaos: Chaos,
+    progress: Progress,
+    cell_timeout_s: float,
+    runs: list[CellRun],
+) -> None:
     """The notebook, each planned fault injected at its cell once the previous one is over, each cell's run added
     to ``runs`` as it ends (what ran is kept if a cell fails the run). A cell after a fault injected before it
     counts its time from the fault (the user pressed run as it struck)."""
@@ -1076,6 +1233,7 @@ def _once(action: Callable[[], object]) -> Callable[[], None]:
         if not done:
             done = True
             action()
+
     return call
 
 
@@ -1083,16 +1241,21 @@ def final_digests(kernel: LabKernel, pool: Pool) -> dict[str, CellRun]:
     """The digest cell on the kernel as any cell, then pinned on each replica: every replica must hold the state."""
     digests = {"kernel": kernel.run(DIGEST_CELL)}
     for replica in pool.replicas(kernel.kernel_id):
-        digests[f"replica {replica['replica']} ({replica['host']})"] = kernel.run(DIGEST_CELL,
-                                                                                 replica=replica["replica"])
+        digests[f"replica {replica['replica']} ({replica['host']})"] = kernel.run(
+            DIGEST_CELL, replica=replica["replica"]
+        )
     return digests
 
 
 # -------------------------------------------------------------------------------------------------- results
 
+
 def mismatches(outcome: Outcome) -> list[Mismatch]:
-    found = [m for cell, ref, got in zip(outcome.notebook, outcome.reference, outcome.runs)
-             for m in compare_cell(cell, ref, got)]
+    found = [
+        m
+        for cell, ref, got in zip(outcome.notebook, outcome.reference, outcome.runs)
+        for m in compare_cell(cell, ref, got)
+    ]
     if outcome.reference_digest is not None:
         for label, digest in outcome.digests.items():
             found += compare_digests(f"final namespace, {label}", outcome.reference_digest, digest)
@@ -1101,14 +1264,20 @@ def mismatches(outcome: Outcome) -> list[Mismatch]:
 
 def longest_pause(outcome: Outcome) -> dict[str, Any] | None:
     """The cell whose time on notebookos exceeds its time on ipykernel the most."""
-    extra = [(got.seconds - ref.seconds, cell, got) for cell, ref, got in
-             zip(outcome.notebook, outcome.reference, outcome.runs)]
+    extra = [
+        (got.seconds - ref.seconds, cell, got)
+        for cell, ref, got in zip(outcome.notebook, outcome.reference, outcome.runs)
+    ]
     if not extra:
         return None
     seconds, cell, got = max(extra, key=lambda e: e[0])
     fault = next((f for f in outcome.plan if f.cell == cell.index), None)
-    return {"extra_s": round(seconds, 2), "cell": cell.index, "cell_s": round(got.seconds, 2),
-            "fault": None if fault is None else f"{fault.kind} {'during' if fault.during else 'before'} the cell"}
+    return {
+        "extra_s": round(seconds, 2),
+        "cell": cell.index,
+        "cell_s": round(got.seconds, 2),
+        "fault": None if fault is None else f"{fault.kind} {'during' if fault.during else 'before'} the cell",
+    }
 
 
 def first_mismatch(outcome: Outcome, found: Sequence[Mismatch]) -> dict[str, Any] | None:
@@ -1119,9 +1288,14 @@ def first_mismatch(outcome: Outcome, found: Sequence[Mismatch]) -> dict[str, Any
         return None
     first = min(cells, key=lambda m: m.cell)
     fault = max((f for f in outcome.plan if f.cell <= first.cell), key=lambda f: f.cell, default=None)
-    return {"cell": first.cell, "kind": first.kind, "what": first.what,
-            "after_fault": None if fault is None else
-            f"{fault.kind} {'during' if fault.during else 'before'} cell {fault.cell}"}
+    return {
+        "cell": first.cell,
+        "kind": first.kind,
+        "what": first.what,
+        "after_fault": None
+        if fault is None
+        else f"{fault.kind} {'during' if fault.during else 'before'} cell {fault.cell}",
+    }
 
 
 def summarize(outcome: Outcome) -> dict[str, Any]:
@@ -1147,8 +1321,10 @@ def summarize(outcome: Outcome) -> dict[str, Any]:
         "first_mismatch": first_mismatch(outcome, found),
         "mismatch_details": [asdict(m) for m in found[:50]],
         "longest_pause": longest_pause(outcome),
-        "longest_cell_s": {"notebookos": round(max((r.seconds for r in runs), default=0.0), 2),
-                           "ipykernel": round(max((r.seconds for r in outcome.reference), default=0.0), 2)},
+        "longest_cell_s": {
+            "notebookos": round(max((r.seconds for r in runs), default=0.0), 2),
+            "ipykernel": round(max((r.seconds for r in outcome.reference), default=0.0), 2),
+        },
         "faults": [fault_summary(r, outcome) for r in outcome.faults],
         "failure": outcome.failure,
         "wall_s": outcome.wall_s,
@@ -1159,11 +1335,18 @@ def fault_summary(record: FaultRecord, outcome: Outcome) -> dict[str, Any]:
     """A fault, with the time its cell took on notebookos and how much longer that was than on ipykernel."""
     index = record.planned.cell
     cell_s = outcome.runs[index].seconds if index < len(outcome.runs) else None
-    return {"kind": record.planned.kind, "cell": index, "during_cell": record.planned.during,
-            "target": record.target, "injected_s": round(record.injected_s, 2), "recovered_s": record.recovered_s,
-            "cell_s": None if cell_s is None else round(cell_s, 2),
-            "cell_extra_s": None if cell_s is None else round(cell_s - outcome.reference[index].seconds, 2),
-            "confirmed": record.confirmed, "evidence": record.evidence}
+    return {
+        "kind": record.planned.kind,
+        "cell": index,
+        "during_cell": record.planned.during,
+        "target": record.target,
+        "injected_s": round(record.injected_s, 2),
+        "recovered_s": record.recovered_s,
+        "cell_s": None if cell_s is None else round(cell_s, 2),
+        "cell_extra_s": None if cell_s is None else round(cell_s - outcome.reference[index].seconds, 2),
+        "confirmed": record.confirmed,
+        "evidence": record.evidence,
+    }
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
@@ -1179,15 +1362,26 @@ def summary_table(summary: dict[str, Any]) -> Table:
         ("cells that waited for the cluster service", str(summary["cells_waiting_for_service"])),
         ("mismatches: output fields and final variables (target 0)", str(summary["mismatches"])),
         ("  cells with a mismatch", str(summary["mismatched_cells"])),
-        *((f"  {kind if kind.startswith('final') else f'in {kind} cells'}", str(n))
-          for kind, n in sorted(summary["mismatches_by_cell_kind"].items())),
-        ("first mismatch", "—" if first is None else
-         f"cell {first['cell']} ({first['kind']}, {first['what']}), after {first['after_fault'] or 'no fault'}"),
-        ("longest pause: cell time over ipykernel's",
-         "—" if pause is None else
-         f"{pause['extra_s']:.2f} s (cell {pause['cell']}, {pause['fault'] or 'no fault'})"),
-        ("longest cell, notebookos / ipykernel",
-         f"{summary['longest_cell_s']['notebookos']:.2f} s / {summary['longest_cell_s']['ipykernel']:.2f} s"),
+        *(
+            (f"  {kind if kind.startswith('final') else f'in {kind} cells'}", str(n))
+            for kind, n in sorted(summary["mismatches_by_cell_kind"].items())
+        ),
+        (
+            "first mismatch",
+            "—"
+            if first is None
+            else f"cell {first['cell']} ({first['kind']}, {first['what']}), after {first['after_fault'] or 'no fault'}",
+        ),
+        (
+            "longest pause: cell time over ipykernel's",
+            "—"
+            if pause is None
+            else f"{pause['extra_s']:.2f} s (cell {pause['cell']}, {pause['fault'] or 'no fault'})",
+        ),
+        (
+            "longest cell, notebookos / ipykernel",
+            f"{summary['longest_cell_s']['notebookos']:.2f} s / {summary['longest_cell_s']['ipykernel']:.2f} s",
+        ),
         ("wall time", f"{summary['wall_s']:.0f} s"),
     ]
     for row in rows:
@@ -1196,15 +1390,26 @@ def summary_table(summary: dict[str, Any]) -> Table:
 
 
 def faults_table(summary: dict[str, Any]) -> Table:
-    table = Table(title="Faults (seconds since the notebook began; recovered: until 3 ready replicas in use)",
-                  title_justify="left")
+    table = Table(
+        title="Faults (seconds since the notebook began; recovered: until 3 ready replicas in use)",
+        title_justify="left",
+    )
     numeric = ("cell", "at", "recovered", "cell time", "over ipykernel")
     for column in ("cell", "kind", "when", "target", *numeric[1:], "confirmed", "cluster events"):
         table.add_column(column, justify="right" if column in numeric else "left", overflow="fold")
     for f in summary["faults"]:
-        table.add_row(str(f["cell"]), f["kind"], "during" if f["during_cell"] else "before", f["target"],
-                      f"{f['injected_s']:.1f}", _secs(f["recovered_s"]), _secs(f["cell_s"]), _secs(f["cell_extra_s"]),
-                      "yes" if f["confirmed"] else "[red]no[/red]", ", ".join(f["evidence"].get("events", [])))
+        table.add_row(
+            str(f["cell"]),
+            f["kind"],
+            "during" if f["during_cell"] else "before",
+            f["target"],
+            f"{f['injected_s']:.1f}",
+            _secs(f["recovered_s"]),
+            _secs(f["cell_s"]),
+            _secs(f["cell_extra_s"]),
+            "yes" if f["confirmed"] else "[red]no[/red]",
+            ", ".join(f["evidence"].get("events", [])),
+        )
     return table
 
 
@@ -1217,8 +1422,14 @@ def mismatch_table(summary: dict[str, Any]) -> Table:
     for column in ("cell", "kind", "what", "ipykernel", "notebookos", "note, notices"):
         table.add_column(column, overflow="fold")
     for m in summary["mismatch_details"]:
-        table.add_row("final" if m["cell"] == FINAL else str(m["cell"]), m["kind"], m["what"], m["expected"][:120],
-                      m["got"][:120], " ".join([m["note"], *m["notices"]]).strip()[:160])
+        table.add_row(
+            "final" if m["cell"] == FINAL else str(m["cell"]),
+            m["kind"],
+            m["what"],
+            m["expected"][:120],
+            m["got"][:120],
+            " ".join([m["note"], *m["notices"]]).strip()[:160],
+        )
     return table
 
 
@@ -1235,16 +1446,24 @@ def plot(path: Path, outcome: Outcome) -> None:
     colors = dict(zip(FAULT_KINDS, ("tab:orange", "tab:red", "tab:purple", "tab:green", "tab:brown")))
     for kind in sorted({f.planned.kind for f in outcome.faults}):
         for n, f in enumerate(r for r in outcome.faults if r.planned.kind == kind):
-            ax.axvline(f.planned.cell, color=colors[kind], alpha=0.6, linestyle="--" if f.planned.during else "-",
-                       label=f"{kind} fault" if n == 0 else None)
+            ax.axvline(
+                f.planned.cell,
+                color=colors[kind],
+                alpha=0.6,
+                linestyle="--" if f.planned.during else "-",
+                label=f"{kind} fault" if n == 0 else None,
+            )
     wrong = sorted({m.cell for m in mismatches(outcome) if m.cell != FINAL})
     if wrong:
         ax.plot(wrong, [outcome.runs[c].seconds for c in wrong], "x", color="red", label="mismatch")
     stopped = f"; stopped at cell {len(outcome.runs)}, the product failed" if outcome.failure else ""
-    ax.set(yscale="log", xlabel="cell (dashed: fault while the cell ran; solid: just before it)",
-           ylabel="s from submission (or fault) to idle",
-           title=f"Chaos run: {len(outcome.runs)} cells, {len(outcome.faults)} faults, {outcome.settings.gpus} GPU "
-                 f"per cell (seed {outcome.settings.seed}){stopped}")
+    ax.set(
+        yscale="log",
+        xlabel="cell (dashed: fault while the cell ran; solid: just before it)",
+        ylabel="s from submission (or fault) to idle",
+        title=f"Chaos run: {len(outcome.runs)} cells, {len(outcome.faults)} faults, {outcome.settings.gpus} GPU "
+        f"per cell (seed {outcome.settings.seed}){stopped}",
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.savefig(path, dpi=120)
@@ -1265,8 +1484,9 @@ def report(outcome: Outcome, console: Console, out: Path) -> dict[str, Any]:
     summary = summarize(outcome)
     print_summary(summary, console)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "chaos.json").write_text(json.dumps(summary | {"machine": machine_context()}, indent=1) + "\n",
-                                    encoding="utf-8")
+    (out / "chaos.json").write_text(
+        json.dumps(summary | {"machine": machine_context()}, indent=1) + "\n", encoding="utf-8"
+    )
     plot(out / "chaos.png", outcome)
     console.print(f"wrote {out / 'chaos.json'} and {out / 'chaos.png'}", highlight=False)
     return summary
@@ -1274,16 +1494,26 @@ def report(outcome: Outcome, console: Console, out: Path) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------------- main
 
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=300, help="cells of the notebook (default 300)")
     parser.add_argument("--faults", type=int, default=20, help="faults to inject (default 20)")
     parser.add_argument("--seed", type=int, default=1, help="seeds the notebook and the faults (default 1)")
-    parser.add_argument("--kinds", type=_kinds, default=FAULT_KINDS,
-                        help=f"fault kinds, comma-separated (default {','.join(FAULT_KINDS)})")
-    parser.add_argument("--gpus", type=int, choices=(0, 1), default=1,
-                        help="GPUs each notebookos cell asks for (default 1: through the scheduler; 0: none, and "
-                             "faults aimed at the executor hit a replica by index, since the cluster does not know it)")
+    parser.add_argument(
+        "--kinds",
+        type=_kinds,
+        default=FAULT_KINDS,
+        help=f"fault kinds, comma-separated (default {','.join(FAULT_KINDS)})",
+    )
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        choices=(0, 1),
+        default=1,
+        help="GPUs each notebookos cell asks for (default 1: through the scheduler; 0: none, and "
+        "faults aimed at the executor hit a replica by index, since the cluster does not know it)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON and PNG go")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder with every log")
     return parser.parse_args(argv)
@@ -1315,8 +1545,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[red]the run broke; logs are in {workdir}[/red]", highlight=False)
         raise
     summary = report(outcome, console, args.out)
-    console.print(f"load average at start {load_start['loadavg']}, at end {load_snapshot()['loadavg']}",
-                  highlight=False)
+    console.print(
+        f"load average at start {load_start['loadavg']}, at end {load_snapshot()['loadavg']}", highlight=False
+    )
     failed = bool(summary["mismatches"] or outcome.failure)
     if args.keep or failed:
         console.print(f"logs are in {workdir}", highlight=False)

@@ -43,6 +43,7 @@ target is missed.
 
     .venv/bin/python benchmarks/footprint.py [--kernels 20] [--idle-window-s 30] [--out benchmarks/results]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,7 +76,7 @@ KERNEL_START_TIMEOUT_S = 120.0
 CELL_TIMEOUT_S = 120.0
 TORCH_LOAD_TIMEOUT_S = 90.0
 QUIET_CPU_FRACTION = 0.2  # a process is "done importing" once it uses less than this much of a core...
-QUIET_INTERVAL_S = 0.5    # ...over this long
+QUIET_INTERVAL_S = 0.5  # ...over this long
 QUIET_TIMEOUT_S = 30.0
 CLUSTER_HOSTS = 4
 MIB = 1024 * 1024
@@ -118,13 +119,14 @@ print("steps/s %.3f" % footprint_train(1.0, {threads}))  # warm-up
 TRAIN_CELL = 'print("steps/s %.3f" % footprint_train({seconds}, {threads}))'
 
 # The issue's targets (issue 12, item 2) that this benchmark measures.
-IDLE_CPU_LIMIT_PCT = 0.3          # % of a core per idle kernel
-PSS_RATIO_LIMIT = 2.0             # × plain ipykernel's PSS per kernel
-START_ADDED_LIMIT_S = 0.5         # p50 start to first output, added over plain ipykernel's
-TRAIN_RATIO_FLOOR = 0.9           # steps/s, × plain ipykernel's
+IDLE_CPU_LIMIT_PCT = 0.3  # % of a core per idle kernel
+PSS_RATIO_LIMIT = 2.0  # × plain ipykernel's PSS per kernel
+START_ADDED_LIMIT_S = 0.5  # p50 start to first output, added over plain ipykernel's
+TRAIN_RATIO_FLOOR = 0.9  # steps/s, × plain ipykernel's
 
 
 # ------------------------------------------------------------------------------------------------ /proc readers
+
 
 def cpu_ticks(pid: int) -> int | None:
     """utime + stime of a process (all its threads, live and exited), in clock ticks; None once it is gone."""
@@ -132,7 +134,7 @@ def cpu_ticks(pid: int) -> int | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) ": state is fields[0], utime fields[11]
+    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) ": state is fields[0], utime fields[11]
     return int(fields[11]) + int(fields[12])
 
 
@@ -147,8 +149,11 @@ def memory_kib(pid: int) -> dict[str, int] | None:
         parts = line.split()
         if len(parts) >= 2 and parts[0].endswith(":"):
             values[parts[0][:-1]] = int(parts[1])
-    return {"rss": values.get("Rss", 0), "pss": values.get("Pss", 0),
-            "uss": values.get("Private_Clean", 0) + values.get("Private_Dirty", 0)}
+    return {
+        "rss": values.get("Rss", 0),
+        "pss": values.get("Pss", 0),
+        "uss": values.get("Private_Clean", 0) + values.get("Private_Dirty", 0),
+    }
 
 
 def torch_loaded(pid: int) -> bool:
@@ -176,14 +181,20 @@ def wait_quiet(pids: Iterable[int], timeout: float = QUIET_TIMEOUT_S) -> bool:
         before = {pid: cpu_ticks(pid) for pid in pids}
         time.sleep(QUIET_INTERVAL_S)
         after = {pid: cpu_ticks(pid) for pid in pids}
-        busy = [pid for pid in pids if before[pid] is not None and after[pid] is not None
-                and (after[pid] - before[pid]) / CLK_TCK > QUIET_CPU_FRACTION * QUIET_INTERVAL_S]
+        busy = [
+            pid
+            for pid in pids
+            if before[pid] is not None
+            and after[pid] is not None
+            and (after[pid] - before[pid]) / CLK_TCK > QUIET_CPU_FRACTION * QUIET_INTERVAL_S
+        ]
         if not busy:
             return True
     return False
 
 
 # ------------------------------------------------------------------------------------------------ kernels
+
 
 @dataclass
 class Kernel:
@@ -192,8 +203,8 @@ class Kernel:
     kind: str
     km: KernelManager
     kc: BlockingKernelClient
-    ready_s: float          # start_kernel() → wait_for_ready() returned
-    first_output_s: float   # start_kernel() → the first cell's stream output arrived
+    ready_s: float  # start_kernel() → wait_for_ready() returned
+    first_output_s: float  # start_kernel() → the first cell's stream output arrived
     roles: dict[int, str] = field(default_factory=dict)  # pid → "ipykernel" | "front" | "replica N" | "child of …"
     torch_pids: list[int] = field(default_factory=list)  # the processes that must import torch (not the front)
 
@@ -219,8 +230,9 @@ def run_cell(kc: BlockingKernelClient, code: str, timeout: float = CELL_TIMEOUT_
     idle = False
     while not (idle and reply is not None):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"cell {code[:40]!r} did not finish within {timeout:.0f} s "
-                               f"(reply: {reply is not None}, idle: {idle})")
+            raise TimeoutError(
+                f"cell {code[:40]!r} did not finish within {timeout:.0f} s (reply: {reply is not None}, idle: {idle})"
+            )
         if reply is None and kc.shell_channel.msg_ready():
             msg = kc.get_shell_msg(timeout=1)
             if msg["parent_header"].get("msg_id") == msg_id:
@@ -304,8 +316,12 @@ def import_torch(kernel: Kernel) -> dict[str, Any]:
         if missing:
             time.sleep(0.1)
     quiet = wait_quiet(kernel.pids())
-    return {"cell_s": round(cell_s, 3), "loaded_everywhere_s": round(time.perf_counter() - t0, 3),
-            "processes_without_torch": [kernel.roles[pid] for pid in missing], "quiet": quiet}
+    return {
+        "cell_s": round(cell_s, 3),
+        "loaded_everywhere_s": round(time.perf_counter() - t0, 3),
+        "processes_without_torch": [kernel.roles[pid] for pid in missing],
+        "quiet": quiet,
+    }
 
 
 def shutdown(kernels: Sequence[Kernel]) -> None:
@@ -323,12 +339,12 @@ def shutdown(kernels: Sequence[Kernel]) -> None:
 
 # ------------------------------------------------------------------------------------------------ measuring
 
+
 def ticks_of(pids: Iterable[int]) -> dict[int, int | None]:
     return {pid: cpu_ticks(pid) for pid in pids}
 
 
-def cpu_pct(before: dict[int, int | None], after: dict[int, int | None], wall_s: float,
-            pids: Iterable[int]) -> float:
+def cpu_pct(before: dict[int, int | None], after: dict[int, int | None], wall_s: float, pids: Iterable[int]) -> float:
     """% of one core the processes used between two readings (a process gone meanwhile counts as 0)."""
     ticks = sum(after[p] - before[p] for p in pids if before.get(p) is not None and after.get(p) is not None)
     return 100.0 * ticks / CLK_TCK / wall_s
@@ -353,8 +369,7 @@ def service_pids(service_pid: int | None, kernels: Sequence[Kernel]) -> list[int
     return [service_pid, *(pid for pid in descendants(service_pid) if pid not in owned)]
 
 
-def idle_cpu(kernels: Sequence[Kernel], service: Sequence[int], window_s: float,
-             progress: Progress) -> dict[str, Any]:
+def idle_cpu(kernels: Sequence[Kernel], service: Sequence[int], window_s: float, progress: Progress) -> dict[str, Any]:
     """CPU of every process over the idle window, per kernel and per role."""
     everyone = [pid for k in kernels for pid in k.pids()] + list(service)
     before = ticks_of(everyone)
@@ -374,11 +389,14 @@ def idle_cpu(kernels: Sequence[Kernel], service: Sequence[int], window_s: float,
     return {
         "per_kernel_pct": statistics.fmean(per_kernel) + (service_total / n if service else 0.0),
         "kernel_processes_only_pct": statistics.fmean(per_kernel),
-        "per_kernel_min_pct": min(per_kernel), "per_kernel_max_pct": max(per_kernel),
+        "per_kernel_min_pct": min(per_kernel),
+        "per_kernel_max_pct": max(per_kernel),
         "per_kernel_samples_pct": [round(v, 3) for v in per_kernel],
         "by_role_pct_per_kernel": {k: round(v, 4) for k, v in by_role.items()},
         "cluster_service_total_pct": round(service_total, 3) if service else None,
-        "window_s": round(wall, 2), "processes": len(everyone), "processes_gone": len(gone),
+        "window_s": round(wall, 2),
+        "processes": len(everyone),
+        "processes_gone": len(gone),
     }
 
 
@@ -417,8 +435,9 @@ def memory(kernels: Sequence[Kernel], service: Sequence[int]) -> dict[str, Any]:
     }
 
 
-def training(kernels: Sequence[Kernel], service: Sequence[int], args: argparse.Namespace,
-             progress: Progress) -> dict[str, Any]:
+def training(
+    kernels: Sequence[Kernel], service: Sequence[int], args: argparse.Namespace, progress: Progress
+) -> dict[str, Any]:
     """Train in the first kernel while the others idle; steps/s per cell, and the CPU of every process meanwhile."""
     trainer = kernels[0]
     run_cell(trainer.kc, TRAIN_SETUP_CELL.format(threads=args.train_threads))
@@ -442,8 +461,7 @@ def training(kernels: Sequence[Kernel], service: Sequence[int], args: argparse.N
         "cpu_pct_during_training": {
             "training process": round(own[busiest], 2),
             "rest of the training kernel": round(sum(v for r, v in own.items() if r != busiest), 2),
-            "the other kernels": round(cpu_pct(before, after, wall,
-                                               [pid for k in kernels[1:] for pid in k.pids()]), 2),
+            "the other kernels": round(cpu_pct(before, after, wall, [pid for k in kernels[1:] for pid in k.pids()]), 2),
             "cluster service": round(cpu_pct(before, after, wall, service), 2),
         },
         "training_process_role": busiest,
@@ -451,8 +469,15 @@ def training(kernels: Sequence[Kernel], service: Sequence[int], args: argparse.N
     }
 
 
-def run_phase(kind: str, args: argparse.Namespace, console: Console, log: TextIO, progress: Progress,
-              discovery: Path | None = None, service_pid: int | None = None) -> dict[str, Any]:
+def run_phase(
+    kind: str,
+    args: argparse.Namespace,
+    console: Console,
+    log: TextIO,
+    progress: Progress,
+    discovery: Path | None = None,
+    service_pid: int | None = None,
+) -> dict[str, Any]:
     """Start N kernels of ``kind`` one after another, import torch in each, and measure them; stop them all."""
     result: dict[str, Any] = {"load": {"start": load_snapshot()}}
     kernels: list[Kernel] = []
@@ -463,8 +488,10 @@ def run_phase(kind: str, args: argparse.Namespace, console: Console, log: TextIO
         for _ in range(args.kernels):
             free_gib = psutil.virtual_memory().available / 2**30
             if free_gib < args.min_free_gib:
-                stopped_early = (f"only {len(kernels)} of {args.kernels} {LABELS[kind]} kernels started: "
-                                 f"{free_gib:.1f} GiB available < --min-free-gib {args.min_free_gib}")
+                stopped_early = (
+                    f"only {len(kernels)} of {args.kernels} {LABELS[kind]} kernels started: "
+                    f"{free_gib:.1f} GiB available < --min-free-gib {args.min_free_gib}"
+                )
                 console.print(f"[yellow]{stopped_early}[/yellow]", highlight=False)
                 break
             kernel = start_kernel(kind, log, discovery)
@@ -496,7 +523,7 @@ def run_phase(kind: str, args: argparse.Namespace, console: Console, log: TextIO
             "loaded_everywhere_s_p50": statistics.median(i["loaded_everywhere_s"] for i in imports),
             "processes_without_torch": sum(len(i["processes_without_torch"]) for i in imports),
             "processes_with_torch": sum(len(k.torch_pids) for k in kernels)
-                                    - sum(len(i["processes_without_torch"]) for i in imports),
+            - sum(len(i["processes_without_torch"]) for i in imports),
             "kernels_not_quiet_after_import": sum(not i["quiet"] for i in imports),
         }
         result["kernels"] = len(kernels)
@@ -509,8 +536,9 @@ def run_phase(kind: str, args: argparse.Namespace, console: Console, log: TextIO
     return result
 
 
-def notebookos_phase(args: argparse.Namespace, console: Console, workdir: Path, log: TextIO,
-                     progress: Progress) -> dict[str, Any]:
+def notebookos_phase(
+    args: argparse.Namespace, console: Console, workdir: Path, log: TextIO, progress: Progress
+) -> dict[str, Any]:
     """The notebookos phase: an embedded cluster of CLUSTER_HOSTS logical hosts (as cell_latency.py and the tests
     start it), the kernels, then the cluster stopped."""
     from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV
@@ -535,6 +563,7 @@ def measure(args: argparse.Namespace, console: Console, workdir: Path, log: Text
 
 # ------------------------------------------------------------------------------------------------ analysis
 
+
 def analyse(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     plain, nb = raw[PLAIN], raw[NOTEBOOKOS]
     headline = {
@@ -555,12 +584,25 @@ def analyse(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     headline = {k: round(v, 4) for k, v in headline.items()}
     targets = [
         Target("idle CPU per kernel (% of a core)", IDLE_CPU_LIMIT_PCT, headline["idle_cpu_pct_per_kernel"], "%"),
-        Target("PSS per kernel (MiB), ≤ 2× plain", PSS_RATIO_LIMIT * headline["plain_pss_mib_per_kernel"],
-               headline["pss_mib_per_kernel"], "MiB"),
-        Target("start to first output p50 (s), ≤ plain + 0.5 s", headline["plain_start_s_p50"] + START_ADDED_LIMIT_S,
-               headline["start_s_p50"], "s"),
-        Target("training steps/s, ≥ 0.9× plain", TRAIN_RATIO_FLOOR * headline["plain_train_steps_per_s"],
-               headline["train_steps_per_s"], "steps/s", floor=True),
+        Target(
+            "PSS per kernel (MiB), ≤ 2× plain",
+            PSS_RATIO_LIMIT * headline["plain_pss_mib_per_kernel"],
+            headline["pss_mib_per_kernel"],
+            "MiB",
+        ),
+        Target(
+            "start to first output p50 (s), ≤ plain + 0.5 s",
+            headline["plain_start_s_p50"] + START_ADDED_LIMIT_S,
+            headline["start_s_p50"],
+            "s",
+        ),
+        Target(
+            "training steps/s, ≥ 0.9× plain",
+            TRAIN_RATIO_FLOOR * headline["plain_train_steps_per_s"],
+            headline["train_steps_per_s"],
+            "steps/s",
+            floor=True,
+        ),
     ]
     return {
         **headline,
@@ -569,25 +611,33 @@ def analyse(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "targets": {t.name: t.as_dict() for t in targets},
         "counting": {
             "idle_cpu": "mean over the kernels of utime+stime (/proc/<pid>/stat) of every process of the kernel over "
-                        "the idle window, % of one core; notebookos: front + 3 replicas + the cluster service's "
-                        "CPU ÷ N (kernel_processes_only_pct leaves the service out)",
+            "the idle window, % of one core; notebookos: front + 3 replicas + the cluster service's "
+            "CPU ÷ N (kernel_processes_only_pct leaves the service out)",
             "memory": "mean over the kernels of the sum over its processes of /proc/<pid>/smaps_rollup Pss (Rss, "
-                      "Private_* for USS), MiB; notebookos PSS and USS include the cluster service's ÷ N, RSS does "
-                      "not; measured after the idle window, every kernel having imported torch",
+            "Private_* for USS), MiB; notebookos PSS and USS include the cluster service's ÷ N, RSS does "
+            "not; measured after the idle window, every kernel having imported torch",
             "start": "KernelManager.start_kernel() → wait_for_ready() → execute print(); until the stream output "
-                     "arrives; kernels started one after another, each once the previous one had imported torch "
-                     "everywhere; notebookos with its cluster service already running",
+            "arrives; kernels started one after another, each once the previous one had imported torch "
+            "everywhere; notebookos with its cluster service already running",
             "training": "median over --train-reps cells of steps/s counted inside the cell, in the first kernel "
-                        "while the other N-1 idle; one kind at a time (plain phase first, then notebookos)",
+            "while the other N-1 idle; one kind at a time (plain phase first, then notebookos)",
             "phases": "the two kinds run one after the other: each phase's N kernels are stopped before the next "
-                      "kind starts",
+            "kind starts",
         },
         "phases": raw,
-        "settings": {"kernels": args.kernels, "idle_window_s": args.idle_window_s, "settle_s": args.settle_s,
-                     "train_s": args.train_s, "train_reps": args.train_reps, "train_threads": args.train_threads,
-                     "min_free_gib": args.min_free_gib, "cluster_hosts": CLUSTER_HOSTS,
-                     "import_cell": IMPORT_CELL, "first_output_cell": FIRST_OUTPUT_CELL,
-                     "train_cell": TRAIN_CELL.format(seconds=args.train_s, threads=args.train_threads)},
+        "settings": {
+            "kernels": args.kernels,
+            "idle_window_s": args.idle_window_s,
+            "settle_s": args.settle_s,
+            "train_s": args.train_s,
+            "train_reps": args.train_reps,
+            "train_threads": args.train_threads,
+            "min_free_gib": args.min_free_gib,
+            "cluster_hosts": CLUSTER_HOSTS,
+            "import_cell": IMPORT_CELL,
+            "first_output_cell": FIRST_OUTPUT_CELL,
+            "train_cell": TRAIN_CELL.format(seconds=args.train_s, threads=args.train_threads),
+        },
         "machine": machine_context(),
         "_targets": targets,
     }
@@ -595,14 +645,18 @@ def analyse(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ report
 
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}×" if b else "—"
 
 
 def summary_table(results: dict[str, Any]) -> Table:
     n = results["kernels"]
-    table = Table(title=f"Per kernel, {n[PLAIN]} plain ipykernels vs {n[NOTEBOOKOS]} notebookos kernels, each idle "
-                        "after `import torch`", title_justify="left")
+    table = Table(
+        title=f"Per kernel, {n[PLAIN]} plain ipykernels vs {n[NOTEBOOKOS]} notebookos kernels, each idle "
+        "after `import torch`",
+        title_justify="left",
+    )
     for column in ("per kernel", "plain ipykernel", "notebookos", "ratio", "target", "measured", ""):
         table.add_column(column, justify="left" if column in ("per kernel", "target") else "right")
     r = results
@@ -612,24 +666,60 @@ def summary_table(results: dict[str, Any]) -> Table:
         return "[green]met[/green]" if t.met else "[red]MISSED[/red]"
 
     t_cpu, t_pss, t_start, t_train = targets.values()
-    table.add_row("idle CPU (% of a core)", f"{r['plain_idle_cpu_pct_per_kernel']:.3f}",
-                  f"{r['idle_cpu_pct_per_kernel']:.3f}",
-                  ratio(r["idle_cpu_pct_per_kernel"], r["plain_idle_cpu_pct_per_kernel"]),
-                  f"≤ {IDLE_CPU_LIMIT_PCT} %", f"{t_cpu.measured:.3f} %", verdict(t_cpu))
-    table.add_row("memory, PSS (MiB)", f"{r['plain_pss_mib_per_kernel']:.0f}", f"{r['pss_mib_per_kernel']:.0f}",
-                  ratio(r["pss_mib_per_kernel"], r["plain_pss_mib_per_kernel"]),
-                  f"≤ {PSS_RATIO_LIMIT:.0f}× plain", ratio(r["pss_mib_per_kernel"], r["plain_pss_mib_per_kernel"]),
-                  verdict(t_pss))
-    table.add_row("memory, RSS (MiB)", f"{r['plain_rss_mib_per_kernel']:.0f}", f"{r['rss_mib_per_kernel']:.0f}",
-                  ratio(r["rss_mib_per_kernel"], r["plain_rss_mib_per_kernel"]), "", "", "")
-    table.add_row("memory, USS (MiB)", f"{r['plain_uss_mib_per_kernel']:.0f}", f"{r['uss_mib_per_kernel']:.0f}",
-                  ratio(r["uss_mib_per_kernel"], r["plain_uss_mib_per_kernel"]), "", "", "")
-    table.add_row("start to first output, p50 (s)", f"{r['plain_start_s_p50']:.2f}", f"{r['start_s_p50']:.2f}",
-                  ratio(r["start_s_p50"], r["plain_start_s_p50"]), f"≤ plain + {START_ADDED_LIMIT_S} s",
-                  f"+{r['start_s_p50'] - r['plain_start_s_p50']:.2f} s", verdict(t_start))
-    table.add_row("training steps/s (one kernel, others idle)", f"{r['plain_train_steps_per_s']:.0f}",
-                  f"{r['train_steps_per_s']:.0f}", f"{r['train_steps_ratio']:.2f}×",
-                  f"≥ {TRAIN_RATIO_FLOOR}× plain", f"{r['train_steps_ratio']:.2f}×", verdict(t_train))
+    table.add_row(
+        "idle CPU (% of a core)",
+        f"{r['plain_idle_cpu_pct_per_kernel']:.3f}",
+        f"{r['idle_cpu_pct_per_kernel']:.3f}",
+        ratio(r["idle_cpu_pct_per_kernel"], r["plain_idle_cpu_pct_per_kernel"]),
+        f"≤ {IDLE_CPU_LIMIT_PCT} %",
+        f"{t_cpu.measured:.3f} %",
+        verdict(t_cpu),
+    )
+    table.add_row(
+        "memory, PSS (MiB)",
+        f"{r['plain_pss_mib_per_kernel']:.0f}",
+        f"{r['pss_mib_per_kernel']:.0f}",
+        ratio(r["pss_mib_per_kernel"], r["plain_pss_mib_per_kernel"]),
+        f"≤ {PSS_RATIO_LIMIT:.0f}× plain",
+        ratio(r["pss_mib_per_kernel"], r["plain_pss_mib_per_kernel"]),
+        verdict(t_pss),
+    )
+    table.add_row(
+        "memory, RSS (MiB)",
+        f"{r['plain_rss_mib_per_kernel']:.0f}",
+        f"{r['rss_mib_per_kernel']:.0f}",
+        ratio(r["rss_mib_per_kernel"], r["plain_rss_mib_per_kernel"]),
+        "",
+        "",
+        "",
+    )
+    table.add_row(
+        "memory, USS (MiB)",
+        f"{r['plain_uss_mib_per_kernel']:.0f}",
+        f"{r['uss_mib_per_kernel']:.0f}",
+        ratio(r["uss_mib_per_kernel"], r["plain_uss_mib_per_kernel"]),
+        "",
+        "",
+        "",
+    )
+    table.add_row(
+        "start to first output, p50 (s)",
+        f"{r['plain_start_s_p50']:.2f}",
+        f"{r['start_s_p50']:.2f}",
+        ratio(r["start_s_p50"], r["plain_start_s_p50"]),
+        f"≤ plain + {START_ADDED_LIMIT_S} s",
+        f"+{r['start_s_p50'] - r['plain_start_s_p50']:.2f} s",
+        verdict(t_start),
+    )
+    table.add_row(
+        "training steps/s (one kernel, others idle)",
+        f"{r['plain_train_steps_per_s']:.0f}",
+        f"{r['train_steps_per_s']:.0f}",
+        f"{r['train_steps_ratio']:.2f}×",
+        f"≥ {TRAIN_RATIO_FLOOR}× plain",
+        f"{r['train_steps_ratio']:.2f}×",
+        verdict(t_train),
+    )
     return table
 
 
@@ -642,8 +732,13 @@ def breakdown_table(results: dict[str, Any]) -> Table:
     cpu, mem = nb["idle_cpu"]["by_role_pct_per_kernel"], nb["memory"]["by_role_mib_per_kernel"]
     for role in dict.fromkeys([*cpu, *mem]):
         m = mem.get(role, {})
-        table.add_row(role, f"{cpu.get(role, float('nan')):.3f}", f"{m.get('pss', float('nan')):.0f}",
-                      f"{m.get('rss', float('nan')):.0f}", f"{m.get('uss', float('nan')):.0f}")
+        table.add_row(
+            role,
+            f"{cpu.get(role, float('nan')):.3f}",
+            f"{m.get('pss', float('nan')):.0f}",
+            f"{m.get('rss', float('nan')):.0f}",
+            f"{m.get('uss', float('nan')):.0f}",
+        )
     return table
 
 
@@ -654,8 +749,13 @@ def training_table(results: dict[str, Any]) -> Table:
         table.add_column(LABELS[kind], justify="right")
     rows = results["phases"][PLAIN]["training"]["cpu_pct_during_training"]
     for key in rows:
-        table.add_row(key, *(f"{results['phases'][kind]['training']['cpu_pct_during_training'][key]:.1f}"
-                             for kind in (PLAIN, NOTEBOOKOS)))
+        table.add_row(
+            key,
+            *(
+                f"{results['phases'][kind]['training']['cpu_pct_during_training'][key]:.1f}"
+                for kind in (PLAIN, NOTEBOOKOS)
+            ),
+        )
     return table
 
 
@@ -672,22 +772,43 @@ def plot(path: Path, results: dict[str, Any]) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.8), constrained_layout=True)
     names = [LABELS[PLAIN], LABELS[NOTEBOOKOS]]
 
-    def bars(ax: Any, values: Sequence[float], title: str, unit: str, target: float, target_label: str,
-             fmt: str = "{:.2f}") -> None:
+    def bars(
+        ax: Any, values: Sequence[float], title: str, unit: str, target: float, target_label: str, fmt: str = "{:.2f}"
+    ) -> None:
         drawn = ax.bar(names, values, color=[colors[PLAIN], colors[NOTEBOOKOS]], zorder=2)
         for bar, value in zip(drawn, values):
-            ax.annotate(fmt.format(value), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=9)
+            ax.annotate(
+                fmt.format(value),
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=9,
+            )
         ax.axhline(target, color="grey", linestyle="--", linewidth=1)
-        ax.annotate(target_label, (-0.45, target), fontsize=8, color="dimgrey", ha="left", va="bottom", zorder=3,
-                    bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})
+        ax.annotate(
+            target_label,
+            (-0.45, target),
+            fontsize=8,
+            color="dimgrey",
+            ha="left",
+            va="bottom",
+            zorder=3,
+            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1},
+        )
         ax.set_title(title)
         ax.set_ylabel(unit)
         ax.grid(True, axis="y", alpha=0.3)
 
     ax = axes[0]
-    bars(ax, [r["plain_idle_cpu_pct_per_kernel"], r["idle_cpu_pct_per_kernel"]], "idle CPU per kernel",
-         "% of one core (log scale)", IDLE_CPU_LIMIT_PCT, f"target ≤ {IDLE_CPU_LIMIT_PCT} %", "{:.3f}")
+    bars(
+        ax,
+        [r["plain_idle_cpu_pct_per_kernel"], r["idle_cpu_pct_per_kernel"]],
+        "idle CPU per kernel",
+        "% of one core (log scale)",
+        IDLE_CPU_LIMIT_PCT,
+        f"target ≤ {IDLE_CPU_LIMIT_PCT} %",
+        "{:.3f}",
+    )
     ax.set_yscale("log")
     ax.set_ylim(bottom=max(0.001, min(r["plain_idle_cpu_pct_per_kernel"], IDLE_CPU_LIMIT_PCT) / 3))
     split = ", ".join(f"{k} {v:.2f}" for k, v in nb_cpu.items())
@@ -697,15 +818,37 @@ def plot(path: Path, results: dict[str, Any]) -> None:
     ax.bar(names, rss, fill=False, hatch="//", edgecolor="grey", linewidth=0.5, zorder=1)
     for x, value in enumerate(rss):
         ax.annotate(f"RSS {value:.0f}", (x, value), ha="center", va="bottom", fontsize=8, color="grey")
-    bars(ax, [r["plain_pss_mib_per_kernel"], r["pss_mib_per_kernel"]], "memory per kernel (PSS; RSS hatched)",
-         "MiB", PSS_RATIO_LIMIT * r["plain_pss_mib_per_kernel"], "target ≤ 2× plain PSS", "{:.0f}")
-    bars(axes[2], [r["plain_start_s_p50"], r["start_s_p50"]], "start to first output, p50", "s",
-         r["plain_start_s_p50"] + START_ADDED_LIMIT_S, "target ≤ plain + 0.5 s")
-    bars(axes[3], [r["plain_train_steps_per_s"], r["train_steps_per_s"]], "training steps/s, others idle",
-         "steps/s", TRAIN_RATIO_FLOOR * r["plain_train_steps_per_s"], "target ≥ 0.9× plain", "{:.0f}")
+    bars(
+        ax,
+        [r["plain_pss_mib_per_kernel"], r["pss_mib_per_kernel"]],
+        "memory per kernel (PSS; RSS hatched)",
+        "MiB",
+        PSS_RATIO_LIMIT * r["plain_pss_mib_per_kernel"],
+        "target ≤ 2× plain PSS",
+        "{:.0f}",
+    )
+    bars(
+        axes[2],
+        [r["plain_start_s_p50"], r["start_s_p50"]],
+        "start to first output, p50",
+        "s",
+        r["plain_start_s_p50"] + START_ADDED_LIMIT_S,
+        "target ≤ plain + 0.5 s",
+    )
+    bars(
+        axes[3],
+        [r["plain_train_steps_per_s"], r["train_steps_per_s"]],
+        "training steps/s, others idle",
+        "steps/s",
+        TRAIN_RATIO_FLOOR * r["plain_train_steps_per_s"],
+        "target ≥ 0.9× plain",
+        "{:.0f}",
+    )
     n = r["kernels"]
-    fig.suptitle(f"Footprint: {n[PLAIN]} plain ipykernels vs {n[NOTEBOOKOS]} notebookos kernels, idle after "
-                 f"`import torch` ({os.cpu_count()} CPUs)")
+    fig.suptitle(
+        f"Footprint: {n[PLAIN]} plain ipykernels vs {n[NOTEBOOKOS]} notebookos kernels, idle after "
+        f"`import torch` ({os.cpu_count()} CPUs)"
+    )
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -720,19 +863,24 @@ def report(results: dict[str, Any], console: Console, out: Path) -> None:
         phase = results["phases"][kind]
         imp = phase["import_torch"]
         load = phase["load"]
-        console.print(f"{LABELS[kind]}: {phase['kernels']} kernels, {phase['processes_per_kernel']:.0f} processes "
-                      f"each; import torch p50 {imp['cell_s_p50']:.2f} s (loaded everywhere "
-                      f"{imp['loaded_everywhere_s_p50']:.2f} s; {imp['processes_with_torch']} processes with torch, "
-                      f"{imp['processes_without_torch']} without); load average at start {load['start']['loadavg']}, "
-                      f"idle window {load['idle_window_start']['loadavg']}, end {load['end']['loadavg']}",
-                      highlight=False)
+        console.print(
+            f"{LABELS[kind]}: {phase['kernels']} kernels, {phase['processes_per_kernel']:.0f} processes "
+            f"each; import torch p50 {imp['cell_s_p50']:.2f} s (loaded everywhere "
+            f"{imp['loaded_everywhere_s_p50']:.2f} s; {imp['processes_with_torch']} processes with torch, "
+            f"{imp['processes_without_torch']} without); load average at start {load['start']['loadavg']}, "
+            f"idle window {load['idle_window_start']['loadavg']}, end {load['end']['loadavg']}",
+            highlight=False,
+        )
         if phase["stopped_early"]:
             console.print(f"[yellow]{phase['stopped_early']}[/yellow]", highlight=False)
         busy = [p for p in load["start"]["busiest"] if p["cpu_percent"] >= 10.0]
         if busy:
-            console.print("[yellow]  other processes using CPU at the phase's start: "
-                          + "; ".join(f"{p['cpu_percent']:.0f}% {p['cmd']}" for p in busy) + "[/yellow]",
-                          highlight=False)
+            console.print(
+                "[yellow]  other processes using CPU at the phase's start: "
+                + "; ".join(f"{p['cpu_percent']:.0f}% {p['cmd']}" for p in busy)
+                + "[/yellow]",
+                highlight=False,
+            )
     missed = [t.name for t in targets if not t.met]
     if missed:
         console.print(f"[red]targets missed: {', '.join(missed)}[/red]", highlight=False)
@@ -744,17 +892,26 @@ def report(results: dict[str, Any], console: Console, out: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ main
 
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernels", type=int, default=20, help="idle kernels of each kind (default 20)")
     parser.add_argument("--idle-window-s", type=float, default=30.0, help="idle CPU window, seconds (default 30)")
-    parser.add_argument("--settle-s", type=float, default=10.0,
-                        help="wait after the last kernel went quiet before the idle window (default 10)")
+    parser.add_argument(
+        "--settle-s",
+        type=float,
+        default=10.0,
+        help="wait after the last kernel went quiet before the idle window (default 10)",
+    )
     parser.add_argument("--train-s", type=float, default=10.0, help="seconds per training cell (default 10)")
     parser.add_argument("--train-reps", type=int, default=3, help="training cells per kind (default 3)")
     parser.add_argument("--train-threads", type=int, default=1, help="torch threads of the training loop (1)")
-    parser.add_argument("--min-free-gib", type=float, default=3.0,
-                        help="start no kernel while less memory than this is available (default 3)")
+    parser.add_argument(
+        "--min-free-gib",
+        type=float,
+        default=3.0,
+        help="start no kernel while less memory than this is available (default 3)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON and PNG go")
     parser.add_argument("--keep", action="store_true", help="keep the temporary state dir and logs")
     args = parser.parse_args(argv)
@@ -771,8 +928,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def run() -> dict[str, Any]:
         isolate_jupyter(workdir / "jupyter")
-        console.print(f"{args.kernels} kernels of each kind; load average {os.getloadavg()[0]:.2f}, "
-                      f"{psutil.virtual_memory().available / 2**30:.1f} GiB available", highlight=False)
+        console.print(
+            f"{args.kernels} kernels of each kind; load average {os.getloadavg()[0]:.2f}, "
+            f"{psutil.virtual_memory().available / 2**30:.1f} GiB available",
+            highlight=False,
+        )
         with open(workdir / "processes.log", "w") as log:
             raw = measure(args, console, workdir, log)
         results = analyse(raw, args)

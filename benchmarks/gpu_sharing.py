@@ -27,6 +27,7 @@ binding are the real calls) and torch trains on the CPU. Writes benchmarks/resul
 
     .venv/bin/python benchmarks/gpu_sharing.py [--notebooks 8] [--cells 6] [--seed 1] [--hosts 4]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -122,8 +123,10 @@ class Failure(RuntimeError):
 def schedule(args: argparse.Namespace) -> list[list[tuple[float, float]]]:
     """Per notebook, per training cell: (think time before it, training time), from one seeded generator."""
     rng = random.Random(args.seed)
-    return [[(round(rng.uniform(*args.think), 3), round(rng.uniform(*args.train), 3)) for _ in range(args.cells)]
-            for _ in range(args.notebooks)]
+    return [
+        [(round(rng.uniform(*args.think), 3), round(rng.uniform(*args.train), 3)) for _ in range(args.cells)]
+        for _ in range(args.notebooks)
+    ]
 
 
 @dataclass(frozen=True)
@@ -164,8 +167,9 @@ class Cluster:
 
     def __init__(self, size: ClusterSize, state_dir: Path, log: TextIO) -> None:
         with children_output_to(log):  # the service logs every request: not over the progress bar
-            self.proc, self.discovery = start_cluster(state_dir, size.hosts, size.gpus_per_host,
-                                                      ("--policy", size.policy))
+            self.proc, self.discovery = start_cluster(
+                state_dir, size.hosts, size.gpus_per_host, ("--policy", size.policy)
+            )
         self.api = ClusterClient.from_file(self.discovery)
         os.environ[CLUSTER_FILE_ENV] = str(self.discovery)
 
@@ -182,8 +186,10 @@ class Cluster:
             if all(s == "ready" for _, _, s in states):
                 return
             if any(s == "lost" for _, _, s in states) or time.monotonic() > deadline:
-                raise Failure(f"kernel {kernel_id}: a replica was lost, or not all were ready after "
-                              f"{READY_TIMEOUT_S:.0f} s: (replica, host, state) {states}")
+                raise Failure(
+                    f"kernel {kernel_id}: a replica was lost, or not all were ready after "
+                    f"{READY_TIMEOUT_S:.0f} s: (replica, host, state) {states}"
+                )
             await asyncio.sleep(0.25)
 
     def save_replica_logs(self, target: Path) -> None:
@@ -296,16 +302,16 @@ class PolicyRun:
     times: dict[str, float]  # wall-clock marks of the phases
 
 
-async def run_policy(size: ClusterSize, args: argparse.Namespace, workdir: Path, log: TextIO, progress: Progress,
-                     task: TaskID) -> PolicyRun:
+async def run_policy(
+    size: ClusterSize, args: argparse.Namespace, workdir: Path, log: TextIO, progress: Progress, task: TaskID
+) -> PolicyRun:
     """Start the cluster and every notebook at once, wait for every replica to be ready, run the setup cells
     (SETUP_CONCURRENCY at a time), then the workload with every notebook at once; then shut everything down,
     reading the counter at each boundary. A Failure ends the run with the kernels and the cluster stopped."""
     times = {"cluster_start": time.time()}
     cluster = Cluster(size, workdir / f"cluster-{size.policy}", log)
     (workdir / f"kernels-{size.policy}").mkdir()
-    kernel_logs = [open(workdir / f"kernels-{size.policy}" / f"notebook-{i}.log", "w")
-                   for i in range(args.notebooks)]
+    kernel_logs = [open(workdir / f"kernels-{size.policy}" / f"notebook-{i}.log", "w") for i in range(args.notebooks)]
     notebooks = [Notebook(i, kernel_logs[i]) for i in range(args.notebooks)]
     plan = schedule(args)
     cells: list[CellRun] = []
@@ -356,12 +362,19 @@ async def run_policy(size: ClusterSize, args: argparse.Namespace, workdir: Path,
         for f in kernel_logs:
             f.close()
     times["cluster_stopped"] = time.time()
-    return PolicyRun(size, sorted(cells, key=lambda c: (c.notebook, c.index)), [nb.km.kernel_id for nb in notebooks],
-                     events, counter, times)
+    return PolicyRun(
+        size,
+        sorted(cells, key=lambda c: (c.notebook, c.index)),
+        [nb.km.kernel_id for nb in notebooks],
+        events,
+        counter,
+        times,
+    )
 
 
-async def capacity_check(size: ClusterSize, notebooks: int, workdir: Path, log: TextIO, progress: Progress,
-                         task: TaskID) -> dict[str, Any]:
+async def capacity_check(
+    size: ClusterSize, notebooks: int, workdir: Path, log: TextIO, progress: Progress, task: TaskID
+) -> dict[str, Any]:
     """How many of the notebooks ``reservation`` can start at all on ``size``, started one by one (a refusal is
     what this measures, not a Failure of the run)."""
     cluster, started, refused = Cluster(size, workdir / "cluster-capacity", log), [], []
@@ -379,8 +392,13 @@ async def capacity_check(size: ClusterSize, notebooks: int, workdir: Path, log: 
     finally:
         await asyncio.gather(*(nb.shutdown(now=True) for nb in started), return_exceptions=True)
         cluster.stop()
-    return {**size.describe(), "notebooks": notebooks, "started": len(started), "refused": len(refused),
-            "first_refusal": refused[0][:600] if refused else None}
+    return {
+        **size.describe(),
+        "notebooks": notebooks,
+        "started": len(started),
+        "refused": len(refused),
+        "first_refusal": refused[0][:600] if refused else None,
+    }
 
 
 def scheduler_cells(events: Sequence[dict[str, Any]], kernel_id: str) -> list[dict[str, Any]]:
@@ -395,8 +413,16 @@ def scheduler_cells(events: Sequence[dict[str, Any]], kernel_id: str) -> list[di
         if e["kind"] == "decision":
             kind = e["data"].get("kind")
             if not current or current["released"] is not None:
-                current = {"submitted": e["time"], "first_decision": kind, "granted": None, "grant_kind": None,
-                           "replica_ready": None, "started": None, "released": None, "gpus": e["data"].get("gpus", 0)}
+                current = {
+                    "submitted": e["time"],
+                    "first_decision": kind,
+                    "granted": None,
+                    "grant_kind": None,
+                    "replica_ready": None,
+                    "started": None,
+                    "released": None,
+                    "gpus": e["data"].get("gpus", 0),
+                }
                 cells.append(current)
             if kind != "queued":
                 current["granted"], current["grant_kind"] = e["time"], kind
@@ -411,10 +437,17 @@ def held_intervals(run: PolicyRun) -> list[tuple[float, float, int]]:
     end = run.times["kernels_closed"]
     if POLICIES[run.size.policy].holds_gpus:
         closed = {e["kernel"]: e["time"] for e in run.events if e["kind"] == "kernel_closed"}
-        return [(e["time"], closed.get(e["kernel"], end), GPUS_PER_NOTEBOOK)
-                for e in run.events if e["kind"] == "kernel_placed"]
-    return [(c["granted"], c["released"] or end, c["gpus"])
-            for kernel in run.kernel_ids for c in scheduler_cells(run.events, kernel) if c["granted"] is not None]
+        return [
+            (e["time"], closed.get(e["kernel"], end), GPUS_PER_NOTEBOOK)
+            for e in run.events
+            if e["kind"] == "kernel_placed"
+        ]
+    return [
+        (c["granted"], c["released"] or end, c["gpus"])
+        for kernel in run.kernel_ids
+        for c in scheduler_cells(run.events, kernel)
+        if c["granted"] is not None
+    ]
 
 
 def clipped(intervals: Sequence[tuple[float, float, int]], start: float, end: float) -> float:
@@ -438,49 +471,78 @@ def analyse_policy(run: PolicyRun) -> dict[str, Any]:
         seen, mine = scheduler_cells(run.events, kernel), [c for c in run.cells if c.notebook == nb]
         if len(seen) != len(mine):
             problems.append(f"notebook {nb}: {len(mine)} cells run, {len(seen)} in the scheduler's events")
-        sched += [{**s, "notebook": nb, "index": c.index, "client_delay": c.start_delay,
-                   "scheduler_delay": s["started"] - s["submitted"] if s["started"] else None}
-                  for c, s in zip(mine, seen) if c.index > 0]
+        sched += [
+            {
+                **s,
+                "notebook": nb,
+                "index": c.index,
+                "client_delay": c.start_delay,
+                "scheduler_delay": s["started"] - s["submitted"] if s["started"] else None,
+            }
+            for c, s in zip(mine, seen)
+            if c.index > 0
+        ]
     at_once = [s for s in sched if s["first_decision"] == "lead"]
     queued = [s for s in sched if s["first_decision"] == "queued"]
     migrated = [s for s in sched if s["grant_kind"] == "migrate"]
     intervals = held_intervals(run)
-    gpu_s = {"counter_run": run.counter["session"],
-             "counter_window": run.counter["window_end"] - run.counter["window_start"],
-             "events_run": clipped(intervals, t["cluster_start"], t["cluster_stopped"]),
-             "events_window": clipped(intervals, *window)}
+    gpu_s = {
+        "counter_run": run.counter["session"],
+        "counter_window": run.counter["window_end"] - run.counter["window_start"],
+        "events_run": clipped(intervals, t["cluster_start"], t["cluster_stopped"]),
+        "events_window": clipped(intervals, *window),
+    }
     # The counter advances at every scheduling-core call (at least once a second): one tick of the whole pool at
     # each end is the most the two views may differ by.
     for scope in ("run", "window"):
         if abs(gpu_s[f"counter_{scope}"] - gpu_s[f"events_{scope}"]) > 2 * run.size.gpus:
-            problems.append(f"GPU-seconds ({scope}): counter {gpu_s[f'counter_{scope}']:.1f}, "
-                            f"events {gpu_s[f'events_{scope}']:.1f}")
+            problems.append(
+                f"GPU-seconds ({scope}): counter {gpu_s[f'counter_{scope}']:.1f}, events {gpu_s[f'events_{scope}']:.1f}"
+            )
     for prefix, chosen, what in ((WAIT_NOTICE, queued, "queued"), (MOVE_NOTICE, migrated, "migrated")):
-        if {(c.notebook, c.index) for c in training if c.noticed(prefix)} != {(s["notebook"], s["index"])
-                                                                             for s in chosen}:
+        if {(c.notebook, c.index) for c in training if c.noticed(prefix)} != {
+            (s["notebook"], s["index"]) for s in chosen
+        }:
             problems.append(f"the cells with a {prefix!r} notice are not the cells the scheduler {what}")
-    problems += [f"notebook {s['notebook']} cell {s['index']}: migrated, but no replica_ready before it started"
-                 for s in migrated if not s["replica_ready"] or not s["started"] or s["replica_ready"] > s["started"]]
+    problems += [
+        f"notebook {s['notebook']} cell {s['index']}: migrated, but no replica_ready before it started"
+        for s in migrated
+        if not s["replica_ready"] or not s["started"] or s["replica_ready"] > s["started"]
+    ]
     if run.events and run.events[0]["seq"] != 1:
         problems.append(f"the event log dropped its first {run.events[0]['seq'] - 1} events (capacity)")
     steps_rate = [c.steps / c.train_s for c in training if c.steps]
     return {
         "cluster": run.size.describe(),
-        "cells": {"training": len(training), "started_without_waiting": len(at_once), "queued": len(queued),
-                  "started_without_waiting_fraction": len(at_once) / len(sched), "migrated": len(migrated)},
-        "gpu_seconds": {**gpu_s, "scheduled_training": sum(c.train_s for c in training),
-                        "client_execute_input_to_idle_window": sum(c.idle - c.execute_input for c in training
-                                                                   if c.idle and c.execute_input),
-                        "mean_gpus_held_window": gpu_s["events_window"] / (window[1] - window[0])},
+        "cells": {
+            "training": len(training),
+            "started_without_waiting": len(at_once),
+            "queued": len(queued),
+            "started_without_waiting_fraction": len(at_once) / len(sched),
+            "migrated": len(migrated),
+        },
+        "gpu_seconds": {
+            **gpu_s,
+            "scheduled_training": sum(c.train_s for c in training),
+            "client_execute_input_to_idle_window": sum(
+                c.idle - c.execute_input for c in training if c.idle and c.execute_input
+            ),
+            "mean_gpus_held_window": gpu_s["events_window"] / (window[1] - window[0]),
+        },
         "delay_client_ms": summarize([c.start_delay for c in training if c.start_delay is not None]),
         "delay_scheduler_ms": summarize([s["scheduler_delay"] for s in sched if s["scheduler_delay"] is not None]),
-        "delay_migrated_cells_ms": {side: summarize([s[f"{side}_delay"] for s in migrated if s[f"{side}_delay"]])
-                                    for side in ("client", "scheduler")},
-        "training_steps_per_s": {"p50": statistics.median(steps_rate), "min": min(steps_rate),
-                                 "max": max(steps_rate)},
-        "wall_s": {"kernels_start": t["kernels_ready"] - t["kernels_start"], "window": window[1] - window[0],
-                   "setup": t["window_start"] - t["kernels_ready"], "shutdown": t["kernels_closed"] - t["window_end"],
-                   "total": t["cluster_stopped"] - t["cluster_start"]},
+        "delay_migrated_cells_ms": {
+            side: summarize([s[f"{side}_delay"] for s in migrated if s[f"{side}_delay"]])
+            for side in ("client", "scheduler")
+        },
+        "training_steps_per_s": {"p50": statistics.median(steps_rate), "min": min(steps_rate), "max": max(steps_rate)},
+        "wall_s": {
+            "kernels_start": t["kernels_ready"] - t["kernels_start"],
+            "window": window[1] - window[0],
+            "setup": t["window_start"] - t["kernels_ready"],
+            "shutdown": t["kernels_closed"] - t["window_end"],
+            "total": t["cluster_stopped"] - t["cluster_start"],
+        },
         "problems": problems,
         "cells_detail": [{**asdict(c), "start_delay": c.start_delay} for c in run.cells],
         "scheduler_detail": sched,
@@ -519,10 +581,18 @@ ROWS = (
     ("submit → start p99 (client)", "delay_client_ms.p99", "ms", True),
     ("submit → start p50 (scheduler)", "delay_scheduler_ms.p50", "ms", True),
     ("submit → start p99 (scheduler)", "delay_scheduler_ms.p99", "ms", True),
-    ("  migrated cells p50 (client / scheduler)",
-     "delay_migrated_cells_ms.client.p50 / delay_migrated_cells_ms.scheduler.p50", "ms", False),
-    ("  migrated cells max (client / scheduler)",
-     "delay_migrated_cells_ms.client.max / delay_migrated_cells_ms.scheduler.max", "ms", False),
+    (
+        "  migrated cells p50 (client / scheduler)",
+        "delay_migrated_cells_ms.client.p50 / delay_migrated_cells_ms.scheduler.p50",
+        "ms",
+        False,
+    ),
+    (
+        "  migrated cells max (client / scheduler)",
+        "delay_migrated_cells_ms.client.max / delay_migrated_cells_ms.scheduler.max",
+        "ms",
+        False,
+    ),
     ("training steps per second, median", "training_steps_per_s.p50", ".0f", False),
     ("wall: workload window", "wall_s.window", "s", True),
     ("wall: total (cluster start to stop)", "wall_s.total", "s", True),
@@ -539,8 +609,11 @@ def comparison(results: dict[str, dict[str, Any]], notebooks: int) -> tuple[Tabl
         ref, cand = ([pick(results[p], path) for path in paths.split(" / ")] for p in (REFERENCE, CANDIDATE))
         if with_ratio:
             ratios[label] = cand[0] / ref[0] if ref[0] and cand[0] is not None else None
-        table.add_row(label, *(" / ".join(show(v, spec) for v in vs) for vs in (ref, cand)),
-                      "" if not with_ratio else "—" if ratios[label] is None else f"{ratios[label]:.2f}×")
+        table.add_row(
+            label,
+            *(" / ".join(show(v, spec) for v in vs) for vs in (ref, cand)),
+            "" if not with_ratio else "—" if ratios[label] is None else f"{ratios[label]:.2f}×",
+        )
     return table, ratios
 
 
@@ -552,18 +625,30 @@ def plot(path: Path, runs: dict[str, PolicyRun], title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, ax_wait) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True, height_ratios=(3, 1),
-                                      constrained_layout=True)
+    fig, (ax, ax_wait) = plt.subplots(
+        2, 1, figsize=(11, 6.5), sharex=True, height_ratios=(3, 1), constrained_layout=True
+    )
     for (name, run), color in zip(runs.items(), ("tab:red", "tab:blue")):
         origin = run.times["window_start"]
-        waiting = [(c["submitted"], c["started"] or c["submitted"], 1) for kernel in run.kernel_ids
-                   for c in scheduler_cells(run.events, kernel) if c["first_decision"] != "lead"]
-        for axis, intervals, label in ((ax, held_intervals(run), f"GPUs held ({run.size.gpus} in its pool)"),
-                                       (ax_wait, waiting, "cells waiting for a GPU")):
+        waiting = [
+            (c["submitted"], c["started"] or c["submitted"], 1)
+            for kernel in run.kernel_ids
+            for c in scheduler_cells(run.events, kernel)
+            if c["first_decision"] != "lead"
+        ]
+        for axis, intervals, label in (
+            (ax, held_intervals(run), f"GPUs held ({run.size.gpus} in its pool)"),
+            (ax_wait, waiting, "cells waiting for a GPU"),
+        ):
             steps = [(run.times["cluster_start"], 0), *levels(intervals)]
             steps.append((run.times["cluster_stopped"], steps[-1][1]))
-            axis.step([a - origin for a, _ in steps], [lv for _, lv in steps], where="post", color=color,
-                      label=f"{name}: {label}")
+            axis.step(
+                [a - origin for a, _ in steps],
+                [lv for _, lv in steps],
+                where="post",
+                color=color,
+                label=f"{name}: {label}",
+            )
         ax.axhline(run.size.gpus, color=color, linestyle=":", linewidth=1)
         ax.axvspan(0, run.times["window_end"] - origin, color=color, alpha=0.06)
     ax.set_ylabel("GPUs committed")
@@ -584,10 +669,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--notebooks", type=int, default=8, help="notebooks (kernels) per policy (default 8)")
     add("--cells", type=int, default=6, help="training cells per notebook (default 6)")
     add("--seed", type=int, default=1, help="seed of the think/training schedule (default 1)")
-    add("--think", type=float, nargs=2, default=(3.0, 9.0), metavar=("MIN", "MAX"),
-        help="think time before each training cell, uniform, seconds (default 3 9)")
-    add("--train", type=float, nargs=2, default=(1.0, 2.0), metavar=("MIN", "MAX"),
-        help="training time of each cell, uniform, seconds (default 1 2)")
+    add(
+        "--think",
+        type=float,
+        nargs=2,
+        default=(3.0, 9.0),
+        metavar=("MIN", "MAX"),
+        help="think time before each training cell, uniform, seconds (default 3 9)",
+    )
+    add(
+        "--train",
+        type=float,
+        nargs=2,
+        default=(1.0, 2.0),
+        metavar=("MIN", "MAX"),
+        help="training time of each cell, uniform, seconds (default 1 2)",
+    )
     add("--hosts", type=int, default=4, help="hosts of the notebookos cluster (default 4)")
     add("--gpus-per-host", type=int, default=1, help="virtual GPUs per host (default 1)")
     add("--out", type=Path, default=RESULTS, help="where the JSON and PNG go")
@@ -598,8 +695,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-async def measure(args: argparse.Namespace, sizes: dict[str, ClusterSize], workdir: Path, log: TextIO,
-                  progress: Progress) -> tuple[dict[str, PolicyRun], dict[str, Any]]:
+async def measure(
+    args: argparse.Namespace, sizes: dict[str, ClusterSize], workdir: Path, log: TextIO, progress: Progress
+) -> tuple[dict[str, PolicyRun], dict[str, Any]]:
     """Both policies, then the capacity check. Cancelled on SIGTERM as asyncio.run cancels it on Ctrl-C, so the
     kernels and the cluster in use are shut down either way (``run_policy``'s finally)."""
     task = asyncio.current_task()
@@ -617,26 +715,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 140, highlight=False)
     shared = ClusterSize(CANDIDATE, args.hosts, args.gpus_per_host)
-    reserved = ClusterSize(REFERENCE, math.ceil(args.notebooks * GPUS_PER_NOTEBOOK / args.gpus_per_host),
-                           args.gpus_per_host)
+    reserved = ClusterSize(
+        REFERENCE, math.ceil(args.notebooks * GPUS_PER_NOTEBOOK / args.gpus_per_host), args.gpus_per_host
+    )
     sizes = {REFERENCE: reserved, CANDIDATE: shared}  # reservation: one GPU per notebook, or it refuses kernels
-    note = (f"{args.notebooks} notebooks asking {GPUS_PER_NOTEBOOK} GPU each; notebookos: {shared.hosts} hosts × "
-            f"{shared.gpus_per_host} GPU ({args.notebooks * GPUS_PER_NOTEBOOK / shared.gpus:.1f} notebooks per GPU); "
-            f"reservation: {reserved.hosts} hosts × {reserved.gpus_per_host} GPU")
+    note = (
+        f"{args.notebooks} notebooks asking {GPUS_PER_NOTEBOOK} GPU each; notebookos: {shared.hosts} hosts × "
+        f"{shared.gpus_per_host} GPU ({args.notebooks * GPUS_PER_NOTEBOOK / shared.gpus:.1f} notebooks per GPU); "
+        f"reservation: {reserved.hosts} hosts × {reserved.gpus_per_host} GPU"
+    )
     real = nvml_gpu_count()
-    gpu_note = (f"this machine has {real} GPU(s) (NVML), but the hosts carry virtual GPUs" if real else
-                "this machine has no GPU: the hosts carry virtual GPUs; torch trains on the CPU")
+    gpu_note = (
+        f"this machine has {real} GPU(s) (NVML), but the hosts carry virtual GPUs"
+        if real
+        else "this machine has no GPU: the hosts carry virtual GPUs; torch trains on the CPU"
+    )
     console.print(f"[bold]GPU sharing: {REFERENCE}, {CANDIDATE}[/bold] — {gpu_note}\n{note}")
-    console.print(f"workload: {args.cells} training cells per notebook after a setup cell; think time U{args.think} s,"
-                  f" training U{args.train} s, seed {args.seed}; {os.cpu_count()} CPUs")
+    console.print(
+        f"workload: {args.cells} training cells per notebook after a setup cell; think time U{args.think} s,"
+        f" training U{args.train} s, seed {args.seed}; {os.cpu_count()} CPUs"
+    )
     workdir = Path(tempfile.mkdtemp(prefix="notebookos-gpu-sharing-"))
     started = time.perf_counter()
     load_start = load_snapshot()
-    busy = "".join(f"; {p['cpu_percent']:.0f}% {p['cmd'][:70]}" for p in load_start["busiest"]
-                   if p["cpu_percent"] >= 10)
+    busy = "".join(
+        f"; {p['cpu_percent']:.0f}% {p['cmd'][:70]}" for p in load_start["busiest"] if p["cpu_percent"] >= 10
+    )
     if busy or load_start["loadavg"][0] > (os.cpu_count() or 1) / 2:
-        console.print(f"[yellow]the machine is not idle (load average {load_start['loadavg']}{busy}): delays and "
-                      "training steps move with that load[/yellow]")
+        console.print(
+            f"[yellow]the machine is not idle (load average {load_start['loadavg']}{busy}): delays and "
+            "training steps move with that load[/yellow]"
+        )
     columns = (TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         isolate_jupyter(workdir / "jupyter")
@@ -660,9 +769,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {name: analyse_policy(run) for name, run in runs.items()}
     table, ratios = comparison(results, args.notebooks)
     console.print(table)
-    console.print(f"capacity check: under {REFERENCE}, on the {CANDIDATE} pool ({capacity['hosts']} hosts × "
-                  f"{capacity['gpus_per_host']} GPU), {capacity['started']} of {capacity['notebooks']} notebooks could "
-                  f"start; the first refusal: {capacity['first_refusal']}")
+    console.print(
+        f"capacity check: under {REFERENCE}, on the {CANDIDATE} pool ({capacity['hosts']} hosts × "
+        f"{capacity['gpus_per_host']} GPU), {capacity['started']} of {capacity['notebooks']} notebooks could "
+        f"start; the first refusal: {capacity['first_refusal']}"
+    )
     problems = [f"{name}: {p}" for name, r in results.items() for p in r["problems"]]
     for p in problems:
         console.print(f"[red]{p}[/red]")
@@ -672,9 +783,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "method": "\n\n".join(__doc__.split("\n\n")[2:4]),
         "gpus": gpu_note,
         "sizing": note,
-        "settings": {**{k: getattr(args, k) for k in ("notebooks", "cells", "seed", "think", "train")},
-                     "gpus_per_notebook": GPUS_PER_NOTEBOOK, "setup_concurrency": SETUP_CONCURRENCY,
-                     "setup_cell": SETUP_CELL, "training_cell": TRAIN_CELL},
+        "settings": {
+            **{k: getattr(args, k) for k in ("notebooks", "cells", "seed", "think", "train")},
+            "gpus_per_notebook": GPUS_PER_NOTEBOOK,
+            "setup_concurrency": SETUP_CONCURRENCY,
+            "setup_cell": SETUP_CELL,
+            "training_cell": TRAIN_CELL,
+        },
         "schedule": schedule(args),
         "policies": results,
         "ratios_vs_reservation": ratios,
@@ -683,11 +798,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": {**machine_context(), "load": {"start": load_start, "end": load_snapshot()}},
         "wall_s": wall,
     }
-    detail = {name: {key: policy.pop(key) for key in ("cells_detail", "scheduler_detail")}
-              for name, policy in results.items()}
+    detail = {
+        name: {key: policy.pop(key) for key in ("cells_detail", "scheduler_detail")} for name, policy in results.items()
+    }
     write_results(args.out, "gpu_sharing", document, {"policies": detail})
-    plot(args.out / "gpu_sharing.png", runs,
-         f"GPUs held over time, {args.notebooks} notebooks, same seeded schedule ({gpu_note.split(':')[0]})")
+    plot(
+        args.out / "gpu_sharing.png",
+        runs,
+        f"GPUs held over time, {args.notebooks} notebooks, same seeded schedule ({gpu_note.split(':')[0]})",
+    )
     console.print(f"wrote {args.out / 'gpu_sharing.json'} and {args.out / 'gpu_sharing.png'}; total {wall} s")
     return 1 if problems else 0
 

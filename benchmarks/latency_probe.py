@@ -6,6 +6,7 @@ to one poll period. Here one ``zmq.Poller`` waits on the client's shell and IOPu
 SUB sockets connected straight to the replicas) and every message is stamped the moment ``recv`` returns, before
 it is deserialized. The sockets are still jupyter_client's own, signed and verified by its ``Session``.
 """
+
 from __future__ import annotations
 
 import json
@@ -141,10 +142,17 @@ class TimedClient:
         A reply still missing ``REPLY_GRACE_S`` after the idle status is marked ``reply_lost`` rather than awaited.
         Raises ProbeTimeout if anything else is missing after ``timeout`` seconds.
         """
-        msg = self.session.msg("execute_request", {
-            "code": code, "silent": False, "store_history": True, "user_expressions": {},
-            "allow_stdin": False, "stop_on_error": True,
-        })
+        msg = self.session.msg(
+            "execute_request",
+            {
+                "code": code,
+                "silent": False,
+                "store_history": True,
+                "user_expressions": {},
+                "allow_stdin": False,
+                "stop_on_error": True,
+            },
+        )
         poller = zmq.Poller()
         poller.register(self.shell, zmq.POLLIN)
         poller.register(self.iopub, zmq.POLLIN)

@@ -2,6 +2,7 @@
 
 Kept apart from the measuring code so that changing how results look never risks changing what is measured.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,13 @@ class Target:
         return self.measured >= self.limit if self.floor else self.measured <= self.limit
 
     def as_dict(self) -> dict[str, Any]:
-        return {"limit": round(self.limit, 4), "measured": round(self.measured, 4), "unit": self.unit,
-                "at_least" if self.floor else "at_most": True, "met": self.met}
+        return {
+            "limit": round(self.limit, 4),
+            "measured": round(self.measured, 4),
+            "unit": self.unit,
+            "at_least" if self.floor else "at_most": True,
+            "met": self.met,
+        }
 
 
 def _fmt(value: float | None, unit: str = "ms") -> str:
@@ -73,8 +79,9 @@ def _fmt(value: float | None, unit: str = "ms") -> str:
     return f"{value:.2f}" if value < 100 else f"{value:.0f}"
 
 
-def round_trip_table(kernels: dict[str, dict[str, dict[str, float]]], rows: Sequence[tuple[str, str]],
-                     baseline: str, candidate: str) -> Table:
+def round_trip_table(
+    kernels: dict[str, dict[str, dict[str, float]]], rows: Sequence[tuple[str, str]], baseline: str, candidate: str
+) -> Table:
     """Both kernels side by side: p50/p90/p99 of each, then what the candidate adds at p50 and p99 and its ratio."""
     table = Table(title="Cell latency, ms (one client, loopback)", title_justify="left")
     table.add_column("metric")
@@ -88,8 +95,11 @@ def round_trip_table(kernels: dict[str, dict[str, dict[str, float]]], rows: Sequ
         base, cand = kernels[baseline].get(key, {}), kernels[candidate].get(key, {})
         cells = [_fmt(s.get(f"p{p}")) for s in (base, cand) for p in PERCENTILES]
         if base.get("n") and cand.get("n"):
-            cells += [_fmt(cand["p50"] - base["p50"]), _fmt(cand["p99"] - base["p99"]),
-                      f"{cand['p50'] / base['p50']:.1f}×"]
+            cells += [
+                _fmt(cand["p50"] - base["p50"]),
+                _fmt(cand["p99"] - base["p99"]),
+                f"{cand['p50'] / base['p50']:.1f}×",
+            ]
         else:
             cells += ["—", "—", "—"]
         table.add_row(label, *cells)
@@ -98,8 +108,9 @@ def round_trip_table(kernels: dict[str, dict[str, dict[str, float]]], rows: Sequ
 
 def breakdown_table(segments: dict[str, dict[str, dict[str, float]]], order: Sequence[str]) -> Table:
     """Median and p99 of each step of a trivial cell, per kernel: where the round trip's time goes."""
-    table = Table(title="Where a trivial cell's time goes, ms (per-cell differences of arrival times)",
-                  title_justify="left")
+    table = Table(
+        title="Where a trivial cell's time goes, ms (per-cell differences of arrival times)", title_justify="left"
+    )
     table.add_column("step")
     for name in segments:
         table.add_column(f"{name}\np50", justify="right")
@@ -144,8 +155,9 @@ class Curve:
     linestyle: str = "-"
 
 
-def plot_cdfs(path: Path, panels: Sequence[tuple[str, Sequence[Curve], Sequence[tuple[float, str]]]],
-              title: str) -> None:
+def plot_cdfs(
+    path: Path, panels: Sequence[tuple[str, Sequence[Curve], Sequence[tuple[float, str]]]], title: str
+) -> None:
     """Empirical CDFs on a log-scaled x axis, one panel per (heading, curves, vertical markers in ms)."""
     import matplotlib
 
@@ -158,8 +170,14 @@ def plot_cdfs(path: Path, panels: Sequence[tuple[str, Sequence[Curve], Sequence[
             ms = np.sort(np.asarray(curve.samples_s, dtype=float) * 1000.0)
             if ms.size == 0:
                 continue
-            ax.step(ms, np.arange(1, ms.size + 1) / ms.size, where="post", color=curve.color,
-                    linestyle=curve.linestyle, label=f"{curve.label} (n={ms.size})")
+            ax.step(
+                ms,
+                np.arange(1, ms.size + 1) / ms.size,
+                where="post",
+                color=curve.color,
+                linestyle=curve.linestyle,
+                label=f"{curve.label} (n={ms.size})",
+            )
         for at_ms, label in markers:
             ax.axvline(at_ms, color="grey", linestyle=":", linewidth=1)
             ax.annotate(label, (at_ms, 0.02), rotation=90, fontsize=7, color="grey", ha="right", va="bottom")
@@ -234,10 +252,17 @@ def load_snapshot() -> dict[str, Any]:
 def _git_state() -> dict[str, Any]:
     root = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10, check=False).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10, check=False).stdout
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=False
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
     # Uncommitted edits to tracked files change what was measured; name them.

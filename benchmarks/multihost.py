@@ -32,6 +32,7 @@ keeps the logs. Writes benchmarks/results/multihost.json and multihost.png; exit
     .venv/bin/python benchmarks/multihost.py [--cells 200] [--repetitions 3] [--lengths 100,500,1000]
                                              [--compact-after ENTRIES]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,14 +77,16 @@ from tests.multihost.hosts import Host, NetworkHosts, available  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PLAIN, EMBEDDED, MULTIHOST = "plain", "embedded", "multihost"
-KERNEL_LABELS = {PLAIN: "a: ipykernel (loopback)", EMBEDDED: "b: notebookos, embedded cluster (loopback)",
-                 MULTIHOST: "c: notebookos, 3 machines (netns)"}
+KERNEL_LABELS = {
+    PLAIN: "a: ipykernel (loopback)",
+    EMBEDDED: "b: notebookos, embedded cluster (loopback)",
+    MULTIHOST: "c: notebookos, 3 machines (netns)",
+}
 RATIOS = (("b/a", EMBEDDED, PLAIN), ("c/a", MULTIHOST, PLAIN), ("c/b", MULTIHOST, EMBEDDED))
 MEASURES = (("idle", "send → idle status"), ("reply", "send → execute_reply"))
 
 TRIVIAL_CELL = "x = 1"
-STATE_CELL = ("import torch\nx = 41\nsmall = {'count': 1}\n"
-              "big = torch.arange(13_107_200, dtype=torch.int64)  # 100 MiB")
+STATE_CELL = "import torch\nx = 41\nsmall = {'count': 1}\nbig = torch.arange(13_107_200, dtype=torch.int64)  # 100 MiB"
 STATE_CHECK = "[x, small['count'], int(big[-1])]"
 STATE_EXPECTED = [41, 1, 13_107_199]
 PROBE_CELL = "print(x)"
@@ -129,6 +132,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 # ------------------------------------------------------------------------------------------------ the pool
 
+
 @dataclass
 class Pool:
     """A cluster service in the root namespace with one agent per simulated machine."""
@@ -147,9 +151,11 @@ class Pool:
 
     def ready_replicas(self, kernel_id: str) -> list[dict[str, Any]]:
         """The kernel's three replicas, once all of them have caught up with their group."""
+
         def all_ready() -> list[dict[str, Any]] | None:
             replicas = self.kernel(kernel_id)["replicas"]
             return replicas if len(replicas) == 3 and all(r["state"] == "ready" for r in replicas) else None
+
         return wait_for(all_ready, f"kernel {kernel_id}'s three replicas to be ready", READY_DEADLINE_S)
 
 
@@ -163,15 +169,34 @@ def agent_pool(count: int, workdir: Path, host_timeout: float | None) -> Iterato
         if host_timeout is not None:
             options += ["--host-timeout", str(host_timeout)]
         (workdir / "pool").mkdir()
-        proc, discovery = start_cluster(workdir / "pool", 0, extra_args=tuple(options),
-                                        log_path=workdir / "pool-cluster.log")
+        proc, discovery = start_cluster(
+            workdir / "pool", 0, extra_args=tuple(options), log_path=workdir / "pool-cluster.log"
+        )
         try:
             url = json.loads(discovery.read_text())["url"]
             for host in hosts.hosts:
-                hosts.spawn(host, [sys.executable, "-m", "notebookos.server_extension.cli", "agent", "--join", url,
-                                   "--join-token-file", str(token_file), "--name", host.name, "--address",
-                                   host.address, "--gpus", "1", "--state-dir", str(host.state_dir / AGENT_DIR)],
-                            log_path=workdir / f"agent-{host.name}.log")
+                hosts.spawn(
+                    host,
+                    [
+                        sys.executable,
+                        "-m",
+                        "notebookos.server_extension.cli",
+                        "agent",
+                        "--join",
+                        url,
+                        "--join-token-file",
+                        str(token_file),
+                        "--name",
+                        host.name,
+                        "--address",
+                        host.address,
+                        "--gpus",
+                        "1",
+                        "--state-dir",
+                        str(host.state_dir / AGENT_DIR),
+                    ],
+                    log_path=workdir / f"agent-{host.name}.log",
+                )
             pool = Pool(hosts, discovery)
             wait_for(lambda: len(pool.listed_hosts()) == count, f"{count} agents to join", JOIN_DEADLINE_S)
             yield pool
@@ -189,8 +214,10 @@ def notebookos_kernel(discovery: Path, log: TextIO) -> Iterator[tuple[KernelMana
 
 # ------------------------------------------------------------------------------------------- round trips
 
-def interleaved_round_trips(clients: dict[str, TimedClient], per_kernel: int, block: int,
-                            progress: Progress) -> dict[str, list[CellTiming]]:
+
+def interleaved_round_trips(
+    clients: dict[str, TimedClient], per_kernel: int, block: int, progress: Progress
+) -> dict[str, list[CellTiming]]:
     """``per_kernel`` trivial cells on each kernel in blocks of ``block``, the kernels' order rotating each round,
     so load from other processes on this shared machine lands on all of them and none always goes first."""
     timings: dict[str, list[CellTiming]] = {name: [] for name in clients}
@@ -206,8 +233,9 @@ def interleaved_round_trips(clients: dict[str, TimedClient], per_kernel: int, bl
     return timings
 
 
-def round_trip_phase(args: argparse.Namespace, console: Console, workdir: Path, log: TextIO,
-                     pool: Pool | None) -> dict[str, list[CellTiming]]:
+def round_trip_phase(
+    args: argparse.Namespace, console: Console, workdir: Path, log: TextIO, pool: Pool | None
+) -> dict[str, list[CellTiming]]:
     """Kernels (a), (b) and, with a pool, (c) side by side: warm-up cells, then the interleaved samples."""
     with contextlib.ExitStack() as stack:
         kernels = {PLAIN: stack.enter_context(running_kernel("python3", log))}
@@ -231,6 +259,7 @@ def deltas(timings: Sequence[CellTiming], attr: str) -> list[float]:
 
 
 # -------------------------------------------------------------------------------------------- host loss
+
 
 class ReplacementWatch(threading.Thread):
     """Follows a kernel and the pool in the cluster's API from a machine's power-off until three replicas of the
@@ -279,13 +308,18 @@ class ReplacementWatch(threading.Thread):
         got ready or the machine was never declared lost."""
         self.join(REPLACEMENT_DEADLINE_S + 10)
         if self.replacement is None or self.host_lost_s is None:
-            raise Failure(f"kernel {self.kernel_id}, {REPLACEMENT_DEADLINE_S:.0f} s after {self.lost.name}'s "
-                          f"power-off: replacement ready: {self.replacement is not None}; machine declared lost: "
-                          f"{self.host_lost_s is not None}")
+            raise Failure(
+                f"kernel {self.kernel_id}, {REPLACEMENT_DEADLINE_S:.0f} s after {self.lost.name}'s "
+                f"power-off: replacement ready: {self.replacement is not None}; machine declared lost: "
+                f"{self.host_lost_s is not None}"
+            )
         return self.replacement, {
-            "replacement_host": self.replacement["host"], "replica_lost_s": _round(self.replica_lost_s),
-            "replacement_started_s": _round(self.replacement_started_s), "three_ready_s": _round(self.three_ready_s),
-            "host_declared_lost_s": _round(self.host_lost_s)}
+            "replacement_host": self.replacement["host"],
+            "replica_lost_s": _round(self.replica_lost_s),
+            "replacement_started_s": _round(self.replacement_started_s),
+            "three_ready_s": _round(self.three_ready_s),
+            "host_declared_lost_s": _round(self.host_lost_s),
+        }
 
 
 def _round(seconds: float | None) -> float | None:
@@ -320,18 +354,28 @@ def executor_loss(pool: Pool, log: TextIO) -> dict[str, Any]:
         first_output: dict[str, float] = {}
         watch = power_off(pool, km.kernel_id, executor, {r["host"] for r in placed})
         sent = time.perf_counter()
-        result = checked(notebook.run(PROBE_CELL, timeout=CELL_TIMEOUT_S,
-                                      on_output=lambda _: first_output.setdefault("at", time.perf_counter())),
-                         PROBE_CELL)
+        result = checked(
+            notebook.run(
+                PROBE_CELL,
+                timeout=CELL_TIMEOUT_S,
+                on_output=lambda _: first_output.setdefault("at", time.perf_counter()),
+            ),
+            PROBE_CELL,
+        )
         if result.stdout.strip() != "41":
             raise Failure(f"{PROBE_CELL!r} printed {result.stdout!r} after the host loss, not 41")
         _, recovery = watch.outcome()
-    return {"executor_host": executor.name, "kill_s": round(sent - watch.origin, 3),
-            "first_output_s": round(first_output["at"] - watch.origin, 3),
-            "front_notice": result.stderr.strip() or None, **recovery}
+    return {
+        "executor_host": executor.name,
+        "kill_s": round(sent - watch.origin, 3),
+        "first_output_s": round(first_output["at"] - watch.origin, 3),
+        "front_notice": result.stderr.strip() or None,
+        **recovery,
+    }
 
 
 # ------------------------------------------------------------------------------------------ journal size
+
 
 def journal_stats(pool: Pool, kernel_id: str, replica: dict[str, Any]) -> dict[str, int]:
     """A replica's Raft journal and compaction dump, read on its machine's private disk through the replica
@@ -343,8 +387,15 @@ def journal_stats(pool: Pool, kernel_id: str, replica: dict[str, Any]) -> dict[s
     latest namespace snapshot and the entries after it), 0 before the first compaction.
     """
     host = pool.host(replica["host"])
-    journal = (Path(f"/proc/{replica['pid']}/root") / host.state_dir.relative_to("/") / AGENT_DIR / "replicas"
-               / kernel_id / f"replica-{replica['replica']}" / JOURNAL_FILE)
+    journal = (
+        Path(f"/proc/{replica['pid']}/root")
+        / host.state_dir.relative_to("/")
+        / AGENT_DIR
+        / "replicas"
+        / kernel_id
+        / f"replica-{replica['replica']}"
+        / JOURNAL_FILE
+    )
     data = journal.read_bytes()
     end = struct.unpack_from("<I", data, LAST_RECORD_OFFSET_OFFSET)[0]
     entries, offset = 0, FIRST_RECORD_OFFSET
@@ -377,13 +428,21 @@ def notebook_length(pool: Pool, length: int, log: TextIO, progress: Progress) ->
         replacement, recovery = watch.outcome()
         replacement_journal = journal_stats(pool, km.kernel_id, replacement)
     largest = max(journals.values(), key=lambda j: j["bytes"] + j["dump_bytes"])
-    return {"cells": length, "journal_entries": largest["entries"], "journal_bytes": largest["bytes"],
-            "journal_file_bytes": largest["file_bytes"], "dump_bytes": largest["dump_bytes"],
-            "journals_by_host": journals, "killed_standby_host": standby.name, **recovery,
-            "replacement_journal": replacement_journal}
+    return {
+        "cells": length,
+        "journal_entries": largest["entries"],
+        "journal_bytes": largest["bytes"],
+        "journal_file_bytes": largest["file_bytes"],
+        "dump_bytes": largest["dump_bytes"],
+        "journals_by_host": journals,
+        "killed_standby_host": standby.name,
+        **recovery,
+        "replacement_journal": replacement_journal,
+    }
 
 
 # ------------------------------------------------------------------------------------------------- main
+
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -391,20 +450,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=20, help="warm-up cells per kernel, not counted (20)")
     parser.add_argument("--block", type=int, default=10, help="cells per kernel per rotation (10)")
     parser.add_argument("--repetitions", type=int, default=3, help="executor host losses, one kernel each (3)")
-    parser.add_argument("--lengths", type=lambda s: [int(n) for n in s.split(",") if n], default=[100, 500, 1000],
-                        help="notebook lengths for the journal part, comma-separated (100,500,1000)")
-    parser.add_argument("--compact-after", type=int, default=None, metavar="ENTRIES",
-                        help="journal entries that trigger log compaction in this run's kernels (default: the "
-                             "product's); a huge value turns compaction off, for a baseline")
-    parser.add_argument("--host-timeout", type=float, default=None,
-                        help="the cluster's host-loss detection in seconds (default: the service's own, 5 s)")
+    parser.add_argument(
+        "--lengths",
+        type=lambda s: [int(n) for n in s.split(",") if n],
+        default=[100, 500, 1000],
+        help="notebook lengths for the journal part, comma-separated (100,500,1000)",
+    )
+    parser.add_argument(
+        "--compact-after",
+        type=int,
+        default=None,
+        metavar="ENTRIES",
+        help="journal entries that trigger log compaction in this run's kernels (default: the "
+        "product's); a huge value turns compaction off, for a baseline",
+    )
+    parser.add_argument(
+        "--host-timeout",
+        type=float,
+        default=None,
+        help="the cluster's host-loss detection in seconds (default: the service's own, 5 s)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON and PNG go")
     parser.add_argument("--keep", action="store_true", help="keep the temporary state dir and logs")
     return parser.parse_args(argv)
 
 
-def measure(args: argparse.Namespace, console: Console, workdir: Path, log: TextIO,
-            skipped: str | None) -> dict[str, Any]:
+def measure(
+    args: argparse.Namespace, console: Console, workdir: Path, log: TextIO, skipped: str | None
+) -> dict[str, Any]:
     """Every part, in one run; the pool of machines lives through all of them (each power-off costs one)."""
     raw: dict[str, Any] = {"host_loss": [], "lengths": []}
     machines = 4 + args.repetitions + len(args.lengths)  # 3 replicas and a spare, plus one per power-off
@@ -430,16 +503,31 @@ def seconds_summary(values: Sequence[float]) -> dict[str, float]:
 def analyse(raw: dict[str, Any], args: argparse.Namespace, skipped: str | None) -> dict[str, Any]:
     """Summaries, ratios and targets: the JSON document (samples stay out of it; the PNG shows them)."""
     round_trips = {name: {m: summarize(deltas(t, m)) for m, _ in MEASURES} for name, t in raw["round_trips"].items()}
-    ratios = {label: {m: {f"p{p}": round(round_trips[num][m][f"p{p}"] / round_trips[den][m][f"p{p}"], 2)
-                          for p in PERCENTILES} for m, _ in MEASURES}
-              for label, num, den in RATIOS if num in round_trips}
+    ratios = {
+        label: {
+            m: {f"p{p}": round(round_trips[num][m][f"p{p}"] / round_trips[den][m][f"p{p}"], 2) for p in PERCENTILES}
+            for m, _ in MEASURES
+        }
+        for label, num, den in RATIOS
+        if num in round_trips
+    }
     losses = raw["host_loss"]
     targets = []
     if losses:
-        targets = [Target("executor host loss → first output (worst)", FIRST_OUTPUT_LIMIT_S,
-                          max(r["first_output_s"] for r in losses), "s"),
-                   Target("host loss → 3 ready replicas, 100 MB (worst)", THREE_READY_LIMIT_S,
-                          max(r["three_ready_s"] for r in losses), "s")]
+        targets = [
+            Target(
+                "executor host loss → first output (worst)",
+                FIRST_OUTPUT_LIMIT_S,
+                max(r["first_output_s"] for r in losses),
+                "s",
+            ),
+            Target(
+                "host loss → 3 ready replicas, 100 MB (worst)",
+                THREE_READY_LIMIT_S,
+                max(r["three_ready_s"] for r in losses),
+                "s",
+            ),
+        ]
     return {
         "skipped_multihost": skipped,
         "round_trip_ms": {KERNEL_LABELS[name]: stats for name, stats in round_trips.items()},
@@ -451,19 +539,31 @@ def analyse(raw: dict[str, Any], args: argparse.Namespace, skipped: str | None) 
         },
         "notebook_length": raw["lengths"],
         "targets": {t.name: t.as_dict() for t in targets},
-        "settings": {"cells": args.cells, "warmup": args.warmup, "block": args.block,
-                     "repetitions": args.repetitions, "lengths": args.lengths,
-                     "host_timeout_s": args.host_timeout or "service default (5 s)", "trivial_cell": TRIVIAL_CELL,
-                     "state_cell": STATE_CELL, "probe_cell": PROBE_CELL, "length_cell": LENGTH_CELL,
-                     "agents": "1 virtual GPU each; kernels ask for none", "compaction": compaction_settings()},
+        "settings": {
+            "cells": args.cells,
+            "warmup": args.warmup,
+            "block": args.block,
+            "repetitions": args.repetitions,
+            "lengths": args.lengths,
+            "host_timeout_s": args.host_timeout or "service default (5 s)",
+            "trivial_cell": TRIVIAL_CELL,
+            "state_cell": STATE_CELL,
+            "probe_cell": PROBE_CELL,
+            "length_cell": LENGTH_CELL,
+            "agents": "1 virtual GPU each; kernels ask for none",
+            "compaction": compaction_settings(),
+        },
         "_targets": targets,
     }
 
 
 def compaction_settings() -> dict[str, int]:
     """What the kernels' replicas use: ReplicaConfig's defaults read the environment, which the clusters inherit."""
-    return {f.name: f.default_factory() for f in dataclasses.fields(ReplicaConfig)  # type: ignore[misc]
-            if f.name in ("snapshot_every", "compact_after")}
+    return {
+        f.name: f.default_factory()
+        for f in dataclasses.fields(ReplicaConfig)  # type: ignore[misc]
+        if f.name in ("snapshot_every", "compact_after")
+    }
 
 
 def round_trip_tables(results: dict[str, Any]) -> list[Table]:
@@ -476,8 +576,11 @@ def round_trip_tables(results: dict[str, Any]) -> list[Table]:
         for p in PERCENTILES:
             table.add_column(f"{m}\np{p}", justify="right")
     for kernel, by_measure in stats.items():
-        table.add_row(kernel, str(by_measure["idle"]["n"]),
-                      *(f"{by_measure[m][f'p{p}']:.2f}" for m, _ in MEASURES for p in PERCENTILES))
+        table.add_row(
+            kernel,
+            str(by_measure["idle"]["n"]),
+            *(f"{by_measure[m][f'p{p}']:.2f}" for m, _ in MEASURES for p in PERCENTILES),
+        )
     ratios = Table(title="Ratios of the percentiles", title_justify="left")
     ratios.add_column("ratio")
     for m, _ in MEASURES:
@@ -494,29 +597,60 @@ def _secs(value: float | None) -> str:
 
 def host_loss_table(losses: Sequence[dict[str, Any]]) -> Table:
     table = Table(title="Executor host loss, 100 MB namespace: seconds after the power-off", title_justify="left")
-    for column in ("rep", "executor → replacement", "print(x) sent", "first output", "replica lost",
-                   "replacement started", "3 ready", "host declared lost"):
+    for column in (
+        "rep",
+        "executor → replacement",
+        "print(x) sent",
+        "first output",
+        "replica lost",
+        "replacement started",
+        "3 ready",
+        "host declared lost",
+    ):
         table.add_column(column, justify="left" if column.startswith("executor") else "right")
     for index, r in enumerate(losses, 1):
-        table.add_row(str(index), f"{r['executor_host']} → {r['replacement_host']}", _secs(r["kill_s"]),
-                      _secs(r["first_output_s"]), _secs(r["replica_lost_s"]), _secs(r["replacement_started_s"]),
-                      _secs(r["three_ready_s"]), _secs(r["host_declared_lost_s"]))
+        table.add_row(
+            str(index),
+            f"{r['executor_host']} → {r['replacement_host']}",
+            _secs(r["kill_s"]),
+            _secs(r["first_output_s"]),
+            _secs(r["replica_lost_s"]),
+            _secs(r["replacement_started_s"]),
+            _secs(r["three_ready_s"]),
+            _secs(r["host_declared_lost_s"]),
+        )
     return table
 
 
 def journal_table(lengths: Sequence[dict[str, Any]], compaction: dict[str, int]) -> Table:
-    table = Table(title=f"Journal vs notebook length (snapshot every {compaction['snapshot_every']} cells, compaction "
-                        f"at {compaction['compact_after']} entries); standby host loss → replacement, s",
-                  title_justify="left")
-    for column in ("cells", "entries", "journal bytes", "journal file", "dump bytes", "replacement's journal+dump",
-                   "replacement started", "3 ready"):
+    table = Table(
+        title=f"Journal vs notebook length (snapshot every {compaction['snapshot_every']} cells, compaction "
+        f"at {compaction['compact_after']} entries); standby host loss → replacement, s",
+        title_justify="left",
+    )
+    for column in (
+        "cells",
+        "entries",
+        "journal bytes",
+        "journal file",
+        "dump bytes",
+        "replacement's journal+dump",
+        "replacement started",
+        "3 ready",
+    ):
         table.add_column(column, justify="right")
     for r in lengths:
         replacement = r["replacement_journal"]
-        table.add_row(str(r["cells"]), str(r["journal_entries"]), f"{r['journal_bytes']:,}",
-                      f"{r['journal_file_bytes']:,}", f"{r['dump_bytes']:,}",
-                      f"{replacement['bytes'] + replacement['dump_bytes']:,}", _secs(r["replacement_started_s"]),
-                      _secs(r["three_ready_s"]))
+        table.add_row(
+            str(r["cells"]),
+            str(r["journal_entries"]),
+            f"{r['journal_bytes']:,}",
+            f"{r['journal_file_bytes']:,}",
+            f"{r['dump_bytes']:,}",
+            f"{replacement['bytes'] + replacement['dump_bytes']:,}",
+            _secs(r["replacement_started_s"]),
+            _secs(r["three_ready_s"]),
+        )
     return table
 
 
@@ -532,19 +666,33 @@ def plot(path: Path, raw: dict[str, Any], skipped: str | None) -> None:
     for name, timings in raw["round_trips"].items():
         ms = np.sort(np.asarray(deltas(timings, "idle")) * 1000.0)
         cdf.step(ms, np.arange(1, ms.size + 1) / ms.size, where="post", label=f"{KERNEL_LABELS[name]} (n={ms.size})")
-    cdf.set(xscale="log", xlabel="ms from execute_request to idle (log scale)", ylabel="fraction of cells",
-            ylim=(0, 1.01), title=f"Trivial cell `{TRIVIAL_CELL}` round trip")
+    cdf.set(
+        xscale="log",
+        xlabel="ms from execute_request to idle (log scale)",
+        ylabel="fraction of cells",
+        ylim=(0, 1.01),
+        title=f"Trivial cell `{TRIVIAL_CELL}` round trip",
+    )
     cdf.grid(True, which="both", alpha=0.3)
     cdf.legend(fontsize=8, loc="lower right")
     lengths = raw["lengths"]
     if lengths:
         cells = [r["cells"] for r in lengths]
-        growth.plot(cells, [r["journal_bytes"] / 2**10 for r in lengths], "o-", color="tab:blue",
-                    label="journal (used)")
-        growth.plot(cells, [(r["journal_bytes"] + r["dump_bytes"]) / 2**10 for r in lengths], "^:", color="tab:cyan",
-                    label="journal + compaction dump")
-        growth.set(xlabel=f"cells run ({LENGTH_CELL})", ylabel="KiB on a replica's disk",
-                   title="Journal and replacement time vs notebook length")
+        growth.plot(
+            cells, [r["journal_bytes"] / 2**10 for r in lengths], "o-", color="tab:blue", label="journal (used)"
+        )
+        growth.plot(
+            cells,
+            [(r["journal_bytes"] + r["dump_bytes"]) / 2**10 for r in lengths],
+            "^:",
+            color="tab:cyan",
+            label="journal + compaction dump",
+        )
+        growth.set(
+            xlabel=f"cells run ({LENGTH_CELL})",
+            ylabel="KiB on a replica's disk",
+            title="Journal and replacement time vs notebook length",
+        )
         right = growth.twinx()
         right.plot(cells, [r["three_ready_s"] for r in lengths], "s--", color="tab:red", label="replacement ready")
         right.set_ylabel("standby host loss → 3 ready replicas, s")
@@ -571,11 +719,12 @@ def report(results: dict[str, Any], raw: dict[str, Any], console: Console, out: 
         tables += [targets_table(targets)]
     print_tables(console, *tables)
     if results["skipped_multihost"]:
-        console.print(f"[yellow]skipped (c) and the host-loss and journal parts: {results['skipped_multihost']}"
-                      "[/yellow]", highlight=False)
+        console.print(
+            f"[yellow]skipped (c) and the host-loss and journal parts: {results['skipped_multihost']}[/yellow]",
+            highlight=False,
+        )
     load = results["machine"]["load"]
-    console.print(f"load average at start {load['start']['loadavg']}, at end {load['end']['loadavg']}",
-                  highlight=False)
+    console.print(f"load average at start {load['start']['loadavg']}, at end {load['end']['loadavg']}", highlight=False)
     out.mkdir(parents=True, exist_ok=True)
     (out / "multihost.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     plot(out / "multihost.png", raw, results["skipped_multihost"])

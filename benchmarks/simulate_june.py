@@ -6,6 +6,7 @@ docs/simulator.md); run ``notebookos simulate --help`` for the same experiment w
 
     .venv/bin/python benchmarks/simulate_june.py [--img-dir DIR]
 """
+
 from __future__ import annotations
 
 import argparse

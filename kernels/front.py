@@ -16,6 +16,7 @@ the kernel's three replicas (ARCHITECTURE.md, "A cell's life" and "Failover"):
 All replicas share the front's message key, so replies and IOPub messages are forwarded as signed frames without
 re-serialization; only execute requests are re-signed, because the front adds its metadata to them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,16 @@ from jupyter_client.session import Session
 
 from ..gpu_broker.cluster.client import ClusterClient, ClusterError, discovery_file
 from .watched_process import WatchedProcess
-from .protocol import (EXECUTOR_ANNOUNCEMENT, GPU_RELEASED, GPUS_MAGIC, GPUS_REPLY, GPUS_REQUEST, NOTEBOOKOS_META,
-                       STATE_APPLIED, ReplicaRole)
+from .protocol import (
+    EXECUTOR_ANNOUNCEMENT,
+    GPU_RELEASED,
+    GPUS_MAGIC,
+    GPUS_REPLY,
+    GPUS_REQUEST,
+    NOTEBOOKOS_META,
+    STATE_APPLIED,
+    ReplicaRole,
+)
 from .replica_link import HEARTBEAT_DEAD_AFTER_S, HEARTBEAT_PERIOD_S, START_TIMEOUT_S, ReplicaLink, endpoint_of
 
 log = logging.getLogger("notebookos.front")
@@ -49,8 +58,14 @@ T = TypeVar("T")
 
 DELIM = b"<IDS|MSG>"
 # Requests that a standby can answer as well as the executor (the namespaces are the same).
-_READ_ONLY = {"complete_request", "inspect_request", "is_complete_request", "history_request", "kernel_info_request",
-              "comm_info_request"}
+_READ_ONLY = {
+    "complete_request",
+    "inspect_request",
+    "is_complete_request",
+    "history_request",
+    "kernel_info_request",
+    "comm_info_request",
+}
 # Header field, copied by replicas into parent_header, that names the attempt a message belongs to.
 ATTEMPT_HEADER = "notebookos_attempt"
 # execute_request metadata key that pins the first attempt of a cell to one replica.
@@ -134,16 +149,18 @@ class Cell:
 
 
 class KernelFront:
-    def __init__(self, connection: dict, kernel_id: str, replicas: list[dict], cluster: ClusterClient | None,
-                 gpus: int = 0) -> None:
+    def __init__(
+        self, connection: dict, kernel_id: str, replicas: list[dict], cluster: ClusterClient | None, gpus: int = 0
+    ) -> None:
         self.kernel_id = kernel_id
         self.cluster = cluster
         self.session = Session(key=connection["key"].encode(), signature_scheme=connection["signature_scheme"])
         self.ctx = zmq.asyncio.Context()
         self.connection = connection
         self._identity = f"front-{uuid.uuid4()}".encode()
-        self.replicas = [ReplicaLink(self.ctx, r["replica"], r["host"], r["connection"], self._identity)
-                         for r in replicas]
+        self.replicas = [
+            ReplicaLink(self.ctx, r["replica"], r["host"], r["connection"], self._identity) for r in replicas
+        ]
         self._link_tasks: dict[int, list[asyncio.Future]] = {}
         self._followers: set[asyncio.Future] = set()  # tasks following lost replicas until they are back
         # Raft commits with a majority: 2 of 3 replicas (1 of 1 under the reservation policy, which keeps one).
@@ -171,8 +188,13 @@ class KernelFront:
         self.stdin = self.ctx.socket(zmq.ROUTER)
         self.iopub = self.ctx.socket(zmq.XPUB)
         self.hb = self.ctx.socket(zmq.REP)
-        for sock, port in ((self.shell, "shell_port"), (self.control, "control_port"), (self.stdin, "stdin_port"),
-                           (self.iopub, "iopub_port"), (self.hb, "hb_port")):
+        for sock, port in (
+            (self.shell, "shell_port"),
+            (self.control, "control_port"),
+            (self.stdin, "stdin_port"),
+            (self.iopub, "iopub_port"),
+            (self.hb, "hb_port"),
+        ):
             sock.setsockopt(zmq.LINGER, 1000)
             sock.bind(url + str(c[port]))
 
@@ -201,13 +223,16 @@ class KernelFront:
 
     def _start_link(self, r: ReplicaLink) -> None:
         """Listen to a replica's sockets and watch its heartbeat, until the front exits or the link is replaced."""
-        self._link_tasks[r.index] = [asyncio.ensure_future(t) for t in (
-            self._loop(r.shell, lambda f: self._on_replica_reply(r, f)),
-            self._loop(r.control, lambda f: self._on_replica_reply(r, f)),
-            self._loop(r.stdin, lambda f: self._on_replica_stdin(r, f)),
-            self._loop(r.iopub, lambda f: self._on_replica_iopub(r, f)),
-            r.watch_heartbeat(self._on_liveness),
-        )]
+        self._link_tasks[r.index] = [
+            asyncio.ensure_future(t)
+            for t in (
+                self._loop(r.shell, lambda f: self._on_replica_reply(r, f)),
+                self._loop(r.control, lambda f: self._on_replica_reply(r, f)),
+                self._loop(r.stdin, lambda f: self._on_replica_stdin(r, f)),
+                self._loop(r.iopub, lambda f: self._on_replica_iopub(r, f)),
+                r.watch_heartbeat(self._on_liveness),
+            )
+        ]
 
     async def _loop(self, sock: zmq.asyncio.Socket, handler: Any) -> None:
         while True:
@@ -250,8 +275,9 @@ class KernelFront:
     def _on_client_stdin(self, raw: list[bytes]) -> None:
         """input_reply from the client: to the replica that asked, the current executor."""
         frames = Frames.split(raw)
-        target = self._replica(self.pending.executor if self.pending and self.pending.executor is not None
-                               else self.previous_executor)
+        target = self._replica(
+            self.pending.executor if self.pending and self.pending.executor is not None else self.previous_executor
+        )
         target.stdin.send_multipart(frames.body)
 
     def _route(self, client_sock: Any, frames: Frames, header: dict) -> None:
@@ -318,8 +344,11 @@ class KernelFront:
         if isinstance(requested, int) and requested >= 0:
             self.gpus = requested
         content = frames.content()
-        if content.get("status") == "error" and cell.msg["content"].get("stop_on_error", True) \
-                and not cell.msg["content"].get("silent", False):
+        if (
+            content.get("status") == "error"
+            and cell.msg["content"].get("stop_on_error", True)
+            and not cell.msg["content"].get("silent", False)
+        ):
             self._abort_queued()
         self._finish_if_complete(cell)
 
@@ -435,8 +464,11 @@ class KernelFront:
             elif tried_lead:
                 untried = [r.index for r in alive if r.index not in tried_lead]
                 if not untried:
-                    self._fail_cell(cell, "NotebookOSNoExecutor",
-                                    "no replica of this kernel can run the cell now (every replica yielded)")
+                    self._fail_cell(
+                        cell,
+                        "NotebookOSNoExecutor",
+                        "no replica of this kernel can run the cell now (every replica yielded)",
+                    )
                     return
                 leads = untried[:1]
             else:
@@ -482,8 +514,11 @@ class KernelFront:
         try:
             answer = await asyncio.wait_for(asked, GPUS_ANSWER_TIMEOUT_S)
         except TimeoutError:
-            log.warning("no replica said within %s s what the cell asks for; it asks for the kernel's %s GPU(s)",
-                        GPUS_ANSWER_TIMEOUT_S, self.gpus)
+            log.warning(
+                "no replica said within %s s what the cell asks for; it asks for the kernel's %s GPU(s)",
+                GPUS_ANSWER_TIMEOUT_S,
+                self.gpus,
+            )
             return self.gpus
         finally:
             self._gpus_asked.pop(msg_id, None)
@@ -535,8 +570,9 @@ class KernelFront:
                         raise
                     # The service went away while the cell waited; the one that took its place knows nothing of
                     # the queued request: ask again.
-                    grant = await self._through_outage(lambda: cluster.request_execution(self.kernel_id, cell.gpus),
-                                                       cell)
+                    grant = await self._through_outage(
+                        lambda: cluster.request_execution(self.kernel_id, cell.gpus), cell
+                    )
         except ClusterError as err:
             self._fail_cell(cell, "NotebookOSGPUUnavailable", err.detail or str(err))
             return None
@@ -545,8 +581,9 @@ class KernelFront:
     async def _follow_move(self, replica: ReplicaLink) -> None:
         """The scheduler moved a replica (it has caught up there when the grant comes): on another machine it is
         a new member at a new address, so the front relinks; on this machine it restarted with the same ports."""
-        described = next(r for r in (await self.cluster.kernel(self.kernel_id))["replicas"]
-                         if r["replica"] == replica.index)
+        described = next(
+            r for r in (await self.cluster.kernel(self.kernel_id))["replicas"] if r["replica"] == replica.index
+        )
         if endpoint_of(described["connection"]) != replica.endpoint:
             await self._follow_replacement(replica, described)
         else:
@@ -557,8 +594,9 @@ class KernelFront:
         cell.gpu_times = {}
         cluster = self.cluster
         try:
-            await self._through_outage(lambda: cluster.release_execution(self.kernel_id, times.get("bind_s"),
-                                                                          times.get("release_s")))
+            await self._through_outage(
+                lambda: cluster.release_execution(self.kernel_id, times.get("bind_s"), times.get("release_s"))
+            )
         except ClusterError as err:
             log.error("could not give this cell's GPUs back: %s", err)
 
@@ -579,8 +617,12 @@ class KernelFront:
             msg["header"] = dict(cell.msg["header"], **{ATTEMPT_HEADER: cell.attempt})
             msg["metadata"] = dict(cell.msg.get("metadata") or {})
             msg["metadata"][NOTEBOOKOS_META] = {
-                "attempt": cell.attempt, "lead": replica.index in leads, "leads": len(leads), "voters": cell.voters,
-                "devices": devices, "gpus": self.gpus,
+                "attempt": cell.attempt,
+                "lead": replica.index in leads,
+                "leads": len(leads),
+                "voters": cell.voters,
+                "devices": devices,
+                "gpus": self.gpus,
             }
             replica.shell.send_multipart(self.session.serialize(msg))
 
@@ -601,10 +643,16 @@ class KernelFront:
             return
         log.warning("%s lost", replica)
         cell = self.pending
-        if cell is not None and cell.outcome is not None and not cell.outcome.done() and (
-                cell.executor == replica.index or (cell.executor is None and replica.index in cell.leads)):
-            cell.stale = (f"notebookos: {replica} was lost while running this cell; re-running it from the last "
-                          "committed state.\n")
+        if (
+            cell is not None
+            and cell.outcome is not None
+            and not cell.outcome.done()
+            and (cell.executor == replica.index or (cell.executor is None and replica.index in cell.leads))
+        ):
+            cell.stale = (
+                f"notebookos: {replica} was lost while running this cell; re-running it from the last "
+                "committed state.\n"
+            )
             self._notice(cell.msg, cell.stale)
             _settle(cell.outcome, "failover")
         elif cell is not None and len(self._alive()) < self.majority:
@@ -625,8 +673,9 @@ class KernelFront:
         replica.restarting = True
         cluster = self.cluster
         try:
-            described = await self._through_outage(lambda: cluster.restart_replica(self.kernel_id, replica.index,
-                                                                                     replica.endpoint))
+            described = await self._through_outage(
+                lambda: cluster.restart_replica(self.kernel_id, replica.index, replica.endpoint)
+            )
         except ClusterError as err:
             replica.restarting = False
             log.error("could not restart %s: %s", replica, err)
@@ -662,8 +711,9 @@ class KernelFront:
         self._start_link(new)
         log.info("%s replaced by a new member on %s", lost, new.host)
         while new.joining and self._replica(new.index) is new:
-            state = next(r for r in (await self.cluster.kernel(self.kernel_id))["replicas"]
-                         if r["replica"] == new.index)["state"]
+            state = next(
+                r for r in (await self.cluster.kernel(self.kernel_id))["replicas"] if r["replica"] == new.index
+            )["state"]
             if state == "ready":
                 new.joining = False
                 log.info("%s has caught up", new)
@@ -681,8 +731,9 @@ class KernelFront:
                 if err.status is not None:
                     raise
                 if cell is not None and not told:
-                    self._notice(cell.msg, "notebookos: the cluster service does not answer; this cell waits for "
-                                           "it to be back\n")
+                    self._notice(
+                        cell.msg, "notebookos: the cluster service does not answer; this cell waits for it to be back\n"
+                    )
                     told = True
                 log.warning("%s; retrying in %.1f s", err, delay)
                 await asyncio.sleep(delay)
@@ -690,9 +741,11 @@ class KernelFront:
 
     def _majority_lost(self, cell: Cell) -> None:
         lost = ", ".join(str(r) for r in self.replicas if not r.alive)
-        text = (f"notebookos: this kernel lost {lost}; with fewer than {self.majority} of its {len(self.replicas)} "
-                "replicas it cannot commit state, so it cannot continue. Restart the kernel to get a fresh one "
-                "(its variables are gone).\n")
+        text = (
+            f"notebookos: this kernel lost {lost}; with fewer than {self.majority} of its {len(self.replicas)} "
+            "replicas it cannot commit state, so it cannot continue. Restart the kernel to get a fresh one "
+            "(its variables are gone).\n"
+        )
         self._notice(cell.msg, text)
         self._fail_cell(cell, "NotebookOSMajorityLost", text.strip())
         self._abort_queued()
@@ -728,8 +781,12 @@ class KernelFront:
                 gone_since = None
             elif gone_since is None:
                 gone_since = time.monotonic()
-                log.warning("the Jupyter server %d managing this kernel is gone; the kernel is removed unless a "
-                            "restarted server claims it within %g s", manager, grace)
+                log.warning(
+                    "the Jupyter server %d managing this kernel is gone; the kernel is removed unless a "
+                    "restarted server claims it within %g s",
+                    manager,
+                    grace,
+                )
             if gone_since is not None and time.monotonic() - gone_since >= grace:
                 break
             await asyncio.sleep(PARENT_CHECK_S)
@@ -806,8 +863,11 @@ def _restart_grace_s() -> float:
     try:
         return max(float(raw), 0.0)
     except ValueError:
-        log.error("%s=%r is not a number of seconds; this kernel is removed as soon as its Jupyter server is gone",
-                  RESTART_GRACE_ENV, raw)
+        log.error(
+            "%s=%r is not a number of seconds; this kernel is removed as soon as its Jupyter server is gone",
+            RESTART_GRACE_ENV,
+            raw,
+        )
         return 0.0
 
 
@@ -826,8 +886,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernel-id", required=True)
     parser.add_argument("--replicas", required=True, help="JSON file: the cluster's description of the kernel")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("NOTEBOOKOS_LOG_LEVEL", "INFO"), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("NOTEBOOKOS_LOG_LEVEL", "INFO"),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     connection = json.loads(Path(args.connection_file).read_text())
     described = json.loads(Path(args.replicas).read_text())
     cluster_file = discovery_file()

@@ -498,4 +498,3 @@ def _nbytes(tensor: torch.Tensor) -> int:
         return int(tensor.nelement() * tensor.element_size())
     except (RuntimeError, NotImplementedError):
         return 0
-

@@ -4,6 +4,7 @@ The replica owns ``%gpus`` (:mod:`.replica` registers the magic and answers the 
 :func:`answer_gpus_request`); nothing else parses it. Kept apart from the binding code so that parsing it never
 imports torch.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,7 @@ def parse_gpus_magic(line: str) -> int | None:
     anything else: negative, non-integer or several arguments."""
     text = line.strip()
     if text.startswith(GPUS_MAGIC):
-        rest = text[len(GPUS_MAGIC):]
+        rest = text[len(GPUS_MAGIC) :]
         if rest and not rest[0].isspace():
             raise ValueError(f"not a %gpus line: {line!r}")
         text = rest.strip()

@@ -3,6 +3,7 @@
 A wheel install puts it under ``<prefix>/share/jupyter/kernels/notebookos`` by itself (pyproject data-files); an
 editable install does not, so ``make`` runs ``python -m notebookos.kernels.kernelspec --sys-prefix``.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -4,6 +4,7 @@ The front talks to replicas with ordinary Jupyter messages; what notebookos adds
 of execute requests and replies, in IOPub message types that the front consumes and never forwards, and in one
 control request of the front's own (``%gpus``).
 """
+
 from __future__ import annotations
 
 import enum

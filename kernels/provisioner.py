@@ -10,6 +10,7 @@ The front outlives the Jupyter server that started it for ``restart_grace_s``: a
 folder restores the kernel from its record (``get_provisioner_info``/``load_provisioner_info``, as Enterprise
 Gateway's kernel persistence does), adopts the front (``claim``) and manages it like one it started.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -46,13 +47,21 @@ class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
     instead of the start hooks, and from then on the same hooks follow the adopted front.
     """
 
-    gpus = Integer(0, help="GPUs each cell of this kernel asks for; the kernelspec's provisioner config sets it, "
-                           "and its replicas are placed (subscribed) accordingly").tag(config=True)
-    restart_grace_s = Float(0.0, min=0.0, help=(
-        "Seconds the kernel front waits, once the Jupyter server that manages it is gone (killed, crashed), for a "
-        "server restarted on the same state folder to claim it before it removes the kernel. 0: at once, since a "
-        "server that does not persist its kernels never claims them; `notebookos lab --state-dir` sets it from "
-        "--kernel-grace.")).tag(config=True)
+    gpus = Integer(
+        0,
+        help="GPUs each cell of this kernel asks for; the kernelspec's provisioner config sets it, "
+        "and its replicas are placed (subscribed) accordingly",
+    ).tag(config=True)
+    restart_grace_s = Float(
+        0.0,
+        min=0.0,
+        help=(
+            "Seconds the kernel front waits, once the Jupyter server that manages it is gone (killed, crashed), for a "
+            "server restarted on the same state folder to claim it before it removes the kernel. 0: at once, since a "
+            "server that does not persist its kernels never claims them; `notebookos lab --state-dir` sets it from "
+            "--kernel-grace."
+        ),
+    ).tag(config=True)
 
     _cluster: ClusterClient | None = None
     _replicas_file: Path | None = None
@@ -75,9 +84,15 @@ class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
         # environment).
         owner = kernel_owner(env)
         try:
-            described = await self._cluster.create_kernel(self.kernel_id, key, info["signature_scheme"],
-                                                          str(kwargs.get("cwd") or os.getcwd()), self.gpus,
-                                                          owner=owner, notebook=env.get("JPY_SESSION_NAME"))
+            described = await self._cluster.create_kernel(
+                self.kernel_id,
+                key,
+                info["signature_scheme"],
+                str(kwargs.get("cwd") or os.getcwd()),
+                self.gpus,
+                owner=owner,
+                notebook=env.get("JPY_SESSION_NAME"),
+            )
         except ClusterError as err:
             raise RuntimeError(f"notebookos could not place this kernel's replicas: {err}") from err
         connection_file = Path(self.parent.connection_file)
@@ -109,8 +124,7 @@ class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
                 await self._cluster.delete_kernel(self.kernel_id)
             except ClusterError as err:
                 if err.status != 404:  # 404: gone already (its front removed it when no server claimed it)
-                    self.log.warning("notebookos: could not remove the replicas of kernel %s: %s", self.kernel_id,
-                                     err)
+                    self.log.warning("notebookos: could not remove the replicas of kernel %s: %s", self.kernel_id, err)
             self._cluster = None
 
     async def get_provisioner_info(self) -> dict[str, Any]:
@@ -120,9 +134,11 @@ class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
         Called by ``PersistentKernelManager`` (``server_extension/kernel_persistence.py``) after each start and
         restart of the kernel, to write the kernel's record; jupyter_client itself never calls it."""
         info = await super().get_provisioner_info()
-        info.update(replicas_file=str(self._replicas_file) if self._replicas_file else None,
-                    cluster_file=str(discovery_file()) if self._cluster else None,
-                    cwd=str(self.cwd) if self.cwd else None)
+        info.update(
+            replicas_file=str(self._replicas_file) if self._replicas_file else None,
+            cluster_file=str(discovery_file()) if self._cluster else None,
+            cwd=str(self.cwd) if self.cwd else None,
+        )
         return info
 
     async def load_provisioner_info(self, provisioner_info: dict) -> None:

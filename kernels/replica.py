@@ -14,6 +14,7 @@ from its snapshot and applies the entries after it.
 
 Run as ``python -m notebookos.kernels.replica -f CONNECTION_FILE --ReplicaKernel.config_path=CONFIG``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,8 +37,17 @@ from IPython.utils.capture import capture_output
 from traitlets import Unicode, default
 
 from ..replication.election import ALL_YIELD, ElectionBook, VoteNeeded
-from ..replication.entries import (CellKey, ExecutionRecord, LogEntry, MembershipChanged, Proposal, Role, Snapshot,
-                                   SnapshotRequest, Vote)
+from ..replication.entries import (
+    CellKey,
+    ExecutionRecord,
+    LogEntry,
+    MembershipChanged,
+    Proposal,
+    Role,
+    Snapshot,
+    SnapshotRequest,
+    Vote,
+)
 from ..replication.membership import members_route, request_join
 from ..replication.namespace import NamespaceTracker, StateApplyError, StateDelta
 from ..replication.object_store import LocalDirectoryStore, ObjectStore, ObjectStoreError, open_store
@@ -47,8 +57,14 @@ from ..replication.snapshots import Restore, SnapshotAccepted
 from . import rng_state
 from .replica_config import ReplicaConfig
 from .gpu_request import answer_gpus_request, parse_gpus_magic
-from .protocol import (EXECUTOR_ANNOUNCEMENT, EXIT_STATE_FOLDER_FULL, GPU_RELEASED, NOTEBOOKOS_META, STATE_APPLIED,
-                       ReplicaRole)
+from .protocol import (
+    EXECUTOR_ANNOUNCEMENT,
+    EXIT_STATE_FOLDER_FULL,
+    GPU_RELEASED,
+    NOTEBOOKOS_META,
+    STATE_APPLIED,
+    ReplicaRole,
+)
 
 if TYPE_CHECKING:
     from .gpu_binding import BindTimings, DeviceBinder
@@ -109,9 +125,14 @@ class ReplicaKernel(IPythonKernel):
         self._applier = self._loop.create_task(self._apply_committed())
         if cfg.joining:
             self._join()
-        self.raft = KernelLog(cfg.raft_address, list(cfg.raft_peers), cfg.raft_password, cfg.journal_path,
-                              self._on_commit,
-                              compact_after=cfg.compact_after)
+        self.raft = KernelLog(
+            cfg.raft_address,
+            list(cfg.raft_peers),
+            cfg.raft_password,
+            cfg.journal_path,
+            self._on_commit,
+            compact_after=cfg.compact_after,
+        )
         self._loop.create_task(self._report_ready())
 
     def _open_store(self) -> ObjectStore:
@@ -122,8 +143,13 @@ class ReplicaKernel(IPythonKernel):
         if not cfg.peer_urls:
             return store
         where = urlsplit(cfg.peer_urls[cfg.replica])
-        self._peer_server = ObjectServer(store, cfg.raft_password, where.hostname or "", where.port or 0,
-                                         routes=[members_route(cfg.raft_password, self._on_join_request)])
+        self._peer_server = ObjectServer(
+            store,
+            cfg.raft_password,
+            where.hostname or "",
+            where.port or 0,
+            routes=[members_route(cfg.raft_password, self._on_join_request)],
+        )
         self._peer_server.start()
         if isinstance(store, LocalDirectoryStore):
             return PeerStore(store, self._other_peer_urls, cfg.raft_password, timeout=PEER_SILENCE_S)
@@ -138,8 +164,9 @@ class ReplicaKernel(IPythonKernel):
         logged = [url for index, url in enumerate(self._peer_urls) if index != me]
         if self._caught_up:
             return logged
-        return logged + [url for index, url in enumerate(self.replica_config.peer_urls)
-                         if index != me and url not in logged]
+        return logged + [
+            url for index, url in enumerate(self.replica_config.peer_urls) if index != me and url not in logged
+        ]
 
     def _join(self) -> None:
         """A replacement on another machine: have a live replica swap this node in for the lost one before this
@@ -148,8 +175,9 @@ class ReplicaKernel(IPythonKernel):
         A replica no member lets in exits: the kernel front sees it lost and the cluster tries again."""
         cfg = self.replica_config
         try:
-            peer = request_join(self._other_peer_urls(), cfg.replica, cfg.raft_address, cfg.peer_urls[cfg.replica],
-                                cfg.raft_password)
+            peer = request_join(
+                self._other_peer_urls(), cfg.replica, cfg.raft_address, cfg.peer_urls[cfg.replica], cfg.raft_password
+            )
         except RuntimeError as err:
             self.log.error("%s", err)
             sys.exit(1)
@@ -160,8 +188,9 @@ class ReplicaKernel(IPythonKernel):
         commit the new mapping. The future settles once it is committed here."""
         changed: Future[None] = Future()
         if replica == self.replica_config.replica or not 0 <= replica < len(self._peer_urls):
-            changed.set_exception(ValueError(f"replica {self.replica_config.replica} cannot let a node replace "
-                                             f"replica {replica}"))
+            changed.set_exception(
+                ValueError(f"replica {self.replica_config.replica} cannot let a node replace replica {replica}")
+            )
             return changed
 
         def settle(error: BaseException | None) -> None:
@@ -187,8 +216,9 @@ class ReplicaKernel(IPythonKernel):
             await asyncio.sleep(READY_POLL_S)
         self._caught_up = True
         # What it took to get here, for operators and tests: a replica restored from a snapshot applies few records.
-        self.replica_config.ready_marker.write_text(json.dumps({"records_applied": self.records_applied,
-                                                                "restored_index": self.restored_index}))
+        self.replica_config.ready_marker.write_text(
+            json.dumps({"records_applied": self.records_applied, "restored_index": self.restored_index})
+        )
 
     # ----------------------------------------------------------------------------------------------- the log
 
@@ -235,8 +265,9 @@ class ReplicaKernel(IPythonKernel):
         if self._diverged is not None or self._rebuild_failed:
             return
         self._diverged = why
-        self.log.warning("this replica's namespace misses a committed change (%s): asking for a snapshot to rebuild "
-                         "from", why)
+        self.log.warning(
+            "this replica's namespace misses a committed change (%s): asking for a snapshot to rebuild from", why
+        )
         self._append_in_background(SnapshotRequest(self.replica_config.replica, why[:500]))
 
     async def _on_snapshot(self, accepted: SnapshotAccepted) -> None:
@@ -248,11 +279,15 @@ class ReplicaKernel(IPythonKernel):
         await self._restore(Restore(accepted.index, accepted.snapshot, (), ()))
         if self._unapplied:
             self._rebuild_failed = True
-            self.log.error("rebuilding from the snapshot of log index %d did not help: %s", accepted.index,
-                           "; ".join(self._unapplied))
+            self.log.error(
+                "rebuilding from the snapshot of log index %d did not help: %s",
+                accepted.index,
+                "; ".join(self._unapplied),
+            )
         else:
-            self.log.info("rebuilt the namespace from the snapshot of log index %d (it had missed: %s)",
-                          accepted.index, why)
+            self.log.info(
+                "rebuilt the namespace from the snapshot of log index %d (it had missed: %s)", accepted.index, why
+            )
 
     def _set_rng(self, extra: dict[str, Any]) -> None:
         """Set the process's random generators to the executor's, if the delta carries them."""
@@ -270,9 +305,14 @@ class ReplicaKernel(IPythonKernel):
         free_mb = stats.f_bavail * stats.f_frsize / (1 << 20)
         if free_mb >= self.replica_config.min_free_mb:
             return
-        self.log.critical("the state folder %s has %.0f MB free, less than the %d MB a replica keeps free "
-                          "(NOTEBOOKOS_MIN_FREE_MB): leaving, to be replaced on another host; free space on %s",
-                          folder, free_mb, self.replica_config.min_free_mb, self.replica_config.host)
+        self.log.critical(
+            "the state folder %s has %.0f MB free, less than the %d MB a replica keeps free "
+            "(NOTEBOOKOS_MIN_FREE_MB): leaving, to be replaced on another host; free space on %s",
+            folder,
+            free_mb,
+            self.replica_config.min_free_mb,
+            self.replica_config.host,
+        )
         logging.shutdown()
         os._exit(EXIT_STATE_FOLDER_FULL)
 
@@ -305,8 +345,12 @@ class ReplicaKernel(IPythonKernel):
         for change in restore.members:
             self._peer_urls[change.replica] = change.peer_url
         self.restored_index = restore.index
-        self.log.info("restored the state of log index %d from a snapshot (cell [%s]) and %d later entries",
-                      restore.index, snapshot.execution_count if snapshot else "none", len(restore.tail))
+        self.log.info(
+            "restored the state of log index %d from a snapshot (cell [%s]) and %d later entries",
+            restore.index,
+            snapshot.execution_count if snapshot else "none",
+            len(restore.tail),
+        )
         for entry in restore.tail:
             await self._apply(entry)
         for cell in list(self._waiters):
@@ -333,8 +377,9 @@ class ReplicaKernel(IPythonKernel):
         self._collected_at = (state.snapshot, state.dumps)
         local = self._store.local if isinstance(self._store, PeerStore) else self._store
         if isinstance(local, LocalDirectoryStore):
-            self._loop.run_in_executor(None, _delete_unreferenced, local, state.referenced_keys(),
-                                       self.replica_config.gc_grace_s)
+            self._loop.run_in_executor(
+                None, _delete_unreferenced, local, state.referenced_keys(), self.replica_config.gc_grace_s
+            )
 
     async def _fetch_objects(self, keys: set[str]) -> None:
         """Bring the objects a record or snapshot points to into this replica's store off the main thread: a fetch
@@ -401,10 +446,12 @@ class ReplicaKernel(IPythonKernel):
             self._diverge(str(err))
             return
         self._record_history(record, extra.get("out", _NO_OUTPUT))
-        self.session.send(self.iopub_socket, STATE_APPLIED,
-                          {"replica": self.replica_config.replica, "attempt": record.cell.attempt,
-                           "applied_at": time.time()},
-                          parent={"header": {"msg_id": record.cell.msg_id, "msg_type": "execute_request"}})
+        self.session.send(
+            self.iopub_socket,
+            STATE_APPLIED,
+            {"replica": self.replica_config.replica, "attempt": record.cell.attempt, "applied_at": time.time()},
+            parent={"header": {"msg_id": record.cell.msg_id, "msg_type": "execute_request"}},
+        )
 
     def _run_installs(self, lines: list[str] | tuple[str, ...]) -> None:
         """Run a cell's package installs (``%pip install``, ``%conda install``, ...) here too, before applying its
@@ -451,10 +498,16 @@ class ReplicaKernel(IPythonKernel):
         self.raft.quicken()  # every replica gets each cell: the group is back to the busy pace before it proposes
         meta = (parent.get("metadata") or {}).get(NOTEBOOKOS_META)
         if not meta:
-            self._send_execute_reply(stream, ident, parent, _error_content(
-                "NotebookOSError",
-                "this replica only runs cells sent through its kernel front; connect to the kernel, not a replica",
-            ), ReplicaRole.STANDBY)
+            self._send_execute_reply(
+                stream,
+                ident,
+                parent,
+                _error_content(
+                    "NotebookOSError",
+                    "this replica only runs cells sent through its kernel front; connect to the kernel, not a replica",
+                ),
+                ReplicaRole.STANDBY,
+            )
             return
         me = self.replica_config.replica
         cell = CellKey(parent["header"]["msg_id"], int(meta["attempt"]))
@@ -474,8 +527,9 @@ class ReplicaKernel(IPythonKernel):
                 self._append_in_background(proposal)
             executor = await self._decision(cell)
         except AppendFailed as err:
-            self._send_execute_reply(stream, ident, parent, _error_content("NotebookOSMajorityLost", str(err)),
-                                     ReplicaRole.EXECUTOR)
+            self._send_execute_reply(
+                stream, ident, parent, _error_content("NotebookOSMajorityLost", str(err)), ReplicaRole.EXECUTOR
+            )
             return
         if executor == ALL_YIELD:
             self._send_execute_reply(stream, ident, parent, self._standby_content(), ReplicaRole.ALL_YIELD)
@@ -490,8 +544,12 @@ class ReplicaKernel(IPythonKernel):
         # ``from_log``: the cell finished (attempt, executor) before its executor was lost; the front shows what
         # that attempt printed instead of a re-run's output.
         from_log = None if done is None else {"attempt": done.cell.attempt, "executor": done.executor}
-        self.session.send(self.iopub_socket, EXECUTOR_ANNOUNCEMENT, {"replica": self.replica_config.replica,
-                          "host": self.replica_config.host, "from_log": from_log}, parent)
+        self.session.send(
+            self.iopub_socket,
+            EXECUTOR_ANNOUNCEMENT,
+            {"replica": self.replica_config.replica, "host": self.replica_config.host, "from_log": from_log},
+            parent,
+        )
         if done is not None:
             # A previous attempt finished and committed before its executor was lost: answer from the log.
             self._send_execute_reply(stream, ident, parent, done.reply, ReplicaRole.EXECUTOR, from_log)
@@ -530,8 +588,9 @@ class ReplicaKernel(IPythonKernel):
         return self._binder
 
     def _report_release(self, parent: dict[str, Any], timings: BindTimings) -> None:
-        self.session.send(self.iopub_socket, GPU_RELEASED, {"bind_s": timings.bind_s, "release_s": timings.release_s},
-                          parent)
+        self.session.send(
+            self.iopub_socket, GPU_RELEASED, {"bind_s": timings.bind_s, "release_s": timings.release_s}, parent
+        )
         if timings.unparked:
             listed = "; ".join(f"{n}: {why}" for n, why in sorted(timings.unparked.items()))
             self._notify(parent, f"notebookos: GPU memory still held after the cell by: {listed}\n")
@@ -550,8 +609,11 @@ class ReplicaKernel(IPythonKernel):
                 extra["rng"] = rng
             delta = self.tracker.capture(shell.user_ns, count, extra=extra)
         except ObjectStoreError as err:
-            self._notify(parent, f"notebookos: this cell's changes could not be stored, so they are undone (the "
-                                 f"kernel keeps the state from before the cell; run it again): {err}\n")
+            self._notify(
+                parent,
+                f"notebookos: this cell's changes could not be stored, so they are undone (the "
+                f"kernel keeps the state from before the cell; run it again): {err}\n",
+            )
             return None
         self._warn_unpicklable(delta, parent)
         return delta
@@ -559,15 +621,24 @@ class ReplicaKernel(IPythonKernel):
     async def _commit_state(self, parent: dict[str, Any], cell: CellKey, delta: StateDelta) -> None:
         """Commit the cell's state delta with its record; runs after the reply, before the idle status."""
         content = parent["content"]
-        record = ExecutionRecord(cell, self.replica_config.replica, delta.execution_count, content.get("code", ""),
-                                 self._last_reply, delta.to_bytes())
+        record = ExecutionRecord(
+            cell,
+            self.replica_config.replica,
+            delta.execution_count,
+            content.get("code", ""),
+            self._last_reply,
+            delta.to_bytes(),
+        )
         accepted = self._own_records[cell] = self._loop.create_future()
         try:
             await self.raft.append_async(record, COMMIT_TIMEOUT_S)
         except AppendFailed as err:
             self._own_records.pop(cell, None)
-            self._notify(parent, f"notebookos: this cell's changes could not be replicated, so they are undone (the "
-                                 f"kernel keeps the state from before the cell; run it again): {err}\n")
+            self._notify(
+                parent,
+                f"notebookos: this cell's changes could not be replicated, so they are undone (the "
+                f"kernel keeps the state from before the cell; run it again): {err}\n",
+            )
             self._roll_back(f"the record of {cell} did not commit")
             return
         if self.raft.snapshots.records_in_tail >= self.replica_config.snapshot_every or self._snapshot_wanted:
@@ -584,27 +655,44 @@ class ReplicaKernel(IPythonKernel):
             return  # a restore replaced the state meanwhile
         started = time.perf_counter()
         try:
-            full = self.tracker.capture_all(self.shell.user_ns, record.execution_count,
-                                            extra={"rng": rng_state.current()})
+            full = self.tracker.capture_all(
+                self.shell.user_ns, record.execution_count, extra={"rng": rng_state.current()}
+            )
         except ObjectStoreError as err:
-            self._notify(parent, f"notebookos: the namespace snapshot could not be stored, so the Raft log keeps "
-                                 f"growing until a later one succeeds: {err}\n")
+            self._notify(
+                parent,
+                f"notebookos: the namespace snapshot could not be stored, so the Raft log keeps "
+                f"growing until a later one succeeds: {err}\n",
+            )
             return
         captured = time.perf_counter()
-        snapshot = Snapshot(record.cell, record.executor, record.execution_count, record.reply, full.to_bytes(),
-                            tuple(self._installs))
+        snapshot = Snapshot(
+            record.cell, record.executor, record.execution_count, record.reply, full.to_bytes(), tuple(self._installs)
+        )
         try:
             await self.raft.append_async(snapshot, COMMIT_TIMEOUT_S)
         except AppendFailed as err:
-            self.log.warning("the namespace snapshot after cell [%d] was not committed: %s", record.execution_count,
-                             err)
+            self.log.warning(
+                "the namespace snapshot after cell [%d] was not committed: %s", record.execution_count, err
+            )
             return
-        self.log.info("snapshot after cell [%d]: captured in %.1f ms, committed in %.1f ms (%d bytes inline)",
-                      record.execution_count, 1e3 * (captured - started), 1e3 * (time.perf_counter() - captured),
-                      len(full.inline or b""))
+        self.log.info(
+            "snapshot after cell [%d]: captured in %.1f ms, committed in %.1f ms (%d bytes inline)",
+            record.execution_count,
+            1e3 * (captured - started),
+            1e3 * (time.perf_counter() - captured),
+            len(full.inline or b""),
+        )
 
-    async def do_execute(self, code: str, silent: bool, store_history: bool = True,
-                         user_expressions: dict | None = None, allow_stdin: bool = False, **kwargs: Any) -> dict:
+    async def do_execute(
+        self,
+        code: str,
+        silent: bool,
+        store_history: bool = True,
+        user_expressions: dict | None = None,
+        allow_stdin: bool = False,
+        **kwargs: Any,
+    ) -> dict:
         reply = await super().do_execute(code, silent, store_history, user_expressions, allow_stdin, **kwargs)
         self._last_reply = reply
         return reply
@@ -613,8 +701,11 @@ class ReplicaKernel(IPythonKernel):
         """Only the elected executor runs ipykernel's own execute path: mark its reply as the executor's, with the
         GPU request for the next cells (``%gpus N`` may have changed it)."""
         metadata = super().finish_metadata(parent, metadata, reply_content)
-        metadata[NOTEBOOKOS_META] = {"role": ReplicaRole.EXECUTOR.value, "replica": self.replica_config.replica,
-                                     "gpus": self._gpus}
+        metadata[NOTEBOOKOS_META] = {
+            "role": ReplicaRole.EXECUTOR.value,
+            "replica": self.replica_config.replica,
+            "gpus": self._gpus,
+        }
         return metadata
 
     async def dispatch_control(self, msg: list) -> None:
@@ -650,28 +741,42 @@ class ReplicaKernel(IPythonKernel):
 
     def _tell_lost_names(self, parent: dict[str, Any]) -> None:
         """On the first cell this replica runs, name what the previous executor had that could not be replicated."""
-        lost = {n: r for n, r in self.tracker.not_replicated.items()
-                if n not in self._told_lost and n not in self.shell.user_ns}
+        lost = {
+            n: r
+            for n, r in self.tracker.not_replicated.items()
+            if n not in self._told_lost and n not in self.shell.user_ns
+        }
         for error in self._unapplied:
             self._notify(parent, f"notebookos: this replica could not restore part of the state: {error}\n")
         self._unapplied.clear()
         if lost:
             self._told_lost.update(lost)
             listed = "; ".join(f"{n} ({r})" for n, r in sorted(lost.items()))
-            self._notify(parent, "notebookos: this cell runs on another replica; these names could not be "
-                                 f"carried over and are undefined here: {listed}\n")
+            self._notify(
+                parent,
+                "notebookos: this cell runs on another replica; these names could not be "
+                f"carried over and are undefined here: {listed}\n",
+            )
 
     def _notify(self, parent: dict[str, Any], text: str) -> None:
-        self.session.send(self.iopub_socket, "stream", {"name": "stderr", "text": text}, parent,
-                          ident=self._topic("stream"))
+        self.session.send(
+            self.iopub_socket, "stream", {"name": "stderr", "text": text}, parent, ident=self._topic("stream")
+        )
 
     # ------------------------------------------------------------------------------------------- replies
 
     def _standby_content(self) -> dict[str, Any]:
         return {"status": "ok", "execution_count": self.shell.execution_count, "user_expressions": {}, "payload": []}
 
-    def _send_execute_reply(self, stream: Any, ident: Any, parent: dict[str, Any], content: dict[str, Any],
-                            role: ReplicaRole, from_log: dict[str, int] | None = None) -> None:
+    def _send_execute_reply(
+        self,
+        stream: Any,
+        ident: Any,
+        parent: dict[str, Any],
+        content: dict[str, Any],
+        role: ReplicaRole,
+        from_log: dict[str, int] | None = None,
+    ) -> None:
         meta = {"role": role.value, "replica": self.replica_config.replica}
         if from_log is not None:
             meta["from_log"] = from_log

@@ -3,6 +3,7 @@
 A JSON file beside the replica's connection file (mode 0600: it holds the Raft password). The host agent writes it,
 the replica kernel reads it; neither imports the other.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -85,5 +86,4 @@ class ReplicaConfig:
             raise ValueError("a replica configuration is a JSON object")
         if not set(data) <= fields:
             raise ValueError(f"not a replica configuration: unknown fields {sorted(set(data) - fields)}")
-        return cls(**{**data, "raft_peers": tuple(data["raft_peers"]),
-                      "peer_urls": tuple(data.get("peer_urls", ()))})
+        return cls(**{**data, "raft_peers": tuple(data["raft_peers"]), "peer_urls": tuple(data.get("peer_urls", ()))})

@@ -3,6 +3,7 @@
 Liveness comes from the replica's Jupyter heartbeat channel, which ipykernel answers from a thread outside the
 GIL: a replica busy in a long cell still answers, a killed one or one on a lost host does not.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -110,8 +111,9 @@ class ReplicaLink:
                 sock.connect(self._url("hb_port"))
             started = time.monotonic()
             idle = self.idle
-            period, dead_after = ((IDLE_HEARTBEAT_PERIOD_S, IDLE_DEAD_AFTER_S) if idle else
-                                  (HEARTBEAT_PERIOD_S, HEARTBEAT_DEAD_AFTER_S))
+            period, dead_after = (
+                (IDLE_HEARTBEAT_PERIOD_S, IDLE_DEAD_AFTER_S) if idle else (HEARTBEAT_PERIOD_S, HEARTBEAT_DEAD_AFTER_S)
+            )
             await sock.send(b"ping")
             if await sock.poll(int(dead_after * 1000)):
                 await sock.recv()

@@ -9,6 +9,7 @@ Only the generators of modules the notebook has imported are read (no replica im
 that has not imported one yet imports it to set its state (it is installed: the executor has it). CUDA generators
 are included where torch has initialized CUDA.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -4,6 +4,7 @@ The kernel front watches the Jupyter server that manages it, a restarted server 
 ``notebookos lab`` watches a cluster service an earlier run left behind: none of them is the watcher's child, so
 ``Popen.wait`` cannot be used.
 """
+
 from __future__ import annotations
 
 import os

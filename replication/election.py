@@ -16,6 +16,7 @@ Rules (docs/architecture.md, "One cell", step 2, and its fencing paragraph):
 Fencing: an :class:`ExecutionRecord` counts only if its author is the decided executor of its attempt and no later
 attempt has been decided since. A presumed-dead executor that wakes up late cannot overwrite its successor's state.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -63,8 +64,9 @@ class ElectionBook:
         book._rounds[cell] = _Round(decided=snapshot.executor)
         book._latest = cell
         book.previous_executor = snapshot.executor
-        book._records[cell.msg_id] = ExecutionRecord(cell, snapshot.executor, snapshot.execution_count, "",
-                                                     snapshot.reply, b"")
+        book._records[cell.msg_id] = ExecutionRecord(
+            cell, snapshot.executor, snapshot.execution_count, "", snapshot.reply, b""
+        )
         return book
 
     def decision(self, cell: CellKey) -> int | None:

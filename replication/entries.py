@@ -4,6 +4,7 @@ Every replica appends to and applies the same totally ordered log, so every deci
 cell, whose state delta counts) is the same on every replica without further messages. Entries are small frozen
 dataclasses; large values never travel in them (a state delta carries a pointer into the object store instead).
 """
+
 from __future__ import annotations
 
 import enum

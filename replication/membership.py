@@ -12,6 +12,7 @@ path and signed timestamp), so the addresses they name stay between the replicas
 only an answer that opens: one from a replica of this kernel, to this very request. Refusals of the signature (401)
 travel in clear, since their reader may not hold the key.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -95,8 +96,14 @@ def members_route(secret: str, on_join: JoinHandler) -> tuple[str, type, dict]:
     return (MEMBERS_PATH, MembersHandler, {"secret": secret, "sealer": Sealer(secret), "on_join": on_join})
 
 
-def request_join(peers: Sequence[str], replica: int, raft_address: str, peer_url: str, secret: str,
-                 deadline_s: float = JOIN_DEADLINE_S) -> str:
+def request_join(
+    peers: Sequence[str],
+    replica: int,
+    raft_address: str,
+    peer_url: str,
+    secret: str,
+    deadline_s: float = JOIN_DEADLINE_S,
+) -> str:
     """Ask the live replicas, in turn, to swap this node in as ``replica``, until one has; returns its URL.
     Blocking (run it on a thread); RuntimeError with every refusal when the deadline passes."""
     body = json.dumps({"replica": replica, "raft_address": raft_address, "peer_url": peer_url}).encode()
@@ -112,8 +119,10 @@ def request_join(peers: Sequence[str], replica: int, raft_address: str, peer_url
                 log.warning("joining as replica %d through %s: %s; asking again", replica, peer, problem)
             problems[peer] = problem
         time.sleep(RETRY_S)
-    raise RuntimeError(f"no live replica let this one join within {deadline_s:.0f} s: " +
-                       "; ".join(f"{peer}: {why}" for peer, why in problems.items()))
+    raise RuntimeError(
+        f"no live replica let this one join within {deadline_s:.0f} s: "
+        + "; ".join(f"{peer}: {why}" for peer, why in problems.items())
+    )
 
 
 def _ask(peer: str, body: bytes, secret: str, sealer: Sealer) -> str | None:
@@ -139,8 +148,10 @@ def _ask(peer: str, body: bytes, secret: str, sealer: Sealer) -> str | None:
     try:
         opened = json.loads(sealer.open_bytes(answer, answer_context("POST", MEMBERS_PATH, timestamp)))
     except SealedBodyError as err:
-        return (f"{response.status} with an answer that does not open ({err}): it is not a replica of this kernel, "
-                "or the answer was changed on the way")
+        return (
+            f"{response.status} with an answer that does not open ({err}): it is not a replica of this kernel, "
+            "or the answer was changed on the way"
+        )
     except ValueError as err:
         return f"{response.status} with an answer that is not JSON ({err})"
     if response.status == 200:

@@ -169,8 +169,14 @@ class ObjectServer:
     ('0.0.0.0', '::'), tell the peers this machine's reachable address rather than `url`.
     """
 
-    def __init__(self, store: ObjectStore, secret: str, address: str = "127.0.0.1", port: int = 0,
-                 routes: Sequence[tuple[str, type, dict]] = ()) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        secret: str,
+        address: str = "127.0.0.1",
+        port: int = 0,
+        routes: Sequence[tuple[str, type, dict]] = (),
+    ) -> None:
         _require_secret(secret)
         self.store = store
         self._routes = list(routes)  # more of the kernel's peer API (membership), served beside the objects
@@ -625,8 +631,10 @@ class PeerStore(ObjectStore):
 
     def _not_found(self, key: str, damaged: bool, problems: list[str]) -> ObjectStoreError:
         here = "was corrupt on this replica (that copy is deleted)" if damaged else "is not on this replica"
-        asked = f"nor on any of the {len(problems)} other replicas asked ({'; '.join(problems)})" if problems else (
-            "and no other replica of this kernel is known (0 asked)"
+        asked = (
+            f"nor on any of the {len(problems)} other replicas asked ({'; '.join(problems)})"
+            if problems
+            else ("and no other replica of this kernel is known (0 asked)")
         )
         message = (
             f"object {key} {here} {asked}. If a replica that holds it is only down for now, try again once it is "

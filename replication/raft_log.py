@@ -15,6 +15,7 @@ namespace from it (compacting at every snapshot did that to a follower every few
 restarted in place loads its dump and replays the rest of its journal; a follower too far behind, or a new member,
 is sent the leader's dump and restores from it. Without a journal (no disk), there is no dump and no compaction.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -81,8 +82,14 @@ class AppendFailed(RuntimeError):
     """An entry could not be committed (no Raft majority, or the entry was discarded by a leader change)."""
 
 
-def raft_conf(password: str, journal_path: str | None, alone: bool = False, snapshots: SnapshotState | None = None,
-              compact_after: int = COMPACT_AFTER_ENTRIES, bind_address: str | None = None) -> SyncObjConf:
+def raft_conf(
+    password: str,
+    journal_path: str | None,
+    alone: bool = False,
+    snapshots: SnapshotState | None = None,
+    compact_after: int = COMPACT_AFTER_ENTRIES,
+    bind_address: str | None = None,
+) -> SyncObjConf:
     """The pysyncobj settings for interactive latency; one place so every replica agrees.
 
     ``bind_address``: the node's own ``address:port``. pysyncobj otherwise listens on every interface of the
@@ -98,8 +105,12 @@ def raft_conf(password: str, journal_path: str | None, alone: bool = False, snap
     """
     compaction: dict = {"logCompactionMinEntries": _NEVER}
     if snapshots is not None and journal_path:
-        compaction = {"logCompactionMinEntries": compact_after, "fullDumpFile": dump_path(journal_path),
-                      "serializer": snapshots.serialize, "deserializer": snapshots.deserialize}
+        compaction = {
+            "logCompactionMinEntries": compact_after,
+            "fullDumpFile": dump_path(journal_path),
+            "serializer": snapshots.serialize,
+            "deserializer": snapshots.deserialize,
+        }
     return SyncObjConf(
         autoTickPeriod=ONE_NODE_TICK_S if alone else BUSY.tick_s,
         appendEntriesPeriod=BUSY.heartbeat_s,
@@ -146,9 +157,18 @@ class KernelLog(SyncObj):
             if Path(dump_path(journal_path)).is_file():
                 self.snapshots.load(dump_path(journal_path))
         others = [p for p in peer_addresses if p != self_address]
-        super().__init__(self_address, others, raft_conf(password, journal_path, alone=not others,
-                                                         snapshots=self.snapshots, compact_after=compact_after,
-                                                         bind_address=self_address))
+        super().__init__(
+            self_address,
+            others,
+            raft_conf(
+                password,
+                journal_path,
+                alone=not others,
+                snapshots=self.snapshots,
+                compact_after=compact_after,
+                bind_address=self_address,
+            ),
+        )
         self._busy = Pace(self.conf.autoTickPeriod, BUSY.heartbeat_s, BUSY.election_s)
         self._idle = False
         self._last_activity = time.monotonic()
@@ -199,8 +219,11 @@ class KernelLog(SyncObj):
         old = self._peers[replica]
 
         def added(_result: object, reason: int) -> None:
-            done(None if reason == FAIL_REASON.SUCCESS or address in self.members else
-                 AppendFailed(f"adding {address} to the kernel's Raft group failed: {_describe(reason)}"))
+            done(
+                None
+                if reason == FAIL_REASON.SUCCESS or address in self.members
+                else AppendFailed(f"adding {address} to the kernel's Raft group failed: {_describe(reason)}")
+            )
 
         def removed(_result: object, reason: int) -> None:
             if reason != FAIL_REASON.SUCCESS and old in self.members:
@@ -212,8 +235,13 @@ class KernelLog(SyncObj):
         if address in self.members:
             done(None)
         elif old in self.members and old != address:
-            log.info("removing %s, replica %d, from the Raft group %s (leader %s)", old, replica,
-                     sorted(self.members), self._getLeader())
+            log.info(
+                "removing %s, replica %d, from the Raft group %s (leader %s)",
+                old,
+                replica,
+                sorted(self.members),
+                self._getLeader(),
+            )
             self.removeNodeFromCluster(old, callback=removed)
         else:
             removed(None, FAIL_REASON.SUCCESS)

@@ -19,6 +19,7 @@ What a replica's own restart needs from the object store is the objects of its d
 in its journal, besides those of its latest snapshot and the entries after that (``referenced_keys``): what the
 garbage collector keeps.
 """
+
 from __future__ import annotations
 
 import logging
@@ -124,8 +125,14 @@ class SnapshotState:
         """pysyncobj's serializer: write this state with pysyncobj's own ``raft_data`` (the entries at and before
         the applied index and the cluster's nodes) to ``file_name``, durably, before returning. Runs in the tick
         thread right after it applied everything committed, so this state is at ``raft_data``'s index."""
-        state = (self.applied, self.snapshot, tuple(self.tail), self.records_in_tail, tuple(self._members.values()),
-                 self._last_record)
+        state = (
+            self.applied,
+            self.snapshot,
+            tuple(self.tail),
+            self.records_in_tail,
+            tuple(self._members.values()),
+            self._last_record,
+        )
         with open(file_name, "wb") as f:
             pickle.dump((_DUMP_FORMAT, raft_data, state), f, protocol=5)
             f.flush()
@@ -158,7 +165,6 @@ class SnapshotState:
         self._dumped_now()  # pysyncobj keeps the dump it installs as this replica's own
         self._on_restore(Restore(applied, snapshot, tuple(tail), tuple(members)))
 
-
     def _dumped_now(self) -> None:
         """The state in memory is now also the state on disk."""
         self._dumped, self._since_dump = (self.snapshot, *self.tail), []
@@ -174,6 +180,8 @@ def _read(file_name: str | os.PathLike) -> tuple[tuple[Any, ...], tuple[Any, ...
     with open(file_name, "rb") as f:
         fmt, raft_data, state = pickle.load(f)
     if fmt != _DUMP_FORMAT:
-        raise ValueError(f"{file_name} is a notebookos Raft dump of format {fmt}, not {_DUMP_FORMAT}: it was written "
-                         "by another version; remove it and the journal beside it to rebuild from the peers")
+        raise ValueError(
+            f"{file_name} is a notebookos Raft dump of format {fmt}, not {_DUMP_FORMAT}: it was written "
+            "by another version; remove it and the journal beside it to rebuild from the peers"
+        )
     return raft_data, state

@@ -6,6 +6,7 @@ Installing the package enables it (``jupyter-config/jupyter_server_config.d/note
 ``etc/jupyter``); ``notebookos lab`` enables it on its command line as well. Jupyter Server is imported only when
 the extension is listed, so the ``notebookos`` command line, which lives in this package, stays quick to start.
 """
+
 from __future__ import annotations
 
 from typing import Any

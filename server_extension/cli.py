@@ -6,6 +6,7 @@ cluster service and the simulator load plotting and numerical libraries, a secon
 simulate`` does not load the cluster. So that ``--help`` can list every subcommand without its module, each one's
 summary is kept here too; a test checks it against the module's own.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,13 +18,19 @@ from importlib.metadata import version
 # its parser to a callable taking the parsed arguments and returning an exit code.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "notebookos.server_extension.lab": ("lab", "start an embedded cluster and JupyterLab"),
-    "notebookos.gpu_broker.cluster.service.main":
-        ("cluster", "run the shared cluster service that agents join and Jupyter servers use"),
-    "notebookos.gpu_broker.cluster.agent.daemon":
-        ("agent", "run this machine's agent: join a cluster and run replicas here"),
+    "notebookos.gpu_broker.cluster.service.main": (
+        "cluster",
+        "run the shared cluster service that agents join and Jupyter servers use",
+    ),
+    "notebookos.gpu_broker.cluster.agent.daemon": (
+        "agent",
+        "run this machine's agent: join a cluster and run replicas here",
+    ),
     "notebookos.gpu_broker.simulator.cli": ("simulate", "replay a GPU training trace under scheduling policies"),
-    "notebookos.gpu_broker.loadtest.replay":
-        ("replay", "replay a time-scaled trace slice against a real notebookos cluster and measure delays"),
+    "notebookos.gpu_broker.loadtest.replay": (
+        "replay",
+        "replay a time-scaled trace slice against a real notebookos cluster and measure delays",
+    ),
 }
 
 
@@ -32,7 +39,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="notebookos",
         description="Replicated Jupyter kernels on a shared GPU pool. `notebookos COMMAND --help` for a command's "
-                    "options.",
+        "options.",
     )
     parser.add_argument("--version", action="version", version=f"notebookos {version('notebookos')}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

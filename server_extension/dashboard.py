@@ -9,6 +9,7 @@ resource. What the page may *do* is decided by the API on every request (:mod:`.
 The assets are located with :mod:`importlib.resources` as the package ``notebookos.frontend`` (``frontend/`` mapped in
 ``pyproject.toml``), so the same code serves them from an editable checkout and from an installed wheel.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,10 @@ STATIC_PLACEHOLDER = "{{NOTEBOOKOS_STATIC}}"
 
 # Only this origin's scripts, styles and connections. Inline styles stay allowed: the charting library sizes its
 # canvases through element styles.
-_PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-             "object-src 'none'; base-uri 'none'; form-action 'self'")
+_PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'"
+)
 
 
 def frontend_dir() -> Path:

@@ -15,6 +15,7 @@ with ``secure_write`` (mode 0600: it holds the message key) and replaced atomica
 (re)starts, and removed when the kernel leaves the server (shut down, or dead). Kernels of other provisioners
 (ipykernel exits with its server) are not recorded.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -56,8 +57,10 @@ def lock_state_folder(folder: Path) -> IO[str]:
         lock.seek(0)
         holder = lock.read().strip() or "unknown"
         lock.close()
-        raise StateFolderBusy(f"another Jupyter server (pid {holder}) manages the kernels recorded in {folder}: "
-                              "stop it, or start this one with another --state-dir") from None
+        raise StateFolderBusy(
+            f"another Jupyter server (pid {holder}) manages the kernels recorded in {folder}: "
+            "stop it, or start this one with another --state-dir"
+        ) from None
     lock.seek(0)
     lock.truncate()
     lock.write(str(os.getpid()))
@@ -111,8 +114,11 @@ class PersistentKernelManager(AsyncMappingKernelManager):
     """Jupyter Server's kernel manager, plus records of its kernels under ``persistence_dir`` and, at start, the
     restoration of those whose front still runs (see the module's docstring)."""
 
-    persistence_dir = Unicode("", help="Folder of the kernel records; one Jupyter server at a time may use it "
-                                       "(`notebookos lab --state-dir S` uses S/jupyter).").tag(config=True)
+    persistence_dir = Unicode(
+        "",
+        help="Folder of the kernel records; one Jupyter server at a time may use it "
+        "(`notebookos lab --state-dir S` uses S/jupyter).",
+    ).tag(config=True)
 
     @default("kernel_manager_class")
     def _default_kernel_manager_class(self) -> str:
@@ -121,8 +127,10 @@ class PersistentKernelManager(AsyncMappingKernelManager):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not self.persistence_dir:
-            raise ValueError("PersistentKernelManager.persistence_dir is not set: name the folder where the server "
-                             "keeps its kernel records (notebookos lab --state-dir sets it)")
+            raise ValueError(
+                "PersistentKernelManager.persistence_dir is not set: name the folder where the server "
+                "keeps its kernel records (notebookos lab --state-dir sets it)"
+            )
         folder = Path(self.persistence_dir)
         self._lock = lock_state_folder(folder)
         self.records = KernelRecords(folder / "kernels")
@@ -139,8 +147,12 @@ class PersistentKernelManager(AsyncMappingKernelManager):
         try:
             self.records.save(km.kernel_id, await _record_of(km))
         except (OSError, TypeError, ValueError) as err:
-            self.log.error("notebookos: kernel %s could not be recorded in %s, so it will not outlive this server: "
-                           "%s", km.kernel_id, self.records.folder, err)
+            self.log.error(
+                "notebookos: kernel %s could not be recorded in %s, so it will not outlive this server: %s",
+                km.kernel_id,
+                self.records.folder,
+                err,
+            )
 
     def remove_kernel(self, kernel_id: str) -> Any:
         """Every way out of the server (shut down, or dead and not restarted) ends here: so does the record."""
@@ -158,17 +170,26 @@ class PersistentKernelManager(AsyncMappingKernelManager):
         """Adopt the kernel if its front answers our claim; else remove what is left of it, as its cleanup would
         have (the replicas in the cluster, the replicas and connection files), and its record."""
         try:
-            km = self.kernel_manager_factory(connection_file=record["connection_file"], parent=self, log=self.log,
-                                             kernel_name=record["kernel_name"],
-                                             kernel_spec_manager=self.kernel_spec_manager)
+            km = self.kernel_manager_factory(
+                connection_file=record["connection_file"],
+                parent=self,
+                log=self.log,
+                kernel_name=record["kernel_name"],
+                kernel_spec_manager=self.kernel_spec_manager,
+            )
             km.kernel_id = kernel_id
             km.load_connection_info(record["provisioner"]["connection_info"])
             km.provisioner = KernelProvisionerFactory.instance(parent=self).create_provisioner_instance(
-                kernel_id, km.kernel_spec, parent=km)
+                kernel_id, km.kernel_spec, parent=km
+            )
             await km.provisioner.load_provisioner_info(record["provisioner"])
         except (KeyError, NoSuchKernel, TypeError, ValueError, OSError, ImportError) as err:
-            self.log.error("notebookos: kernel %s cannot be restored from its record (%s); if its front still runs, "
-                           "it removes the kernel when its grace period ends", kernel_id, err)
+            self.log.error(
+                "notebookos: kernel %s cannot be restored from its record (%s); if its front still runs, "
+                "it removes the kernel when its grace period ends",
+                kernel_id,
+                err,
+            )
             self.records.remove(kernel_id)
             return
         try:
@@ -177,8 +198,11 @@ class PersistentKernelManager(AsyncMappingKernelManager):
             self.log.error("notebookos: could not reach the front of kernel %s: %s", kernel_id, err)
             answer = None
         if answer is None:
-            self.log.warning("notebookos: kernel %s did not outlive the previous server (its front does not take a "
-                             "claim); removing what is left of it", kernel_id)
+            self.log.warning(
+                "notebookos: kernel %s did not outlive the previous server (its front does not take a "
+                "claim); removing what is left of it",
+                kernel_id,
+            )
             await km.provisioner.cleanup()
             Path(km.connection_file).unlink(missing_ok=True)
             self.records.remove(kernel_id)
@@ -213,7 +237,11 @@ async def _record_of(km: ServerKernelManager) -> dict[str, Any]:
     return {
         "kernel_name": km.kernel_name,
         "connection_file": km.connection_file,
-        "provisioner": {**info, "connection_info": {k: v.decode() if isinstance(v, bytes) else v
-                                                    for k, v in info["connection_info"].items()}},
+        "provisioner": {
+            **info,
+            "connection_info": {
+                k: v.decode() if isinstance(v, bytes) else v for k, v in info["connection_info"].items()
+            },
+        },
         "launch_args": {**launch, "env": {k: v for k, v in env.items() if os.environ.get(k) != v}},
     }

@@ -12,6 +12,7 @@ kernel manager and session database under ``STATE/jupyter`` (kernel_persistence.
 the kernel fronts wait ``--kernel-grace`` seconds for ``notebookos lab --state-dir STATE`` to take them back; that
 command finds the running cluster through ``STATE/cluster.json`` and uses it rather than starting another.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,54 +61,116 @@ log = logging.getLogger("notebookos")  # in Jupyter's format, as JupyterLab's li
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "lab", help="start an embedded cluster and JupyterLab",
+        "lab",
+        help="start an embedded cluster and JupyterLab",
         description="Start an embedded notebookos cluster and JupyterLab. Unknown options go to JupyterLab.",
     )
-    parser.add_argument("--hosts", type=int, default=4,
-                        help="logical hosts in the embedded cluster (default 4): 3 or more, as each kernel runs 3 "
-                             "replicas on 3 hosts; 0: none, only the hosts whose agents join (see --listen)")
-    parser.add_argument("--gpus-per-host", type=gpu_count, default=None,
-                        help="GPUs of each logical host: a slice of the GPUs NVML sees (default: an equal share), "
-                             "else virtual GPUs (default 1); 0: hosts without GPUs, for kernels that need none")
-    parser.add_argument("--log-level", type=log_level, default="INFO", metavar="LEVEL",
-                        help=f"how much JupyterLab, the cluster service and this command log: "
-                             f"{', '.join(LOG_LEVELS)} (default INFO), all in Jupyter's format")
-    parser.add_argument("--max-hosts", type=int, default=None,
-                        help="let the autoscaler add logical hosts up to this many (default: --hosts, no scale-out)")
-    parser.add_argument("--state-dir", type=Path, default=None,
-                        help="where replicas keep journals and the object store, and JupyterLab its kernels and "
-                             "sessions: kernels outlive a killed or crashed JupyterLab, and this command with the "
-                             "same folder takes them back (default: a new temporary folder, removed on exit, and "
-                             "nothing outlives JupyterLab)")
-    parser.add_argument("--kernel-grace", type=float, default=None, metavar="SECONDS",
-                        help="with --state-dir: how long kernels wait, after JupyterLab is killed or crashes, for "
-                             "this command to take them back before they shut down "
-                             f"(default {DEFAULT_KERNEL_GRACE_S:.0f})")
+    parser.add_argument(
+        "--hosts",
+        type=int,
+        default=4,
+        help="logical hosts in the embedded cluster (default 4): 3 or more, as each kernel runs 3 "
+        "replicas on 3 hosts; 0: none, only the hosts whose agents join (see --listen)",
+    )
+    parser.add_argument(
+        "--gpus-per-host",
+        type=gpu_count,
+        default=None,
+        help="GPUs of each logical host: a slice of the GPUs NVML sees (default: an equal share), "
+        "else virtual GPUs (default 1); 0: hosts without GPUs, for kernels that need none",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=log_level,
+        default="INFO",
+        metavar="LEVEL",
+        help=f"how much JupyterLab, the cluster service and this command log: "
+        f"{', '.join(LOG_LEVELS)} (default INFO), all in Jupyter's format",
+    )
+    parser.add_argument(
+        "--max-hosts",
+        type=int,
+        default=None,
+        help="let the autoscaler add logical hosts up to this many (default: --hosts, no scale-out)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where replicas keep journals and the object store, and JupyterLab its kernels and "
+        "sessions: kernels outlive a killed or crashed JupyterLab, and this command with the "
+        "same folder takes them back (default: a new temporary folder, removed on exit, and "
+        "nothing outlives JupyterLab)",
+    )
+    parser.add_argument(
+        "--kernel-grace",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with --state-dir: how long kernels wait, after JupyterLab is killed or crashes, for "
+        "this command to take them back before they shut down "
+        f"(default {DEFAULT_KERNEL_GRACE_S:.0f})",
+    )
     network = parser.add_argument_group("a cluster of several machines")
-    network.add_argument("--listen", default=None, metavar="ADDR:PORT",
-                         help="the cluster service listens here, so that agents on GPU machines can join it")
-    network.add_argument("--join-token-file", type=Path, default=None,
-                         help="the token agents join with (created, mode 0600, if missing)")
-    network.add_argument("--tls-auto", action="store_true",
-                         help="the cluster service speaks TLS with a CA it makes (the join token file pins it)")
-    network.add_argument("--tls-name", action="append", default=[], metavar="NAME",
-                         help="with --tls-auto: another name agents reach the cluster service by (repeatable)")
-    network.add_argument("--object-store", default=None, metavar="URL",
-                         help="an object store every host reaches, e.g. redis://10.0.0.1:6379/0")
-    network.add_argument("--cluster", default=None, metavar="URL",
-                         help="use the cluster service at URL (`notebookos cluster`) instead of starting one")
-    network.add_argument("--cluster-token-file", type=Path, default=None,
-                         help="with --cluster: the file holding its token (its join token works)")
-    network.add_argument("--cluster-ca", type=Path, default=None, metavar="FILE",
-                         help="with --cluster: the CA (PEM) its https is verified against (default: the one its "
-                              "token pins, else the system's)")
+    network.add_argument(
+        "--listen",
+        default=None,
+        metavar="ADDR:PORT",
+        help="the cluster service listens here, so that agents on GPU machines can join it",
+    )
+    network.add_argument(
+        "--join-token-file", type=Path, default=None, help="the token agents join with (created, mode 0600, if missing)"
+    )
+    network.add_argument(
+        "--tls-auto",
+        action="store_true",
+        help="the cluster service speaks TLS with a CA it makes (the join token file pins it)",
+    )
+    network.add_argument(
+        "--tls-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --tls-auto: another name agents reach the cluster service by (repeatable)",
+    )
+    network.add_argument(
+        "--object-store",
+        default=None,
+        metavar="URL",
+        help="an object store every host reaches, e.g. redis://10.0.0.1:6379/0",
+    )
+    network.add_argument(
+        "--cluster",
+        default=None,
+        metavar="URL",
+        help="use the cluster service at URL (`notebookos cluster`) instead of starting one",
+    )
+    network.add_argument(
+        "--cluster-token-file",
+        type=Path,
+        default=None,
+        help="with --cluster: the file holding its token (its join token works)",
+    )
+    network.add_argument(
+        "--cluster-ca",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="with --cluster: the CA (PEM) its https is verified against (default: the one its "
+        "token pins, else the system's)",
+    )
     parser.set_defaults(func=run, accepts_extra=True)
 
 
 def _cluster_options(args: argparse.Namespace) -> tuple[str, ...]:
     """The service options ``notebookos lab`` passes through to the cluster it starts."""
-    pairs = (("--max-hosts", args.max_hosts), ("--listen", args.listen), ("--join-token-file", args.join_token_file),
-             ("--object-store", args.object_store), *(("--tls-name", name) for name in args.tls_name))
+    pairs = (
+        ("--max-hosts", args.max_hosts),
+        ("--listen", args.listen),
+        ("--join-token-file", args.join_token_file),
+        ("--object-store", args.object_store),
+        *(("--tls-name", name) for name in args.tls_name),
+    )
     options = tuple(item for flag, value in pairs if value is not None for item in (flag, str(value)))
     return options + ("--log-level", args.log_level) + (("--tls-auto",) if args.tls_auto else ())
 
@@ -121,8 +184,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     persistent = args.state_dir is not None
     if args.kernel_grace is not None and (not persistent or args.kernel_grace < 0):
-        print("notebookos: --kernel-grace takes seconds (0 or more) and needs --state-dir, where a restarted "
-              "JupyterLab finds its kernels", file=sys.stderr)
+        print(
+            "notebookos: --kernel-grace takes seconds (0 or more) and needs --state-dir, where a restarted "
+            "JupyterLab finds its kernels",
+            file=sys.stderr,
+        )
         return 2
     grace = DEFAULT_KERNEL_GRACE_S if args.kernel_grace is None else args.kernel_grace
     configure_logging(args.log_level)
@@ -141,6 +207,7 @@ def _run_in(state_dir: Path, args: argparse.Namespace, grace: float) -> int:
     if persistent:
         # Imported here: it loads Jupyter Server, which the other subcommands of `notebookos` do without.
         from .kernel_persistence import StateFolderBusy, lock_state_folder
+
         try:
             lock_state_folder(state_dir / JUPYTER_STATE).close()  # fail before touching the cluster it uses
         except StateFolderBusy as err:
@@ -155,20 +222,27 @@ def _run_in(state_dir: Path, args: argparse.Namespace, grace: float) -> int:
         else:
             cluster = LocalCluster.running(state_dir / "cluster.json") if persistent else None
             if cluster is not None:
-                where = (f"the cluster already running for this state folder (pid {cluster.pid}; its options stand, "
-                         "not these)")
+                where = (
+                    f"the cluster already running for this state folder (pid {cluster.pid}; its options stand, "
+                    "not these)"
+                )
             else:
                 cluster = LocalCluster.start(state_dir, args)
-                where = f"a cluster of {args.hosts} logical hosts" + (f", agents join at {args.listen}" if args.listen
-                                                                      else "")
+                where = f"a cluster of {args.hosts} logical hosts" + (
+                    f", agents join at {args.listen}" if args.listen else ""
+                )
             discovery = cluster.discovery
             cluster.keep_running(state_dir, args)
     except (ClusterError, TokenError, TLSError) as err:
         print(f"notebookos: {err}", file=sys.stderr)
         return 1
     env = dict(os.environ, **{CLUSTER_FILE_ENV: str(discovery)})
-    lab_args = [ENABLE_EXTENSION_ARG, f"--log-level={args.log_level}",
-                *(_persistence_args(state_dir, grace) if persistent else ()), *args.extra]
+    lab_args = [
+        ENABLE_EXTENSION_ARG,
+        f"--log-level={args.log_level}",
+        *(_persistence_args(state_dir, grace) if persistent else ()),
+        *args.extra,
+    ]
     if os.geteuid() == 0 and "--allow-root" not in lab_args:
         lab_args.append("--allow-root")
     log.info("%s, state in %s", where, state_dir)
@@ -182,8 +256,13 @@ def _run_in(state_dir: Path, args: argparse.Namespace, grace: float) -> int:
         # outlive it under --state-dir, and so must the cluster that runs their replicas.
         outlive = persistent and code not in (None, 0) and not asked_to_stop
         if outlive and (cluster is None or cluster.kernels()):
-            log.warning("JupyterLab %s; its kernels keep running for %g s: run `notebookos lab --state-dir %s` again "
-                        "to reconnect to them", _how_it_ended(code), grace, state_dir)
+            log.warning(
+                "JupyterLab %s; its kernels keep running for %g s: run `notebookos lab --state-dir %s` again "
+                "to reconnect to them",
+                _how_it_ended(code),
+                grace,
+                state_dir,
+            )
         elif cluster is not None:
             cluster.stop()
 
@@ -268,20 +347,25 @@ class LocalCluster:
         """Restart the service, on a thread of its own, whenever it dies while JupyterLab runs (a crash, the OOM
         killer): started on its state folder, it takes its hosts and kernels back, and listens where the kernel
         fronts wait for it. Not after :meth:`stop`, nor once it died CLUSTER_RESTARTS times within a minute."""
+
         def watch() -> None:
             restarts: deque[float] = deque(maxlen=CLUSTER_RESTARTS)
             while not self._stopping.wait(CLUSTER_WATCH_S):
                 if self._alive():
                     continue
                 if len(restarts) == CLUSTER_RESTARTS and time.monotonic() - restarts[0] < CLUSTER_RESTART_WINDOW_S:
-                    log.error("the cluster service died %d times within %.0f s; not starting it again (its log is "
-                              "above)", CLUSTER_RESTARTS, CLUSTER_RESTART_WINDOW_S)
+                    log.error(
+                        "the cluster service died %d times within %.0f s; not starting it again (its log is above)",
+                        CLUSTER_RESTARTS,
+                        CLUSTER_RESTART_WINDOW_S,
+                    )
                     return
                 restarts.append(time.monotonic())
                 log.warning("the cluster service (pid %d) died; starting it again on %s", self.pid, state_dir)
                 try:
-                    self.process, self.discovery = start_cluster(state_dir, args.hosts, args.gpus_per_host,
-                                                                 _cluster_options(args), discovery=self.discovery)
+                    self.process, self.discovery = start_cluster(
+                        state_dir, args.hosts, args.gpus_per_host, _cluster_options(args), discovery=self.discovery
+                    )
                 except ClusterError as err:
                     log.error("%s", err)
                     continue

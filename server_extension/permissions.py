@@ -21,6 +21,7 @@ Nothing here imports Jupyter Server, so the provisioner can import :func:`kernel
 options themselves live on the extension (``NotebookOS`` in :mod:`.app`), which hands them here as
 :class:`PoolAdmins`.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -39,12 +40,16 @@ RESOURCE = "notebookos"  # the Jupyter authorization resource of every endpoint
 HUB_USER_ENV = "JUPYTERHUB_USER"  # set by JupyterHub's spawners on each user's single-user server
 SETTING = "notebookos_permissions"  # where the server's tornado settings hold the PoolAdmins
 
-WRITE_MESSAGE = (f"This server's authorizer (ServerApp.authorizer_class) does not grant you action 'write' on "
-                 f"resource '{RESOURCE}', which every change needs, from shutting down your own kernel to the admin "
-                 "actions; reading needs 'read' only.")
-ADMIN_MESSAGE = ("This action changes the shared GPU pool and needs the notebookos admin permission. An operator "
-                 "grants it with c.NotebookOS.admin_users or c.NotebookOS.admin_groups in jupyter_server_config.py "
-                 "(or --NotebookOS.admin_users=NAME, once per name), or by making you a JupyterHub admin.")
+WRITE_MESSAGE = (
+    f"This server's authorizer (ServerApp.authorizer_class) does not grant you action 'write' on "
+    f"resource '{RESOURCE}', which every change needs, from shutting down your own kernel to the admin "
+    "actions; reading needs 'read' only."
+)
+ADMIN_MESSAGE = (
+    "This action changes the shared GPU pool and needs the notebookos admin permission. An operator "
+    "grants it with c.NotebookOS.admin_users or c.NotebookOS.admin_groups in jupyter_server_config.py "
+    "(or --NotebookOS.admin_users=NAME, once per name), or by making you a JupyterHub admin."
+)
 
 
 def kernel_owner(env: Mapping[str, str] = os.environ) -> str:
@@ -101,13 +106,17 @@ class PoolAdmins:
     def describe(self) -> str:
         """Who administers the pool, in a sentence for the server's log."""
         if self.admin_users or self.admin_groups:
-            named = [f"users {', '.join(sorted(self.admin_users))}" if self.admin_users else "",
-                     f"members of {', '.join(sorted(self.admin_groups))}" if self.admin_groups else ""]
+            named = [
+                f"users {', '.join(sorted(self.admin_users))}" if self.admin_users else "",
+                f"members of {', '.join(sorted(self.admin_groups))}" if self.admin_groups else "",
+            ]
             return f"pool admins: {'; '.join(filter(None, named))}; JupyterHub admins"
         if under_jupyterhub():
             return "pool admins: JupyterHub admins (set c.NotebookOS.admin_users or admin_groups to add others)"
-        return (f"pool admins: this server's users, who own the kernels of account {kernel_owner()} (set "
-                "c.NotebookOS.admin_users or admin_groups to name the admins)")
+        return (
+            f"pool admins: this server's users, who own the kernels of account {kernel_owner()} (set "
+            "c.NotebookOS.admin_users or admin_groups to name the admins)"
+        )
 
 
 async def request_access(handler: JupyterHandler) -> Access:

@@ -1,4 +1,5 @@
 """Shared fixtures: an isolated Jupyter environment and one embedded notebookos cluster per test session."""
+
 from __future__ import annotations
 
 import os

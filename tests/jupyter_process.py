@@ -6,6 +6,7 @@ out, so only what the environment itself installs (``<prefix>/etc/jupyter``, ``<
 command line configure it. It listens on a port of its choosing (``--ServerApp.port=0``), which is read from the
 line it logs when it starts.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,9 @@ class JupyterProcess:
         except urllib.error.HTTPError as err:
             return err.code, err.read().decode()
         except urllib.error.URLError as err:
-            raise AssertionError(f"GET {path}: {err.reason} (exit status {self.process.poll()}):\n"
-                                 f"{self.output()}") from None
+            raise AssertionError(
+                f"GET {path}: {err.reason} (exit status {self.process.poll()}):\n{self.output()}"
+            ) from None
 
     def output(self) -> str:
         return "\n".join(self.log)
@@ -65,19 +67,39 @@ class JupyterProcess:
         return self.process.returncode
 
 
-def start_jupyter(command: Sequence[str], home: Path, token: str, extra_args: Sequence[str] = (),
-                  env: dict[str, str] | None = None) -> JupyterProcess:
+def start_jupyter(
+    command: Sequence[str], home: Path, token: str, extra_args: Sequence[str] = (), env: dict[str, str] | None = None
+) -> JupyterProcess:
     """Start ``command`` (e.g. ``[".venv/bin/jupyter", "server"]``) and return once it serves; AssertionError with
     its output if it exits or does not serve within START_TIMEOUT_S."""
     base = {k: v for k, v in (env if env is not None else os.environ).items() if not k.startswith("JUPYTER")}
     for name in ("config", "data", "runtime", "root"):
         (home / name).mkdir(parents=True, exist_ok=True)
-    base.update(JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_DATA_DIR=str(home / "data"),
-                JUPYTER_RUNTIME_DIR=str(home / "runtime"), PYTHONUNBUFFERED="1")
-    argv = [*command, "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1", "--ServerApp.port=0",
-            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={home / 'root'}", *extra_args]
-    process = subprocess.Popen(argv, env=base, cwd=home / "root", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    base.update(
+        JUPYTER_CONFIG_DIR=str(home / "config"),
+        JUPYTER_DATA_DIR=str(home / "data"),
+        JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+        PYTHONUNBUFFERED="1",
+    )
+    argv = [
+        *command,
+        "--no-browser",
+        "--allow-root",
+        "--ServerApp.ip=127.0.0.1",
+        "--ServerApp.port=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={home / 'root'}",
+        *extra_args,
+    ]
+    process = subprocess.Popen(
+        argv,
+        env=base,
+        cwd=home / "root",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     server = JupyterProcess(argv, token, process)
     lines: queue.Queue[str | None] = queue.Queue()
 
@@ -94,8 +116,9 @@ def start_jupyter(command: Sequence[str], home: Path, token: str, extra_args: Se
             line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
             server.stop()
-            raise AssertionError(f"{' '.join(argv)} did not serve within {START_TIMEOUT_S:.0f} s:\n"
-                                 f"{server.output()}") from None
+            raise AssertionError(
+                f"{' '.join(argv)} did not serve within {START_TIMEOUT_S:.0f} s:\n{server.output()}"
+            ) from None
         if line is None:
             process.wait()
             raise AssertionError(f"{' '.join(argv)} exited with {process.returncode}:\n{server.output()}") from None

@@ -1,5 +1,6 @@
 """What the cluster remembers of each kernel's current or last cell: its GPU request, the scheduler's answer and
 the times the dashboard shows (submitted, started, ended; bind and release as the executor measured them)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

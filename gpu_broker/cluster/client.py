@@ -4,6 +4,7 @@ Provisioners and kernel fronts find the cluster through a discovery file: ``$NOT
 (``notebookos lab`` sets it), else ``<jupyter runtime dir>/notebookos-cluster.json``; :mod:`.launcher` starts one
 when none answers there.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,13 +53,18 @@ class ClusterClient:
         data = json.loads(path.read_text())
         return cls(data["url"], data["token"], data.get("ca_pem"), timeout)
 
-    async def request(self, method: str, path: str, body: dict | None = None, timeout: float | None = None,
-                      text: bool = False) -> Any:
+    async def request(
+        self, method: str, path: str, body: dict | None = None, timeout: float | None = None, text: bool = False
+    ) -> Any:
         """The JSON answer (None when empty), or the answer as text with ``text``; ClusterError otherwise."""
         req = HTTPRequest(
-            f"{self.url}{path}", method=method, headers={"Authorization": f"token {self.token}"},
+            f"{self.url}{path}",
+            method=method,
+            headers={"Authorization": f"token {self.token}"},
             body=None if body is None and method in ("GET", "DELETE") else json.dumps(body or {}),
-            request_timeout=self.timeout if timeout is None else timeout, connect_timeout=5.0, ssl_options=self._ssl,
+            request_timeout=self.timeout if timeout is None else timeout,
+            connect_timeout=5.0,
+            ssl_options=self._ssl,
         )
         try:
             resp = await AsyncHTTPClient().fetch(req)
@@ -66,8 +72,11 @@ class ClusterClient:
             if err.response is None or err.code == 599:  # time-out, or the connection broke
                 raise ClusterError(f"the notebookos cluster at {self.url} did not answer ({err})") from None
             detail = _error_detail(err.response.body)
-            raise ClusterError(f"cluster at {self.url} answered {method} {path} with {err.code}: {detail}",
-                               status=err.code, detail=detail) from None
+            raise ClusterError(
+                f"cluster at {self.url} answered {method} {path} with {err.code}: {detail}",
+                status=err.code,
+                detail=detail,
+            ) from None
         except OSError as err:
             raise ClusterError(f"cannot reach the notebookos cluster at {self.url}: {err}") from None
         if text:
@@ -75,8 +84,9 @@ class ClusterClient:
         try:
             return json.loads(resp.body) if resp.body else None
         except ValueError:
-            raise ClusterError(f"the notebookos cluster at {self.url} answered {method} {path} with something that "
-                               "is not JSON") from None
+            raise ClusterError(
+                f"the notebookos cluster at {self.url} answered {method} {path} with something that is not JSON"
+            ) from None
 
     async def alive(self) -> bool:
         try:
@@ -91,11 +101,29 @@ class ClusterClient:
         """``GET /cluster``: hosts, kernels with their replicas, pending work, the service's pid."""
         return await self.request("GET", "/cluster", timeout=timeout)
 
-    async def create_kernel(self, kernel_id: str, key: str, signature_scheme: str, cwd: str | None,
-                            gpus: int = 0, owner: str | None = None, notebook: str | None = None) -> dict:
-        return await self.request("POST", "/kernels", {"kernel_id": kernel_id, "key": key, "gpus": gpus,
-                                                       "signature_scheme": signature_scheme, "cwd": cwd,
-                                                       "owner": owner, "notebook": notebook})
+    async def create_kernel(
+        self,
+        kernel_id: str,
+        key: str,
+        signature_scheme: str,
+        cwd: str | None,
+        gpus: int = 0,
+        owner: str | None = None,
+        notebook: str | None = None,
+    ) -> dict:
+        return await self.request(
+            "POST",
+            "/kernels",
+            {
+                "kernel_id": kernel_id,
+                "key": key,
+                "gpus": gpus,
+                "signature_scheme": signature_scheme,
+                "cwd": cwd,
+                "owner": owner,
+                "notebook": notebook,
+            },
+        )
 
     async def kernel(self, kernel_id: str) -> dict:
         return await self.request("GET", _kernel(kernel_id))
@@ -124,11 +152,13 @@ class ClusterClient:
         """Wait, as long as it takes, until a queued cell is granted its GPUs."""
         return await self.request("POST", f"{_kernel(kernel_id)}/executions/wait", timeout=7 * 24 * 3600.0)
 
-    async def release_execution(self, kernel_id: str, bind_s: float | None = None,
-                                release_s: float | None = None) -> None:
+    async def release_execution(
+        self, kernel_id: str, bind_s: float | None = None, release_s: float | None = None
+    ) -> None:
         """The cell is over; ``bind_s``/``release_s`` are what binding its GPUs cost the executor, if it said."""
-        await self.request("POST", f"{_kernel(kernel_id)}/executions/release",
-                           {"bind_s": bind_s, "release_s": release_s})
+        await self.request(
+            "POST", f"{_kernel(kernel_id)}/executions/release", {"bind_s": bind_s, "release_s": release_s}
+        )
 
     async def add_host(self, gpus: int | None = None) -> dict:
         """A host from the cluster's provider (``gpus``: default the cluster's GPUs per host)."""
@@ -143,13 +173,30 @@ class ClusterClient:
     async def remove_host(self, name: str) -> None:
         await self.request("DELETE", _host(name))
 
-    async def events(self, since: int | None = None, limit: int | None = None, host: str | None = None,
-                     kernel: str | None = None, kind: str | None = None, wait_s: int | None = None,
-                     timeout: float | None = None) -> dict:
+    async def events(
+        self,
+        since: int | None = None,
+        limit: int | None = None,
+        host: str | None = None,
+        kernel: str | None = None,
+        kind: str | None = None,
+        wait_s: int | None = None,
+        timeout: float | None = None,
+    ) -> dict:
         """Logged events after ``since``, oldest first, filtered; with ``wait_s``, held up to that many seconds
         (at most 60) until one comes."""
-        query = {k: v for k, v in (("since", since), ("limit", limit), ("host", host), ("kernel", kernel),
-                                   ("kind", kind), ("timeout", wait_s)) if v is not None}
+        query = {
+            k: v
+            for k, v in (
+                ("since", since),
+                ("limit", limit),
+                ("host", host),
+                ("kernel", kernel),
+                ("kind", kind),
+                ("timeout", wait_s),
+            )
+            if v is not None
+        }
         path = "/events/wait" if wait_s is not None else "/events"
         return await self.request("GET", path + ("?" + urlencode(query) if query else ""), timeout=timeout)
 

@@ -9,6 +9,7 @@ to cells. Each event also goes to the event log (:mod:`.event_log`), the metrics
 Calls come from one worker thread of the cluster service (so they never interleave); readers (``describe``) may
 come from the service's event loop at any time, and take ``lock`` to see no half-applied change.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,9 +28,23 @@ import zmq
 from ...kernels.replica_config import ReplicaConfig
 from .agent.remote import AgentError, AgentUnreachable, RemoteHost
 from .cells import CellRecord
-from ..scheduler.events import (Decision, DecisionKind, Event, ExecutionStarted, HostAdded, HostDrained,
-                                HostDrainStarted, HostRemoved, HostResized, KernelPlaced, PlacementDeferred, Released,
-                                ReplicaMoved, ReplicaReplaced, ScaleOutRequested)
+from ..scheduler.events import (
+    Decision,
+    DecisionKind,
+    Event,
+    ExecutionStarted,
+    HostAdded,
+    HostDrained,
+    HostDrainStarted,
+    HostRemoved,
+    HostResized,
+    KernelPlaced,
+    PlacementDeferred,
+    Released,
+    ReplicaMoved,
+    ReplicaReplaced,
+    ScaleOutRequested,
+)
 from ..scheduler.journal import CoreJournal
 from ..scheduler.model import Allocation, AllocationState, HostState
 from ..scheduler.policies import LIVE_POLICY, make_policy
@@ -87,11 +102,21 @@ class KernelRecord:
 
 
 class EmbeddedCluster:
-    def __init__(self, state_dir: Path, n_hosts: int = 4, gpus_per_host: int = 1,
-                 subscription_limit: float = CoreConfig.subscription_limit, journal: bool = False,
-                 max_hosts: int | None = None, policy: str = LIVE_POLICY, provider: HostProvider | None = None,
-                 object_store: str | None = None, host_timeout_s: float = 5.0,
-                 devices: list[int] | None = None, state: ClusterStateStore | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        n_hosts: int = 4,
+        gpus_per_host: int = 1,
+        subscription_limit: float = CoreConfig.subscription_limit,
+        journal: bool = False,
+        max_hosts: int | None = None,
+        policy: str = LIVE_POLICY,
+        provider: HostProvider | None = None,
+        object_store: str | None = None,
+        host_timeout_s: float = 5.0,
+        devices: list[int] | None = None,
+        state: ClusterStateStore | None = None,
+    ) -> None:
         """``state``: where the cluster keeps what it must not lose (:mod:`.state_store`); a cluster started on
         the state a previous one left restores it (its hosts, kernels and the devices their cells hold) instead
         of starting ``n_hosts`` new hosts."""
@@ -103,14 +128,19 @@ class EmbeddedCluster:
         self.policy = make_policy(policy)
         max_hosts = max(max_hosts or n_hosts, n_hosts)
         # Logical hosts share this machine's network stack and disk: one port pool, one folder per kernel's objects.
-        self.provider = provider or LocalProvider(self.state_dir / "hosts", max_hosts, PortPool(), object_store,
-                                                  devices)
+        self.provider = provider or LocalProvider(
+            self.state_dir / "hosts", max_hosts, PortPool(), object_store, devices
+        )
         self.provider_name = type(self.provider).__name__.removesuffix("Provider").lower()
         # The hosts started with are the floor the autoscaler keeps; it may add hosts up to max_hosts. The core sizes
         # a scale-out in GPUs per added host, which must be positive: with hosts without GPUs (for kernels that need
         # none) it counts 1, and the hosts a scale-out adds still get gpus_per_host, none.
-        self.core_config = CoreConfig(host_gpus=max(1, gpus_per_host), subscription_limit=subscription_limit,
-                                      min_hosts=n_hosts, max_hosts=max_hosts)
+        self.core_config = CoreConfig(
+            host_gpus=max(1, gpus_per_host),
+            subscription_limit=subscription_limit,
+            min_hosts=n_hosts,
+            max_hosts=max_hosts,
+        )
         self.core = SchedulerCore(self.policy, self.core_config)
         # With ``journal``, every call the live cluster makes on the core is kept, so that it can be replayed on the
         # simulator's core and the decisions compared (tests, debugging); it grows with every cell and tick.
@@ -145,8 +175,16 @@ class EmbeddedCluster:
 
     # ------------------------------------------------------------------------------------ kernels
 
-    def create_kernel(self, kernel_id: str, key: str, signature_scheme: str, cwd: str | None = None,
-                      gpus: int = 0, owner: str | None = None, notebook: str | None = None) -> dict:
+    def create_kernel(
+        self,
+        kernel_id: str,
+        key: str,
+        signature_scheme: str,
+        cwd: str | None = None,
+        gpus: int = 0,
+        owner: str | None = None,
+        notebook: str | None = None,
+    ) -> dict:
         if kernel_id in self.kernels:
             raise ValueError(f"kernel {kernel_id} already exists")
         record = KernelRecord(kernel_id, [], owner=owner, notebook=notebook, cwd=cwd)
@@ -175,9 +213,18 @@ class EmbeddedCluster:
             urls = tuple(_peer_url(host, taken) for host, taken in zip(hosts, ports)) if peer_api else ()
             password = secrets.token_urlsafe(24)
             for index, host in enumerate(hosts):
-                config = ReplicaConfig(kernel_id=kernel_id, replica=index, host=host.name, raft_address=peers[index],
-                                       raft_peers=peers, raft_password=password, journal_path="",
-                                       store=self.object_store or "", cwd=cwd, peer_urls=urls)
+                config = ReplicaConfig(
+                    kernel_id=kernel_id,
+                    replica=index,
+                    host=host.name,
+                    raft_address=peers[index],
+                    raft_peers=peers,
+                    raft_password=password,
+                    journal_path="",
+                    store=self.object_store or "",
+                    cwd=cwd,
+                    peer_urls=urls,
+                )
                 connection = _connection(ports[index], key, signature_scheme)
                 try:
                     record.replicas.append((host, host.start_replica(config, connection)))
@@ -219,8 +266,10 @@ class EmbeddedCluster:
             return [self.hosts[replicas[i]] for i in sorted(replicas)]
         # A kernel start does not wait longer: it is refused with the reason.
         self._act(self._decide(self.core.close_kernel, kernel_id))
-        raise PlacementError(f"cannot place the kernel's {self.policy.replicas} replica(s) with {gpus} GPU(s) each: "
-                             f"{reason}. Add hosts, or raise the subscription limit, or ask for fewer GPUs.")
+        raise PlacementError(
+            f"cannot place the kernel's {self.policy.replicas} replica(s) with {gpus} GPU(s) each: "
+            f"{reason}. Add hosts, or raise the subscription limit, or ask for fewer GPUs."
+        )
 
     # ----------------------------------------------------------------------------------- GPUs per cell
 
@@ -229,8 +278,10 @@ class EmbeddedCluster:
         migrate first, or a place in the queue. A request no host could ever satisfy is refused at once."""
         largest = max((h.gpus for h in self.core.cluster.hosts.values()), default=0)
         if gpus > largest:
-            raise PlacementError(f"the cell asks for {gpus} GPU(s) but the largest host has {largest}; ask for at "
-                                 f"most {largest} (%gpus {largest}), or add larger hosts")
+            raise PlacementError(
+                f"the cell asks for {gpus} GPU(s) but the largest host has {largest}; ask for at "
+                f"most {largest} (%gpus {largest}), or add larger hosts"
+            )
         record = self.kernels[kernel_id]
         record.cell = CellRecord(gpus=gpus, submitted=time.time())
         decision = self._decide(self.core.request_execution, kernel_id, gpus)
@@ -286,8 +337,7 @@ class EmbeddedCluster:
         self._act(self._decide(self.core.tick))
         core = self.core
         with self.lock:
-            self.history.maybe_sample(time.time(), core.cluster.total_gpus, core.used_gpus,
-                                      len(core.waiting_requests))
+            self.history.maybe_sample(time.time(), core.cluster.total_gpus, core.used_gpus, len(core.waiting_requests))
 
     def take_granted(self) -> list[Decision]:
         """Grants made since the last call, for the cell just requested or for queued ones: the service starts
@@ -320,16 +370,23 @@ class EmbeddedCluster:
         if replica in record.moving or not placed or stale or (proc.alive and _reachable(host)):
             return self.describe_kernel(kernel_id)
         if proc.exit_reason:
-            self.events.append("replica_exited", time.time(), proc.exit_reason, host=host.name, kernel=kernel_id,
-                               replica=replica)
+            self.events.append(
+                "replica_exited", time.time(), proc.exit_reason, host=host.name, kernel=kernel_id, replica=replica
+            )
         self._act(self._decide(self.core.replica_lost, kernel_id, replica))
         return self.describe_kernel(kernel_id)
 
     def kill_replica(self, kernel_id: str, replica: int) -> dict:
         host, _ = self.kernels[kernel_id].replicas[replica]
         host.kill_replica(kernel_id, replica)
-        self.events.append("replica_killed", time.time(), "killed by the operator (fault drill)", host=host.name,
-                           kernel=kernel_id, replica=replica)
+        self.events.append(
+            "replica_killed",
+            time.time(),
+            "killed by the operator (fault drill)",
+            host=host.name,
+            kernel=kernel_id,
+            replica=replica,
+        )
         return self.describe_kernel(kernel_id)
 
     def _hand_over(self, kernel_id: str, replica: int, host: str, pause_s: float = 0.0) -> None:
@@ -342,9 +399,11 @@ class EmbeddedCluster:
         target = self.hosts[host]
         local = isinstance(source, HostAgent) and isinstance(target, HostAgent)
         if not local and not current.config.peer_urls:
-            raise ValueError(f"replica {replica} of kernel {kernel_id} cannot move from {source.name} to {host}: the "
-                             "kernel started with every replica on this machine, without the peer API a member on "
-                             "another machine needs")
+            raise ValueError(
+                f"replica {replica} of kernel {kernel_id} cannot move from {source.name} to {host}: the "
+                "kernel started with every replica on this machine, without the peer API a member on "
+                "another machine needs"
+            )
         record.moving.add(replica)
         try:
             if local:
@@ -369,8 +428,13 @@ class EmbeddedCluster:
                 self.starting[key] = agent
                 if scaled:
                     self._scaled_starting.add(key)
-            self.events.append("host_starting", time.time(), f"the {self.provider_name} provider is starting it",
-                               host=key, data={"gpus": agent.gpus})
+            self.events.append(
+                "host_starting",
+                time.time(),
+                f"the {self.provider_name} provider is starting it",
+                host=key,
+                data={"gpus": agent.gpus},
+            )
             if scaled:
                 self.metrics.scale_events.labels("out").inc()
                 self.history.scaled()
@@ -385,8 +449,16 @@ class EmbeddedCluster:
             self.history.scaled()
         return self._describe_host(agent.name)
 
-    def join_agent(self, name: str, address: str, gpus: int, url: str, token: str,
-                   replicas: list[dict[str, Any]], cert_pem: str | None = None) -> dict:
+    def join_agent(
+        self,
+        name: str,
+        address: str,
+        gpus: int,
+        url: str,
+        token: str,
+        replicas: list[dict[str, Any]],
+        cert_pem: str | None = None,
+    ) -> dict:
         """A ``notebookos agent`` joined with the join token: its machine becomes a host. An agent that joins again
         under its name from the same address (it was restarted, or the service was) keeps the host and its
         replicas; ValueError if the name belongs to another machine or to a logical host. ``cert_pem``: the
@@ -408,8 +480,9 @@ class EmbeddedCluster:
             self.hosts[name] = host
             # A machine the provider started (by its name, or the first unnamed one on its way), or one an
             # operator runs: only the latter raises the autoscaler's floor and ceiling.
-            started = name if name in self.starting else next((k for k, p in self.starting.items() if p.name is None),
-                                                               None)
+            started = (
+                name if name in self.starting else next((k for k, p in self.starting.items() if p.name is None), None)
+            )
             if started is not None:
                 del self.starting[started]
                 self._scaled_starting.discard(started)
@@ -430,13 +503,16 @@ class EmbeddedCluster:
             if not isinstance(host, RemoteHost) or host.lost:
                 raise KeyError(f"no host {name!r} has joined this cluster")
             if not host.reported and self._restored_at is not None:
-                self.events.append("agent_back", time.time(), "its agent reported to the restarted cluster service",
-                                   host=name)
+                self.events.append(
+                    "agent_back", time.time(), "its agent reported to the restarted cluster service", host=name
+                )
             host.heartbeat(replicas)
             placed = self.core.cluster.kernels
-            return [(r["kernel_id"], r["replica"]) for r in replicas
-                    if not (r.get("kernel_id") in placed and
-                            placed[r["kernel_id"]].replicas.get(r.get("replica")) == name)]
+            return [
+                (r["kernel_id"], r["replica"])
+                for r in replicas
+                if not (r.get("kernel_id") in placed and placed[r["kernel_id"]].replicas.get(r.get("replica")) == name)
+            ]
 
     def _agent_trust(self, name: str, cert_pem: str | None) -> str | bool:
         """What verifies an agent's https certificate: the one it joined with, kept in a file (requests reads one)."""
@@ -478,8 +554,10 @@ class EmbeddedCluster:
         """Change a host's GPU count (ValueError while cells use its GPUs)."""
         host = self._host(name)
         if not isinstance(host, HostAgent):
-            raise ValueError(f"{name} is a machine of its own: its agent advertises its GPUs (restart the agent "
-                             "with another --gpus to change them)")
+            raise ValueError(
+                f"{name} is a machine of its own: its agent advertises its GPUs (restart the agent "
+                "with another --gpus to change them)"
+            )
         self.provider.resize_host(host, gpus)
         self._act(self._decide(self.core.resize_host, name, gpus))
         return self._describe_host(name)
@@ -587,8 +665,14 @@ class EmbeddedCluster:
         try:
             self._hand_over(event.kernel_id, event.replica, event.host_id)
         except (ValueError, AgentError) as err:
-            self.events.append("replacement_failed", time.time(), str(err), host=event.host_id,
-                               kernel=event.kernel_id, replica=event.replica)
+            self.events.append(
+                "replacement_failed",
+                time.time(),
+                str(err),
+                host=event.host_id,
+                kernel=event.kernel_id,
+                replica=event.replica,
+            )
             return
         record.replicas[event.replica][1].restarts += 1
 
@@ -603,9 +687,17 @@ class EmbeddedCluster:
         peers[index] = _raft_address(target, ports)
         if urls:
             urls[index] = _peer_url(target, ports)
-        config = dataclasses.replace(lost.config, host=target.name, raft_address=peers[index], raft_peers=tuple(peers),
-                                     journal_path="", store=self.object_store or "", cwd=record.cwd,
-                                     peer_urls=tuple(urls), joining=True)
+        config = dataclasses.replace(
+            lost.config,
+            host=target.name,
+            raft_address=peers[index],
+            raft_peers=tuple(peers),
+            journal_path="",
+            store=self.object_store or "",
+            cwd=record.cwd,
+            peer_urls=tuple(urls),
+            joining=True,
+        )
         connection = _connection(ports, lost.connection["key"], lost.connection["signature_scheme"])
         started = target.start_replica(config, connection)
         started.restarts = lost.restarts
@@ -617,9 +709,14 @@ class EmbeddedCluster:
             source.replicas.pop((record.kernel_id, index), None)
         else:
             source.stop_kernel(record.kernel_id)
-        self.events.append("replica_joining", time.time(), f"joins the kernel's Raft group from {target.name} in "
-                           f"place of the replica on {source.name}", host=target.name, kernel=record.kernel_id,
-                           replica=index)
+        self.events.append(
+            "replica_joining",
+            time.time(),
+            f"joins the kernel's Raft group from {target.name} in place of the replica on {source.name}",
+            host=target.name,
+            kernel=record.kernel_id,
+            replica=index,
+        )
 
     def _scale_out(self, count: int) -> None:
         for added in range(count):
@@ -650,11 +747,19 @@ class EmbeddedCluster:
         host, placed = self.hosts.get(name), self.core.cluster.hosts.get(name)
         if host is None or placed is None:
             return None
-        state: dict[str, Any] = {"gpus": placed.gpus, "draining": placed.state is HostState.DRAINING,
-                                 "remove_when_drained": placed.remove_when_drained}
+        state: dict[str, Any] = {
+            "gpus": placed.gpus,
+            "draining": placed.state is HostState.DRAINING,
+            "remove_when_drained": placed.remove_when_drained,
+        }
         if isinstance(host, RemoteHost):
-            state["agent"] = {"address": host.address, "url": host.url, "token": host.token, "verify": host.verify,
-                              "provided": name in self.provided}
+            state["agent"] = {
+                "address": host.address,
+                "url": host.url,
+                "token": host.token,
+                "verify": host.verify,
+                "provided": name in self.provided,
+            }
         else:
             state["logical"] = {"devices": list(host.gpu_devices) if host.gpu_devices is not None else None}
         return state
@@ -665,14 +770,33 @@ class EmbeddedCluster:
             return None
         allocation = kernel.allocation
         return {
-            "owner": record.owner, "notebook": record.notebook, "cwd": record.cwd, "gpus": kernel.gpus,
+            "owner": record.owner,
+            "notebook": record.notebook,
+            "cwd": record.cwd,
+            "gpus": kernel.gpus,
             "placed": {str(i): h for i, h in kernel.replicas.items()},
-            "previous_executor": kernel.previous_executor, "executing": kernel.executing,
-            "allocation": None if allocation is None else {
-                "host": allocation.host_id, "devices": list(allocation.devices), "replica": allocation.replica,
-                "state": allocation.state.value, "held": allocation.held, "since": allocation.since},
-            "replicas": [{"host": h.name, "address": h.address, "config": dataclasses.asdict(p.config),
-                          "connection": p.connection, "restarts": p.restarts} for h, p in record.replicas],
+            "previous_executor": kernel.previous_executor,
+            "executing": kernel.executing,
+            "allocation": None
+            if allocation is None
+            else {
+                "host": allocation.host_id,
+                "devices": list(allocation.devices),
+                "replica": allocation.replica,
+                "state": allocation.state.value,
+                "held": allocation.held,
+                "since": allocation.since,
+            },
+            "replicas": [
+                {
+                    "host": h.name,
+                    "address": h.address,
+                    "config": dataclasses.asdict(p.config),
+                    "connection": p.connection,
+                    "restarts": p.restarts,
+                }
+                for h, p in record.replicas
+            ],
         }
 
     def _restore(self, stored: StoredState) -> None:
@@ -696,14 +820,21 @@ class EmbeddedCluster:
                 view.restarts = replica["restarts"]
                 record.replicas.append((host, view))
             allocation = self._restore_allocation(record, saved["allocation"])
-            self.core.restore_kernel(kernel_id, saved["gpus"], {int(i): h for i, h in saved["placed"].items()},
-                                     saved["previous_executor"], allocation, saved["executing"])
+            self.core.restore_kernel(
+                kernel_id,
+                saved["gpus"],
+                {int(i): h for i, h in saved["placed"].items()},
+                saved["previous_executor"],
+                allocation,
+                saved["executing"],
+            )
             self.kernels[kernel_id] = record
         self._stop_strays()
         why = f"the cluster service restarted and took back {len(self.hosts)} host(s) and {len(self.kernels)} kernel(s)"
         log.info("%s from %s", why, self.state.path if self.state else "")
-        self.events.append("cluster_restored", time.time(), why,
-                           data={"hosts": len(self.hosts), "kernels": len(self.kernels)})
+        self.events.append(
+            "cluster_restored", time.time(), why, data={"hosts": len(self.hosts), "kernels": len(self.kernels)}
+        )
         self._act(self._decide(self.core.restored))
 
     def _restore_allocation(self, record: KernelRecord, held: dict[str, Any] | None) -> Allocation | None:
@@ -711,8 +842,15 @@ class EmbeddedCluster:
         (a logical host adopts what runs), kept until the agent reports if it is on a machine (see :meth:`tick`)."""
         if held is None:
             return None
-        allocation = Allocation(record.kernel_id, held["host"], tuple(held["devices"]), held["replica"],
-                                AllocationState(held["state"]), held["held"], held["since"])
+        allocation = Allocation(
+            record.kernel_id,
+            held["host"],
+            tuple(held["devices"]),
+            held["replica"],
+            AllocationState(held["state"]),
+            held["held"],
+            held["since"],
+        )
         executor = next(((h, p) for h, p in record.replicas if p.config.replica == allocation.replica), None)
         if executor is not None and isinstance(executor[0], RemoteHost):
             self._unconfirmed[record.kernel_id] = (executor[0].name, executor[1].config.replica)
@@ -723,8 +861,13 @@ class EmbeddedCluster:
 
     def _commitment_dropped(self, kernel_id: str, host: str, why: str) -> None:
         self._touched_kernels.add(kernel_id)  # its row still names the devices
-        self.events.append("commitment_dropped", time.time(), f"the GPUs the kernel's cell held before the cluster "
-                           f"service restarted are free again: {why}", host=host, kernel=kernel_id)
+        self.events.append(
+            "commitment_dropped",
+            time.time(),
+            f"the GPUs the kernel's cell held before the cluster service restarted are free again: {why}",
+            host=host,
+            kernel=kernel_id,
+        )
 
     def _confirm_commitments(self) -> None:
         """Restored commitments of cells on machines whose agents have reported since the restart: a cell whose
@@ -753,8 +896,10 @@ class EmbeddedCluster:
                 self.core.autoscaler.count_fixed_hosts(+1)
             return RemoteHost(name, agent["address"], agent["url"], agent["token"], agent["verify"])
         if not isinstance(self.provider, LocalProvider):
-            raise ProviderError(f"the state in {self.state_dir} has logical host {name}, which only the local "
-                                "provider runs: start the service without --provider, or with a new --state-dir")
+            raise ProviderError(
+                f"the state in {self.state_dir} has logical host {name}, which only the local "
+                "provider runs: start the service without --provider, or with a new --state-dir"
+            )
         devices = saved["logical"]["devices"]
         return self.provider.restore_host(name, tuple(devices) if devices is not None else None)
 
@@ -764,8 +909,9 @@ class EmbeddedCluster:
         placed = {(k, p.config.replica) for k, record in self.kernels.items() for _, p in record.replicas}
         for host in [h for h in self.hosts.values() if isinstance(h, HostAgent)]:
             for kernel_id, replica in [key for key in host.replicas if key not in placed]:
-                log.warning("stopping replica %s/%d on %s: no kernel of this cluster has it", kernel_id, replica,
-                            host.name)
+                log.warning(
+                    "stopping replica %s/%d on %s: no kernel of this cluster has it", kernel_id, replica, host.name
+                )
                 host.stop_replica(kernel_id, replica)
 
     # ------------------------------------------------------------------------------------ read-outs
@@ -781,17 +927,30 @@ class EmbeddedCluster:
                 "gpus": kernel.gpus if kernel else 0,
                 "owner": record.owner,
                 "notebook": record.notebook,
-                "allocation": None if allocation is None else {
-                    "host": allocation.host_id, "devices": list(allocation.devices), "replica": allocation.replica,
-                    "state": allocation.state.value, "since": allocation.since},
+                "allocation": None
+                if allocation is None
+                else {
+                    "host": allocation.host_id,
+                    "devices": list(allocation.devices),
+                    "replica": allocation.replica,
+                    "state": allocation.state.value,
+                    "since": allocation.since,
+                },
                 "cell": record.cell.json() if record.cell else None,
                 "replicas": [
-                    {"replica": p.config.replica, "host": h.name, "address": h.address, "alive": p.alive, "pid": p.pid,
-                     "restarts": p.restarts, "connection": public_connection(p.connection),
-                     "exit_reason": p.exit_reason,
-                     # Known for kernels that ask for GPUs (the scheduler picks their executor); None otherwise.
-                     "role": None if executor is None else "executor" if p.config.replica == executor else "standby",
-                     "state": _replica_state(p, p.config.replica in record.moving)}
+                    {
+                        "replica": p.config.replica,
+                        "host": h.name,
+                        "address": h.address,
+                        "alive": p.alive,
+                        "pid": p.pid,
+                        "restarts": p.restarts,
+                        "connection": public_connection(p.connection),
+                        "exit_reason": p.exit_reason,
+                        # Known for kernels that ask for GPUs (the scheduler picks their executor); None otherwise.
+                        "role": None if executor is None else "executor" if p.config.replica == executor else "standby",
+                        "state": _replica_state(p, p.config.replica in record.moving),
+                    }
                     for h, p in record.replicas
                 ],
             }
@@ -816,19 +975,33 @@ class EmbeddedCluster:
             host = self.core.cluster.hosts[name]
             held = {d: a for a in host.allocations.values() for d in a.devices}
             return {
-                "name": name, "address": self.hosts[name].address, "replicas": len(self.hosts[name].replicas),
+                "name": name,
+                "address": self.hosts[name].address,
+                "replicas": len(self.hosts[name].replicas),
                 "gpus": host.gpus,
-                "idle_gpus": host.idle_gpus, "subscribed_gpus": host.subscribed, "subscription_ratio": host.ratio(),
-                "state": host.state.value, "reachable": host.reachable,
+                "idle_gpus": host.idle_gpus,
+                "subscribed_gpus": host.subscribed,
+                "subscription_ratio": host.ratio(),
+                "state": host.state.value,
+                "reachable": host.reachable,
                 "devices": [_describe_device(d, held.get(d)) for d in range(host.gpus)],
             }
 
-
     def _describe_starting(self, key: str) -> dict:
         pending = self.starting[key]
-        return {"name": key, "address": None, "replicas": 0, "gpus": pending.gpus, "idle_gpus": 0,
-                "subscribed_gpus": 0, "subscription_ratio": 0.0, "state": "starting", "reachable": False,
-                "devices": [], "since": pending.since}
+        return {
+            "name": key,
+            "address": None,
+            "replicas": 0,
+            "gpus": pending.gpus,
+            "idle_gpus": 0,
+            "subscribed_gpus": 0,
+            "subscription_ratio": 0.0,
+            "state": "starting",
+            "reachable": False,
+            "devices": [],
+            "since": pending.since,
+        }
 
 
 def _reachable(host: ReplicaHost) -> bool:
@@ -850,16 +1023,27 @@ def _connection(ports: list[int], key: str, signature_scheme: str) -> dict:
     its channels to the kernel front cross the network encrypted (ipykernel serves them as a Curve server; the
     front connects with the public key, see :func:`public_connection`)."""
     public, secret = zmq.curve_keypair()
-    return {**dict(zip(_CHANNELS, ports[1:1 + len(_CHANNELS)])), "transport": "tcp", "key": key,
-            "signature_scheme": signature_scheme, "kernel_name": "notebookos-replica",
-            "curve_publickey": public.decode(), "curve_secretkey": secret.decode()}
+    return {
+        **dict(zip(_CHANNELS, ports[1 : 1 + len(_CHANNELS)])),
+        "transport": "tcp",
+        "key": key,
+        "signature_scheme": signature_scheme,
+        "kernel_name": "notebookos-replica",
+        "curve_publickey": public.decode(),
+        "curve_secretkey": secret.decode(),
+    }
 
 
 def _describe_device(device: int, holder: Allocation | None) -> dict:
     if holder is None:
         return {"device": device, "kernel": None, "replica": None, "state": "idle", "since": None}
-    return {"device": device, "kernel": holder.kernel_id, "replica": holder.replica, "state": holder.state.value,
-            "since": holder.since}
+    return {
+        "device": device,
+        "kernel": holder.kernel_id,
+        "replica": holder.replica,
+        "state": holder.state.value,
+        "since": holder.since,
+    }
 
 
 def _replica_state(proc: ReplicaView, moving: bool) -> str:

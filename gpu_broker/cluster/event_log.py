@@ -7,6 +7,7 @@ the last record it saw, which is how the dashboard's server-sent event stream re
 
 Only the latest ``capacity`` records are kept: the log serves live views and recent history, not an audit trail.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,15 +53,39 @@ class EventLog:
         host = next((fields.pop(name) for name in _HOST_FIELDS if fields.get(name) is not None), None)
         for name in _HOST_FIELDS:
             fields.pop(name, None)
-        return self.append(event_kind(event), time, reason, host=host, kernel=fields.pop("kernel_id", None),
-                           replica=fields.pop("replica", None), data={k: _plain(v) for k, v in fields.items()})
+        return self.append(
+            event_kind(event),
+            time,
+            reason,
+            host=host,
+            kernel=fields.pop("kernel_id", None),
+            replica=fields.pop("replica", None),
+            data={k: _plain(v) for k, v in fields.items()},
+        )
 
-    def append(self, kind: str, time: float, reason: str, *, host: str | None = None, kernel: str | None = None,
-               replica: int | None = None, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    def append(
+        self,
+        kind: str,
+        time: float,
+        reason: str,
+        *,
+        host: str | None = None,
+        kernel: str | None = None,
+        replica: int | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         with self._lock:
             self.last_seq += 1
-            entry = {"seq": self.last_seq, "time": time, "kind": kind, "reason": reason, "host": host,
-                     "kernel": kernel, "replica": replica, "data": data or {}}
+            entry = {
+                "seq": self.last_seq,
+                "time": time,
+                "kind": kind,
+                "reason": reason,
+                "host": host,
+                "kernel": kernel,
+                "replica": replica,
+                "data": data or {},
+            }
             self._records.append(entry)
         for listener in list(self.listeners):
             listener(entry)
@@ -73,12 +98,23 @@ class EventLog:
             self._records.extend(records)
             self.last_seq = max(self.last_seq, records[-1]["seq"] if records else 0)
 
-    def since(self, seq: int = 0, *, limit: int | None = None, host: str | None = None, kernel: str | None = None,
-              kind: str | None = None) -> list[dict[str, Any]]:
+    def since(
+        self,
+        seq: int = 0,
+        *,
+        limit: int | None = None,
+        host: str | None = None,
+        kernel: str | None = None,
+        kind: str | None = None,
+    ) -> list[dict[str, Any]]:
         """Records after ``seq``, oldest first, matching every filter given; the latest ``limit`` of them."""
         with self._lock:
-            found = [e for e in self._records if e["seq"] > seq
-                     and (host is None or e["host"] == host or e["data"].get("from_host") == host)
-                     and (kernel is None or e["kernel"] == kernel)
-                     and (kind is None or e["kind"] == kind)]
+            found = [
+                e
+                for e in self._records
+                if e["seq"] > seq
+                and (host is None or e["host"] == host or e["data"].get("from_host") == host)
+                and (kernel is None or e["kernel"] == kernel)
+                and (kind is None or e["kind"] == kind)
+            ]
         return found[-limit:] if limit else found

@@ -4,6 +4,7 @@ Every ``interval_s`` the service closes a sample: GPUs total and committed at th
 p50/p99 interactivity delay of cells that got their GPUs during the interval, and how many migrations and scale
 events happened in it. An hour of 5-second samples is 720 small records.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -52,8 +53,18 @@ class History:
         if now - self._opened < self.interval_s:
             return False
         delays = sorted(self._delays)
-        self.samples.append(Sample(now, gpus_total, gpus_committed, pending_cells, _quantile(delays, 0.5),
-                                   _quantile(delays, 0.99), self._migrations, self._scale_events))
+        self.samples.append(
+            Sample(
+                now,
+                gpus_total,
+                gpus_committed,
+                pending_cells,
+                _quantile(delays, 0.5),
+                _quantile(delays, 0.99),
+                self._migrations,
+                self._scale_events,
+            )
+        )
         self._delays, self._migrations, self._scale_events, self._opened = [], 0, 0, now
         return True
 

@@ -10,6 +10,7 @@ How a replica runs is its runtime's business (:mod:`.runtime`): a process in a s
 container. Either outlives an agent that dies or is restarted; a new agent on the same state folder re-adopts the
 ones still running (:meth:`HostAgent.adopt`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,8 +73,9 @@ class ReplicaProcess:
     @property
     def ports(self) -> set[int]:
         """Every port the replica binds: its five Jupyter channels and its Raft node."""
-        return {v for k, v in self.connection.items() if k.endswith("_port")} | \
-            {int(self.config.raft_address.rsplit(":", 1)[1])}
+        return {v for k, v in self.connection.items() if k.endswith("_port")} | {
+            int(self.config.raft_address.rsplit(":", 1)[1])
+        }
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM, then SIGKILL once ``grace_s`` has passed; returns when it is gone (its container too)."""
@@ -103,10 +105,17 @@ class ReplicaProcess:
 
     def describe(self) -> dict[str, Any]:
         """What the agent reports about the replica: to the cluster in heartbeats, and in its own API."""
-        return {"kernel_id": self.config.kernel_id, "replica": self.config.replica, "pid": self.pid,
-                "alive": self.alive, "ready": self.ready, "exit_code": self.exit_code,
-                "exit_reason": self.exit_reason, "restarts": self.restarts,
-                "connection": public_connection(self.connection)}
+        return {
+            "kernel_id": self.config.kernel_id,
+            "replica": self.config.replica,
+            "pid": self.pid,
+            "alive": self.alive,
+            "ready": self.ready,
+            "exit_code": self.exit_code,
+            "exit_reason": self.exit_reason,
+            "restarts": self.restarts,
+            "connection": public_connection(self.connection),
+        }
 
 
 class HostAgent:
@@ -120,9 +129,17 @@ class HostAgent:
     cluster's logical hosts, one disk), so a replica leaving this host leaves its kernel's objects to the others.
     """
 
-    def __init__(self, name: str, workdir: Path, address: str = "127.0.0.1", ports: PortPool | None = None,
-                 store: str | None = None, runtime: ReplicaRuntime | None = None,
-                 gpu_devices: tuple[int, ...] | None = None, shares_objects: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        workdir: Path,
+        address: str = "127.0.0.1",
+        ports: PortPool | None = None,
+        store: str | None = None,
+        runtime: ReplicaRuntime | None = None,
+        gpu_devices: tuple[int, ...] | None = None,
+        shares_objects: bool = False,
+    ) -> None:
         self.name = name
         self.workdir = Path(workdir)
         self.address = address
@@ -152,8 +169,14 @@ class HostAgent:
         store = shared or (self.objects_dir / config.kernel_id).as_uri()
         # Only a folder of this replica's alone is collected: where logical hosts share the kernel's folder, a
         # sibling a few entries behind may still need what this replica no longer does.
-        config = dataclasses.replace(config, host=self.name, journal_path=str(workdir / JOURNAL_FILE), store=store,
-                                     cwd=cwd, owns_store=not shared and not self.shares_objects)
+        config = dataclasses.replace(
+            config,
+            host=self.name,
+            journal_path=str(workdir / JOURNAL_FILE),
+            store=store,
+            cwd=cwd,
+            owns_store=not shared and not self.shares_objects,
+        )
         proc = ReplicaProcess(config=config, connection={**connection, "ip": self.address}, workdir=workdir)
         self.replicas[(config.kernel_id, config.replica)] = proc
         self._spawn(proc)
@@ -231,8 +254,9 @@ class HostAgent:
             self.ports.claim(proc.ports)
             self._kernel_ports.setdefault(config.kernel_id, set()).update(proc.ports)
             adopted.append(proc)
-            log.info("adopted replica %s/%d (%s, pid %s)", config.kernel_id, config.replica, self.runtime.name,
-                     running.pid)
+            log.info(
+                "adopted replica %s/%d (%s, pid %s)", config.kernel_id, config.replica, self.runtime.name, running.pid
+            )
         return adopted
 
     def restore_replica(self, config: ReplicaConfig, connection: dict) -> ReplicaProcess:
@@ -267,14 +291,31 @@ class HostAgent:
             proc.running.discard()  # what is left of its previous run
         store = proc.config.store
         spec = LaunchSpec(
-            host=self.name, kernel_id=proc.config.kernel_id, replica=proc.config.replica, workdir=proc.workdir,
-            command=(self.runtime.python, "-m", REPLICA_MODULE, "-f", str(conn_file),
-                     f"--ReplicaKernel.config_path={config_file}"),
-            settings=self.replica_environment(proc.workdir), cwd=proc.config.cwd or str(proc.workdir),
-            paths=(store.removeprefix("file://"),) if store.startswith("file://") else ())
+            host=self.name,
+            kernel_id=proc.config.kernel_id,
+            replica=proc.config.replica,
+            workdir=proc.workdir,
+            command=(
+                self.runtime.python,
+                "-m",
+                REPLICA_MODULE,
+                "-f",
+                str(conn_file),
+                f"--ReplicaKernel.config_path={config_file}",
+            ),
+            settings=self.replica_environment(proc.workdir),
+            cwd=proc.config.cwd or str(proc.workdir),
+            paths=(store.removeprefix("file://"),) if store.startswith("file://") else (),
+        )
         proc.running = self.runtime.launch(spec)
-        log.info("started replica %s/%d on %s (%s, pid %s)", proc.config.kernel_id, proc.config.replica, self.name,
-                 self.runtime.name, proc.running.pid)
+        log.info(
+            "started replica %s/%d on %s (%s, pid %s)",
+            proc.config.kernel_id,
+            proc.config.replica,
+            self.name,
+            self.runtime.name,
+            proc.running.pid,
+        )
 
 
 def public_connection(connection: dict) -> dict:

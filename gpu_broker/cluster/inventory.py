@@ -4,6 +4,7 @@ The embedded cluster's logical hosts all live on this machine, so they split its
 providers/local.py); without any, they carry ``--gpus-per-host`` virtual GPUs (scheduling is real, tensors stay on
 whatever device exists).
 """
+
 from __future__ import annotations
 
 import logging

@@ -5,6 +5,7 @@ first start) and copies it to each GPU machine. Files holding it are created wit
 ``--tls-auto`` adds the fingerprint of its CA to the file (``<secret> sha256:<hex>``): whoever holds the file then
 knows which cluster to trust, not only how to prove itself to it (tls.py).
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,10 @@ def read_token(path: Path) -> JoinToken:
         raise TokenError(f"cannot read join token file {path}: {err.strerror}") from None
     secret = words[0] if words else ""
     if len(secret) < MIN_LENGTH:
-        raise TokenError(f"join token file {path} holds {len(secret)} characters; a join token has at least "
-                         f"{MIN_LENGTH} (make one with: openssl rand -hex 32 > {path})")
+        raise TokenError(
+            f"join token file {path} holds {len(secret)} characters; a join token has at least "
+            f"{MIN_LENGTH} (make one with: openssl rand -hex 32 > {path})"
+        )
     pins = [w for w in words[1:] if w.startswith("sha256:")]
     return JoinToken(secret, pins[0] if pins else None)
 
@@ -62,6 +65,9 @@ def pin_ca(path: Path, pin: str) -> JoinToken:
             with secure_write(str(path)) as f:
                 f.write(f"{token.secret} {pin}\n")
         except OSError as err:
-            log.warning("could not add the CA's fingerprint to %s (%s): give agents the CA with --cluster-ca",
-                        path, err.strerror)
+            log.warning(
+                "could not add the CA's fingerprint to %s (%s): give agents the CA with --cluster-ca",
+                path,
+                err.strerror,
+            )
     return JoinToken(token.secret, pin)

@@ -1,5 +1,6 @@
 """What the cluster service's API and the agents' API share: a token in the Authorization header, JSON bodies in,
 errors out as ``{"error": message}``."""
+
 from __future__ import annotations
 
 import json

@@ -6,6 +6,7 @@ that exits once its last kernel is gone, so any Jupyter client (jupyter_client, 
 use the notebookos kernelspec with nothing else running. The service writes its discovery file (URL, token, pid)
 only once it is listening, so the file's presence means "serving".
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,8 +33,14 @@ BUSY_RETRIES = 5  # alive() checks (5 s time-out each, 1 s apart) of a cluster w
 _LOCK_WAITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notebookos-cluster-lock")
 
 
-def start_cluster(state_dir: Path, hosts: int, gpus_per_host: int | None = None, extra_args: tuple[str, ...] = (),
-                  discovery: Path | None = None, log_path: Path | None = None) -> tuple[subprocess.Popen, Path]:
+def start_cluster(
+    state_dir: Path,
+    hosts: int,
+    gpus_per_host: int | None = None,
+    extra_args: tuple[str, ...] = (),
+    discovery: Path | None = None,
+    log_path: Path | None = None,
+) -> tuple[subprocess.Popen, Path]:
     """Start a cluster service and wait until it serves; returns the process and its discovery file.
 
     ``gpus_per_host`` None: the GPUs NVML sees on this machine, else 1 virtual GPU per host. ``discovery``: where the
@@ -43,14 +50,28 @@ def start_cluster(state_dir: Path, hosts: int, gpus_per_host: int | None = None,
     """
     discovery = discovery or state_dir / "cluster.json"
     discovery.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", SERVICE_MODULE, "--state-dir", str(state_dir), "--hosts", str(hosts),
-            "--discovery-file", str(discovery),
-            *(("--gpus-per-host", str(gpus_per_host)) if gpus_per_host is not None else ()),
-            *extra_args]
+    argv = [
+        sys.executable,
+        "-m",
+        SERVICE_MODULE,
+        "--state-dir",
+        str(state_dir),
+        "--hosts",
+        str(hosts),
+        "--discovery-file",
+        str(discovery),
+        *(("--gpus-per-host", str(gpus_per_host)) if gpus_per_host is not None else ()),
+        *extra_args,
+    ]
     output = open(log_path, "ab") if log_path else None
     try:
-        proc = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT if output else None,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=output,
+            stderr=subprocess.STDOUT if output else None,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     finally:
         if output:
             output.close()
@@ -96,9 +117,11 @@ async def ensure_cluster(n_hosts: int = 4) -> ClusterClient:
             if _names_remote_cluster(path):
                 if await client.alive():
                     return client
-                raise ClusterError(f"the notebookos cluster at {client.url} (named in {path}) does not answer: "
-                                   "start it on its machine (notebookos cluster --listen ADDR:PORT "
-                                   "--join-token-file F) and check that this machine can reach it")
+                raise ClusterError(
+                    f"the notebookos cluster at {client.url} (named in {path}) does not answer: "
+                    "start it on its machine (notebookos cluster --listen ADDR:PORT "
+                    "--join-token-file F) and check that this machine can reach it"
+                )
             for _ in range(BUSY_RETRIES):
                 if await client.alive():
                     return client
@@ -106,12 +129,18 @@ async def ensure_cluster(n_hosts: int = 4) -> ClusterClient:
                     break
                 await asyncio.sleep(1.0)  # busy rather than gone: never start a second cluster over a live one
             else:
-                raise ClusterError(f"the notebookos cluster named in {path} runs but has not answered for "
-                                   f"{BUSY_RETRIES * 6} s; see its log (cluster.log in its state folder)")
+                raise ClusterError(
+                    f"the notebookos cluster named in {path} runs but has not answered for "
+                    f"{BUSY_RETRIES * 6} s; see its log (cluster.log in its state folder)"
+                )
             path.unlink(missing_ok=True)
         state_dir = Path(tempfile.mkdtemp(prefix="notebookos-cluster-"))
-        await loop.run_in_executor(_LOCK_WAITER, lambda: start_cluster(
-            state_dir, n_hosts, extra_args=("--ephemeral",), discovery=path, log_path=state_dir / "cluster.log"))
+        await loop.run_in_executor(
+            _LOCK_WAITER,
+            lambda: start_cluster(
+                state_dir, n_hosts, extra_args=("--ephemeral",), discovery=path, log_path=state_dir / "cluster.log"
+            ),
+        )
         return ClusterClient.from_file(path)
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
@@ -130,7 +159,7 @@ def name_remote_cluster(path: Path, url: str, token_file: Path, ca_file: Path | 
     is ``ca_file``, else the one the token pins (fetched and checked against the pin), else none (the system's
     CAs). TokenError or TLSError, saying what is wrong, when the token or the CA will not do."""
     token = read_token(token_file)
-    ca_pem = (ca_file.read_text() if ca_file else fetch_pinned_ca(url, token.ca_pin) if token.ca_pin else None)
+    ca_pem = ca_file.read_text() if ca_file else fetch_pinned_ca(url, token.ca_pin) if token.ca_pin else None
     write_remote_discovery_file(path, url, token.secret, ca_pem)
 
 

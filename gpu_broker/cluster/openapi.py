@@ -11,6 +11,7 @@ the JSON body checked against the operation's ``requestBody``. A request that fa
 The fields both layers take (GPU counts, the event log's query, the history's window) are defined once, below, and
 both documents use these definitions: a host's GPU count means the same through the extension as at the service.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -28,27 +29,58 @@ from jsonschema.exceptions import ValidationError, best_match
 # --- fields both documents use -------------------------------------------------------------------------------------
 
 MAX_GPUS = 1024  # GPUs one request may name: more than any machine has, few enough to catch a typo
-HOST_GPUS = {"type": "integer", "minimum": 1, "maximum": MAX_GPUS,
-             "description": "the host's GPU count (virtual GPUs where it has none)"}
-KERNEL_GPUS = {"type": "integer", "minimum": 0, "maximum": MAX_GPUS,
-               "description": "GPUs each cell of the kernel asks for (0: none)"}
+HOST_GPUS = {
+    "type": "integer",
+    "minimum": 1,
+    "maximum": MAX_GPUS,
+    "description": "the host's GPU count (virtual GPUs where it has none)",
+}
+KERNEL_GPUS = {
+    "type": "integer",
+    "minimum": 0,
+    "maximum": MAX_GPUS,
+    "description": "GPUs each cell of the kernel asks for (0: none)",
+}
 CELL_GPUS = {"type": "integer", "minimum": 1, "maximum": MAX_GPUS, "description": "GPUs the cell asks for"}
-MACHINE_GPUS = {"type": "integer", "minimum": 0, "maximum": MAX_GPUS,
-                "description": "the GPUs the agent's machine offers (0: none)"}
+MACHINE_GPUS = {
+    "type": "integer",
+    "minimum": 0,
+    "maximum": MAX_GPUS,
+    "description": "the GPUs the agent's machine offers (0: none)",
+}
 MAX_SEQ = 10**15 - 1  # event sequence numbers and limits are refused past 15 digits
 EVENT_QUERY = [
-    {"name": "since", "in": "query", "required": False, "description": "only events after this sequence number",
-     "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}},
-    {"name": "limit", "in": "query", "required": False, "description": "at most this many (the latest)",
-     "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}},
+    {
+        "name": "since",
+        "in": "query",
+        "required": False,
+        "description": "only events after this sequence number",
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
+    },
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": "at most this many (the latest)",
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
+    },
     {"name": "host", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 200}},
     {"name": "kernel", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 200}},
-    {"name": "kind", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 200},
-     "description": "e.g. decision, replica_moved, host_added, scale_out_requested"},
+    {
+        "name": "kind",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "maxLength": 200},
+        "description": "e.g. decision, replica_moved, host_added, scale_out_requested",
+    },
 ]
-HISTORY_SECONDS = {"name": "seconds", "in": "query", "required": False,
-                   "description": "how far back the samples go (default 3600)",
-                   "schema": {"type": "number", "minimum": 1, "maximum": 86400}}
+HISTORY_SECONDS = {
+    "name": "seconds",
+    "in": "query",
+    "required": False,
+    "description": "how far back the samples go (default 3600)",
+    "schema": {"type": "number", "minimum": 1, "maximum": 86400},
+}
 
 # --- checking ------------------------------------------------------------------------------------------------------
 
@@ -103,16 +135,21 @@ class RequestChecker:
         self.ignored_query = ignored_query
         self._operations: list[tuple[str, _Operation]] = []
         for path, item in document["paths"].items():
-            pattern = re.compile("".join(f"(?P<{part[1:-1]}>[^/]+)" if part.startswith("{") else re.escape(part)
-                                         for part in re.split(r"(\{[^}]+\})", path)))
+            pattern = re.compile(
+                "".join(
+                    f"(?P<{part[1:-1]}>[^/]+)" if part.startswith("{") else re.escape(part)
+                    for part in re.split(r"(\{[^}]+\})", path)
+                )
+            )
             for method, op in item.items():
                 if method == "parameters":
                     continue
                 params = tuple(_inline(p, components) for p in (*item.get("parameters", ()), *op.get("parameters", ())))
                 content = op.get("requestBody", {}).get("content", {}).get("application/json")
                 body = _inline(content["schema"], components) if content else None
-                self._operations.append((method.upper(), _Operation(pattern, params, body,
-                                                                    bool(op.get("requestBody", {}).get("required")))))
+                self._operations.append(
+                    (method.upper(), _Operation(pattern, params, body, bool(op.get("requestBody", {}).get("required"))))
+                )
         self._validators: dict[int, Draft202012Validator] = {}
 
     def check(self, method: str, path: str, query: Mapping[str, list[bytes]], body: bytes | None) -> Checked:
@@ -126,11 +163,14 @@ class RequestChecker:
         else:
             raise LookupError(f"the OpenAPI document describes no operation {method} {path}")
         declared = {p["name"] for p in op.parameters if p["in"] == "query"}
-        unknown = sorted(name for name in set(query) - declared - self.ignored_query
-                         if not _cache_buster(name, query[name]))
+        unknown = sorted(
+            name for name in set(query) - declared - self.ignored_query if not _cache_buster(name, query[name])
+        )
         if unknown:
-            raise RequestInvalid(f"unknown query parameter {unknown[0][:40]!r}; this endpoint takes "
-                                 f"{', '.join(sorted(declared)) or 'none'}")
+            raise RequestInvalid(
+                f"unknown query parameter {unknown[0][:40]!r}; this endpoint takes "
+                f"{', '.join(sorted(declared)) or 'none'}"
+            )
         values: dict[str, dict[str, Any]] = {"path": {}, "query": {}}
         for param in op.parameters:
             where, name = param["in"], param["name"]

@@ -1,6 +1,7 @@
 """Command-line checks and logging shared by the commands that start a cluster service (``notebookos lab``,
 ``notebookos cluster``, and the service process they start), so that each refuses the same mistakes with the same
 words and every process under ``notebookos lab`` logs in Jupyter's format."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARN", "ERROR", "CRITICAL")  # Jupyter's --log-l
 
 def configure_logging(level: str = "INFO") -> None:
     """The root logger in Jupyter's format at ``level`` (one of LOG_LEVELS)."""
-    logging.basicConfig(level=logging.getLevelName("WARNING" if level == "WARN" else level), format=LOG_FORMAT,
-                        datefmt=LOG_DATE_FORMAT)
+    logging.basicConfig(
+        level=logging.getLevelName("WARNING" if level == "WARN" else level), format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT
+    )
 
 
 def log_level(text: str) -> str:
@@ -43,7 +45,9 @@ def hosts_problem(hosts: int, replicas: int) -> str | None:
     if hosts < 0:
         return f"--hosts {hosts}: give the number of logical hosts to start, 0 or more"
     if 0 < hosts < replicas:
-        return (f"--hosts {hosts}: each kernel runs as {replicas} replicas on {replicas} different hosts, so no kernel "
-                f"could start; give --hosts {replicas} or more, or --hosts 0 to start none and use only the hosts "
-                "whose agents join (notebookos agent)")
+        return (
+            f"--hosts {hosts}: each kernel runs as {replicas} replicas on {replicas} different hosts, so no kernel "
+            f"could start; give --hosts {replicas} or more, or --hosts 0 to start none and use only the hosts "
+            "whose agents join (notebookos agent)"
+        )
     return None

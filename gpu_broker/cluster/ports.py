@@ -7,6 +7,7 @@ same moment) could be handed the same port, and the replica would die with "Addr
 ports below the ephemeral range instead (Linux: ``/proc/sys/net/ipv4/ip_local_port_range``), checks each is free
 now, and never hands out a port twice while it is in use.
 """
+
 from __future__ import annotations
 
 import socket
@@ -51,8 +52,10 @@ class PortPool:
                 if port not in self._in_use and is_free(port, self.address):
                     self._in_use.add(port)
                     return port
-        raise PortsExhausted(f"every port from {self.ports.start} to {self.ports.stop - 1} is in use; stop kernels "
-                             "or give the cluster a larger range")
+        raise PortsExhausted(
+            f"every port from {self.ports.start} to {self.ports.stop - 1} is in use; stop kernels "
+            "or give the cluster a larger range"
+        )
 
     def claim(self, ports: set[int]) -> None:
         """Mark ports as in use that were handed out before this pool existed (replicas an agent re-adopts)."""

@@ -10,6 +10,7 @@ replica processes (:meth:`..host_agent.HostAgent.adopt`).
 Writes never fail the change that made them: a full or broken disk is logged (and the service goes on with the
 state in memory); the next write tries again with everything written since.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,7 +60,7 @@ class ClusterStateStore:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a power cut may lose the last change, never
-        self._db.executescript(_SCHEMA)                # corrupt the file; a process crash loses nothing
+        self._db.executescript(_SCHEMA)  # corrupt the file; a process crash loses nothing
         self._lock = threading.Lock()
         self._hosts: dict[str, dict[str, Any] | None] = {}
         self._kernels: dict[str, dict[str, Any] | None] = {}
@@ -79,8 +80,11 @@ class ClusterStateStore:
                 settings=dict(rows("SELECT name, value FROM settings")),
                 hosts={name: json.loads(state) for name, state in rows("SELECT name, state FROM hosts")},
                 kernels={kid: json.loads(state) for kid, state in rows("SELECT id, state FROM kernels")},
-                events=[json.loads(r) for (r,) in rows(
-                    "SELECT record FROM events ORDER BY seq DESC LIMIT ?", (EVENTS_KEPT,))][::-1])
+                events=[
+                    json.loads(r)
+                    for (r,) in rows("SELECT record FROM events ORDER BY seq DESC LIMIT ?", (EVENTS_KEPT,))
+                ][::-1],
+            )
 
     def put_host(self, name: str, state: dict[str, Any] | None) -> None:
         """The host's state to write at the next :meth:`flush` (None: it is gone)."""
@@ -108,9 +112,13 @@ class ClusterStateStore:
                 self._write()
             except sqlite3.Error as err:
                 if self.failing != str(err):
-                    log.error("cannot write the cluster's state to %s: %s; the service goes on with it in memory "
-                              "(free space there, or move --state-dir): a restart now would lose what changed "
-                              "since", self.path, err)
+                    log.error(
+                        "cannot write the cluster's state to %s: %s; the service goes on with it in memory "
+                        "(free space there, or move --state-dir): a restart now would lose what changed "
+                        "since",
+                        self.path,
+                        err,
+                    )
                 self.failing = str(err)
                 return
             if self.failing is not None:
@@ -130,8 +138,9 @@ class ClusterStateStore:
                         db.execute(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", (name, json.dumps(state)))
             db.executemany("INSERT OR REPLACE INTO settings VALUES (?, ?)", self._settings.items())
             if self._events:
-                db.executemany("INSERT OR REPLACE INTO events VALUES (?, ?)",
-                               [(e["seq"], json.dumps(e)) for e in self._events])
+                db.executemany(
+                    "INSERT OR REPLACE INTO events VALUES (?, ?)", [(e["seq"], json.dumps(e)) for e in self._events]
+                )
                 db.execute("DELETE FROM events WHERE seq <= ?", (self._events[-1]["seq"] - EVENTS_KEPT,))
             db.execute("COMMIT")
         except BaseException:

@@ -11,6 +11,7 @@ An agent serves its own API with a self-signed certificate for its address, made
 certificate to the cluster in its join (over the verified TLS connection, with the join token); the cluster then
 trusts exactly that certificate when it calls the agent.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -134,18 +135,32 @@ def fetch_pinned_ca(url: str, pin: str, timeout: float = 10.0) -> str:
     except ValueError:
         raise TLSError(f"{url}{CA_PATH} is not a certificate") from None
     if found != pin:
-        raise TLSError(f"the cluster at {url} presents a CA with fingerprint {found}, not the {pin} the join token "
-                       "pins: this is not the cluster the token was made for (or someone is in between)")
+        raise TLSError(
+            f"the cluster at {url} presents a CA with fingerprint {found}, not the {pin} the join token "
+            "pins: this is not the cluster the token was made for (or someone is in between)"
+        )
     return pem
 
 
-def _certificate(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey,
-                 signing_key: ec.EllipticCurvePrivateKey, names: list[str], ca: bool) -> x509.Certificate:
+def _certificate(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    signing_key: ec.EllipticCurvePrivateKey,
+    names: list[str],
+    ca: bool,
+) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
-    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
-               .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + _VALID)
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + _VALID)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False)
     return builder.sign(signing_key, hashes.SHA256())
@@ -160,5 +175,8 @@ def _general_name(name: str) -> x509.GeneralName:
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     with secure_write(str(path), binary=True) as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )

@@ -8,6 +8,7 @@ URL and token. :class:`OwnLab` starts and stops a headless
 
 Every time is ``time.monotonic()`` on this machine, so submit, start and reply times of one cell are comparable.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -56,9 +57,13 @@ class JupyterRest:
 
     async def call(self, method: str, path: str, body: Any = None, timeout: float = REQUEST_TIMEOUT_S) -> Any:
         request = HTTPRequest(
-            self.url + path.lstrip("/"), method=method, headers=self.headers,
+            self.url + path.lstrip("/"),
+            method=method,
+            headers=self.headers,
             body=None if body is None else json.dumps(body),
-            allow_nonstandard_methods=True, request_timeout=timeout, connect_timeout=min(timeout, 20.0),
+            allow_nonstandard_methods=True,
+            request_timeout=timeout,
+            connect_timeout=min(timeout, 20.0),
         )
         try:
             response = await self.http.fetch(request)
@@ -76,10 +81,16 @@ class JupyterRest:
 
     async def create_session(self, name: str, kernel_name: str = KERNEL_NAME) -> dict:
         """``POST /api/sessions``: a notebook session with a new kernel; returns when the kernel has started."""
-        return await self.call("POST", "api/sessions", {
-            "path": f"notebookos-replay/{name}.ipynb", "name": f"{name}.ipynb", "type": "notebook",
-            "kernel": {"name": kernel_name},
-        })
+        return await self.call(
+            "POST",
+            "api/sessions",
+            {
+                "path": f"notebookos-replay/{name}.ipynb",
+                "name": f"{name}.ipynb",
+                "type": "notebook",
+                "kernel": {"name": kernel_name},
+            },
+        )
 
     async def events(self, kernel_id: str, kind: str | None = None) -> list[dict]:
         """``GET /api/notebookos/events``: the cluster's event log about one kernel (a closed one too, for an
@@ -92,7 +103,7 @@ class JupyterRest:
         await self.call("DELETE", f"api/sessions/{session_id}")
 
     def ws_url(self, kernel_id: str, session_id: str) -> str:
-        base = "ws" + self.url[len("http"):] if self.url.startswith("http") else self.url
+        base = "ws" + self.url[len("http") :] if self.url.startswith("http") else self.url
         return f"{base}api/kernels/{quote(kernel_id)}/channels?session_id={quote(session_id)}"
 
 
@@ -150,8 +161,12 @@ class KernelChannel:
     @classmethod
     async def connect(cls, rest: JupyterRest, kernel_id: str, timeout: float = 60.0) -> KernelChannel:
         client_session = uuid.uuid4().hex
-        request = HTTPRequest(rest.ws_url(kernel_id, client_session), headers={"Authorization": f"token {rest.token}"},
-                              connect_timeout=timeout, request_timeout=timeout)
+        request = HTTPRequest(
+            rest.ws_url(kernel_id, client_session),
+            headers={"Authorization": f"token {rest.token}"},
+            connect_timeout=timeout,
+            request_timeout=timeout,
+        )
         try:
             ws = await asyncio.wait_for(websocket_connect(request, max_message_size=64 * 1024 * 1024), timeout)
         except (OSError, HTTPClientError, TimeoutError) as err:
@@ -160,10 +175,19 @@ class KernelChannel:
 
     def _message(self, msg_type: str, content: dict) -> dict:
         return {
-            "header": {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "username": "notebookos-replay",
-                       "session": self.client_session, "version": PROTOCOL_VERSION,
-                       "date": datetime.now(UTC).isoformat()},
-            "parent_header": {}, "metadata": {}, "content": content, "channel": "shell", "buffers": [],
+            "header": {
+                "msg_id": uuid.uuid4().hex,
+                "msg_type": msg_type,
+                "username": "notebookos-replay",
+                "session": self.client_session,
+                "version": PROTOCOL_VERSION,
+                "date": datetime.now(UTC).isoformat(),
+            },
+            "parent_header": {},
+            "metadata": {},
+            "content": content,
+            "channel": "shell",
+            "buffers": [],
         }
 
     async def kernel_info(self, timeout: float = 60.0) -> dict:
@@ -184,10 +208,17 @@ class KernelChannel:
 
     async def execute(self, code: str) -> Execution:
         """Send an execute_request; returns its record at once (await ``record.done`` for reply and idle)."""
-        msg = self._message("execute_request", {
-            "code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False,
-            "stop_on_error": True,
-        })
+        msg = self._message(
+            "execute_request",
+            {
+                "code": code,
+                "silent": False,
+                "store_history": True,
+                "user_expressions": {},
+                "allow_stdin": False,
+                "stop_on_error": True,
+            },
+        )
         record = Execution(msg["header"]["msg_id"], time.monotonic())
         self.pending[record.msg_id] = record
         await self.ws.write_message(json.dumps(msg))
@@ -280,29 +311,46 @@ class OwnLab:
     def command(self) -> list[str]:
         root = self.workdir / "root"
         return [
-            sys.executable, "-m", "notebookos.server_extension.cli", "lab", "--hosts", str(self.hosts),
+            sys.executable,
+            "-m",
+            "notebookos.server_extension.cli",
+            "lab",
+            "--hosts",
+            str(self.hosts),
             *(("--gpus-per-host", str(self.gpus_per_host)) if self.gpus_per_host else ()),
-            "--state-dir", str(self.workdir / "cluster"),
-            "--no-browser", "--ServerApp.ip=127.0.0.1", f"--port={self.port}", "--ServerApp.port_retries=0",
-            f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={root}",
+            "--state-dir",
+            str(self.workdir / "cluster"),
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={root}",
             # nothing to fetch from the internet
-            "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--LabApp.news_url=None",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         ]
 
     async def start(self, timeout: float = LAB_START_TIMEOUT_S) -> JupyterRest:
         (self.workdir / "root").mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.workdir / "root", start_new_session=True,  # our Ctrl+C is handled by stop(), not twice
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir / "root",
+                start_new_session=True,  # our Ctrl+C is handled by stop(), not twice
                 env=dict(os.environ, PYTHONUNBUFFERED="1"),
             )
         rest = JupyterRest(self.url, self.token)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise LabError(f"notebookos lab exited with code {self.process.returncode}; see {self.log_path}:\n"
-                               + self.log_tail())
+                raise LabError(
+                    f"notebookos lab exited with code {self.process.returncode}; see {self.log_path}:\n"
+                    + self.log_tail()
+                )
             try:
                 await rest.status()
                 return rest

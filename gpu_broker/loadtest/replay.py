@@ -31,6 +31,7 @@ GPU. ``--compare-simulator`` runs the simulator's ``notebookos`` policy on the s
 ``--hosts`` x ``--gpus-per-host`` cluster, and prints both summaries side by side; the simulator's delays are GPU
 waiting in trace seconds, also shown divided by the time scale.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,9 +66,11 @@ from ..simulator.workload import SessionModel, SessionPlan, plan_session
 DEFAULT_WAIT_THRESHOLD_S = 0.5
 RESULT_TAG = "notebookos_replay"
 DEFAULT_GPUS_PER_HOST = 8  # the simulator's default host, so that a slice of the June trace fits (up to 8 GPUs)
-LIVE_NOTE = ("live delays: each cell asks the scheduler for its event's GPUs, so they include GPU waiting (queued "
-             "cells, migrations) as well as the replication, election and state path and this machine's CPU "
-             "contention (cells train on the CPU where the machine has no GPU)")
+LIVE_NOTE = (
+    "live delays: each cell asks the scheduler for its event's GPUs, so they include GPU waiting (queued "
+    "cells, migrations) as well as the replication, election and state path and this machine's CPU "
+    "contention (cells train on the CPU where the machine has no GPU)"
+)
 
 SETUP_CODE = """\
 import json, time
@@ -136,8 +139,9 @@ class SessionSchedule:
     notebooks: tuple[NotebookSchedule, ...]
 
 
-def select_plans(trace: Path, start_min: float, minutes: float | None, max_sessions: int | None,
-                 model: SessionModel) -> list[SessionPlan]:
+def select_plans(
+    trace: Path, start_min: float, minutes: float | None, max_sessions: int | None, model: SessionModel
+) -> list[SessionPlan]:
     """The simulator's sessions of the window (events submitted in it), the first ``max_sessions`` by first
     submission, planned into notebooks with the simulator's session model."""
     start_s = start_min * 60.0
@@ -165,17 +169,26 @@ def build_schedule(plans: list[SessionPlan], model: SessionModel, time_scale: fl
         for position, notebook in enumerate(plan.notebooks):
             last = position == len(plan.notebooks) - 1
             cells = tuple(
-                CellSchedule(i, c.event, c.think_s / time_scale, c.event.duration_s / time_scale,
-                             (c.event.submit_s - origin) / time_scale)
+                CellSchedule(
+                    i,
+                    c.event,
+                    c.think_s / time_scale,
+                    c.event.duration_s / time_scale,
+                    (c.event.submit_s - origin) / time_scale,
+                )
                 for i, c in enumerate(notebook.cells)
             )
-            notebooks.append(NotebookSchedule(
-                name=notebook.kernel_id, session_id=plan.session_id, position=position,
-                open_s=cells[0].nominal_submit_s - model.open_before_s / time_scale,
-                open_before_s=model.open_before_s / time_scale,
-                close_after_s=(model.closes_after_s if last else model.idle_timeout_s) / time_scale,
-                cells=cells,
-            ))
+            notebooks.append(
+                NotebookSchedule(
+                    name=notebook.kernel_id,
+                    session_id=plan.session_id,
+                    position=position,
+                    open_s=cells[0].nominal_submit_s - model.open_before_s / time_scale,
+                    open_before_s=model.open_before_s / time_scale,
+                    close_after_s=(model.closes_after_s if last else model.idle_timeout_s) / time_scale,
+                    cells=cells,
+                )
+            )
         schedules.append(SessionSchedule(plan.session_id, tuple(notebooks)))
     return schedules
 
@@ -262,9 +275,20 @@ class Replay:
                 self.notebooks.append(NotebookRecord(notebook.name, notebook.session_id))
                 for cell in notebook.cells:
                     e = cell.event
-                    self.events.append(EventRecord(
-                        notebook.session_id, notebook.name, cell.index, e.line, e.job_id, e.gpus,
-                        e.submit_s / 60.0, e.duration_s / 60.0, cell.run_s, cell.nominal_submit_s))
+                    self.events.append(
+                        EventRecord(
+                            notebook.session_id,
+                            notebook.name,
+                            cell.index,
+                            e.line,
+                            e.job_id,
+                            e.gpus,
+                            e.submit_s / 60.0,
+                            e.duration_s / 60.0,
+                            cell.run_s,
+                            cell.nominal_submit_s,
+                        )
+                    )
         self.origin = time.monotonic()
         await asyncio.gather(*(self._session(s) for s in self.schedule))
         self.decisions = await self._decisions()
@@ -323,9 +347,16 @@ class Replay:
                         raise LabError(f"%gpus {cell.event.gpus} failed: {changed.status}: {changed.error}")
                     requested = cell.event.gpus
                 await self.sleep_until(planned)
-                execution = await channel.execute(TRAIN_CODE.format(
-                    line=cell.event.line, job_id=cell.event.job_id, gpus=cell.event.gpus,
-                    duration_min=cell.event.duration_s / 60.0, run_s=cell.run_s, tag=RESULT_TAG))
+                execution = await channel.execute(
+                    TRAIN_CODE.format(
+                        line=cell.event.line,
+                        job_id=cell.event.job_id,
+                        gpus=cell.event.gpus,
+                        duration_min=cell.event.duration_s / 60.0,
+                        run_s=cell.run_s,
+                        tag=RESULT_TAG,
+                    )
+                )
                 event.planned_submit_s = planned
                 event.submitted_s = execution.submitted - self.origin
                 event.late_s = max(0.0, event.submitted_s - planned)
@@ -334,10 +365,12 @@ class Replay:
                 _measure(event, execution, final=False)
                 running.append((event, execution))
                 last_reply = (execution.reply - self.origin) if execution.reply is not None else self.now()
-                self.say(f"{plan.name} cell {cell.index}: {event.status}, start {_fmt(event.start_delay_s)} s, "
-                         f"reply {_fmt(event.reply_delay_s)} s, trains {cell.run_s:.2f} s")
+                self.say(
+                    f"{plan.name} cell {cell.index}: {event.status}, start {_fmt(event.start_delay_s)} s, "
+                    f"reply {_fmt(event.reply_delay_s)} s, trains {cell.run_s:.2f} s"
+                )
                 if event.status != "ok":
-                    for skipped in events[cell.index + 1:]:
+                    for skipped in events[cell.index + 1 :]:
                         skipped.error = f"not run: cell {cell.index} of this notebook failed"
                     break  # stop_on_error: Jupyter aborts what a user would have queued behind it
             for event, execution in running:  # the idle of the last cell (its state commit) may still be coming
@@ -368,6 +401,7 @@ def _fmt(value: float | None) -> str:
 
 def _measure(event: EventRecord, ex: Execution, final: bool) -> None:
     """Fill ``event`` from what came back; ``final`` once the idle status came (all output is in by then)."""
+
     def since(t: float | None) -> float | None:
         return None if t is None else t - ex.submitted
 
@@ -407,8 +441,13 @@ def _pct(values: list[float | None], q: float) -> float | None:
     return float(np.percentile(v, q)) if v else None
 
 
-def summarize(events: list[EventRecord], notebooks: list[NotebookRecord], threshold_s: float,
-              sessions: int, decisions: dict[str, int] | None = None) -> dict:
+def summarize(
+    events: list[EventRecord],
+    notebooks: list[NotebookRecord],
+    threshold_s: float,
+    sessions: int,
+    decisions: dict[str, int] | None = None,
+) -> dict:
     """The live run's numbers; ``decisions``: the scheduler's decisions on its kernels by kind (None: unknown)."""
     ran = [e for e in events if e.ran]
     summary: dict = {
@@ -431,8 +470,15 @@ def summarize(events: list[EventRecord], notebooks: list[NotebookRecord], thresh
     return summary
 
 
-def simulate_same(plans: list[SessionPlan], model: SessionModel, start_min: float, minutes: float | None,
-                  hosts: int, gpus_per_host: int, time_scale: float) -> dict:
+def simulate_same(
+    plans: list[SessionPlan],
+    model: SessionModel,
+    start_min: float,
+    minutes: float | None,
+    hosts: int,
+    gpus_per_host: int,
+    time_scale: float,
+) -> dict:
     """The simulator's ``notebookos`` policy on the same sessions and session model, on a fixed cluster of
     ``hosts`` x ``gpus_per_host`` with the simulator's default costs. Delays in trace seconds, and divided by the
     time scale for the replay clock."""
@@ -464,8 +510,9 @@ def simulate_same(plans: list[SessionPlan], model: SessionModel, start_min: floa
 EVENT_FIELDS = [f.name for f in EventRecord.__dataclass_fields__.values()]
 
 
-def write_outputs(out: Path, report: dict, events: list[EventRecord], plots: bool,
-                  simulator: dict | None, time_scale: float) -> list[Path]:
+def write_outputs(
+    out: Path, report: dict, events: list[EventRecord], plots: bool, simulator: dict | None, time_scale: float
+) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "replay.json", out / "replay.csv"]
     written[0].write_text(json.dumps(report, indent=2, default=_json_default) + "\n", encoding="utf-8")
@@ -544,30 +591,52 @@ def render(summary: dict, simulator: dict | None, time_scale: float, console: Co
         cells = [("n/a" if values.get(k) is None else fmt.format(values[k])) for k, _, fmt in SUMMARY_COLUMNS[1:]]
         table.add_row(name, f"{events:,}", *cells, str(sessions))
 
-    row(f"live, wall s (at once: ≤ {summary['wait_threshold_s']:g} s)", summary, summary["events_run"],
-        summary["sessions"])
+    row(
+        f"live, wall s (at once: ≤ {summary['wait_threshold_s']:g} s)",
+        summary,
+        summary["events_run"],
+        summary["sessions"],
+    )
     if simulator is not None:
-        row("simulator notebookos, trace s (at once: 0 s)", simulator["trace_seconds"], simulator["events"],
-            summary["sessions"])
-        row(f"simulator notebookos, ÷ {time_scale:g} (at once: 0 s)", simulator["replay_seconds"], simulator["events"],
-            summary["sessions"])
+        row(
+            "simulator notebookos, trace s (at once: 0 s)",
+            simulator["trace_seconds"],
+            simulator["events"],
+            summary["sessions"],
+        )
+        row(
+            f"simulator notebookos, ÷ {time_scale:g} (at once: 0 s)",
+            simulator["replay_seconds"],
+            simulator["events"],
+            summary["sessions"],
+        )
     console.print(table)
-    extra = (f"ran {summary['events_run']}/{summary['events']} cells in {summary['notebooks']} notebooks; "
-             f"submit → reply minus training time p50 {_fmt(summary['overhead_p50_s'])} s, "
-             f"state commit (reply → idle) p50 {_fmt(summary['commit_p50_s'])} s, "
-             f"p99 {_fmt(summary['commit_p99_s'])} s; kernel ready p50 {_fmt(summary['kernel_ready_p50_s'])} s")
+    extra = (
+        f"ran {summary['events_run']}/{summary['events']} cells in {summary['notebooks']} notebooks; "
+        f"submit → reply minus training time p50 {_fmt(summary['overhead_p50_s'])} s, "
+        f"state commit (reply → idle) p50 {_fmt(summary['commit_p50_s'])} s, "
+        f"p99 {_fmt(summary['commit_p99_s'])} s; kernel ready p50 {_fmt(summary['kernel_ready_p50_s'])} s"
+    )
     console.print(extra, highlight=False)
     decisions = summary.get("gpu_decisions")
     if decisions is not None:
-        console.print("live scheduler decisions on these kernels: " + (", ".join(
-            f"{count} {kind}" for kind, count in sorted(decisions.items())) or "none (no cell asked for GPUs)"),
-            highlight=False)
+        console.print(
+            "live scheduler decisions on these kernels: "
+            + (
+                ", ".join(f"{count} {kind}" for kind, count in sorted(decisions.items()))
+                or "none (no cell asked for GPUs)"
+            ),
+            highlight=False,
+        )
     console.print(f"note: {LIVE_NOTE}", style="yellow", highlight=False)
     if simulator is not None:
         c = simulator["cluster"]
-        console.print(f"simulator: notebookos policy on a fixed {c['hosts']} x {c['host_gpus']}-GPU cluster, "
-                      f"default costs; its delays are GPU waiting (migration, queueing), "
-                      f"{simulator['migrations']} migration(s)", highlight=False)
+        console.print(
+            f"simulator: notebookos policy on a fixed {c['hosts']} x {c['host_gpus']}-GPU cluster, "
+            f"default costs; its delays are GPU waiting (migration, queueing), "
+            f"{simulator['migrations']} migration(s)",
+            highlight=False,
+        )
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -589,28 +658,53 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--trace", type=Path, default=BUNDLED_TRACE, help="trace CSV (Sensei June format)")
     parser.add_argument("--start-min", type=float, default=0.0, help="keep events submitted from this trace minute")
-    parser.add_argument("--minutes", type=float, default=60.0,
-                        help="keep events submitted within this many trace minutes of --start-min")
-    parser.add_argument("--max-sessions", type=int, default=4,
-                        help="replay at most this many sessions of the window (the earliest first)")
-    parser.add_argument("--time-scale", type=float, default=60.0,
-                        help="trace seconds per replay second (60: a trace minute lasts one second)")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=60.0,
+        help="keep events submitted within this many trace minutes of --start-min",
+    )
+    parser.add_argument(
+        "--max-sessions",
+        type=int,
+        default=4,
+        help="replay at most this many sessions of the window (the earliest first)",
+    )
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=60.0,
+        help="trace seconds per replay second (60: a trace minute lasts one second)",
+    )
     parser.add_argument("--out", type=Path, default=Path("replay"), help="output directory")
     server = parser.add_argument_group("server (default: start a headless `notebookos lab` and stop it after)")
     server.add_argument("--url", default=None, help="base URL of a running Jupyter server with the notebookos kernel")
     server.add_argument("--token", default=None, help="its token; $JUPYTER_TOKEN when not given")
     server.add_argument("--hosts", type=int, default=4, help="logical hosts of the lab this command starts")
-    server.add_argument("--gpus-per-host", "--sim-gpus-per-host", dest="gpus_per_host", type=int,
-                        default=DEFAULT_GPUS_PER_HOST,
-                        help="GPUs of each host: of the lab this command starts (a slice of the machine's GPUs, "
-                             "else virtual ones), and of the simulated cluster of --compare-simulator")
+    server.add_argument(
+        "--gpus-per-host",
+        "--sim-gpus-per-host",
+        dest="gpus_per_host",
+        type=int,
+        default=DEFAULT_GPUS_PER_HOST,
+        help="GPUs of each host: of the lab this command starts (a slice of the machine's GPUs, "
+        "else virtual ones), and of the simulated cluster of --compare-simulator",
+    )
     add_session_arguments(parser, "session model, trace minutes (as notebookos simulate)")
-    parser.add_argument("--wait-threshold-s", type=float, default=DEFAULT_WAIT_THRESHOLD_S,
-                        help="a live cell 'started at once' if submit -> execution start is at most this (wall s)")
-    parser.add_argument("--cell-timeout-s", type=float, default=300.0,
-                        help="give up on a cell this long after its training time")
-    parser.add_argument("--compare-simulator", action="store_true",
-                        help="also run the simulator's notebookos policy on the same sessions, side by side")
+    parser.add_argument(
+        "--wait-threshold-s",
+        type=float,
+        default=DEFAULT_WAIT_THRESHOLD_S,
+        help="a live cell 'started at once' if submit -> execution start is at most this (wall s)",
+    )
+    parser.add_argument(
+        "--cell-timeout-s", type=float, default=300.0, help="give up on a cell this long after its training time"
+    )
+    parser.add_argument(
+        "--compare-simulator",
+        action="store_true",
+        help="also run the simulator's notebookos policy on the same sessions, side by side",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip delay_cdf.png")
     parser.add_argument("--quiet", action="store_true", help="no per-cell progress lines")
     parser.set_defaults(func=run)
@@ -618,10 +712,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def settings_of(args: argparse.Namespace, model: SessionModel) -> dict:
     return {
-        "trace": str(args.trace), "start_min": args.start_min, "minutes": args.minutes,
-        "max_sessions": args.max_sessions, "time_scale": args.time_scale,
+        "trace": str(args.trace),
+        "start_min": args.start_min,
+        "minutes": args.minutes,
+        "max_sessions": args.max_sessions,
+        "time_scale": args.time_scale,
         "server": args.url or f"own notebookos lab, {args.hosts} hosts of {args.gpus_per_host} GPUs",
-        "session_model": asdict(model), "wait_threshold_s": args.wait_threshold_s,
+        "session_model": asdict(model),
+        "wait_threshold_s": args.wait_threshold_s,
         "cell_code": TRAIN_CODE.format(line="L", job_id="J", gpus="G", duration_min=0, run_s=0.0, tag=RESULT_TAG),
         "gpus_code": GPUS_CODE.format(gpus="G"),
         "setup_code": SETUP_CODE.format(seed="<session id>"),
@@ -641,15 +739,20 @@ def run(args: argparse.Namespace) -> int:
         if args.compare_simulator or not args.url:  # a cell asking more GPUs than any host has would wait forever
             widest = max(n.gpus for p in plans for n in p.notebooks)
             if widest > args.gpus_per_host or args.hosts < 3:
-                raise ValueError(f"the replay needs at least 3 hosts of at least {widest} GPUs (the widest "
-                                 f"request of the slice); got {args.hosts} x {args.gpus_per_host}")
+                raise ValueError(
+                    f"the replay needs at least 3 hosts of at least {widest} GPUs (the widest "
+                    f"request of the slice); got {args.hosts} x {args.gpus_per_host}"
+                )
     except (TraceError, ValueError) as exc:
         print(f"notebookos replay: {exc}", file=sys.stderr)
         return 2
     span = max(n.nominal_close_s for s in schedule for n in s.notebooks)
-    console.print(f"replaying {sum(p.event_count for p in plans)} training events of {len(plans)} session(s) "
-                  f"({sum(len(s.notebooks) for s in schedule)} notebooks) at time scale {args.time_scale:g}: "
-                  f"about {span:.0f} s", highlight=False)
+    console.print(
+        f"replaying {sum(p.event_count for p in plans)} training events of {len(plans)} session(s) "
+        f"({sum(len(s.notebooks) for s in schedule)} notebooks) at time scale {args.time_scale:g}: "
+        f"about {span:.0f} s",
+        highlight=False,
+    )
     began = time.monotonic()
     try:
         replay = asyncio.run(_replay(args, schedule, None if args.quiet else console))
@@ -664,8 +767,9 @@ def run(args: argparse.Namespace) -> int:
     summary["wall_s"] = wall
     simulator = None
     if args.compare_simulator:
-        simulator = simulate_same(plans, model, args.start_min, args.minutes, args.hosts, args.gpus_per_host,
-                                  args.time_scale)
+        simulator = simulate_same(
+            plans, model, args.start_min, args.minutes, args.hosts, args.gpus_per_host, args.time_scale
+        )
     report = {
         "settings": settings_of(args, model),
         "note": LIVE_NOTE,
@@ -687,12 +791,15 @@ async def _replay(args: argparse.Namespace, schedule: list[SessionSchedule], log
         rest = JupyterRest(args.url, args.token if args.token is not None else os.environ.get("JUPYTER_TOKEN", ""))
         await rest.status()
     else:
-        lab = OwnLab(Path(tempfile.mkdtemp(prefix="notebookos-replay-")), hosts=args.hosts,
-                     gpus_per_host=args.gpus_per_host)
+        lab = OwnLab(
+            Path(tempfile.mkdtemp(prefix="notebookos-replay-")), hosts=args.hosts, gpus_per_host=args.gpus_per_host
+        )
         if log is not None:
-            log.print(f"starting notebookos lab ({args.hosts} hosts of {args.gpus_per_host} GPUs) on {lab.url}, "
-                      f"log {lab.log_path}",
-                      highlight=False)
+            log.print(
+                f"starting notebookos lab ({args.hosts} hosts of {args.gpus_per_host} GPUs) on {lab.url}, "
+                f"log {lab.log_path}",
+                highlight=False,
+            )
         rest = await lab.start()
     replay = None
     try:

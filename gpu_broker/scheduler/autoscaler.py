@@ -5,6 +5,7 @@ to add or take away, with hysteresis on the way down: a surplus must last ``scal
 removed, because a host removed and re-added minutes later costs a scale-out delay to whoever waits for it.
 Scale-out happens at once: waiting users cost more than an idle host.
 """
+
 from __future__ import annotations
 
 import math

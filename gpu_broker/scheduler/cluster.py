@@ -3,6 +3,7 @@
 It takes no decisions (that is ``SchedulerCore``'s job with its policy); it applies them and keeps the invariants
 and the cluster-wide counters the autoscaler reads on every tick, so that reading them costs nothing.
 """
+
 from __future__ import annotations
 
 from .model import Allocation, AllocationState, Host, HostState, Kernel
@@ -44,8 +45,10 @@ class Cluster:
         if gpus < 1:
             raise ValueError(f"host {host_id!r}: a host needs at least 1 GPU, got {gpus}")
         if host.allocations:
-            raise ValueError(f"host {host_id!r} has GPUs in use by {len(host.allocations)} kernel(s); change its GPU "
-                             "count once their cells are over (or drain it first)")
+            raise ValueError(
+                f"host {host_id!r} has GPUs in use by {len(host.allocations)} kernel(s); change its GPU "
+                "count once their cells are over (or drain it first)"
+            )
         self.total_gpus += gpus - host.gpus
         host.gpus = gpus
         host.idle_devices = list(range(gpus))
@@ -108,7 +111,13 @@ class Cluster:
 
     # ----------------------------------------------------------- allocations
     def allocate(
-        self, kernel: Kernel, host: Host, gpus: int, replica: int | None, held: bool, state: AllocationState,
+        self,
+        kernel: Kernel,
+        host: Host,
+        gpus: int,
+        replica: int | None,
+        held: bool,
+        state: AllocationState,
         now: float,
     ) -> Allocation:
         if kernel.allocation is not None:
@@ -127,8 +136,10 @@ class Cluster:
         """Give a kernel back the devices it held before the driver restarted (ValueError if they are not idle)."""
         host = self.host(allocation.host_id)
         if kernel.allocation is not None or not set(allocation.devices) <= set(host.idle_devices):
-            raise ValueError(f"kernel {kernel.kernel_id!r} cannot take back devices {list(allocation.devices)} on "
-                             f"{host.host_id!r}: they are not idle")
+            raise ValueError(
+                f"kernel {kernel.kernel_id!r} cannot take back devices {list(allocation.devices)} on "
+                f"{host.host_id!r}: they are not idle"
+            )
         host.idle_devices = [d for d in host.idle_devices if d not in allocation.devices]
         host.allocations[kernel.kernel_id] = allocation
         kernel.allocation = allocation

@@ -15,6 +15,7 @@ Kernels come and go with ``place_kernel`` / ``close_kernel`` / ``replica_lost``;
 ``remove_host`` / ``drain_host`` / ``host_lost`` / ``scale_out_failed``; ``tick`` runs the autoscaler and retries
 whatever waits. Every method returns the events it caused, each with its reason.
 """
+
 from __future__ import annotations
 
 import math
@@ -112,8 +113,9 @@ class SchedulerCore:
         """An operator changed an idle host's GPU count; waiting work may fit now (or fit less)."""
         before = self.cluster.host(host_id).gpus
         self.cluster.resize_host(host_id, gpus)
-        resized = HostResized(time=now, reason=f"GPU count changed from {before} to {gpus} by the operator",
-                              host_id=host_id, gpus=gpus)
+        resized = HostResized(
+            time=now, reason=f"GPU count changed from {before} to {gpus} by the operator", host_id=host_id, gpus=gpus
+        )
         return [resized] + self._settle(now)
 
     def drain_host(self, host_id: str, now: float, remove: bool = False) -> list[Event]:
@@ -194,11 +196,22 @@ class SchedulerCore:
         if kernel_id in target.replicas:
             raise ValueError(f"host {host_id!r} already holds a replica of kernel {kernel_id!r}")
         if target.ratio(kernel.gpus) > self.config.subscription_limit + _EPS:
-            raise ValueError(f"host {host_id!r} would pass the subscription limit "
-                             f"({target.ratio(kernel.gpus):.2f} > {self.config.subscription_limit})")
+            raise ValueError(
+                f"host {host_id!r} would pass the subscription limit "
+                f"({target.ratio(kernel.gpus):.2f} > {self.config.subscription_limit})"
+            )
         self.cluster.move_replica(kernel, replica, target)
-        return [ReplicaMoved(time=now, reason="moved on request", kernel_id=kernel_id, replica=replica,
-                             from_host=source, to_host=host_id, cause=MoveCause.REQUEST)]
+        return [
+            ReplicaMoved(
+                time=now,
+                reason="moved on request",
+                kernel_id=kernel_id,
+                replica=replica,
+                from_host=source,
+                to_host=host_id,
+                cause=MoveCause.REQUEST,
+            )
+        ]
 
     # ----------------------------------------------------------------- cells
     def request_execution(self, kernel_id: str, gpus: int, now: float) -> Decision:
@@ -208,10 +221,17 @@ class SchedulerCore:
         if kernel.executing and allocation is not None and allocation.state is AllocationState.COMMITTED:
             # The front asks again for the cell it was granted: the answer was lost (the driver restarted, or the
             # connection broke). The same grant, not a second one.
-            return Decision(time=now, reason=f"granted already: replica {allocation.replica} holds the cell's "
-                            f"devices on {allocation.host_id}", kernel_id=kernel_id, kind=DecisionKind.LEAD,
-                            gpus=allocation.gpus, replica=allocation.replica, host_id=allocation.host_id,
-                            devices=allocation.devices)
+            return Decision(
+                time=now,
+                reason=f"granted already: replica {allocation.replica} holds the cell's "
+                f"devices on {allocation.host_id}",
+                kernel_id=kernel_id,
+                kind=DecisionKind.LEAD,
+                gpus=allocation.gpus,
+                replica=allocation.replica,
+                host_id=allocation.host_id,
+                devices=allocation.devices,
+            )
         if kernel.executing or kernel_id in self._queue:
             raise ValueError(f"kernel {kernel_id!r} already has a cell executing or waiting")
         if gpus < 0:
@@ -278,8 +298,15 @@ class SchedulerCore:
         host.state = HostState.DRAINING if draining else HostState.ACTIVE
         host.remove_when_drained = remove_when_drained
 
-    def restore_kernel(self, kernel_id: str, gpus: int, replicas: dict[int, str], previous_executor: int | None,
-                       allocation: Allocation | None = None, executing: bool = False) -> None:
+    def restore_kernel(
+        self,
+        kernel_id: str,
+        gpus: int,
+        replicas: dict[int, str],
+        previous_executor: int | None,
+        allocation: Allocation | None = None,
+        executing: bool = False,
+    ) -> None:
         """A kernel the driver had before it restarted, on the hosts it was on, with the devices it held. A cell's
         allocation still PENDING was never answered (the front asks again), so it is not taken back."""
         kernel = self.cluster.add_kernel(kernel_id, gpus)
@@ -358,8 +385,9 @@ class SchedulerCore:
         for index, host in zip(missing, chosen):
             self.cluster.place_replica(kernel, index, host)
             if self.policy.holds_gpus:
-                self.cluster.allocate(kernel, host, kernel.gpus, index, held=True, state=AllocationState.COMMITTED,
-                                      now=now)
+                self.cluster.allocate(
+                    kernel, host, kernel.gpus, index, held=True, state=AllocationState.COMMITTED, now=now
+                )
         ratios = ", ".join(f"{h.host_id} {h.ratio():.2f}" for h in chosen)
         why = f"{self.policy.placement_rule}; subscription ratio after placement: {ratios}"
         if not kernel.ever_placed:
@@ -392,55 +420,123 @@ class SchedulerCore:
             assert allocation is not None  # a placed reservation kernel always holds its GPUs
             kernel.executing = True
             kernel.last_gpus = gpus
-            return self._decision(kernel, request, DecisionKind.LEAD, allocation.replica, allocation.host_id,
-                                  allocation.devices[:gpus], None, now, "the session holds its GPUs")
+            return self._decision(
+                kernel,
+                request,
+                DecisionKind.LEAD,
+                allocation.replica,
+                allocation.host_id,
+                allocation.devices[:gpus],
+                None,
+                now,
+                "the session holds its GPUs",
+            )
         if not policy.replicas:
             hosts = [h for h in self.cluster.hosts.values() if h.active and h.idle_gpus >= gpus]
             if not hosts:
                 return None
             host = policy.choose_container_host(gpus, hosts)
             assert policy.container_kind is not None
-            return self._commit(kernel, request, policy.container_kind, None, host, None, now,
-                                f"container on {host.host_id}, which had {host.idle_gpus} idle GPU(s)")
+            return self._commit(
+                kernel,
+                request,
+                policy.container_kind,
+                None,
+                host,
+                None,
+                now,
+                f"container on {host.host_id}, which had {host.idle_gpus} idle GPU(s)",
+            )
         replicas = [(i, self.cluster.hosts[h]) for i, h in sorted(kernel.replicas.items())]
         ready = [(i, h) for i, h in replicas if h.active and h.idle_gpus >= gpus]
         previous = next(((i, h) for i, h in ready if i == kernel.previous_executor), None)
         if previous is not None:
             index, host = previous
-            return self._commit(kernel, request, DecisionKind.LEAD, index, host, None, now,
-                                f"previous executor (replica {index}) can commit {gpus} GPU(s) on {host.host_id} now")
+            return self._commit(
+                kernel,
+                request,
+                DecisionKind.LEAD,
+                index,
+                host,
+                None,
+                now,
+                f"previous executor (replica {index}) can commit {gpus} GPU(s) on {host.host_id} now",
+            )
         if ready:
             index, host = policy.choose_executor(kernel, gpus, ready)
-            return self._commit(kernel, request, DecisionKind.LEAD, index, host, None, now,
-                                f"replica {index} on {host.host_id} ({host.idle_gpus} idle GPUs): "
-                                f"{policy.executor_rule} among the {len(ready)} replica(s) that can commit {gpus}")
-        targets = [
-            h for h in self._placement_candidates(kernel, set()) if h.idle_gpus >= gpus
-        ]
+            return self._commit(
+                kernel,
+                request,
+                DecisionKind.LEAD,
+                index,
+                host,
+                None,
+                now,
+                f"replica {index} on {host.host_id} ({host.idle_gpus} idle GPUs): "
+                f"{policy.executor_rule} among the {len(ready)} replica(s) that can commit {gpus}",
+            )
+        targets = [h for h in self._placement_candidates(kernel, set()) if h.idle_gpus >= gpus]
         if not targets:
             return None
         index = policy.choose_migration_source(kernel, replicas)
         target = policy.choose_migration_target(kernel, gpus, targets)
         source = self.cluster.move_replica(kernel, index, target)
         yielded = ", ".join(f"{h.host_id}:{h.idle_gpus}" for _, h in replicas)
-        return self._commit(kernel, request, DecisionKind.MIGRATE, index, target, source.host_id, now,
-                            f"all {len(replicas)} replicas YIELD (idle GPUs {yielded} < {gpus}); migrating replica "
-                            f"{index} {policy.migration_rule} ({target.host_id}, {target.idle_gpus} idle)")
+        return self._commit(
+            kernel,
+            request,
+            DecisionKind.MIGRATE,
+            index,
+            target,
+            source.host_id,
+            now,
+            f"all {len(replicas)} replicas YIELD (idle GPUs {yielded} < {gpus}); migrating replica "
+            f"{index} {policy.migration_rule} ({target.host_id}, {target.idle_gpus} idle)",
+        )
 
-    def _commit(self, kernel: Kernel, request: ExecutionRequest, kind: DecisionKind, index: int | None, host: Host,
-                source: str | None, now: float, why: str) -> Decision:
-        allocation = self.cluster.allocate(kernel, host, request.gpus, index, held=False, state=AllocationState.PENDING,
-                                              now=now)
+    def _commit(
+        self,
+        kernel: Kernel,
+        request: ExecutionRequest,
+        kind: DecisionKind,
+        index: int | None,
+        host: Host,
+        source: str | None,
+        now: float,
+        why: str,
+    ) -> Decision:
+        allocation = self.cluster.allocate(
+            kernel, host, request.gpus, index, held=False, state=AllocationState.PENDING, now=now
+        )
         kernel.executing = True
         kernel.last_gpus = request.gpus
         return self._decision(kernel, request, kind, index, host.host_id, allocation.devices, source, now, why)
 
-    def _decision(self, kernel: Kernel, request: ExecutionRequest, kind: DecisionKind, index: int | None,
-                  host_id: str, devices: tuple[int, ...], source: str | None, now: float, why: str) -> Decision:
+    def _decision(
+        self,
+        kernel: Kernel,
+        request: ExecutionRequest,
+        kind: DecisionKind,
+        index: int | None,
+        host_id: str,
+        devices: tuple[int, ...],
+        source: str | None,
+        now: float,
+        why: str,
+    ) -> Decision:
         if now > request.submitted:
             why += f" (waited {now - request.submitted:.0f} s)"
-        return Decision(time=now, reason=why, kernel_id=kernel.kernel_id, kind=kind, gpus=request.gpus,
-                        replica=index, host_id=host_id, devices=devices, source_host=source)
+        return Decision(
+            time=now,
+            reason=why,
+            kernel_id=kernel.kernel_id,
+            kind=kind,
+            gpus=request.gpus,
+            replica=index,
+            host_id=host_id,
+            devices=devices,
+            source_host=source,
+        )
 
     def _why_queued(self, kernel: Kernel, gpus: int) -> str:
         if self.policy.replicas and not kernel.replicas:
@@ -474,8 +570,11 @@ class SchedulerCore:
         if not kernel.executing:
             return []
         kernel.executing = False
-        return [ExecutionInterrupted(time=now, reason=f"{why}; the cell must be requested again",
-                                     kernel_id=kernel.kernel_id, host_id=host_id)]
+        return [
+            ExecutionInterrupted(
+                time=now, reason=f"{why}; the cell must be requested again", kernel_id=kernel.kernel_id, host_id=host_id
+            )
+        ]
 
     def _lose_replica(self, kernel: Kernel, index: int, now: float, why: str) -> list[Event]:
         host_id = kernel.replicas[index]
@@ -537,10 +636,20 @@ class SchedulerCore:
                 self.cluster.free(kernel)
             source = self.cluster.move_replica(kernel, index, target)
             if held:
-                self.cluster.allocate(kernel, target, kernel.gpus, index, held=True, state=AllocationState.COMMITTED,
-                                      now=now)
-            events.append(ReplicaMoved(time=now, reason=why, kernel_id=kernel.kernel_id, replica=index,
-                                       from_host=source.host_id, to_host=target.host_id, cause=cause))
+                self.cluster.allocate(
+                    kernel, target, kernel.gpus, index, held=True, state=AllocationState.COMMITTED, now=now
+                )
+            events.append(
+                ReplicaMoved(
+                    time=now,
+                    reason=why,
+                    kernel_id=kernel.kernel_id,
+                    replica=index,
+                    from_host=source.host_id,
+                    to_host=target.host_id,
+                    cause=cause,
+                )
+            )
         return events
 
     def _progress_drains(self, now: float) -> list[Event]:
@@ -581,9 +690,7 @@ class SchedulerCore:
 
     def _busy(self, host: Host) -> bool:
         """Runs a cell, or holds GPUs pre-committed for one."""
-        return any(
-            not a.held or self.cluster.kernels[k].executing for k, a in host.allocations.items()
-        )
+        return any(not a.held or self.cluster.kernels[k].executing for k, a in host.allocations.items())
 
     def _request_hosts(self, count: int, now: float, why: str) -> list[Event]:
         if self.config.max_hosts is not None:

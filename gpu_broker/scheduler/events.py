@@ -7,6 +7,7 @@ waited or a replica moved without re-deriving it.
 
 Times are seconds on whatever clock the driver passes in (wall clock live, virtual clock in the simulator).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

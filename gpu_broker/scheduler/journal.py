@@ -4,6 +4,7 @@ The live scheduler and the simulator drive the same core. Recording what the liv
 passed, lets the same sequence be replayed on a fresh core and the decisions compared one by one: whatever the
 live driver decides outside the core shows up as a difference.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -4,6 +4,7 @@ These are plain records; the invariants between them (a device belongs to at mos
 most one replica of a kernel, subscription counters match the replicas) are kept by ``Cluster``, the only code that
 mutates them.
 """
+
 from __future__ import annotations
 
 import math

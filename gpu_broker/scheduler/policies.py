@@ -7,6 +7,7 @@ replicas gets a container, which host or replica to prefer, and how much capacit
 
 The base ``Policy`` is the NotebookOS paper's behaviour; the others override what they change.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -153,7 +154,8 @@ class NotebookOSPlus(NotebookOS):
 
     def target_gpus(self, ctx: ScalingContext) -> float:
         returning = sum(
-            1 for released, gpus in ctx.idle_kernels
+            1
+            for released, gpus in ctx.idle_kernels
             if gpus >= ctx.host_gpus and ctx.now - released <= self.returning_window_s
         )
         wanted_empty = self.empty_hosts + returning

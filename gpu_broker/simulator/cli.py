@@ -1,4 +1,5 @@
 """``notebookos simulate``: replay a training-event trace under scheduling policies and compare them."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,12 +25,24 @@ _DEFAULT_COSTS = CostModel()
 def add_session_arguments(parser: argparse.ArgumentParser, title: str) -> None:
     """The session model's options, in trace minutes; ``simulate`` and ``replay`` take the same ones."""
     sessions = parser.add_argument_group(title)
-    sessions.add_argument("--open-before-min", type=_minutes, default=_DEFAULT_MODEL.open_before_s / 60,
-                          help="a notebook opens this long before its first training event")
-    sessions.add_argument("--idle-timeout-min", type=_minutes, default=_DEFAULT_MODEL.idle_timeout_s / 60,
-                          help="an idle culler closes a notebook this long after a training event ('inf': never)")
-    sessions.add_argument("--close-after-min", type=_minutes, default=None,
-                          help="a notebook closes this long after its session's last event (default: the idle timeout)")
+    sessions.add_argument(
+        "--open-before-min",
+        type=_minutes,
+        default=_DEFAULT_MODEL.open_before_s / 60,
+        help="a notebook opens this long before its first training event",
+    )
+    sessions.add_argument(
+        "--idle-timeout-min",
+        type=_minutes,
+        default=_DEFAULT_MODEL.idle_timeout_s / 60,
+        help="an idle culler closes a notebook this long after a training event ('inf': never)",
+    )
+    sessions.add_argument(
+        "--close-after-min",
+        type=_minutes,
+        default=None,
+        help="a notebook closes this long after its session's last event (default: the idle timeout)",
+    )
 
 
 def session_model(args: argparse.Namespace) -> SessionModel:
@@ -75,21 +88,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--trace", type=Path, default=BUNDLED_TRACE, help="trace CSV")
-    parser.add_argument("--policies", type=_policies, default=tuple(POLICIES),
-                        help=f"comma-separated, from: {', '.join(POLICIES)} (reservation always runs as the baseline)")
+    parser.add_argument(
+        "--policies",
+        type=_policies,
+        default=tuple(POLICIES),
+        help=f"comma-separated, from: {', '.join(POLICIES)} (reservation always runs as the baseline)",
+    )
     parser.add_argument("--out", type=Path, default=Path("simulation"), help="output directory")
     window = parser.add_argument_group("window")
     window.add_argument("--start-min", type=float, default=0.0, help="keep events submitted from this minute on")
-    window.add_argument("--hours", type=float, default=None,
-                        help="keep events submitted within this many hours of --start-min, and count GPU-hours "
-                             "only inside that window (default: to the end of the trace)")
+    window.add_argument(
+        "--hours",
+        type=float,
+        default=None,
+        help="keep events submitted within this many hours of --start-min, and count GPU-hours "
+        "only inside that window (default: to the end of the trace)",
+    )
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument("--hosts", type=int, default=_DEFAULT_CLUSTER.hosts, help="hosts at the start")
     cluster.add_argument("--gpus-per-host", type=int, default=_DEFAULT_CLUSTER.host_gpus)
     cluster.add_argument("--min-hosts", type=int, default=_DEFAULT_CLUSTER.min_hosts)
     cluster.add_argument("--max-hosts", type=int, default=None, help="cap on hosts (default: unbounded)")
-    cluster.add_argument("--subscription-limit", type=float, default=_DEFAULT_CLUSTER.subscription_limit,
-                         help="max GPUs subscribed by replicas on a host / its GPUs")
+    cluster.add_argument(
+        "--subscription-limit",
+        type=float,
+        default=_DEFAULT_CLUSTER.subscription_limit,
+        help="max GPUs subscribed by replicas on a host / its GPUs",
+    )
     cluster.add_argument("--tick-s", type=float, default=_DEFAULT_CLUSTER.tick_s, help="autoscaler period, seconds")
     add_session_arguments(parser, "session model (the trace does not record it)")
     costs = parser.add_argument_group("costs, seconds")

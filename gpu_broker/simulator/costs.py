@@ -10,6 +10,7 @@ Defaults (stated in docs/simulator.md, all configurable from the CLI):
 
 A cell granted on an existing replica (LEAD) starts at once: binding devices costs milliseconds.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

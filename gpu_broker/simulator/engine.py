@@ -6,6 +6,7 @@ when it ends, ``close_kernel``, ``tick``) and carries out the events the core re
 virtual time: a granted cell starts after its decision's start-up delay, a requested host arrives after the
 scale-out delay. Nothing here decides anything; every choice is the core's and its policy's.
 """
+
 from __future__ import annotations
 
 import heapq

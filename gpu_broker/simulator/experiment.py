@@ -3,6 +3,7 @@
 Shared by the ``notebookos simulate`` command and ``benchmarks/simulate_june.py`` so that both report the same
 numbers for the same settings.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,9 @@ class Experiment:
     def __post_init__(self) -> None:
         unknown = [p for p in self.policies if p not in POLICIES]
         if unknown:
-            raise ValueError(f"unknown polic{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
-                             f"known: {', '.join(POLICIES)}")
+            raise ValueError(
+                f"unknown polic{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; known: {', '.join(POLICIES)}"
+            )
         if not self.policies:
             raise ValueError("no policy to run")
         if self.hours is not None and self.hours <= 0:
@@ -50,15 +52,17 @@ class Experiment:
 
     def settings(self) -> dict[str, object]:
         """Every setting of the run, JSON-ready (an unbounded time is written as "inf")."""
-        return _finite({
-            "trace": str(self.trace),
-            "policies": list(self.policies),
-            "window_start_s": self.start_s,
-            "window_hours": self.hours,
-            "cluster": asdict(self.cluster),
-            "session_model": asdict(self.model),
-            "costs": asdict(self.costs),
-        })
+        return _finite(
+            {
+                "trace": str(self.trace),
+                "policies": list(self.policies),
+                "window_start_s": self.start_s,
+                "window_hours": self.hours,
+                "cluster": asdict(self.cluster),
+                "session_model": asdict(self.model),
+                "costs": asdict(self.costs),
+            }
+        )
 
 
 def _finite(value: object) -> object:
@@ -92,7 +96,12 @@ def run_policy(experiment: Experiment, plans: list[SessionPlan], name: str, prog
     total = sum(p.event_count for p in plans)
     with tqdm(total=total, desc=f"{name:>16}", unit="event", disable=not progress, mininterval=0.5) as bar:
         simulation = Simulation(
-            plans, make_policy(name), experiment.cluster, experiment.model, experiment.costs, experiment.window,
+            plans,
+            make_policy(name),
+            experiment.cluster,
+            experiment.model,
+            experiment.costs,
+            experiment.window,
             on_event_done=lambda: bar.update(1),
         )
         return simulation.run()

@@ -8,6 +8,7 @@ holds). Both are integrated only over the accounting window, so a 17.5-hour wind
 Delay statistics (:func:`delay_stats`) are computed here for every caller: the simulator's policy metrics and
 ``notebookos replay`` (live delays and the simulator's beside them) report the same keys, computed the same way.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -25,8 +26,14 @@ def delay_stats(delays_s: Sequence[float], at_once_s: float = AT_ONCE_S) -> dict
     started at once (delay at most ``at_once_s``). Every value is None when there is no delay to summarize."""
     d = np.asarray(delays_s, dtype=float)
     if not d.size:
-        return {"started_without_wait": None, "delay_mean_s": None, "delay_p50_s": None, "delay_p90_s": None,
-                "delay_p99_s": None, "delay_max_s": None}
+        return {
+            "started_without_wait": None,
+            "delay_mean_s": None,
+            "delay_p50_s": None,
+            "delay_p90_s": None,
+            "delay_p99_s": None,
+            "delay_max_s": None,
+        }
     return {
         "started_without_wait": float(np.mean(d <= at_once_s)),
         "delay_mean_s": float(d.mean()),

@@ -3,6 +3,7 @@
 The plots need matplotlib, which only the ``sim`` extra installs (``pip install 'notebookos[sim]'``); it is imported
 when a plot is drawn, so everything else works without it.
 """
+
 from __future__ import annotations
 
 import csv

@@ -8,6 +8,7 @@ and ``interval`` are carried but unused. There is no session column: a session i
 events do not overlap and move forward in time, and a row that starts before the previous row's end begins a new
 session. Times are converted to seconds here, the unit of the scheduling core.
 """
+
 from __future__ import annotations
 
 import csv
@@ -56,9 +57,7 @@ def load_trace(path: str | Path) -> list[TraceEvent]:
         columns = [name.strip() for name in header]
         missing = [name for name in REQUIRED_COLUMNS if name not in columns]
         if missing:
-            raise TraceError(
-                f"{path} line 1: missing column(s) {', '.join(missing)} (found: {', '.join(columns)})"
-            )
+            raise TraceError(f"{path} line 1: missing column(s) {', '.join(missing)} (found: {', '.join(columns)})")
         index = {name: columns.index(name) for name in REQUIRED_COLUMNS}
         events = []
         for row in reader:
@@ -117,9 +116,7 @@ def select_window(sessions: list[Session], start_s: float, end_s: float | None) 
     """
     selected = []
     for session in sessions:
-        kept = tuple(
-            e for e in session.events if e.submit_s >= start_s and (end_s is None or e.submit_s < end_s)
-        )
+        kept = tuple(e for e in session.events if e.submit_s >= start_s and (end_s is None or e.submit_s < end_s))
         if kept:
             selected.append(Session(session.session_id, kept))
     return selected

@@ -16,6 +16,7 @@ Each notebook is one kernel; its GPU request (what reservation holds, what repli
 Delays do not accumulate into later submissions: a user submits the next event ``think_s`` after the previous one
 ended (the trace's gap), so a late start shifts the rest of the session rather than overlapping it.
 """
+
 from __future__ import annotations
 
 import math

@@ -103,8 +103,11 @@ class LocalDirectoryStore(ObjectStore):
         """Keys of the objects written more than ``age_s`` seconds ago: what a collector may consider (younger
         ones may belong to a cell whose record has not committed yet)."""
         cutoff = time.time() - age_s
-        return [KEY_PREFIX + path.name for path in self.root.glob("??/*")
-                if not path.name.startswith(".") and _is_older(path, cutoff)]
+        return [
+            KEY_PREFIX + path.name
+            for path in self.root.glob("??/*")
+            if not path.name.startswith(".") and _is_older(path, cutoff)
+        ]
 
     def _path(self, key: str) -> Path:
         digest = key_digest(key)

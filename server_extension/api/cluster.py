@@ -12,6 +12,7 @@ Each takes ``sees``, whether the user may see a kernel of a given owner (:meth:`
 kernel they may not see is left out, and so is its id wherever it would show (a host's kernels, the kernel holding
 a GPU). What hosts and GPUs are, and how busy, stays the pool's.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,10 +48,12 @@ class ClusterRefused(Exception):
 
 
 def _what_to_do(path: Any) -> str:
-    return (f"Start Jupyter with `notebookos lab`, which starts a cluster and points the server at it; or name a "
-            f"shared cluster service with c.NotebookOS.cluster_url and c.NotebookOS.cluster_token_file; or set "
-            f"{CLUSTER_FILE_ENV} to the discovery file of a running cluster (looked for at {path}); or start a "
-            f"notebookos kernel, which starts a cluster on this machine.")
+    return (
+        f"Start Jupyter with `notebookos lab`, which starts a cluster and points the server at it; or name a "
+        f"shared cluster service with c.NotebookOS.cluster_url and c.NotebookOS.cluster_token_file; or set "
+        f"{CLUSTER_FILE_ENV} to the discovery file of a running cluster (looked for at {path}); or start a "
+        f"notebookos kernel, which starts a cluster on this machine."
+    )
 
 
 def _client() -> ClusterClient:
@@ -60,8 +63,9 @@ def _client() -> ClusterClient:
     try:
         return ClusterClient.from_file(path, timeout=REQUEST_TIMEOUT_S)
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ClusterUnavailable(f"The notebookos cluster discovery file {path} cannot be read ({err}). "
-                                 f"{_what_to_do(path)}") from None
+        raise ClusterUnavailable(
+            f"The notebookos cluster discovery file {path} cannot be read ({err}). {_what_to_do(path)}"
+        ) from None
 
 
 async def _call(operation: Callable[[ClusterClient], Awaitable[T]]) -> T:
@@ -73,34 +77,61 @@ async def _call(operation: Callable[[ClusterClient], Awaitable[T]]) -> T:
     except ClusterError as err:
         if err.status is None:
             said = str(err)
-            raise ClusterUnavailable(f"{said[:1].upper()}{said[1:]}. Is the notebookos cluster still running? "
-                                     f"{_what_to_do(discovery_file())}") from None
+            raise ClusterUnavailable(
+                f"{said[:1].upper()}{said[1:]}. Is the notebookos cluster still running? "
+                f"{_what_to_do(discovery_file())}"
+            ) from None
         if err.status == 401:
-            raise ClusterUnavailable(f"The notebookos cluster at {client.url} refused this server's token: the "
-                                     f"discovery file {discovery_file()} is stale. {_what_to_do(discovery_file())}"
-                                     ) from None
+            raise ClusterUnavailable(
+                f"The notebookos cluster at {client.url} refused this server's token: the "
+                f"discovery file {discovery_file()} is stale. {_what_to_do(discovery_file())}"
+            ) from None
         raise ClusterRefused(err.status, err.detail or str(err)) from None
 
 
 # --- models -----------------------------------------------------------------------------------------------------
 
+
 def replica_model(raw: dict) -> dict:
-    return {"index": int(raw["replica"]), "host": str(raw["host"]), "alive": bool(raw["alive"]),
-            "pid": raw.get("pid"), "restarts": int(raw.get("restarts", 0)), "role": raw.get("role"),
-            "state": str(raw.get("state") or ("ready" if raw["alive"] else "lost")),
-            "exit_reason": raw.get("exit_reason")}
+    return {
+        "index": int(raw["replica"]),
+        "host": str(raw["host"]),
+        "alive": bool(raw["alive"]),
+        "pid": raw.get("pid"),
+        "restarts": int(raw.get("restarts", 0)),
+        "role": raw.get("role"),
+        "state": str(raw.get("state") or ("ready" if raw["alive"] else "lost")),
+        "exit_reason": raw.get("exit_reason"),
+    }
 
 
-_CELL_FIELDS = ("state", "gpus", "decision", "reason", "host", "devices", "submitted", "started", "ended", "bind_s",
-                "release_s")
+_CELL_FIELDS = (
+    "state",
+    "gpus",
+    "decision",
+    "reason",
+    "host",
+    "devices",
+    "submitted",
+    "started",
+    "ended",
+    "bind_s",
+    "release_s",
+)
 
 
 def kernel_model(raw: dict) -> dict:
     replicas = [replica_model(r) for r in raw.get("replicas", [])]
     cell = raw.get("cell")
-    return {"id": str(raw["id"]), "owner": raw.get("owner"), "notebook": raw.get("notebook"),
-            "gpus": int(raw.get("gpus", 0)), "replicas": replicas, "replicas_alive": sum(r["alive"] for r in replicas),
-            "cell": None if not cell else {k: cell.get(k) for k in _CELL_FIELDS}}
+    return {
+        "id": str(raw["id"]),
+        "owner": raw.get("owner"),
+        "notebook": raw.get("notebook"),
+        "gpus": int(raw.get("gpus", 0)),
+        "replicas": replicas,
+        "replicas_alive": sum(r["alive"] for r in replicas),
+        "cell": None if not cell else {k: cell.get(k) for k in _CELL_FIELDS},
+    }
 
 
 def replica_counts(kernels: list[dict]) -> dict:
@@ -147,9 +178,18 @@ def gpus_model(raw_cluster: dict, sees: Sees = everyone) -> list[dict]:
         kernel = device.get("kernel")
         return device.get(field) if kernel is None or sees(owners.get(kernel)) else None
 
-    return [{"host": str(host["name"]), "device": int(d["device"]), "state": str(d.get("state", "idle")),
-             "kernel": held(d, "kernel"), "replica": held(d, "replica"), "since": d.get("since")}
-            for host in raw_cluster.get("hosts", []) for d in host.get("devices", [])]
+    return [
+        {
+            "host": str(host["name"]),
+            "device": int(d["device"]),
+            "state": str(d.get("state", "idle")),
+            "kernel": held(d, "kernel"),
+            "replica": held(d, "replica"),
+            "since": d.get("since"),
+        }
+        for host in raw_cluster.get("hosts", [])
+        for d in host.get("devices", [])
+    ]
 
 
 def event_visible(event: dict, owners: dict[str, str | None], sees: Sees) -> bool:
@@ -170,8 +210,10 @@ def cluster_model(raw_cluster: dict, sees: Sees = everyone) -> dict:
         "hosts": [{"name": h["name"], "replicas": h["replicas"]} for h in hosts],
         "kernels": len(kernels),
         "replicas": replica_counts(kernels),
-        "gpus": {"total": total, **{state: sum(g["state"] == state for g in gpus)
-                                    for state in ("idle", "pending", "committed")}},
+        "gpus": {
+            "total": total,
+            **{state: sum(g["state"] == state for g in gpus) for state in ("idle", "pending", "committed")},
+        },
         "subscription_ratio": sum(h["subscribed_gpus"] for h in hosts) / total if total else 0.0,
         "subscription_limit": raw_cluster.get("subscription_limit"),
         "pending_cells": int(raw_cluster.get("pending_cells", 0)),
@@ -183,6 +225,7 @@ def cluster_model(raw_cluster: dict, sees: Sees = everyone) -> dict:
 
 
 # --- calls ------------------------------------------------------------------------------------------------------
+
 
 async def get_cluster() -> dict:
     """The cluster service's raw ``GET /cluster``."""

@@ -16,6 +16,7 @@ to be allowed the action: :meth:`NotebookOSHandler.checked` (the shared
 query parameters and checks the JSON body, answering 400 with the field and why. Handlers read their inputs from
 what it returns, never from the raw request.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,10 +30,30 @@ from tornado.iostream import StreamClosedError
 
 from ...gpu_broker.cluster.openapi import Checked, RequestChecker, RequestInvalid
 from ..permissions import ADMIN_MESSAGE, RESOURCE, WRITE_MESSAGE, Access, request_access
-from .cluster import (ClusterRefused, ClusterUnavailable, add_host, cluster_model, delete_kernel, drain_host,
-                      event_visible, get_cluster, get_cluster_metrics, get_events, get_history, get_kernel, gpus_model,
-                      hosts_model, kernel_owners, kernels_model, kill_replica, learn_owners, migrate_replica,
-                      remove_host, resize_host, restart_replica)
+from .cluster import (
+    ClusterRefused,
+    ClusterUnavailable,
+    add_host,
+    cluster_model,
+    delete_kernel,
+    drain_host,
+    event_visible,
+    get_cluster,
+    get_cluster_metrics,
+    get_events,
+    get_history,
+    get_kernel,
+    gpus_model,
+    hosts_model,
+    kernel_owners,
+    kernels_model,
+    kill_replica,
+    learn_owners,
+    migrate_replica,
+    remove_host,
+    resize_host,
+    restart_replica,
+)
 from .metrics import CONTENT_TYPE, Metrics
 from .openapi import API_PREFIX, DOCUMENT, document
 
@@ -60,8 +81,9 @@ class NotebookOSHandler(APIHandler):
             message = error.log_message % error.args if error.args else error.log_message
         self.log.warning("wrote error: %r", message)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"message": message or responses.get(status_code, "Unknown HTTP Error"),
-                                "reason": error.reason}))
+        self.finish(
+            json.dumps({"message": message or responses.get(status_code, "Unknown HTTP Error"), "reason": error.reason})
+        )
 
     def reply(self, model: Any) -> None:
         self.finish(json.dumps(model))
@@ -106,8 +128,12 @@ class NotebookOSHandler(APIHandler):
         naming the field and why. Called once the user may do what they ask (a refusal comes first)."""
         path = self.request.path
         try:
-            return CHECKER.check(self.request.method or "GET", path[path.find(API_PREFIX):],
-                                 self.request.query_arguments, self.request.body)
+            return CHECKER.check(
+                self.request.method or "GET",
+                path[path.find(API_PREFIX) :],
+                self.request.query_arguments,
+                self.request.body,
+            )
         except RequestInvalid as err:
             raise web.HTTPError(400, str(err)) from None
 
@@ -130,8 +156,13 @@ class MeHandler(NotebookOSHandler):
         self.checked()
         user = self.current_user
         access = await self.access()
-        self.reply({"name": getattr(user, "name", None) or getattr(user, "username", "") or "",
-                    "owner": access.owner, "admin": access.admin})
+        self.reply(
+            {
+                "name": getattr(user, "name", None) or getattr(user, "username", "") or "",
+                "owner": access.owner,
+                "admin": access.admin,
+            }
+        )
 
 
 class ClusterHandler(NotebookOSHandler):
@@ -343,8 +374,9 @@ class MetricsHandler(NotebookOSHandler):
     @allow_unauthenticated
     async def get(self) -> None:
         if self.settings.get("authenticate_prometheus", True) and not self.logged_in:
-            raise web.HTTPError(403, reason="metrics need a Jupyter token unless ServerApp.authenticate_prometheus "
-                                            "is False")
+            raise web.HTTPError(
+                403, reason="metrics need a Jupyter token unless ServerApp.authenticate_prometheus is False"
+            )
         self.checked()
         try:
             raw, counted = await get_cluster(), await get_cluster_metrics()

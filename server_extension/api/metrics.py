@@ -7,6 +7,7 @@ gauges are read from the cluster at scrape time: the handler fetches ``GET /clus
 When the cluster does not answer, ``notebookos_cluster_up`` is 0 and the cluster gauges are left out rather than
 reported stale. Metrics that accumulate in this process (bind latency and the like) go into the same registry.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -30,8 +31,11 @@ class ClusterMetrics(Collector):
         self.snapshot = raw_cluster
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        yield GaugeMetricFamily("notebookos_cluster_up", "1 if the notebookos cluster answered this scrape, else 0",
-                                value=0 if self.snapshot is None else 1)
+        yield GaugeMetricFamily(
+            "notebookos_cluster_up",
+            "1 if the notebookos cluster answered this scrape, else 0",
+            value=0 if self.snapshot is None else 1,
+        )
         if self.snapshot is None:
             return
         kernels = [kernel_model(k) for k in self.snapshot.get("kernels", [])]
@@ -43,14 +47,18 @@ class ClusterMetrics(Collector):
         replicas.add_metric(["alive"], counts["alive"])
         replicas.add_metric(["dead"], counts["dead"])
         yield replicas
-        per_host = GaugeMetricFamily("notebookos_host_replicas", "Replicas placed on each host, by state",
-                                     labels=["host", "state"])
+        per_host = GaugeMetricFamily(
+            "notebookos_host_replicas", "Replicas placed on each host, by state", labels=["host", "state"]
+        )
         for host in hosts:
             per_host.add_metric([host["name"], "alive"], host["replicas_alive"])
             per_host.add_metric([host["name"], "dead"], host["replicas"] - host["replicas_alive"])
         yield per_host
-        yield GaugeMetricFamily("notebookos_replica_restarts", "In-place restarts of the current kernels' replicas",
-                                value=sum(r["restarts"] for k in kernels for r in k["replicas"]))
+        yield GaugeMetricFamily(
+            "notebookos_replica_restarts",
+            "In-place restarts of the current kernels' replicas",
+            value=sum(r["restarts"] for k in kernels for r in k["replicas"]),
+        )
 
 
 class Metrics:

@@ -1,6 +1,7 @@
 """The ``notebookos`` command line as a user meets it, run as real processes: a quick ``--help`` and ``--version``,
 ``--hosts`` and ``--gpus-per-host`` taken at their word or refused with why, temporary state folders gone on exit,
 and one log format under ``notebookos lab``."""
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,9 @@ def notebookos(*args: str, env: dict[str, str] | None = None, timeout: float = 6
 
 
 def test_help_lists_every_command_and_imports_none_of_them() -> None:
-    done = subprocess.run([sys.executable, "-X", "importtime", *NOTEBOOKOS[1:], "--help"], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *NOTEBOOKOS[1:], "--help"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     for name, _ in cli.SUBCOMMANDS.values():
         assert re.search(rf"^\s+{name}\s", done.stdout, re.M), done.stdout
@@ -98,8 +100,9 @@ def test_lab_logs_in_jupyters_format_and_removes_its_temporary_state_folder(tmp_
     env = {k: v for k, v in os.environ.items() if k != CLUSTER_FILE_ENV}
     env["TMPDIR"] = str(tmp_path / "tmp")
     (tmp_path / "tmp").mkdir()
-    lab = start_jupyter([*NOTEBOOKOS, "lab", "--hosts", "3", "--log-level", "debug"], tmp_path / "lab",
-                        secrets.token_hex(16), env=env)
+    lab = start_jupyter(
+        [*NOTEBOOKOS, "lab", "--hosts", "3", "--log-level", "debug"], tmp_path / "lab", secrets.token_hex(16), env=env
+    )
     try:
         assert lab.get("api/notebookos/cluster")[0] == 200
     finally:

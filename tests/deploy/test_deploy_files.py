@@ -6,6 +6,7 @@ dashboard's queries against the metrics a running cluster exports.
 None of this reaches a Kubernetes API server or a registry: the manifests and the compose file were not applied to
 a live cluster here (the Docker tests in tests/docker run the agent's Docker runtime against a real dockerd).
 """
+
 from __future__ import annotations
 
 import json
@@ -73,19 +74,24 @@ def test_the_agents_join_over_tls_with_the_secret_token_and_advertise_their_node
         [agent] = pod["containers"]
         assert pod["hostNetwork"] is True, "replicas bind the node's address"
         assert agent["args"][0] == "agent"
-        assert {"--address=$(NODE_IP)", "--join=https://notebookos-cluster.notebookos.svc:8765",
-                "--join-token-file=/etc/notebookos/join-token", "--cluster-ca=/etc/notebookos/ca/ca.pem"} <= set(
-            agent["args"])
+        assert {
+            "--address=$(NODE_IP)",
+            "--join=https://notebookos-cluster.notebookos.svc:8765",
+            "--join-token-file=/etc/notebookos/join-token",
+            "--cluster-ca=/etc/notebookos/ca/ca.pem",
+        } <= set(agent["args"])
         secrets = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
         mounts = {m["mountPath"]: m["name"] for m in agent["volumeMounts"]}
         assert secrets[mounts["/etc/notebookos/join-token"]]["secretName"] == "notebookos-join-token"
         ca = secrets[mounts["/etc/notebookos/ca"]]
-        assert ca["secretName"] == "notebookos-cluster-ca" and ca["items"] == [{"key": "ca.pem", "path": "ca.pem"}], \
+        assert ca["secretName"] == "notebookos-cluster-ca" and ca["items"] == [{"key": "ca.pem", "path": "ca.pem"}], (
             "agents get the CA's certificate, not its key"
+        )
     [cluster, _service] = _documents(KUBERNETES / "cluster.yaml")
     [lab] = cluster["spec"]["template"]["spec"]["containers"]
     assert {"--tls-auto", "--tls-ca=/etc/notebookos/ca", "--tls-name=notebookos-cluster.notebookos.svc"} <= set(
-        lab["args"])
+        lab["args"]
+    )
 
 
 def test_the_compose_cluster_wires_three_agents_to_the_service_over_tls() -> None:
@@ -111,8 +117,11 @@ def test_the_systemd_unit_is_valid(tmp_path: Path) -> None:
         pytest.skip("systemd-analyze is not installed")
     notebookos = Path(sys.executable).with_name("notebookos")  # this environment's command, installed with it
     unit = tmp_path / "notebookos-agent.service"
-    unit.write_text((DEPLOY / "systemd" / "notebookos-agent.service").read_text()
-                    .replace("/usr/local/bin/notebookos", str(notebookos)))
+    unit.write_text(
+        (DEPLOY / "systemd" / "notebookos-agent.service")
+        .read_text()
+        .replace("/usr/local/bin/notebookos", str(notebookos))
+    )
     verified = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr
 
@@ -120,14 +129,21 @@ def test_the_systemd_unit_is_valid(tmp_path: Path) -> None:
 def test_the_grafana_dashboard_queries_only_metrics_the_product_exports(cluster_file: str) -> None:
     """The metric names in every panel's query are among those a running cluster service and the Jupyter
     extension export (the extension's gauges built from the same cluster's answer)."""
-    exported = {sample.name for family in text_string_to_metric_families(
-        cluster_request(cluster_file, "GET", "/metrics", text=True)) for sample in family.samples}
+    exported = {
+        sample.name
+        for family in text_string_to_metric_families(cluster_request(cluster_file, "GET", "/metrics", text=True))
+        for sample in family.samples
+    }
     extension = ClusterMetrics()
     extension.update(cluster_request(cluster_file, "GET", "/cluster"))
     exported |= {family.name for family in extension.collect()}
     dashboard = json.loads((DEPLOY / "grafana" / "notebookos-dashboard.json").read_text())
-    queried = {name for panel in dashboard["panels"] for target in panel["targets"]
-               for name in re.findall(r"\bnotebookos_[a-z_]+", target["expr"])}
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bnotebookos_[a-z_]+", target["expr"])
+    }
     assert queried and queried <= exported, sorted(queried - exported)
 
 

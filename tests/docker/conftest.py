@@ -1,4 +1,5 @@
 """Fixtures for tests with a real Docker daemon (see dockerd.py)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

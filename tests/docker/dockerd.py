@@ -6,6 +6,7 @@ pulled here (no registry), so the replicas' image is made with ``docker import``
 and the containers see this machine's Python and the project through read-only mounts of the folders they live in
 (``--replica-mount``). A real deployment uses the image of deploy/docker/Dockerfile instead.
 """
+
 from __future__ import annotations
 
 import io
@@ -41,10 +42,24 @@ class Dockerd:
         self.url = f"unix://{root / 'docker.sock'}"
         self._log = open(root / "dockerd.log", "wb")
         self.process = subprocess.Popen(
-            ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
-             "--pidfile", str(root / "dockerd.pid"), "--host", self.url, "--bridge=none", "--iptables=false",
-             "--ip6tables=false"],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            [
+                "dockerd",
+                "--data-root",
+                str(root / "data"),
+                "--exec-root",
+                str(root / "exec"),
+                "--pidfile",
+                str(root / "dockerd.pid"),
+                "--host",
+                self.url,
+                "--bridge=none",
+                "--iptables=false",
+                "--ip6tables=false",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         import docker
 
         deadline = time.monotonic() + START_DEADLINE_S

@@ -5,6 +5,7 @@ Four agents run on this machine at the loopback addresses 127.0.0.2 to 127.0.0.5
 network, so a replica binds its agent's address); the cluster service listens on 127.0.0.1. The image is imported
 from an empty root file system and the containers see this machine's Python through read-only mounts (dockerd.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -49,29 +50,62 @@ class DockerPool:
 
     def container(self, kernel_id: str, replica: int):
         [found] = self.dockerd.client.containers.list(
-            filters={"label": [f"{LABEL}.kernel={kernel_id}", f"{LABEL}.replica={replica}"]})
+            filters={"label": [f"{LABEL}.kernel={kernel_id}", f"{LABEL}.replica={replica}"]}
+        )
         return found
 
     def log(self, name: str) -> Path:
         return self.state / f"agent-{name}.log"
 
     def start_agent(self, name: str, log_name: str | None = None) -> subprocess.Popen:
-        argv = [sys.executable, "-m", "notebookos.server_extension.cli", "agent", "--join", self.url,
-                "--join-token-file", str(self.token_file), "--name", name, "--address", HOSTS[name], "--gpus", "1",
-                "--state-dir", str(self.state / name), "--runtime", "docker", "--image", IMAGE,
-                "--replica-python", sys.executable, "--replica-cpus", str(CPUS), "--replica-memory", MEMORY,
-                *(f"--replica-mount={mount}" for mount in host_python_mounts())]
+        argv = [
+            sys.executable,
+            "-m",
+            "notebookos.server_extension.cli",
+            "agent",
+            "--join",
+            self.url,
+            "--join-token-file",
+            str(self.token_file),
+            "--name",
+            name,
+            "--address",
+            HOSTS[name],
+            "--gpus",
+            "1",
+            "--state-dir",
+            str(self.state / name),
+            "--runtime",
+            "docker",
+            "--image",
+            IMAGE,
+            "--replica-python",
+            sys.executable,
+            "--replica-cpus",
+            str(CPUS),
+            "--replica-memory",
+            MEMORY,
+            *(f"--replica-mount={mount}" for mount in host_python_mounts()),
+        ]
         with open(self.log(log_name or name), "ab") as log:
-            return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                    env={**__import__("os").environ, "DOCKER_HOST": self.dockerd.url})
+            return subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**__import__("os").environ, "DOCKER_HOST": self.dockerd.url},
+            )
 
 
 @pytest.fixture(scope="module")
 def pool(dockerd: Dockerd, tmp_path_factory: pytest.TempPathFactory, jupyter_env: Path) -> Iterator[DockerPool]:
     state = tmp_path_factory.mktemp("docker-cluster")
     token_file = state / "join-token"
-    proc, discovery = start_cluster(state, 0, extra_args=("--listen", "127.0.0.1:0", "--join-token-file",
-                                                          str(token_file)), log_path=state / "cluster.log")
+    proc, discovery = start_cluster(
+        state,
+        0,
+        extra_args=("--listen", "127.0.0.1:0", "--join-token-file", str(token_file)),
+        log_path=state / "cluster.log",
+    )
     pool = DockerPool(dockerd, discovery, token_file, json.loads(discovery.read_text())["url"], state, {})
     with pytest.MonkeyPatch.context() as env:
         env.setenv(CLUSTER_FILE_ENV, str(discovery))
@@ -111,8 +145,9 @@ def test_a_kernels_replicas_run_in_containers_with_their_limits(pool: DockerPool
         assert where == [replica["host"], 42]
 
 
-def test_a_killed_container_is_reported_and_replaced_and_the_kernel_goes_on(pool: DockerPool,
-                                                                             notebook: Notebook) -> None:
+def test_a_killed_container_is_reported_and_replaced_and_the_kernel_goes_on(
+    pool: DockerPool, notebook: Notebook
+) -> None:
     assert notebook.run("import torch\nt = torch.arange(1_000_000)\nn = 1").status == "ok"
     placed = {r["host"] for r in pool.replicas(notebook.km.kernel_id)}
     executor = notebook.value("__import__('os').environ['NOTEBOOKOS_HOST']")
@@ -121,8 +156,9 @@ def test_a_killed_container_is_reported_and_replaced_and_the_kernel_goes_on(pool
     assert notebook.run("n += 1").status == "ok"
 
     def replacement() -> dict | None:
-        return next((r for r in pool.replicas(notebook.km.kernel_id)
-                     if r["host"] not in placed and r["state"] == "ready"), None)
+        return next(
+            (r for r in pool.replicas(notebook.km.kernel_id) if r["host"] not in placed and r["state"] == "ready"), None
+        )
 
     new = wait_until(replacement, "a replacement in a container on the spare host", DEADLINE_S)
     assert pool.container(notebook.km.kernel_id, new["replica"]).attrs["State"]["Pid"] == new["pid"]
@@ -130,8 +166,9 @@ def test_a_killed_container_is_reported_and_replaced_and_the_kernel_goes_on(pool
     assert events and "SIGKILL" in events[-1]["reason"], events
 
     def on_replacement() -> list | None:
-        where, value = notebook.value("[__import__('os').environ['NOTEBOOKOS_HOST'], [n, int(t.sum())]]",
-                                      replica=new["replica"])
+        where, value = notebook.value(
+            "[__import__('os').environ['NOTEBOOKOS_HOST'], [n, int(t.sum())]]", replica=new["replica"]
+        )
         return value if where == new["host"] else None
 
     assert wait_until(on_replacement, "a cell on the replacement", 30) == [2, 499_999_500_000]
@@ -144,8 +181,11 @@ def test_a_restarted_agent_adopts_its_running_containers(pool: DockerPool, noteb
     pool.agents[name].kill()
     pool.agents[name].wait()
     pool.agents[name] = pool.start_agent(name, log_name=f"{name}-restarted")
-    wait_until(lambda: "adopted replica" in pool.log(f"{name}-restarted").read_text(),
-               "the restarted agent to adopt its container", DEADLINE_S)
+    wait_until(
+        lambda: "adopted replica" in pool.log(f"{name}-restarted").read_text(),
+        "the restarted agent to adopt its container",
+        DEADLINE_S,
+    )
     assert notebook.run("z += 1").status == "ok"
     assert notebook.value("z", replica=0) == 8
     assert {r["replica"]: (r["host"], r["pid"]) for r in pool.replicas(notebook.km.kernel_id)} == before

@@ -5,6 +5,7 @@ The service runs with ``--provider docker --provider-network host``: agent conta
 network (bridge addresses are not reachable here), each with a loopback address of its own. With no fixed hosts
 and ``--max-hosts 2``, the autoscaler asks for two hosts (its buffer) as soon as it starts.
 """
+
 from __future__ import annotations
 
 import sys
@@ -37,11 +38,28 @@ def start_service(dockerd: Dockerd, tmp_path: Path) -> Iterator[Callable[[str], 
         with pytest.MonkeyPatch.context() as env:
             env.setenv("DOCKER_HOST", dockerd.url)
             proc, discovery = start_cluster(
-                state, 0, extra_args=("--listen", "127.0.0.1:0", "--join-token-file", str(state / "join-token"),
-                                      "--provider", "docker", "--provider-image", IMAGE, "--provider-network", "host",
-                                      *(f"--provider-address={a}" for a in ADDRESSES), "--provider-python", python,
-                                      *mounts, "--max-hosts", str(len(ADDRESSES))),
-                log_path=state / "cluster.log")
+                state,
+                0,
+                extra_args=(
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--join-token-file",
+                    str(state / "join-token"),
+                    "--provider",
+                    "docker",
+                    "--provider-image",
+                    IMAGE,
+                    "--provider-network",
+                    "host",
+                    *(f"--provider-address={a}" for a in ADDRESSES),
+                    "--provider-python",
+                    python,
+                    *mounts,
+                    "--max-hosts",
+                    str(len(ADDRESSES)),
+                ),
+                log_path=state / "cluster.log",
+            )
         started.append(proc)
         return str(discovery)
 
@@ -65,10 +83,14 @@ def _gone(dockerd: Dockerd, name: str) -> bool:
 
 
 def test_hosts_the_autoscaler_asks_for_join_as_agent_containers_and_a_removed_one_goes(
-        dockerd: Dockerd, start_service: Callable[[str], str]) -> None:
+    dockerd: Dockerd, start_service: Callable[[str], str]
+) -> None:
     cluster = start_service(sys.executable)
-    active = wait_until(lambda: len([h for h in _hosts(cluster).values() if h["state"] == "active"]) == 2
-                        and _hosts(cluster), "the autoscaler's two agent containers to join", DEADLINE_S)
+    active = wait_until(
+        lambda: len([h for h in _hosts(cluster).values() if h["state"] == "active"]) == 2 and _hosts(cluster),
+        "the autoscaler's two agent containers to join",
+        DEADLINE_S,
+    )
     assert sorted(h["address"] for h in active.values()) == list(ADDRESSES)
     for name in active:
         assert dockerd.client.containers.get(name).labels[AGENT_LABEL] == name
@@ -84,8 +106,9 @@ def test_hosts_the_autoscaler_asks_for_join_as_agent_containers_and_a_removed_on
     assert wait_until(lambda: _gone(dockerd, removed), "the removed host's container to go", DEADLINE_S)
 
 
-def test_a_host_whose_agent_has_not_joined_is_listed_starting(dockerd: Dockerd,
-                                                              start_service: Callable[[str], str]) -> None:
+def test_a_host_whose_agent_has_not_joined_is_listed_starting(
+    dockerd: Dockerd, start_service: Callable[[str], str]
+) -> None:
     """Agents that exit at once (their Python is /bin/false) never join: their hosts stay `starting`."""
     cluster = start_service("/bin/false")
     hosts = wait_until(lambda: len(_hosts(cluster)) == 2 and _hosts(cluster), "two hosts on their way", DEADLINE_S)

@@ -1,4 +1,5 @@
 """The Docker runtime on its own, with a real daemon: what it starts, how it reports an end, what it finds again."""
+
 from __future__ import annotations
 
 import signal
@@ -17,20 +18,30 @@ from .dockerd import IMAGE, Dockerd, host_python_mounts
 def _spec(tmp_path: Path, code: str, replica: int = 0) -> LaunchSpec:
     workdir = tmp_path / "replicas" / "k1" / f"replica-{replica}"
     workdir.mkdir(parents=True)
-    return LaunchSpec(host="h1", kernel_id="k1", replica=replica, workdir=workdir,
-                      command=(sys.executable, "-c", code), settings={"NOTEBOOKOS_HOST": "h1"}, cwd=str(workdir))
+    return LaunchSpec(
+        host="h1",
+        kernel_id="k1",
+        replica=replica,
+        workdir=workdir,
+        command=(sys.executable, "-c", code),
+        settings={"NOTEBOOKOS_HOST": "h1"},
+        cwd=str(workdir),
+    )
 
 
 def _runtime(dockerd: Dockerd, limits: ContainerLimits = ContainerLimits()) -> DockerRuntime:
-    return DockerRuntime(IMAGE, python=sys.executable, limits=limits, mounts=tuple(host_python_mounts()),
-                         client=dockerd.client)
+    return DockerRuntime(
+        IMAGE, python=sys.executable, limits=limits, mounts=tuple(host_python_mounts()), client=dockerd.client
+    )
 
 
-def test_a_replica_runs_labelled_with_its_limits_and_its_folder_and_is_found_again(dockerd: Dockerd,
-                                                                                    tmp_path: Path) -> None:
+def test_a_replica_runs_labelled_with_its_limits_and_its_folder_and_is_found_again(
+    dockerd: Dockerd, tmp_path: Path
+) -> None:
     runtime = _runtime(dockerd, ContainerLimits(cpus=0.5, memory="256m"))
-    spec = _spec(tmp_path, "import os, time; open('started', 'w').write(os.environ['NOTEBOOKOS_HOST']); "
-                           "time.sleep(600)")
+    spec = _spec(
+        tmp_path, "import os, time; open('started', 'w').write(os.environ['NOTEBOOKOS_HOST']); time.sleep(600)"
+    )
     running = runtime.launch(spec)
     try:
         assert running.alive and running.pid

@@ -7,6 +7,7 @@ attributes, which the page sets for exactly this purpose.
 ``ReaderAuthorizer`` is imported by the Jupyter server the read-only test starts (``--ServerApp.authorizer_class``),
 so this module imports Playwright only when a page object is made.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -46,8 +47,7 @@ class DashboardPage:
         self.page.goto(f"{self.server.lab_url('notebookos/')}#{view}")
         expect(self.page.get_by_test_id(f"view-{view.split('/')[0]}")).to_be_visible(timeout=self.timeout_ms)
         expect(self.page.get_by_test_id("host-card").first).to_be_attached(timeout=self.timeout_ms)
-        expect(self.page.get_by_test_id("live-status")).to_have_attribute("data-state", "live",
-                                                                          timeout=self.timeout_ms)
+        expect(self.page.get_by_test_id("live-status")).to_have_attribute("data-state", "live", timeout=self.timeout_ms)
         return self
 
     def show(self, view: str) -> None:
@@ -121,7 +121,8 @@ class DashboardPage:
         the page (so an expected error status is not logged to the browser console). Returns (status, JSON)."""
         cookies = {c["name"]: c["value"] for c in self.page.context.cookies()}
         response = self.page.request.fetch(
-            self.server.url + API + path, method=method,
+            self.server.url + API + path,
+            method=method,
             headers={"X-XSRFToken": cookies.get("_xsrf", ""), "Referer": self.server.url + "notebookos/"},
         )
         try:

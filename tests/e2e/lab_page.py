@@ -133,8 +133,14 @@ class LabPage:
         """Status bar text and any open dialog, for assertion messages."""
         parts = []
         try:
-            parts.append("status bar: " + " | ".join(t.strip() for t in self.statusbar.locator(
-                ".jp-StatusBar-Item:not(.lm-mod-hidden)").all_inner_texts() if t.strip()))
+            parts.append(
+                "status bar: "
+                + " | ".join(
+                    t.strip()
+                    for t in self.statusbar.locator(".jp-StatusBar-Item:not(.lm-mod-hidden)").all_inner_texts()
+                    if t.strip()
+                )
+            )
             dialogs = self.page.locator(".jp-Dialog").all_inner_texts()
             if dialogs:
                 parts.append("dialog: " + " / ".join(d.replace("\n", " ") for d in dialogs))

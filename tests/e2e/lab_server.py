@@ -219,7 +219,8 @@ def start_lab_server(
         token = secrets.token_hex(24)
         log_path = base_dir / f"server-{attempt}.log"
         cmd = [
-            str(JUPYTER), "lab",
+            str(JUPYTER),
+            "lab",
             "--no-browser",
             "--allow-root",
             "--ServerApp.ip=127.0.0.1",
@@ -235,12 +236,22 @@ def start_lab_server(
         ]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                cmd, env=env, cwd=root_dir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cmd,
+                env=env,
+                cwd=root_dir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl+C on pytest must not hit the server mid-teardown
             )
         server = LabServer(
-            url=f"http://127.0.0.1:{port}/", token=token, root_dir=root_dir, base_dir=base_dir,
-            log_path=log_path, process=proc, extra_args=tuple(extra_args),
+            url=f"http://127.0.0.1:{port}/",
+            token=token,
+            root_dir=root_dir,
+            base_dir=base_dir,
+            log_path=log_path,
+            process=proc,
+            extra_args=tuple(extra_args),
         )
         deadline = time.monotonic() + startup_timeout
         while time.monotonic() < deadline:

@@ -5,6 +5,7 @@ Every wait is one of Playwright's auto-waiting assertions or ``wait_for_function
 fixed sleep. The status-bar item's texts are also recorded as they change (a MutationObserver in the page), so a
 state that lasts a second, such as a replica migrating, is seen however Playwright spaces its polls.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,8 +31,10 @@ OPEN_DASHBOARD = "notebookos:open-dashboard"
 def labextension_problem() -> str | None:
     """Why JupyterLab in this environment would not load the extension, or None."""
     if not (LABEXTENSION / "package.json").is_file():
-        return (f"the notebookos labextension is not installed at {LABEXTENSION}: `make install` links "
-                "labextension/prebuilt there (a wheel installs it as data files)")
+        return (
+            f"the notebookos labextension is not installed at {LABEXTENSION}: `make install` links "
+            "labextension/prebuilt there (a wheel installs it as data files)"
+        )
     if not any((LABEXTENSION / "static").glob("remoteEntry.*.js")):
         return f"{LABEXTENSION / 'static'} holds no remoteEntry.*.js: run `make labextension` to build it"
     return None
@@ -46,7 +49,9 @@ def start_notebookos_lab(base_dir: Path, extra_args: Sequence[str] = (), startup
     port, token = _free_port(), secrets.token_hex(24)
     log_path = base_dir / "notebookos-lab.log"
     cmd = [
-        str(NOTEBOOKOS), "lab", *extra_args,
+        str(NOTEBOOKOS),
+        "lab",
+        *extra_args,
         "--no-browser",
         "--ServerApp.ip=127.0.0.1",
         f"--ServerApp.port={port}",
@@ -57,10 +62,24 @@ def start_notebookos_lab(base_dir: Path, extra_args: Sequence[str] = (), startup
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
     ]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, env=env, cwd=root_dir, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    server = LabServer(url=f"http://127.0.0.1:{port}/", token=token, root_dir=root_dir, base_dir=base_dir,
-                       log_path=log_path, process=proc, extra_args=tuple(extra_args))
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=root_dir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    server = LabServer(
+        url=f"http://127.0.0.1:{port}/",
+        token=token,
+        root_dir=root_dir,
+        base_dir=base_dir,
+        log_path=log_path,
+        process=proc,
+        extra_args=tuple(extra_args),
+    )
     deadline = time.monotonic() + startup_timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -74,8 +93,10 @@ def start_notebookos_lab(base_dir: Path, extra_args: Sequence[str] = (), startup
         except subprocess.TimeoutExpired:
             pass
     server.stop()
-    raise ServerStartError(f"`{' '.join(cmd)}` did not serve JupyterLab and the notebookos API within "
-                           f"{startup_timeout:.0f} s (exit code {proc.returncode})\n--- log ---\n{server.log_tail()}")
+    raise ServerStartError(
+        f"`{' '.join(cmd)}` did not serve JupyterLab and the notebookos API within "
+        f"{startup_timeout:.0f} s (exit code {proc.returncode})\n--- log ---\n{server.log_tail()}"
+    )
 
 
 # -- the launcher card and the menu entry ----------------------------------------------------------------------------
@@ -83,7 +104,8 @@ def start_notebookos_lab(base_dir: Path, extra_args: Sequence[str] = (), startup
 
 def dashboard_launcher_card(page: Page) -> Locator:
     return page.locator('.jp-Launcher .jp-LauncherCard[data-category="Other"]').filter(
-        has_text=re.compile(r"^\s*GPU Pool Dashboard\s*$"))
+        has_text=re.compile(r"^\s*GPU Pool Dashboard\s*$")
+    )
 
 
 def open_menu_entry(page: Page, menu: str, command: str) -> Locator:
@@ -99,7 +121,8 @@ def expect_dashboard(dashboard: Page, server: LabServer, timeout_ms: float = 60_
     hosts = server.api("GET", "api/notebookos/hosts")["hosts"]
     for host in hosts:
         expect(dashboard.locator(f'[data-testid="host-card"][data-host="{host["name"]}"]')).to_be_visible(
-            timeout=timeout_ms)
+            timeout=timeout_ms
+        )
 
 
 # -- the status-bar item -------------------------------------------------------------------------------------------
@@ -149,8 +172,10 @@ class GpuStatus:
             lines.append(f"replicas: {[(r['index'], r['host'], r['state'], r['restarts']) for r in model['replicas']]}")
             lines.append(f"cell: {model['cell']}")
             events = self.server.api("GET", f"api/notebookos/events?kernel={self.kernel_id}")["events"]
-            lines += [f"  event {e['kind']} replica={e['replica']} host={e['host']}: {e['reason'][:160]}"
-                      for e in events[-25:]]
+            lines += [
+                f"  event {e['kind']} replica={e['replica']} host={e['host']}: {e['reason'][:160]}"
+                for e in events[-25:]
+            ]
         except (urllib.error.URLError, OSError, ValueError) as err:
             lines.append(f"the API did not answer: {err}")
         return "\n".join(lines)
@@ -162,8 +187,11 @@ class GpuStatus:
     def wait_until_shown(self, pattern: str) -> None:
         """Until the item has shown a text matching the regular expression ``pattern`` (now or since recording)."""
         try:
-            self.page.wait_for_function("p => window.__notebookosGpuTexts.some(t => new RegExp(p).test(t))",
-                                        arg=pattern, timeout=self.timeout_ms)
+            self.page.wait_for_function(
+                "p => window.__notebookosGpuTexts.some(t => new RegExp(p).test(t))",
+                arg=pattern,
+                timeout=self.timeout_ms,
+            )
         except PlaywrightTimeout as exc:
             raise AssertionError(f"the status bar never showed /{pattern}/: {self.diagnose()}") from exc
 

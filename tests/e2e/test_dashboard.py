@@ -9,6 +9,7 @@ cross-checked against a direct API call. The tests run in order and share one GP
 tests change the cluster (a host drained, removed, another added and given 2 GPUs, a replica moved), so they come
 after the tests that want four hosts of one GPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,9 @@ def start_server(lab_server_factory: Callable[..., LabServer], cluster_file: Pat
         with pytest.MonkeyPatch.context() as env:
             env.setenv(CLUSTER_FILE_ENV, str(cluster_file))
             # The read-only server imports its authorizer from dashboard_page.py, beside this file.
-            env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(Path(__file__).parent),
-                                                                    os.environ.get("PYTHONPATH")])))
+            env.setenv(
+                "PYTHONPATH", os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+            )
             server = lab_server_factory([ENABLE_EXTENSION_ARG, *extra_args])
         install_gpu_kernelspec(server)
         return server
@@ -105,8 +107,7 @@ class Kernel:
         self.server = server
         self.session = session
         self.id: str = session["kernel"]["id"]
-        self.client = BlockingKernelClient(
-            connection_file=str(server.base_dir / "runtime" / f"kernel-{self.id}.json"))
+        self.client = BlockingKernelClient(connection_file=str(server.base_dir / "runtime" / f"kernel-{self.id}.json"))
         self.client.load_connection_file()
         self.client.start_channels()
         self.client.wait_for_ready(timeout=KERNEL_START_TIMEOUT_S)
@@ -129,10 +130,17 @@ class Kernel:
 @pytest.fixture(scope="module")
 def kernel(server: LabServer) -> Iterator[Kernel]:
     """One notebook session on the 1-GPU kernelspec, shared by the module's tests."""
-    session = server.api("POST", "api/sessions", {
-        "path": "dashboard/gpu.ipynb", "name": "gpu.ipynb", "type": "notebook",
-        "kernel": {"name": GPU_KERNELSPEC},
-    }, timeout=KERNEL_START_TIMEOUT_S)
+    session = server.api(
+        "POST",
+        "api/sessions",
+        {
+            "path": "dashboard/gpu.ipynb",
+            "name": "gpu.ipynb",
+            "type": "notebook",
+            "kernel": {"name": GPU_KERNELSPEC},
+        },
+        timeout=KERNEL_START_TIMEOUT_S,
+    )
     k = Kernel(server, session)
     yield k
     k.close()
@@ -167,7 +175,8 @@ def test_lists_the_hosts_and_gpus_the_api_reports(page, server: LabServer, kerne
         expect(item).to_have_attribute("data-state", gpu.get("state", "idle"))
     cluster = dashboard.api("cluster")
     expect(page.get_by_test_id("summary-gpus")).to_contain_text(
-        f"{cluster['gpus']['committed']} / {cluster['gpus']['total']}")
+        f"{cluster['gpus']['committed']} / {cluster['gpus']['total']}"
+    )
     expect(page.get_by_test_id("summary-service")).to_contain_text(f"pid {cluster['pid']}")
 
     # The kernel's three replicas are on three hosts, as the API says.
@@ -182,25 +191,29 @@ def test_lists_the_hosts_and_gpus_the_api_reports(page, server: LabServer, kerne
     expect(page.locator("body")).to_have_css("background-color", "rgb(20, 23, 28)")
 
 
-def test_a_running_cell_shows_its_gpu_committed_then_idle(page, server: LabServer, kernel: Kernel,
-                                                         tmp_path: Path) -> None:
+def test_a_running_cell_shows_its_gpu_committed_then_idle(
+    page, server: LabServer, kernel: Kernel, tmp_path: Path
+) -> None:
     page.set_viewport_size(LAPTOP)
     dashboard = DashboardPage(page, server).open()
     expect(dashboard.gpus(state="idle")).to_have_count(HOSTS)
 
     release = tmp_path / "release"
     msg_id = kernel.start_cell(
-        f"import os, time\nwhile not os.path.exists({str(release)!r}):\n    time.sleep(0.05)\n'released'")
+        f"import os, time\nwhile not os.path.exists({str(release)!r}):\n    time.sleep(0.05)\n'released'"
+    )
     try:
         committed = dashboard.gpus(state="committed", kernel=kernel.id)
         expect(committed).to_have_count(1, timeout=CELL_TIMEOUT_S * 1000)
         held = [g for g in dashboard.api("gpus")["gpus"] if g["kernel"] == kernel.id]
         assert [(g["host"], g["device"], g.get("state")) for g in held] == [
-            (committed.get_attribute("data-host"), int(committed.get_attribute("data-device")), "committed")]
+            (committed.get_attribute("data-host"), int(committed.get_attribute("data-device")), "committed")
+        ]
         expect(page.get_by_test_id("summary-gpus")).to_contain_text(f"1 / {HOSTS}")
         # The charts draw the history the API has (a sample every few seconds since the cluster started).
-        expect(page.get_by_test_id("charts")).to_have_attribute("data-samples", re.compile(r"^[1-9]\d*$"),
-                                                                timeout=CELL_TIMEOUT_S * 1000)
+        expect(page.get_by_test_id("charts")).to_have_attribute(
+            "data-samples", re.compile(r"^[1-9]\d*$"), timeout=CELL_TIMEOUT_S * 1000
+        )
         screenshot(dashboard, "dashboard-cluster.png", tmp_path)
     finally:
         release.touch()
@@ -241,8 +254,7 @@ def test_killing_a_replica_from_the_page_brings_a_replacement(page, server: LabS
     expect(page.locator('[data-testid="event"][data-kind="replica_killed"]').first).to_be_visible()
 
 
-def test_draining_a_host_moves_its_replicas_then_it_can_be_removed(page, server: LabServer,
-                                                                   kernel: Kernel) -> None:
+def test_draining_a_host_moves_its_replicas_then_it_can_be_removed(page, server: LabServer, kernel: Kernel) -> None:
     dashboard = DashboardPage(page, server).open()
     drained = dashboard.api(f"kernels/{kernel.id}")["replicas"][0]["host"]
     card = dashboard.host_card(drained)
@@ -318,8 +330,11 @@ def test_a_user_without_admin_rights_sees_the_page_read_only(page, reader_server
 
     # What the page does not offer, the API refuses too.
     host = dashboard.api("hosts")["hosts"][0]["name"]
-    for method, path in (("POST", f"hosts/{host}/drain"), ("POST", f"kernels/{kernel.id}/replicas/0/kill"),
-                         ("DELETE", f"kernels/{kernel.id}")):
+    for method, path in (
+        ("POST", f"hosts/{host}/drain"),
+        ("POST", f"kernels/{kernel.id}/replicas/0/kill"),
+        ("DELETE", f"kernels/{kernel.id}"),
+    ):
         status, body = dashboard.api_as_page(method, path)
         assert status == 403, (method, path, status, body)
         assert "admin" in body["message"], body

@@ -8,6 +8,7 @@ virtual GPU each, and JupyterLab with the extension installed in this environmen
 
 Every state is cross-checked against the REST API (``GET api/notebookos/kernels/{id}``).
 """
+
 from __future__ import annotations
 
 import re
@@ -26,9 +27,17 @@ from playwright.sync_api import expect  # noqa: E402
 
 from lab_page import LabPage  # noqa: E402
 from lab_server import LabServer  # noqa: E402
-from labextension_page import (OPEN_DASHBOARD, GpuStatus, dashboard_launcher_card, expect_cell_done,  # noqa: E402
-                               expect_dashboard, labextension_problem, open_menu_entry, start_cell,
-                               start_notebookos_lab)
+from labextension_page import (  # noqa: E402
+    OPEN_DASHBOARD,
+    GpuStatus,
+    dashboard_launcher_card,
+    expect_cell_done,
+    expect_dashboard,
+    labextension_problem,
+    open_menu_entry,
+    start_cell,
+    start_notebookos_lab,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -42,8 +51,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
     problem = labextension_problem()
     if problem:
         pytest.fail(problem, pytrace=False)
-    server = start_notebookos_lab(tmp_path_factory.mktemp("labextension"),
-                                  ["--hosts", str(HOSTS), "--gpus-per-host", "1"])
+    server = start_notebookos_lab(
+        tmp_path_factory.mktemp("labextension"), ["--hosts", str(HOSTS), "--gpus-per-host", "1"]
+    )
     yield server
     server.stop()
 
@@ -62,7 +72,8 @@ def kernel_model(server: LabServer, kernel_id: str) -> dict:
 def show_notebook(lab: LabPage, nb) -> None:
     """Make a notebook the current widget by clicking its tab, as a user would."""
     lab.page.locator("#jp-main-dock-panel .lm-TabBar-tabLabel").filter(
-        has_text=re.compile("^" + re.escape(nb.session["name"]) + "$")).click()
+        has_text=re.compile("^" + re.escape(nb.session["name"]) + "$")
+    ).click()
     expect(nb.panel).to_be_visible()
 
 
@@ -104,7 +115,8 @@ def test_the_status_bar_shows_the_gpu_a_running_cell_holds(lab: LabPage, server:
         cell = kernel_model(server, kernel_id)["cell"]
         assert cell["state"] == "running" and cell["gpus"] == 1 and len(cell["devices"]) == 1, cell
         expect(status.item).to_have_attribute(
-            "title", re.compile(rf"holds 1 GPU on {re.escape(cell['host'])} \(device {cell['devices'][0]}\)"))
+            "title", re.compile(rf"holds 1 GPU on {re.escape(cell['host'])} \(device {cell['devices'][0]}\)")
+        )
         expect(status.item).to_have_attribute("data-state", "held")
     finally:
         release.touch()
@@ -120,8 +132,9 @@ def test_the_status_bar_shows_the_gpu_a_running_cell_holds(lab: LabPage, server:
     status.expect_text("GPU: idle")
 
 
-def test_the_status_bar_shows_a_cell_waiting_a_migration_and_a_replacement(lab: LabPage, server: LabServer,
-                                                                          tmp_path: Path) -> None:
+def test_the_status_bar_shows_a_cell_waiting_a_migration_and_a_replacement(
+    lab: LabPage, server: LabServer, tmp_path: Path
+) -> None:
     nb = lab.new_notebook(NOTEBOOKOS_KERNEL)
     kernel_id = nb.session["kernel"]["id"]
     status = GpuStatus(lab.page, server, kernel_id)
@@ -137,8 +150,9 @@ def test_the_status_bar_shows_a_cell_waiting_a_migration_and_a_replacement(lab: 
     other = lab.new_notebook(NOTEBOOKOS_KERNEL)
     other_status = GpuStatus(lab.page, server, other.session["kernel"]["id"])
     release = tmp_path / "release"
-    other_prompt = start_cell(other, f"%gpus 2\nimport os, time\nwhile not os.path.exists({str(release)!r}):\n"
-                                     "    time.sleep(0.05)")
+    other_prompt = start_cell(
+        other, f"%gpus 2\nimport os, time\nwhile not os.path.exists({str(release)!r}):\n    time.sleep(0.05)"
+    )
     try:
         other_status.expect_text("GPU: 2 held")
 

@@ -1,4 +1,5 @@
 """Helpers shared by the gpu_broker tests: a scheduling core with hosts, on a virtual clock (plain numbers)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Many kernels starting at once in one process all find the one live cluster (none starts a second)."""
+
 from __future__ import annotations
 
 import asyncio

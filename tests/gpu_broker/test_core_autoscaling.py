@@ -1,4 +1,5 @@
 """Autoscaling decisions, driven by ticks on a virtual clock."""
+
 from __future__ import annotations
 
 import math
@@ -86,9 +87,18 @@ def test_max_hosts_caps_scale_out():
 
 
 def _ctx(now: float, empty: int, capacity: int, idle_kernels=()) -> ScalingContext:
-    return ScalingContext(now=now, host_gpus=8, capacity_gpus=capacity, used_gpus=capacity - 8 * empty,
-                          queued_gpus=0, waiting=False, subscribed_gpus=0, subscription_limit=7.0,
-                          empty_hosts=empty, idle_kernels=tuple(idle_kernels))
+    return ScalingContext(
+        now=now,
+        host_gpus=8,
+        capacity_gpus=capacity,
+        used_gpus=capacity - 8 * empty,
+        queued_gpus=0,
+        waiting=False,
+        subscribed_gpus=0,
+        subscription_limit=7.0,
+        empty_hosts=empty,
+        idle_kernels=tuple(idle_kernels),
+    )
 
 
 def test_notebookos_plus_keeps_one_empty_host_plus_one_per_returning_full_host_kernel():

@@ -1,4 +1,5 @@
 """A cell's life in the core: executor pre-selection, pre-commit with device ids, release, the all-YIELD path."""
+
 from __future__ import annotations
 
 import itertools
@@ -17,8 +18,9 @@ _fillers = itertools.count()
 def occupy(core: SchedulerCore, host_id: str, gpus: int) -> None:
     """Other work holds ``gpus`` GPUs of a host (set up through the bookkeeping layer)."""
     kernel = core.cluster.add_kernel(f"other{next(_fillers)}", gpus)
-    core.cluster.allocate(kernel, core.cluster.hosts[host_id], gpus, None, held=False, state=AllocationState.COMMITTED,
-                          now=0.0)
+    core.cluster.allocate(
+        kernel, core.cluster.hosts[host_id], gpus, None, held=False, state=AllocationState.COMMITTED, now=0.0
+    )
 
 
 def placed(core: SchedulerCore, kernel_id: str, gpus: int) -> dict[int, str]:

@@ -1,4 +1,5 @@
 """Lost replicas and hosts are replaced elsewhere; drained hosts are emptied and can then be removed."""
+
 from __future__ import annotations
 
 import pytest

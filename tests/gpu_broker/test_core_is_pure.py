@@ -1,5 +1,6 @@
 """The scheduling core imports nothing that does I/O: the live scheduler and the simulator must both be able to
 drive it with their own clock and events (docs/architecture.md, "Processes today" and "The cluster service")."""
+
 from __future__ import annotations
 
 import ast

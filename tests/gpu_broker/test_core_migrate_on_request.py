@@ -1,4 +1,5 @@
 """An operator's migration request: done when it is safe, refused with the reason otherwise."""
+
 from __future__ import annotations
 
 import pytest

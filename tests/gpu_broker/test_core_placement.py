@@ -1,4 +1,5 @@
 """Placement of a kernel's replicas: distinct hosts, the subscription-ratio limit, deferral and scale-out."""
+
 from __future__ import annotations
 
 import pytest

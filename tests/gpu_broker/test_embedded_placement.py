@@ -1,4 +1,5 @@
 """The embedded cluster places replicas where the scheduling core says, with real replica processes."""
+
 from __future__ import annotations
 
 import pytest
@@ -54,8 +55,14 @@ def test_a_replacement_is_given_each_members_current_address_not_the_lost_ones_s
 
     at_start = ("http://10.0.0.0:2", "http://10.0.0.1:2", "http://10.0.0.2:2")
     moved = ("http://10.0.0.0:2", "http://10.0.0.9:2", "http://10.0.0.2:2")  # replica 1 replaced on 10.0.0.9
-    record = KernelRecord("k", [(None, View(config(0, at_start))), (None, View(config(1, moved, machine=9))),
-                                (None, View(config(2, at_start)))])
+    record = KernelRecord(
+        "k",
+        [
+            (None, View(config(0, at_start))),
+            (None, View(config(1, moved, machine=9))),
+            (None, View(config(2, at_start))),
+        ],
+    )
     assert record.member_addresses() == (["10.0.0.0:1", "10.0.0.9:1", "10.0.0.2:1"], list(moved))
     alone = KernelRecord("k", [(None, View(config(i, ()))) for i in range(3)])
     assert alone.member_addresses()[1] == []  # all on one machine: no peer API

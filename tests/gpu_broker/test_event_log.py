@@ -1,4 +1,5 @@
 """The cluster's event log (what the dashboard's stream shows) and the charts' history samples."""
+
 from __future__ import annotations
 
 from notebookos.gpu_broker.scheduler.events import Decision, DecisionKind, MoveCause, ReplicaMoved, ScaleOutRequested
@@ -10,14 +11,42 @@ def test_core_events_become_flat_numbered_records_with_their_reason():
     log = EventLog()
     seen = []
     log.listeners.append(seen.append)
-    log.record(ReplicaMoved(time=1.0, reason="draining h1", kernel_id="k", replica=2, from_host="h1", to_host="h3",
-                            cause=MoveCause.DRAIN))
-    log.record(Decision(time=2.0, reason="all replicas YIELD", kernel_id="k", kind=DecisionKind.MIGRATE, gpus=1,
-                        replica=0, host_id="h4", devices=(0,), source_host="h2",
-                        events=(ScaleOutRequested(time=2.0, reason="x", hosts=1),)))
+    log.record(
+        ReplicaMoved(
+            time=1.0,
+            reason="draining h1",
+            kernel_id="k",
+            replica=2,
+            from_host="h1",
+            to_host="h3",
+            cause=MoveCause.DRAIN,
+        )
+    )
+    log.record(
+        Decision(
+            time=2.0,
+            reason="all replicas YIELD",
+            kernel_id="k",
+            kind=DecisionKind.MIGRATE,
+            gpus=1,
+            replica=0,
+            host_id="h4",
+            devices=(0,),
+            source_host="h2",
+            events=(ScaleOutRequested(time=2.0, reason="x", hosts=1),),
+        )
+    )
     moved, decided = log.since(0)
-    assert moved == {"seq": 1, "time": 1.0, "kind": "replica_moved", "reason": "draining h1", "host": "h3",
-                     "kernel": "k", "replica": 2, "data": {"from_host": "h1", "cause": "drain"}}
+    assert moved == {
+        "seq": 1,
+        "time": 1.0,
+        "kind": "replica_moved",
+        "reason": "draining h1",
+        "host": "h3",
+        "kernel": "k",
+        "replica": 2,
+        "data": {"from_host": "h1", "cause": "drain"},
+    }
     assert decided["kind"] == "decision" and decided["host"] == "h4"
     assert decided["data"] == {"kind": "migrate", "gpus": 1, "devices": [0], "source_host": "h2"}
     assert seen == [moved, decided]

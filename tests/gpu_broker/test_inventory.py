@@ -1,4 +1,5 @@
 """GPU inventory from NVML: on a machine with an NVIDIA driver the embedded cluster's hosts report its GPUs."""
+
 from __future__ import annotations
 
 import shutil

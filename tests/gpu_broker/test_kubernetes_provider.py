@@ -3,6 +3,7 @@ with API objects in the form a Kubernetes API server returns them: the agent poo
 deploy/kubernetes/agent-pool.yaml as the server would store it, its Scale and a PodList are in recorded/. No live
 Kubernetes API server was reachable here: the provider has not been run against a real cluster.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,17 @@ class FakeApiServer:
                 body = json.loads(self.rfile.read(length)) if length else None
                 server.requests.append((method, url.path, parse_qs(url.query), body))
                 if server.forbidden:
-                    self._answer(403, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
-                                       "reason": "Forbidden", "message": "deployments.apps/scale is forbidden"})
+                    self._answer(
+                        403,
+                        {
+                            "kind": "Status",
+                            "apiVersion": "v1",
+                            "status": "Failure",
+                            "code": 403,
+                            "reason": "Forbidden",
+                            "message": "deployments.apps/scale is forbidden",
+                        },
+                    )
                 elif url.path == f"{APPS}/scale":
                     if method == "PATCH":
                         server.scale["spec"]["replicas"] = body["spec"]["replicas"]
@@ -103,8 +113,7 @@ def api() -> Iterator[FakeApiServer]:
 def _provider(api: FakeApiServer, max_hosts: int | None = None) -> KubernetesProvider:
     configuration = client.Configuration(host=api.url)
     api_client = client.ApiClient(configuration)
-    return KubernetesProvider(max_hosts=max_hosts, apps=client.AppsV1Api(api_client),
-                              core=client.CoreV1Api(api_client))
+    return KubernetesProvider(max_hosts=max_hosts, apps=client.AppsV1Api(api_client), core=client.CoreV1Api(api_client))
 
 
 def test_adding_a_host_scales_the_agent_pool_up_by_one(api: FakeApiServer) -> None:
@@ -122,8 +131,10 @@ def test_the_provider_refuses_past_its_most_hosts(api: FakeApiServer) -> None:
 def test_removing_a_host_deletes_the_pod_on_its_node_by_scaling_down(api: FakeApiServer) -> None:
     _provider(api).remove_host(SimpleNamespace(name="gpu-node-2"))
     [listed] = [query for method, path, query, _ in api.requests if method == "GET" and path == PODS]
-    assert listed == {"labelSelector": ["app.kubernetes.io/name=notebookos-agent-pool"],
-                      "fieldSelector": ["spec.nodeName=gpu-node-2"]}
+    assert listed == {
+        "labelSelector": ["app.kubernetes.io/name=notebookos-agent-pool"],
+        "fieldSelector": ["spec.nodeName=gpu-node-2"],
+    }
     assert api.patches() == [
         (f"{PODS}/notebookos-agent-pool-7d9f8c6b5-x2k4q", {"metadata": {"annotations": {DELETION_COST: "-1000000"}}}),
         (f"{APPS}/scale", {"spec": {"replicas": 1}}),

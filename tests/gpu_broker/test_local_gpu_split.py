@@ -3,6 +3,7 @@
 NVML is mocked away here by passing the device list the cluster service would read from it (this machine has no
 GPU); what a replica then sees is its CUDA_VISIBLE_DEVICES.
 """
+
 from __future__ import annotations
 
 import os

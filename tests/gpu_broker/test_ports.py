@@ -1,4 +1,5 @@
 """Replica ports come from outside the operating system's ephemeral range, are free, and are never given twice."""
+
 from __future__ import annotations
 
 import socket
@@ -30,4 +31,3 @@ def test_ports_are_free_never_given_twice_and_come_back_when_released():
             pool.take()
         pool.release({given[0]})
         assert pool.take() == given[0]
-

@@ -1,4 +1,5 @@
 """``notebookos replay``: the time-scaled schedule (pure), and one real replay against its own ``notebookos lab``."""
+
 from __future__ import annotations
 
 import csv
@@ -105,11 +106,32 @@ def _leftovers(marker: str) -> list[str]:
 def test_replay_drives_a_real_lab_and_measures_every_cell(jupyter_env, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the lab's folder, to find leftover processes
     out = tmp_path / "out"
-    code = cli.main([
-        "replay", "--trace", str(TINY), "--start-min", "0", "--minutes", "10", "--max-sessions", "2",
-        "--time-scale", "60", "--open-before-min", "0.5", "--idle-timeout-min", "5", "--close-after-min", "0",
-        "--out", str(out), "--compare-simulator", "--gpus-per-host", "4",
-    ])
+    code = cli.main(
+        [
+            "replay",
+            "--trace",
+            str(TINY),
+            "--start-min",
+            "0",
+            "--minutes",
+            "10",
+            "--max-sessions",
+            "2",
+            "--time-scale",
+            "60",
+            "--open-before-min",
+            "0.5",
+            "--idle-timeout-min",
+            "5",
+            "--close-after-min",
+            "0",
+            "--out",
+            str(out),
+            "--compare-simulator",
+            "--gpus-per-host",
+            "4",
+        ]
+    )
     printed = capsys.readouterr()
     assert code == 0, printed.err[-3000:]
 

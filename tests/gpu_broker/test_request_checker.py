@@ -1,5 +1,6 @@
 """Requests checked against the OpenAPI documents of both HTTP layers (gpu_broker/cluster/openapi.py): the cluster
 service's and the Jupyter server extension's, with the fields they share defined once."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,12 @@ EXTENSION_CHECKER = RequestChecker(EXTENSION, ignored_query=frozenset({"token"})
 
 def refused(checker: RequestChecker, method: str, path: str, body: object = None, **query: str) -> str:
     with pytest.raises(RequestInvalid) as raised:
-        checker.check(method, path, {k: [v.encode()] for k, v in query.items()},
-                      None if body is None else json.dumps(body).encode())
+        checker.check(
+            method,
+            path,
+            {k: [v.encode()] for k, v in query.items()},
+            None if body is None else json.dumps(body).encode(),
+        )
     return str(raised.value)
 
 
@@ -33,14 +38,26 @@ def test_the_service_document_is_openapi_with_valid_schemas() -> None:
 
 
 def test_both_layers_take_the_same_gpu_count_for_a_host() -> None:
-    assert EXTENSION["paths"]["/api/notebookos/hosts/{name}"]["patch"]["requestBody"]["content"][
-        "application/json"]["schema"]["properties"]["gpus"] is HOST_GPUS
-    assert SERVICE["paths"]["/hosts/{name}"]["patch"]["requestBody"]["content"][
-        "application/json"]["schema"]["properties"]["gpus"] is HOST_GPUS
+    assert (
+        EXTENSION["paths"]["/api/notebookos/hosts/{name}"]["patch"]["requestBody"]["content"]["application/json"][
+            "schema"
+        ]["properties"]["gpus"]
+        is HOST_GPUS
+    )
+    assert (
+        SERVICE["paths"]["/hosts/{name}"]["patch"]["requestBody"]["content"]["application/json"]["schema"][
+            "properties"
+        ]["gpus"]
+        is HOST_GPUS
+    )
     for checker, path in ((SERVICE_CHECKER, "/hosts/h1"), (EXTENSION_CHECKER, "/api/notebookos/hosts/h1")):
         assert checker.check("PATCH", path, {}, b'{"gpus": 2}').body == {"gpus": 2}
-        for bad, why in ((0, "less than the minimum of 1"), (1025, "greater than the maximum of 1024"),
-                         (True, "not of type 'integer'"), ("2", "not of type 'integer'")):
+        for bad, why in (
+            (0, "less than the minimum of 1"),
+            (1025, "greater than the maximum of 1024"),
+            (True, "not of type 'integer'"),
+            ("2", "not of type 'integer'"),
+        ):
             assert f"body field 'gpus': {bad!r} is {why}" in refused(checker, "PATCH", path, {"gpus": bad})
         assert refused(checker, "PATCH", path, {}) == "body field 'gpus' is required"
 
@@ -56,16 +73,15 @@ def test_parameters_are_converted_by_their_schemas_and_unknown_ones_refused() ->
     checked = SERVICE_CHECKER.check("GET", "/events", {"since": [b"7"], "kind": [b"decision"]}, None)
     assert checked.query == {"since": 7, "kind": "decision"}
     assert SERVICE_CHECKER.check("GET", "/history", {"seconds": [b"90.5"]}, None).query == {"seconds": 90.5}
-    assert "query parameter 'since' must be a whole number, got 'x'" in refused(SERVICE_CHECKER, "GET", "/events",
-                                                                                since="x")
+    assert "query parameter 'since' must be a whole number, got 'x'" in refused(
+        SERVICE_CHECKER, "GET", "/events", since="x"
+    )
     assert "unknown query parameter 'sinse'" in refused(SERVICE_CHECKER, "GET", "/events", sinse="1")
-    assert "query parameter 'seconds' must be a number" in refused(SERVICE_CHECKER, "GET", "/history",
-                                                                   seconds="nan")
+    assert "query parameter 'seconds' must be a number" in refused(SERVICE_CHECKER, "GET", "/history", seconds="nan")
     path = "/api/notebookos/kernels/k%2F1/replicas/{}/kill"
     assert EXTENSION_CHECKER.check("POST", path.format(2), {}, None).path == {"kernel_id": "k/1", "replica": 2}
     for bad in ("x", "1.5", "\u00b2", "9" * 5000):
-        assert "path parameter 'replica' must be a whole number" in refused(EXTENSION_CHECKER, "POST",
-                                                                            path.format(bad))
+        assert "path parameter 'replica' must be a whole number" in refused(EXTENSION_CHECKER, "POST", path.format(bad))
     # Any whole number the schema allows is taken: an index past the kernel's replicas is the handler's 404.
     assert EXTENSION_CHECKER.check("POST", path.format("9" * 40), {}, None).path["replica"] == int("9" * 40)
     assert "-1 is less than the minimum of 0" in refused(EXTENSION_CHECKER, "POST", path.format(-1))
@@ -92,4 +108,3 @@ def test_bodies_that_are_not_json_objects_and_agents_that_are_not_addresses() ->
 def test_a_route_the_document_does_not_describe_is_a_bug_not_a_free_pass() -> None:
     with pytest.raises(LookupError, match="describes no operation GET /nowhere"):
         SERVICE_CHECKER.check("GET", "/nowhere", {"x": [b"1"]}, b"junk")
-

@@ -1,5 +1,6 @@
 """The cluster service's API through ClusterClient: its OpenAPI document, requests checked against it (400 naming
 the field and why), and the client's typed methods, one per operation."""
+
 from __future__ import annotations
 
 import asyncio
@@ -30,8 +31,10 @@ def test_the_service_serves_its_document(cluster_file: str) -> None:
 
 def test_requests_are_checked_against_the_document(cluster_file: str) -> None:
     host = call(cluster_file, "describe")["hosts"][0]["name"]
-    assert "body field 'gpus': 0 is less than the minimum of 1" in refusal(
-        cluster_file, "PATCH", f"/hosts/{host}", {"gpus": 0}).detail
+    assert (
+        "body field 'gpus': 0 is less than the minimum of 1"
+        in refusal(cluster_file, "PATCH", f"/hosts/{host}", {"gpus": 0}).detail
+    )
     assert "body field 'gpus' is required" in refusal(cluster_file, "PATCH", f"/hosts/{host}", {}).detail
     # Checked before the kernel is looked up: the request is wrong whichever kernel it names.
     assert "minimum of 1" in refusal(cluster_file, "POST", "/kernels/none/executions", {"gpus": 0}).detail

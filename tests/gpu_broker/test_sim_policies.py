@@ -3,6 +3,7 @@
 Costs everywhere: container start 60 s, state restore 30 s, scale-out 120 s. Times in the comments are minutes.
 GPU-hours are integrated from the first notebook opening to the last one closing.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -31,8 +32,11 @@ def one_session() -> dict[str, dict]:
     into notebook n0 (events 1-2, asks 2 GPUs) and n1 (event 3, asks 1 GPU). A fixed cluster of 3 x 8 GPUs
     (min = max = 3 hosts) costs 24 GPUs for as long as the run lasts. The first notebook opens at minute 5.
     """
-    return _metrics("tiny_session.csv", ClusterSpec(hosts=3, host_gpus=8, min_hosts=3, max_hosts=3),
-                    SessionModel(open_before_s=300, idle_timeout_s=900))
+    return _metrics(
+        "tiny_session.csv",
+        ClusterSpec(hosts=3, host_gpus=8, min_hosts=3, max_hosts=3),
+        SessionModel(open_before_s=300, idle_timeout_s=900),
+    )
 
 
 def test_reservation_holds_the_gpus_while_each_notebook_is_open(one_session):
@@ -78,8 +82,11 @@ def contention() -> dict[str, dict]:
     3 hosts of 2 GPUs at the start, at most 4; notebooks open at minute 5 and close 1 minute after their event.
     Only three events fit at once: the fourth needs a fourth host, which takes 2 minutes to arrive.
     """
-    return _metrics("contention.csv", ClusterSpec(hosts=3, host_gpus=2, min_hosts=3, max_hosts=4),
-                    SessionModel(open_before_s=300, idle_timeout_s=60))
+    return _metrics(
+        "contention.csv",
+        ClusterSpec(hosts=3, host_gpus=2, min_hosts=3, max_hosts=4),
+        SessionModel(open_before_s=300, idle_timeout_s=60),
+    )
 
 
 @pytest.mark.parametrize("policy", ["notebookos", "notebookos-plus"])

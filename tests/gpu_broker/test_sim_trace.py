@@ -1,4 +1,5 @@
 """Trace loading, session reconstruction as the trace README states it, windows, and clear errors."""
+
 from __future__ import annotations
 
 import pytest

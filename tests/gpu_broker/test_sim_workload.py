@@ -1,4 +1,5 @@
 """The session model: notebooks open before, between and after a session's training events."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """``notebookos simulate`` end to end, through the product's real ``main``."""
+
 from __future__ import annotations
 
 import csv
@@ -11,14 +12,38 @@ from notebookos.server_extension import cli
 from broker_helpers import DATA
 
 REQUIRED = {
-    "gpu_hours_provisioned", "gpu_hours_committed", "gpu_hours_saved_vs_reservation", "started_without_wait",
-    "delay_p50_s", "delay_p90_s", "delay_p99_s", "migrations", "scale_outs", "peak_hosts",
+    "gpu_hours_provisioned",
+    "gpu_hours_committed",
+    "gpu_hours_saved_vs_reservation",
+    "started_without_wait",
+    "delay_p50_s",
+    "delay_p90_s",
+    "delay_p99_s",
+    "migrations",
+    "scale_outs",
+    "peak_hosts",
 }
 # tiny_session.csv on a fixed 3 x 8 cluster, with the costs and session model of test_sim_policies.py
 FIXED = [
-    "--hosts", "3", "--gpus-per-host", "8", "--min-hosts", "3", "--max-hosts", "3",
-    "--open-before-min", "5", "--idle-timeout-min", "15",
-    "--container-start-s", "60", "--state-restore-s", "30", "--scale-out-s", "120", "--no-progress",
+    "--hosts",
+    "3",
+    "--gpus-per-host",
+    "8",
+    "--min-hosts",
+    "3",
+    "--max-hosts",
+    "3",
+    "--open-before-min",
+    "5",
+    "--idle-timeout-min",
+    "15",
+    "--container-start-s",
+    "60",
+    "--state-restore-s",
+    "30",
+    "--scale-out-s",
+    "120",
+    "--no-progress",
 ]
 
 
@@ -37,8 +62,18 @@ def main():
 
 def test_simulate_writes_summary_csv_and_plots(main, tmp_path):
     out = tmp_path / "out"
-    code = main(["simulate", "--trace", str(DATA / "tiny_session.csv"), "--policies", "notebookos,batch",
-                 "--out", str(out), *FIXED])
+    code = main(
+        [
+            "simulate",
+            "--trace",
+            str(DATA / "tiny_session.csv"),
+            "--policies",
+            "notebookos,batch",
+            "--out",
+            str(out),
+            *FIXED,
+        ]
+    )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary) == ["notebookos", "batch"]  # reservation ran as the baseline, unreported
@@ -57,16 +92,35 @@ def test_simulate_writes_summary_csv_and_plots(main, tmp_path):
 
 
 def test_without_policies_every_policy_runs(main, tmp_path):
-    assert main(["simulate", "--trace", str(DATA / "tiny_session.csv"), "--out", str(tmp_path), "--no-plots",
-                 *FIXED]) == 0
+    assert (
+        main(["simulate", "--trace", str(DATA / "tiny_session.csv"), "--out", str(tmp_path), "--no-plots", *FIXED]) == 0
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary) == {"reservation", "batch", "notebookos", "lcp", "notebookos-plus"}
 
 
 def test_window_keeps_its_events_and_counts_gpu_hours_inside_it(main, tmp_path):
     # events at 10 and 50 fall in [0, 60); the one at 200 does not; cost is counted until minute 60 only
-    assert main(["simulate", "--trace", str(DATA / "tiny_session.csv"), "--policies", "reservation",
-                 "--start-min", "0", "--hours", "1", "--out", str(tmp_path), "--no-plots", *FIXED]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--trace",
+                str(DATA / "tiny_session.csv"),
+                "--policies",
+                "reservation",
+                "--start-min",
+                "0",
+                "--hours",
+                "1",
+                "--out",
+                str(tmp_path),
+                "--no-plots",
+                *FIXED,
+            ]
+        )
+        == 0
+    )
     reservation = json.loads((tmp_path / "summary.json").read_text())["reservation"]
     assert reservation["training_events"] == 2
     assert reservation["gpu_hours_provisioned"] == pytest.approx(24 * 55 / 60)

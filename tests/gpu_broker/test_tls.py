@@ -1,5 +1,6 @@
 """The cluster's TLS material: certificates made from a CA (ours, or one an operator made with openssl) verify in
 a real TLS handshake for the addresses they name and for no other CA; join tokens carry the CA's pin."""
+
 from __future__ import annotations
 
 import shutil
@@ -31,8 +32,10 @@ def _handshake(tls: ServerTLS, ca_pem: str, server_name: str = "127.0.0.1") -> s
 
     threading.Thread(target=serve, daemon=True).start()
     try:
-        with socket.create_connection(listener.getsockname(), timeout=10) as raw, \
-                client_context(ca_pem).wrap_socket(raw, server_hostname=server_name) as secured:
+        with (
+            socket.create_connection(listener.getsockname(), timeout=10) as raw,
+            client_context(ca_pem).wrap_socket(raw, server_hostname=server_name) as secured,
+        ):
             subject = dict(item[0] for item in secured.getpeercert()["subject"])
             secured.sendall(b"x")
             return subject["commonName"]
@@ -59,10 +62,31 @@ def test_a_ca_an_operator_made_with_openssl_signs_the_service_certificate(tmp_pa
     """As deploy/kubernetes/cluster.yaml tells operators to make it (a Secret the service reads, never writes)."""
     ca = tmp_path / "ca"
     ca.mkdir()
-    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca-key.pem"],
-                   cwd=ca, check=True, capture_output=True)
-    subprocess.run(["openssl", "req", "-x509", "-new", "-key", "ca-key.pem", "-days", "30", "-subj",
-                    "/CN=notebookos cluster CA", "-out", "ca.pem"], cwd=ca, check=True, capture_output=True)
+    subprocess.run(
+        ["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca-key.pem"],
+        cwd=ca,
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca-key.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=notebookos cluster CA",
+            "-out",
+            "ca.pem",
+        ],
+        cwd=ca,
+        check=True,
+        capture_output=True,
+    )
     ca.chmod(0o500)
     tls = auto_tls(ca, tmp_path / "tls", ["127.0.0.1"])
     assert tls.ca_pem == (ca / "ca.pem").read_text()

@@ -15,6 +15,7 @@ Skipped, saying why, where configurable-http-proxy is not installed (``make test
 npm where node is there). Every process started here is stopped at the end: the Hub (which stops the proxy, the
 users' servers and the culler), whatever of its process tree outlived it, then the cluster with its replicas.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -62,10 +63,14 @@ def _proxy_command() -> str:
     if found:
         return found
     if shutil.which("node") is None:
-        pytest.skip("configurable-http-proxy is not installed and node is missing: JupyterHub's proxy needs node "
-                    "(then `make test` installs it with npm into .hub-tools/)")
-    pytest.skip("configurable-http-proxy is not installed: `make hub-tools` (part of `make test`) installs it with "
-                "npm into .hub-tools/")
+        pytest.skip(
+            "configurable-http-proxy is not installed and node is missing: JupyterHub's proxy needs node "
+            "(then `make test` installs it with npm into .hub-tools/)"
+        )
+    pytest.skip(
+        "configurable-http-proxy is not installed: `make hub-tools` (part of `make test`) installs it with "
+        "npm into .hub-tools/"
+    )
 
 
 def _free_port() -> int:
@@ -120,8 +125,16 @@ class LoggedProcess:
 
     @classmethod
     def start(cls, name: str, argv: Sequence[str], env: dict[str, str], cwd: Path) -> LoggedProcess:
-        process = subprocess.Popen(list(argv), env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        process = subprocess.Popen(
+            list(argv),
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         started = cls(name, process)
 
         def read() -> None:
@@ -143,8 +156,9 @@ class LoggedProcess:
             try:
                 line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"{self.name}: no line matching {pattern!r} within {timeout:.0f} s\n"
-                                     f"{self.output()}") from None
+                raise AssertionError(
+                    f"{self.name}: no line matching {pattern!r} within {timeout:.0f} s\n{self.output()}"
+                ) from None
             if line is None:
                 self.process.wait()
                 raise AssertionError(f"{self.name} exited with {self.process.returncode}\n{self.output()}")
@@ -179,13 +193,25 @@ class Hub:
     passwords: dict[str, str]
     tokens: dict[str, str] = field(default_factory=dict)
 
-    def call(self, method: str, path: str, user: str | None = None, body: Any = None, token: str | None = None,
-             timeout: float = 30.0) -> tuple[int, Any]:
+    def call(
+        self,
+        method: str,
+        path: str,
+        user: str | None = None,
+        body: Any = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+    ) -> tuple[int, Any]:
         """A request through the proxy with ``user``'s token (or ``token``): the status and the JSON (or text)."""
         token = token or (self.tokens[user] if user else None)
         headers = {"Authorization": f"token {token}"} if token else {}
-        resp = requests.request(method, self.url + path.lstrip("/"), headers=headers,
-                                data=None if body is None else json.dumps(body), timeout=timeout)
+        resp = requests.request(
+            method,
+            self.url + path.lstrip("/"),
+            headers=headers,
+            data=None if body is None else json.dumps(body),
+            timeout=timeout,
+        )
         try:
             return resp.status_code, resp.json()
         except ValueError:
@@ -193,8 +219,11 @@ class Hub:
 
     def new_token(self, user: str) -> str:
         """A token of ``user``, who logs in with their password in the request (the Hub's authenticator)."""
-        status, body = self.call("POST", f"hub/api/users/{user}/tokens", body={
-            "auth": {"username": user, "password": self.passwords[user]}, "note": "tests/hub"})
+        status, body = self.call(
+            "POST",
+            f"hub/api/users/{user}/tokens",
+            body={"auth": {"username": user, "password": self.passwords[user]}, "note": "tests/hub"},
+        )
         assert status == 201, f"{status} {body}\n{self.process.output()}"
         return body["token"]
 
@@ -206,8 +235,12 @@ class Hub:
         """Follow the spawn's progress stream (server-sent events) to its ready (or failed) event."""
         deadline = time.monotonic() + timeout
         events = []
-        with requests.get(self.url + f"hub/api/users/{user}/server/progress", stream=True, timeout=timeout,
-                          headers={"Authorization": f"token {self.tokens[user]}"}) as resp:
+        with requests.get(
+            self.url + f"hub/api/users/{user}/server/progress",
+            stream=True,
+            timeout=timeout,
+            headers={"Authorization": f"token {self.tokens[user]}"},
+        ) as resp:
             assert resp.status_code == 200, resp.text
             for line in resp.iter_lines(decode_unicode=True):  # each read waits at most `timeout`
                 if line.startswith("data:"):
@@ -218,8 +251,16 @@ class Hub:
                 assert time.monotonic() < deadline, f"{user}'s server not ready in {timeout:.0f} s: {events}"
         raise AssertionError(f"{user}'s progress stream ended before ready: {events}\n{self.process.output()}")
 
-    def api(self, user: str, path: str, method: str = "GET", body: Any = None, token: str | None = None,
-            server: str | None = None, timeout: float = 30.0) -> tuple[int, Any]:
+    def api(
+        self,
+        user: str,
+        path: str,
+        method: str = "GET",
+        body: Any = None,
+        token: str | None = None,
+        server: str | None = None,
+        timeout: float = 30.0,
+    ) -> tuple[int, Any]:
         """A request to a single-user server (``user``'s own unless ``server``), through the proxy."""
         return self.call(method, f"user/{server or user}/{path.lstrip('/')}", user, body, token, timeout)
 
@@ -236,9 +277,23 @@ def cluster(proxy: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tu
     tmp = tmp_path_factory.mktemp("cluster")
     token_file = tmp / "join-token"  # created by the service (mode 0600); the users' servers use it as the token
     env = {**_clean_env(), "TMPDIR": str(tmp)}  # its temporary state folder, removed with its kernels on exit
-    proc = LoggedProcess.start("notebookos cluster", [
-        str(BIN / "notebookos"), "cluster", "--hosts", "3", "--gpus-per-host", "1", "--listen", "127.0.0.1:0",
-        "--join-token-file", str(token_file)], env, tmp)
+    proc = LoggedProcess.start(
+        "notebookos cluster",
+        [
+            str(BIN / "notebookos"),
+            "cluster",
+            "--hosts",
+            "3",
+            "--gpus-per-host",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--join-token-file",
+            str(token_file),
+        ],
+        env,
+        tmp,
+    )
     try:
         url = proc.wait_for(r"notebookos cluster .* at (http://127\.0\.0\.1:\d+)", START_TIMEOUT_S).group(1)
         yield url, token_file
@@ -253,19 +308,32 @@ def hub(proxy: str, cluster: tuple[str, Path], tmp_path_factory: pytest.TempPath
     tmp = tmp_path_factory.mktemp("hub")
     public = f"http://127.0.0.1:{_free_port()}/"
     passwords = {USER: secrets.token_hex(8), ADMIN: secrets.token_hex(20)}
-    env = {**_clean_env(),
-           "PATH": f"{Path(proxy).parent}{os.pathsep}{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "NOTEBOOKOS_CLUSTER_URL": cluster_url, "NOTEBOOKOS_CLUSTER_TOKEN_FILE": str(token_file),
-           "NOTEBOOKOS_HUB_USERS": USER, "NOTEBOOKOS_HUB_ADMINS": ADMIN, "NOTEBOOKOS_HUB_BIND_URL": public,
-           "NOTEBOOKOS_HUB_PASSWORD": passwords[USER], "NOTEBOOKOS_HUB_ADMIN_PASSWORD": passwords[ADMIN],
-           "NOTEBOOKOS_HUB_HOMES": str(tmp / "homes")}
-    proc = LoggedProcess.start("jupyterhub", [
-        str(BIN / "jupyterhub"), "-f", str(HUB_CONFIG),
-        f"--JupyterHub.hub_bind_url=http://127.0.0.1:{_free_port()}",
-        f"--ConfigurableHTTPProxy.api_url=http://127.0.0.1:{_free_port()}",
-        f"--JupyterHub.db_url=sqlite:///{tmp / 'jupyterhub.sqlite'}",
-        f"--JupyterHub.cookie_secret_file={tmp / 'jupyterhub_cookie_secret'}",
-    ], env, tmp)
+    env = {
+        **_clean_env(),
+        "PATH": f"{Path(proxy).parent}{os.pathsep}{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "NOTEBOOKOS_CLUSTER_URL": cluster_url,
+        "NOTEBOOKOS_CLUSTER_TOKEN_FILE": str(token_file),
+        "NOTEBOOKOS_HUB_USERS": USER,
+        "NOTEBOOKOS_HUB_ADMINS": ADMIN,
+        "NOTEBOOKOS_HUB_BIND_URL": public,
+        "NOTEBOOKOS_HUB_PASSWORD": passwords[USER],
+        "NOTEBOOKOS_HUB_ADMIN_PASSWORD": passwords[ADMIN],
+        "NOTEBOOKOS_HUB_HOMES": str(tmp / "homes"),
+    }
+    proc = LoggedProcess.start(
+        "jupyterhub",
+        [
+            str(BIN / "jupyterhub"),
+            "-f",
+            str(HUB_CONFIG),
+            f"--JupyterHub.hub_bind_url=http://127.0.0.1:{_free_port()}",
+            f"--ConfigurableHTTPProxy.api_url=http://127.0.0.1:{_free_port()}",
+            f"--JupyterHub.db_url=sqlite:///{tmp / 'jupyterhub.sqlite'}",
+            f"--JupyterHub.cookie_secret_file={tmp / 'jupyterhub_cookie_secret'}",
+        ],
+        env,
+        tmp,
+    )
     started = Hub(public, proc, passwords)
     try:
         proc.wait_for(r"JupyterHub is now running at", START_TIMEOUT_S)
@@ -336,14 +404,18 @@ def test_each_user_runs_a_notebookos_kernel_owned_by_their_hub_name(hub: Hub, ke
 
 
 def test_a_user_who_is_not_an_admin_gets_403_for_the_pool_and_404_for_another_users_kernel(
-        hub: Hub, kernels: Kernels) -> None:
+    hub: Hub, kernels: Kernels
+) -> None:
     theirs = kernels.ids[ADMIN]
     status, body = hub.api(USER, "api/notebookos/hosts/host-1/drain", "POST")
     assert status == 403 and "c.NotebookOS.admin_users" in body["message"], (status, body)
     status, body = hub.api(USER, "api/notebookos/hosts/host-1", "PATCH", {"gpus": 1})
     assert status == 403, (status, body)
-    for method, path in (("GET", f"api/notebookos/kernels/{theirs}"), ("DELETE", f"api/notebookos/kernels/{theirs}"),
-                         ("POST", f"api/notebookos/kernels/{theirs}/replicas/0/restart")):
+    for method, path in (
+        ("GET", f"api/notebookos/kernels/{theirs}"),
+        ("DELETE", f"api/notebookos/kernels/{theirs}"),
+        ("POST", f"api/notebookos/kernels/{theirs}/replicas/0/restart"),
+    ):
         status, body = hub.api(USER, path, method)
         assert status == 404 and body["message"] == f"no kernel {theirs} in this cluster", (method, path, body)
     # Nor can bob reach ada's server, and with it her kernel, through Jupyter's own API: the Hub refuses.
@@ -394,7 +466,8 @@ def test_the_idle_culler_runs_as_a_hub_service(hub: Hub) -> None:
 
 
 def test_the_deploy_config_points_every_server_at_the_cluster_and_runs_the_culler(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The config file as JupyterHub loads it (no Hub, no node needed): the culler service with a role that lets it
     stop servers, and every user's server started with the cluster's c.NotebookOS options."""
     from traitlets.config.loader import PyFileConfigLoader
@@ -410,9 +483,11 @@ def test_the_deploy_config_points_every_server_at_the_cluster_and_runs_the_culle
     assert role["services"] == [service["name"]]
     assert {"list:users", "read:users:activity", "read:servers", "delete:servers"} <= set(role["scopes"])
     assert config.Spawner.cmd == [str(BIN / "jupyterhub-singleuser")]
-    assert config.Spawner.args == ["--NotebookOS.cluster_url=https://10.0.0.1:8765",
-                                   "--NotebookOS.cluster_token_file=/etc/notebookos/join-token",
-                                   f"--NotebookOS.admin_groups={ADMIN_GROUP}"]
+    assert config.Spawner.args == [
+        "--NotebookOS.cluster_url=https://10.0.0.1:8765",
+        "--NotebookOS.cluster_token_file=/etc/notebookos/join-token",
+        f"--NotebookOS.admin_groups={ADMIN_GROUP}",
+    ]
     assert "authenticator_class" not in config.JupyterHub  # without a trial password: the system's accounts (PAM)
     monkeypatch.setenv("NOTEBOOKOS_CULL_IDLE_S", "0")
     assert "services" not in PyFileConfigLoader(HUB_CONFIG.name, str(HUB_CONFIG.parent)).load_config().JupyterHub
@@ -427,8 +502,11 @@ def test_a_browser_login_gets_the_same_answers(hub: Hub, kernels: Kernels) -> No
             page = browser.get(hub.url + "hub/login", timeout=30)
             xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
             assert xsrf, page.text[:2000]
-            landed = browser.post(hub.url + "hub/login", timeout=60, data={
-                "username": user, "password": hub.passwords[user], "_xsrf": xsrf.group(1)})
+            landed = browser.post(
+                hub.url + "hub/login",
+                timeout=60,
+                data={"username": user, "password": hub.passwords[user], "_xsrf": xsrf.group(1)},
+            )
             assert landed.status_code == 200 and landed.url.startswith(f"{hub.url}user/{user}/lab"), landed.url
             me = browser.get(f"{hub.url}user/{user}/api/notebookos/me", timeout=30)
             assert me.status_code == 200 and me.json() == {"name": user, "owner": user, "admin": user == ADMIN}

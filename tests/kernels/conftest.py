@@ -32,7 +32,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
     if report.when != "call" or not report.failed or not isinstance(notebook, Notebook) or not cluster:
         return
     for log in sorted((Path(cluster).parent / "hosts").glob(f"*/{notebook.km.kernel_id}/replica-*/replica.log")):
-        lines = [line for line in log.read_text(errors="replace").splitlines()
-                 if not any(routine in line for routine in ROUTINE)][-LOG_TAIL_LINES:]
-        report.sections.append((f"{log.parent.parent.parent.name} {log.parent.name} log (last lines)",
-                                "\n".join(lines)))
+        lines = [
+            line
+            for line in log.read_text(errors="replace").splitlines()
+            if not any(routine in line for routine in ROUTINE)
+        ][-LOG_TAIL_LINES:]
+        report.sections.append(
+            (f"{log.parent.parent.parent.name} {log.parent.name} log (last lines)", "\n".join(lines))
+        )

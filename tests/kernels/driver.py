@@ -1,4 +1,5 @@
 """A small synchronous driver over jupyter_client for tests: run a cell, collect what a user would see."""
+
 from __future__ import annotations
 
 import json
@@ -37,12 +38,27 @@ class Notebook:
         self.km = km
         self.kc = kc
 
-    def run(self, code: str, replica: int | None = None, stdin: list[str] | None = None,
-            timeout: float = CELL_TIMEOUT_S, on_output: Any = None) -> CellResult:
+    def run(
+        self,
+        code: str,
+        replica: int | None = None,
+        stdin: list[str] | None = None,
+        timeout: float = CELL_TIMEOUT_S,
+        on_output: Any = None,
+    ) -> CellResult:
         metadata = {} if replica is None else {"notebookos_replica": replica}
-        msg = self.kc.session.msg("execute_request", {
-            "code": code, "silent": False, "store_history": True, "user_expressions": {},
-            "allow_stdin": stdin is not None, "stop_on_error": True}, metadata=metadata)
+        msg = self.kc.session.msg(
+            "execute_request",
+            {
+                "code": code,
+                "silent": False,
+                "store_history": True,
+                "user_expressions": {},
+                "allow_stdin": stdin is not None,
+                "stop_on_error": True,
+            },
+            metadata=metadata,
+        )
         self.kc.shell_channel.send(msg)
         msg_id = msg["header"]["msg_id"]
         answers = list(stdin or [])
@@ -51,8 +67,10 @@ class Notebook:
         deadline = time.monotonic() + timeout
         while not (idle and out.reply):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"cell did not finish within {timeout} s (reply: {bool(out.reply)}, idle: {idle}, "
-                                   f"stdout: {out.stdout!r}, stderr: {out.stderr!r})")
+                raise TimeoutError(
+                    f"cell did not finish within {timeout} s (reply: {bool(out.reply)}, idle: {idle}, "
+                    f"stdout: {out.stdout!r}, stderr: {out.stderr!r})"
+                )
             if not out.reply and self.kc.shell_channel.msg_ready():
                 reply = self.kc.get_shell_msg(timeout=timeout)
                 if reply["parent_header"].get("msg_id") == msg_id:
@@ -97,9 +115,12 @@ def cluster_request(cluster_file: str, method: str, path: str, body: dict | None
     """One call to the cluster service's API, authenticated with the token of its discovery file: its JSON answer
     (None for 204), or with ``text`` the answer as text (``/metrics``)."""
     data = json.loads(open(cluster_file).read())
-    req = urllib.request.Request(f"{data['url']}{path}", method=method,
-                                 data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Authorization": f"token {data['token']}"})
+    req = urllib.request.Request(
+        f"{data['url']}{path}",
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"token {data['token']}"},
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         answer = resp.read()
     if text:

@@ -1,4 +1,5 @@
 """The kernelspec works from a plain Jupyter client with no cluster configured, and cleans up after itself."""
+
 from __future__ import annotations
 
 import asyncio
@@ -23,10 +24,13 @@ def test_nbclient_runs_a_notebook_on_an_on_demand_cluster_that_exits_after(jupyt
     monkeypatch.delenv(CLUSTER_FILE_ENV, raising=False)
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("import torch\nw = torch.ones(3) * 2"),
-                nbformat.v4.new_code_cell("print(float(w.sum()))")]
-    client = NotebookClient(nb, kernel_name="notebookos", timeout=120, startup_timeout=120,
-                            resources={"metadata": {"path": str(tmp_path)}})
+    nb.cells = [
+        nbformat.v4.new_code_cell("import torch\nw = torch.ones(3) * 2"),
+        nbformat.v4.new_code_cell("print(float(w.sum()))"),
+    ]
+    client = NotebookClient(
+        nb, kernel_name="notebookos", timeout=120, startup_timeout=120, resources={"metadata": {"path": str(tmp_path)}}
+    )
     seen: dict = {}
 
     def remember_cluster(**_kwargs) -> None:

@@ -4,6 +4,7 @@ replaced on another host, a host drained under a running kernel, hosts added, re
 Each cluster here is the test module's own (4 logical hosts with 1 virtual GPU each: this machine has no GPU, so the
 GPUs are virtual; placement, commitment, migration and the replicas are real), because these tests take hosts away.
 """
+
 from __future__ import annotations
 
 import os
@@ -83,10 +84,13 @@ class HeldCell:
 
     def __init__(self, nb: Notebook, stop: Path) -> None:
         self.nb, self.stop, self.started, self.results = nb, stop, threading.Event(), []
-        code = f"import os, time\nprint('holding', flush=True)\nwhile not os.path.exists({str(stop)!r}):\n" \
-               "    time.sleep(0.05)"
-        self.thread = threading.Thread(target=lambda: self.results.append(
-            nb.run(code, on_output=lambda _text: self.started.set())))
+        code = (
+            f"import os, time\nprint('holding', flush=True)\nwhile not os.path.exists({str(stop)!r}):\n"
+            "    time.sleep(0.05)"
+        )
+        self.thread = threading.Thread(
+            target=lambda: self.results.append(nb.run(code, on_output=lambda _text: self.started.set()))
+        )
         self.thread.start()
         assert self.started.wait(90), "the cell did not start"
 
@@ -102,19 +106,28 @@ def test_a_cell_finding_every_gpu_busy_waits_then_migrates_to_the_first_gpu_free
     waiting_nb = start_notebook()
     busy = [start_notebook() for _ in range(4)]
     # Fifteen replicas started close together: no port is given to two of them.
-    ports = [port for nb in [waiting_nb, *busy] for r in kernel_of(cluster_file, nb)["replicas"]
-             for name, port in r["connection"].items() if name.endswith("_port")]
+    ports = [
+        port
+        for nb in [waiting_nb, *busy]
+        for r in kernel_of(cluster_file, nb)["replicas"]
+        for name, port in r["connection"].items()
+        if name.endswith("_port")
+    ]
     assert len(ports) == len(set(ports)) == 5 * 3 * 5
     held = [HeldCell(nb, tmp_path / f"stop-{i}") for i, nb in enumerate(busy)]
     assert len(held_devices(cluster_file)) == 4, "every GPU of the cluster should be committed"
     # The one GPU that is no use to the waiting kernel without a move: on the host where it has no replica.
     its_hosts = {r["host"] for r in kernel_of(cluster_file, waiting_nb)["replicas"]}
-    [elsewhere] = [h["name"] for h in cluster_request(cluster_file, "GET", "/cluster")["hosts"]
-                   if h["name"] not in its_hosts]
+    [elsewhere] = [
+        h["name"] for h in cluster_request(cluster_file, "GET", "/cluster")["hosts"] if h["name"] not in its_hosts
+    ]
     holder = held_devices(cluster_file)[f"{elsewhere}:0"]
     result: list = []  # the waiting cell runs in the background, so that a GPU can be freed meanwhile
-    runner = threading.Thread(target=lambda: result.append(waiting_nb.run(
-        "import os\nprint('ran on', os.environ['NOTEBOOKOS_HOST'])", timeout=120)))
+    runner = threading.Thread(
+        target=lambda: result.append(
+            waiting_nb.run("import os\nprint('ran on', os.environ['NOTEBOOKOS_HOST'])", timeout=120)
+        )
+    )
     runner.start()
     wait_until(lambda: cluster_request(cluster_file, "GET", "/cluster")["pending_cells"] == 1, "the cell to queue")
     next(h for h, nb in zip(held, busy) if nb.km.kernel_id == holder).release()
@@ -132,7 +145,7 @@ def test_a_cell_finding_every_gpu_busy_waits_then_migrates_to_the_first_gpu_free
     # Its GPU was committed only once the moved replica had caught up on its new host.
     kinds = [e["kind"] for e in events(cluster_file, kernel=waiting_nb.km.kernel_id)]
     ready = kinds.index("replica_ready")
-    assert kinds[ready - 1: ready + 2] == ["decision", "replica_ready", "execution_started"]
+    assert kinds[ready - 1 : ready + 2] == ["decision", "replica_ready", "execution_started"]
     for h, nb in zip(held, busy):
         if nb.km.kernel_id != holder:
             h.release()
@@ -173,13 +186,22 @@ def test_draining_a_host_moves_its_replicas_away_with_no_cell_lost(cluster, tmp_
     assert host["state"] == "draining"
     held.release()
     assert nb.run("%gpus 0\ncount += 1").status == "ok"
-    wait_until(lambda: next(h for h in cluster_request(cluster_file, "GET", "/cluster")["hosts"]
-                            if h["name"] == drained)["replicas"] == 0, "the drained host to hold no replica")
+    wait_until(
+        lambda: (
+            next(h for h in cluster_request(cluster_file, "GET", "/cluster")["hosts"] if h["name"] == drained)[
+                "replicas"
+            ]
+            == 0
+        ),
+        "the drained host to hold no replica",
+    )
     replicas = kernel_of(cluster_file, nb)["replicas"]
     assert drained not in {r["host"] for r in replicas}
     moved = next(r for r in replicas if r["replica"] == standby["replica"])
-    wait_until(lambda: kernel_of(cluster_file, nb)["replicas"][standby["replica"]]["state"] == "ready",
-               "the moved replica to catch up")
+    wait_until(
+        lambda: kernel_of(cluster_file, nb)["replicas"][standby["replica"]]["state"] == "ready",
+        "the moved replica to catch up",
+    )
     assert nb.value("count", replica=moved["replica"]) == 1
     assert any(e["kind"] == "host_drained" for e in events(cluster_file, host=drained))
     # Drained, it can be removed; a new host takes its place.

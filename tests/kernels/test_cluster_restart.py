@@ -1,6 +1,7 @@
 """The cluster service crashes (SIGKILL) and is started again on its state folder: kernels run on untouched, the
 GPUs a running cell holds stay committed to it, and a cell submitted during the outage waits with a notice, then
 runs. A real service process, real replicas and a real kernel front; the GPUs are the cluster's virtual ones."""
+
 from __future__ import annotations
 
 import threading
@@ -78,10 +79,13 @@ def test_a_restarted_service_takes_back_kernels_and_commitments(own_cluster, tmp
 
         # A cell holding a GPU when the service dies keeps it: the restarted service knows it is committed.
         flag = tmp_path / "go"
-        holding = Background(notebook, f"%gpus 1\nimport os, time\nwhile not os.path.exists({str(flag)!r}): "
-                                       "time.sleep(0.05)\nx += 1")
-        wait_until(lambda: (cluster_request(discovery, "GET", kernel)["allocation"] or {}).get("state") == "committed",
-                   "the cell's GPU to be committed")
+        holding = Background(
+            notebook, f"%gpus 1\nimport os, time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.05)\nx += 1"
+        )
+        wait_until(
+            lambda: (cluster_request(discovery, "GET", kernel)["allocation"] or {}).get("state") == "committed",
+            "the cell's GPU to be committed",
+        )
         first.kill()
         first.wait()
         second, _ = own_cluster()
@@ -93,10 +97,13 @@ def test_a_restarted_service_takes_back_kernels_and_commitments(own_cluster, tmp
         assert after["started_at"] > before["started_at"]
         flag.touch()
         assert holding.finish().status == "ok"
-        wait_until(lambda: cluster_request(discovery, "GET", kernel)["allocation"] is None,
-                   "the cell's GPU to be given back to the restarted service")
-        assert all(d["state"] == "idle" for h in cluster_request(discovery, "GET", "/cluster")["hosts"]
-                   for d in h["devices"])
+        wait_until(
+            lambda: cluster_request(discovery, "GET", kernel)["allocation"] is None,
+            "the cell's GPU to be given back to the restarted service",
+        )
+        assert all(
+            d["state"] == "idle" for h in cluster_request(discovery, "GET", "/cluster")["hosts"] for d in h["devices"]
+        )
 
         # A cell submitted while the service is down waits, says so, and runs once it is back.
         second.kill()
@@ -123,10 +130,14 @@ def test_a_commitment_whose_executor_died_meanwhile_is_given_back(own_cluster, t
     try:
         kernel = f"/kernels/{km.kernel_id}"
         flag = tmp_path / "go"
-        holding = Background(notebook, f"%gpus 1\nimport os, time\nwhile not os.path.exists({str(flag)!r}): "
-                                       "time.sleep(0.05)\nprint('done')")
-        wait_until(lambda: (cluster_request(discovery, "GET", kernel)["allocation"] or {}).get("state") == "committed",
-                   "the cell's GPU to be committed")
+        holding = Background(
+            notebook,
+            f"%gpus 1\nimport os, time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.05)\nprint('done')",
+        )
+        wait_until(
+            lambda: (cluster_request(discovery, "GET", kernel)["allocation"] or {}).get("state") == "committed",
+            "the cell's GPU to be committed",
+        )
         described = cluster_request(discovery, "GET", kernel)
         executor = described["allocation"]["replica"]
         first.kill()
@@ -139,8 +150,9 @@ def test_a_commitment_whose_executor_died_meanwhile_is_given_back(own_cluster, t
         result = holding.finish()
         assert result.status == "ok" and result.stdout.strip().endswith("done"), (result.stdout, result.stderr)
         assert "re-running it" in result.stderr
-        wait_until(lambda: cluster_request(discovery, "GET", kernel)["allocation"] is None,
-                   "the re-run's GPU to be given back")
+        wait_until(
+            lambda: cluster_request(discovery, "GET", kernel)["allocation"] is None, "the re-run's GPU to be given back"
+        )
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)

@@ -4,6 +4,7 @@ from its journal and dump restores the namespace from the last snapshot instead 
 The cluster of this module snapshots every 5 cells and compacts at 40 journal entries (production: 100 cells and
 1000 entries), so that 60 cells compact many times.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,8 +53,17 @@ def test_the_journal_stays_bounded_and_a_restarted_replica_restores_from_its_sna
     executor = notebook.value("__import__('os').getpid()")
     standby = next(r for r in replicas_of(notebook) if r["pid"] != executor)
     kill(standby["pid"])
-    restarted = wait_until(lambda: next((r for r in replicas_of(notebook) if r["replica"] == standby["replica"]
-                                         and r["restarts"] == 1 and r["alive"]), None), "the standby's restart")
+    restarted = wait_until(
+        lambda: next(
+            (
+                r
+                for r in replicas_of(notebook)
+                if r["replica"] == standby["replica"] and r["restarts"] == 1 and r["alive"]
+            ),
+            None,
+        ),
+        "the standby's restart",
+    )
     assert notebook.run("x += 1\nxs.append('after')").status == "ok"
     on_restarted = f"[__import__('os').getpid(), {STATE}, {RECORDS_APPLIED}, get_ipython().kernel.restored_index]"
 

@@ -14,6 +14,7 @@ through an ``input_reply``, and refused without ``allow_stdin``), execution coun
 defined, and an execute_reply that leaves the kernel after its idle status (the shell and IOPub channels are not
 ordered) still reaching the client.
 """
+
 from __future__ import annotations
 
 from queue import Empty
@@ -108,8 +109,9 @@ class PythonSamples:
         validate_message(reply, "execute_reply", msg_id)
         assert reply["content"]["status"] == "ok"
         outputs = self._iopub_until_idle(msg_id)
-        stdout = "".join(m["content"]["text"] for m in outputs
-                         if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
+        stdout = "".join(
+            m["content"]["text"] for m in outputs if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"
+        )
         assert stdout == "hello, notebookos\n"
 
     def test_input_without_stdin(self) -> None:
@@ -137,7 +139,8 @@ class PythonSamples:
         msg_id = self.kc.execute(
             "import time\n"
             "get_ipython().kernel.shell_channel_thread.io_loop.add_callback(time.sleep, 0.5)\n"
-            "print('sent')")
+            "print('sent')"
+        )
         reply = self.get_non_kernel_info_reply(timeout=TIMEOUT)  # type: ignore[attr-defined]
         validate_message(reply, "execute_reply", msg_id)
         assert reply["content"]["status"] == "ok"
@@ -171,9 +174,9 @@ class PythonSamples:
             counts.append(reply["content"]["execution_count"])
         assert counts == [counts[0], counts[0] + 1, counts[0] + 2]
         results = [m for m in outputs if m["msg_type"] == "execute_result"]
-        assert [(r["content"]["execution_count"], r["content"]["data"]["text/plain"]) for r in results] == \
-            [(counts[2], "2")]
-
+        assert [(r["content"]["execution_count"], r["content"]["data"]["text/plain"]) for r in results] == [
+            (counts[2], "2")
+        ]
 
     def test_what_the_user_logs_shows_in_the_cell(self) -> None:
         """A warning through the root logger, which the user has not configured, shows in the cell's output."""
@@ -221,8 +224,10 @@ class TestNotebookOSConformance(PythonSamples, jkt.KernelTests):
         shown = []
         # ipykernel forwards what reaches file descriptor 2 from a thread of its own, so a line may arrive during
         # the next cell: both are looked at.
-        for code in ("import logging\nlogging.getLogger('notebookos.replication.raft_log').warning('machinery line')",
-                     "import time\ntime.sleep(0.5)"):
+        for code in (
+            "import logging\nlogging.getLogger('notebookos.replication.raft_log').warning('machinery line')",
+            "import time\ntime.sleep(0.5)",
+        ):
             msg_id = self.kc.execute(code)
             assert self.get_non_kernel_info_reply(timeout=TIMEOUT)["content"]["status"] == "ok"
             shown.append(_stream_text(self._iopub_until_idle(msg_id)))

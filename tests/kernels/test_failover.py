@@ -1,4 +1,5 @@
 """Failover with real processes: replicas are killed with SIGKILL, as a crash or a lost host would end them."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,12 @@ def test_executor_killed_mid_cell_reruns_on_a_survivor(notebook):
     # The committed state before the cell survived, and the cell's effect is there exactly once.
     assert notebook.value("history") == ["before", "cell"]
     # The killed replica is replaced (on another host, with its journal) and rejoins.
-    wait_until(lambda: all(r["alive"] for r in replicas_of(notebook)) and
-               sum(r["restarts"] for r in replicas_of(notebook)) == 1, "the killed replica to be restarted")
+    wait_until(
+        lambda: (
+            all(r["alive"] for r in replicas_of(notebook)) and sum(r["restarts"] for r in replicas_of(notebook)) == 1
+        ),
+        "the killed replica to be restarted",
+    )
 
 
 def test_killed_standby_is_restarted_and_catches_up(notebook):
@@ -48,8 +53,10 @@ def test_killed_standby_is_restarted_and_catches_up(notebook):
     # The kernel keeps going with two replicas while the third is down.
     res = notebook.run("xs.append(2)")
     assert res.status == "ok", (res.reply["content"], res.stderr)
-    wait_until(lambda: next(r for r in replicas_of(notebook) if r["replica"] == standby["replica"])["restarts"] == 1,
-               "the standby's restart")
+    wait_until(
+        lambda: next(r for r in replicas_of(notebook) if r["replica"] == standby["replica"])["restarts"] == 1,
+        "the standby's restart",
+    )
     assert notebook.run("xs.append(3)").status == "ok"
     # The restarted replica replays its journal plus what it missed: run a cell on it.
     assert notebook.value("xs", replica=standby["replica"]) == [1, 2, 3]
@@ -71,7 +78,8 @@ def test_two_replicas_lost_reports_that_the_kernel_cannot_continue(notebook):
 def test_unpicklable_names_are_named_and_lost_names_reported_after_failover(notebook):
     res = notebook.run(
         "import socket, threading\nkept = 41\nfh = open('/dev/null')\ngen = (i for i in range(3))\n"
-        "sock = socket.socket()\nworker = threading.Thread(target=lambda: None)")
+        "sock = socket.socket()\nworker = threading.Thread(target=lambda: None)"
+    )
     assert res.status == "ok", res.error
     warning = res.stderr
     assert "will not survive a failover" in warning
@@ -103,11 +111,21 @@ def test_corrupt_object_found_on_recovery_is_named_not_silently_wrong(notebook, 
     executor = executor_pid(notebook)
     standby = next(r for r in replicas_of(notebook) if r["pid"] != executor)
     kill(standby["pid"])
-    restarted = wait_until(lambda: next((r for r in replicas_of(notebook)
-                                         if r["replica"] == standby["replica"] and r["restarts"] == 1 and r["alive"]),
-                                        None), "the standby's restart")
-    probe = ("import os, json\nprint(json.dumps([os.getpid(), globals().get('small'),\n"
-             "  float(weights.sum()) if 'weights' in globals() else None]))")
+    restarted = wait_until(
+        lambda: next(
+            (
+                r
+                for r in replicas_of(notebook)
+                if r["replica"] == standby["replica"] and r["restarts"] == 1 and r["alive"]
+            ),
+            None,
+        ),
+        "the standby's restart",
+    )
+    probe = (
+        "import os, json\nprint(json.dumps([os.getpid(), globals().get('small'),\n"
+        "  float(weights.sum()) if 'weights' in globals() else None]))"
+    )
 
     def first_cell_on_restarted_standby():
         # The front pins cells to a replica only once it answers heartbeats again; until then cells run elsewhere.

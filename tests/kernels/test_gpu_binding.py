@@ -4,6 +4,7 @@ Most tests run twice: with the CPU stand-in (``compute_device_type="cpu"``: park
 binding copies back, so moves show as changed data pointers and counters) and on a real GPU (marked ``gpu``,
 skipped where there is none). Where the two differ, `moved()` and `on_compute()` say what "moved" means.
 """
+
 from __future__ import annotations
 
 import collections

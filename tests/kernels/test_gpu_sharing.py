@@ -1,5 +1,6 @@
 """GPUs per cell on a live embedded cluster: 4 hosts with 1 virtual GPU each (this machine has no GPU, so the
 hosts' GPUs are virtual: the accounting, placement and binding calls are real, torch runs on the CPU)."""
+
 from __future__ import annotations
 
 import json
@@ -124,8 +125,9 @@ def test_a_replica_migrated_on_request_keeps_the_state_and_runs_cells_on_its_new
     replicas = replicas_of(notebook)
     free = next(h for h in ("host-1", "host-2", "host-3", "host-4") if h not in {r["host"] for r in replicas})
     moving = replicas[0]
-    moved = cluster_request(cluster_file, "POST",
-                            f"/kernels/{notebook.km.kernel_id}/replicas/{moving['replica']}/migrate", {"host": free})
+    moved = cluster_request(
+        cluster_file, "POST", f"/kernels/{notebook.km.kernel_id}/replicas/{moving['replica']}/migrate", {"host": free}
+    )
     assert moved["replicas"][moving["replica"]]["host"] == free
     assert moved["replicas"][moving["replica"]]["pid"] != moving["pid"]
 
@@ -135,7 +137,6 @@ def test_a_replica_migrated_on_request_keeps_the_state_and_runs_cells_on_its_new
 
     res = wait_until(on_new_host, "a cell to run on the migrated replica")
     assert res.result == f"('{free}', [1, 2, 3])"
-
 
 
 def test_the_simulators_core_replaying_the_live_calls_decides_the_same(gpu_notebooks, cluster_file):
@@ -149,10 +150,19 @@ def test_the_simulators_core_replaying_the_live_calls_decides_the_same(gpu_noteb
     calls = [CoreCall(c["method"], tuple(c["args"]), c["now"]) for c in journal["calls"]]
     assert {"add_host", "place_kernel", "request_execution", "release"} <= {c.method for c in calls}
     config = journal["config"]
-    simulation = Simulation([], make_policy(journal["policy"]),
-                            ClusterSpec(hosts=0, host_gpus=config["host_gpus"], min_hosts=config["min_hosts"],
-                                        max_hosts=config["max_hosts"],
-                                        subscription_limit=config["subscription_limit"]),
-                            SessionModel(), CostModel(), (0.0, None))
+    simulation = Simulation(
+        [],
+        make_policy(journal["policy"]),
+        ClusterSpec(
+            hosts=0,
+            host_gpus=config["host_gpus"],
+            min_hosts=config["min_hosts"],
+            max_hosts=config["max_hosts"],
+            subscription_limit=config["subscription_limit"],
+        ),
+        SessionModel(),
+        CostModel(),
+        (0.0, None),
+    )
     replayed = [outcome_json(o) for o in replay(calls, simulation.core)]
     assert replayed == journal["outcomes"]

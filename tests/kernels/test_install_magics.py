@@ -5,6 +5,7 @@ replica that runs it; a standby expands it in the namespace as it was before the
 applies the cell's state), so the test sees which replicas ran the install: a cell pinned on each replica imports
 the package from its own host's folder.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,6 +22,8 @@ def test_pip_install_runs_on_every_replica(notebook: Notebook, tmp_path: Path) -
     assert res.status == "ok", res.error
     hosts = {r["host"]: r["replica"] for r in replicas_of(notebook)}
     for host, replica in hosts.items():
-        probe = (f"__import__('sys').path.insert(0, '{site}{host}') or "
-                 f"[__import__('os').environ['NOTEBOOKOS_HOST'], __import__('{TINY_PACKAGE}').VALUE]")
+        probe = (
+            f"__import__('sys').path.insert(0, '{site}{host}') or "
+            f"[__import__('os').environ['NOTEBOOKOS_HOST'], __import__('{TINY_PACKAGE}').VALUE]"
+        )
         assert notebook.value(probe, replica=replica) == [host, 42]

@@ -1,4 +1,5 @@
 """Interrupt and restart, as JupyterLab's Kernel menu does them."""
+
 from __future__ import annotations
 
 import socket
@@ -27,8 +28,9 @@ def test_interrupt_stops_the_running_cell_and_the_kernel_keeps_its_state(noteboo
             started.set()
             notebook.km.interrupt_kernel()
 
-    res = notebook.run("import time\nprint('sleeping', flush=True)\ntime.sleep(60)\nkept = 'no'", on_output=on_output,
-                       timeout=50)
+    res = notebook.run(
+        "import time\nprint('sleeping', flush=True)\ntime.sleep(60)\nkept = 'no'", on_output=on_output, timeout=50
+    )
     assert started.is_set()
     assert res.status == "error"
     assert res.error.startswith("KeyboardInterrupt")
@@ -50,9 +52,11 @@ def test_restart_gives_a_fresh_namespace_on_new_replicas(notebook):
 def test_comms_reach_the_executor_and_answer_like_widgets_do(notebook):
     """ipywidgets rides on comms: a comm opened by the client must reach the kernel's comm target and its
     messages must come back on IOPub."""
-    code = ("def _target(comm, open_msg):\n"
-            "    comm.send({'echo': open_msg['content']['data']['value'] * 2})\n"
-            "get_ipython().kernel.comm_manager.register_target('notebookos-test', _target)")
+    code = (
+        "def _target(comm, open_msg):\n"
+        "    comm.send({'echo': open_msg['content']['data']['value'] * 2})\n"
+        "get_ipython().kernel.comm_manager.register_target('notebookos-test', _target)"
+    )
     assert notebook.run(code).status == "ok"
     kc = notebook.kc
     msg = kc.session.msg("comm_open", {"comm_id": "c-1", "target_name": "notebookos-test", "data": {"value": 21}})
@@ -72,8 +76,12 @@ def test_every_file_holding_a_key_or_token_is_readable_by_its_owner_only(noteboo
     connection = Path(notebook.km.connection_file)
     replica_files = list((Path(cluster_file).parent / "hosts").glob(f"*/{notebook.km.kernel_id}/replica-*/*.json"))
     assert len(replica_files) == 6  # connection.json and replica.json of three replicas
-    for path in [connection, connection.with_name(connection.stem + "-replicas.json"), *replica_files,
-                 Path(cluster_file)]:
+    for path in [
+        connection,
+        connection.with_name(connection.stem + "-replicas.json"),
+        *replica_files,
+        Path(cluster_file),
+    ]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 

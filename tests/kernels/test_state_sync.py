@@ -4,6 +4,7 @@
 (``replica=i`` pins the cell's executor), so every check also proves that a cell can move to another replica and see
 the state the previous one left.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -12,7 +13,7 @@ from .driver import replicas_of
 
 REPLICAS = (0, 1, 2)
 
-DIGEST = r'''
+DIGEST = r"""
 def _digest():
     import hashlib, json, types
     import torch
@@ -34,7 +35,7 @@ def _digest():
     skip = {"In", "Out", "exit", "quit", "get_ipython", "open"}
     ns = get_ipython().user_ns
     return {k: d(v) for k, v in sorted(ns.items()) if not k.startswith("_") and k not in skip}
-'''
+"""
 
 CELLS = [
     "a = 1\nb, (c, d) = 2, (3, [4, 5])",
@@ -52,8 +53,10 @@ CELLS = [
     "    loss.backward()\n    opt.step()\nfinal_loss = float(loss)",
 ]
 
-BEHAVIOUR = ("[square(7), cube(2), p.norm2(), m.sqrt(16), counter(), float(torch.nn.functional.mse_loss(model(X), Y)),"
-             " a, d, conf, arr.tolist(), last, w]")
+BEHAVIOUR = (
+    "[square(7), cube(2), p.norm2(), m.sqrt(16), counter(), float(torch.nn.functional.mse_loss(model(X), Y)),"
+    " a, d, conf, arr.tolist(), last, w]"
+)
 
 
 @pytest.fixture
@@ -89,9 +92,11 @@ def test_each_replica_in_turn_continues_from_the_same_state(trained):
 def test_training_continues_on_another_replica_with_shared_optimizer_state(trained):
     before = trained.value("final_loss")
     # The optimizer must still drive the model's own parameters after the move, with its momentum buffers.
-    code = ("for _ in range(20):\n    opt.zero_grad()\n    loss = torch.nn.functional.mse_loss(model(X), Y)\n"
-            "    loss.backward()\n    opt.step()\n"
-            "print(float(loss), opt.param_groups[0]['params'][0] is model[0].weight, len(opt.state))")
+    code = (
+        "for _ in range(20):\n    opt.zero_grad()\n    loss = torch.nn.functional.mse_loss(model(X), Y)\n"
+        "    loss.backward()\n    opt.step()\n"
+        "print(float(loss), opt.param_groups[0]['params'][0] is model[0].weight, len(opt.state))"
+    )
     res = trained.run(code, replica=2)
     assert res.status == "ok", res.error
     loss, shares, states = res.stdout.split()

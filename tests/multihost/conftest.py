@@ -1,4 +1,5 @@
 """Fixtures for multi-host tests: simulated machines made of network namespaces (see hosts.py)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator

@@ -20,6 +20,7 @@ session killed before its teardown is cleaned up by the next one (:func:`remove_
 Needs root, ``ip`` (iproute2), ``unshare`` and ``nsenter`` (util-linux): :func:`available` says whether the harness
 can work here, as a reason for ``pytest.skip`` when it cannot.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -97,7 +98,7 @@ def _probe() -> str | None:
     The probe's name deliberately lacks :data:`PREFIX`, so a concurrent :func:`remove_stale` never takes it for a leak.
     """
     netns = f"nbprobe{os.getpid()}"
-    script = "ip link add b0 type bridge && ip link add v0 type veth peer name v1 && mount -t tmpfs tmpfs \"$1\""
+    script = 'ip link add b0 type bridge && ip link add v0 type veth peer name v1 && mount -t tmpfs tmpfs "$1"'
     with tempfile.TemporaryDirectory() as mountpoint:
         try:
             _ip("netns", "add", netns)

@@ -4,6 +4,7 @@ service, and a notebook's replicas run on three of them.
 The cluster service and the kernel front run in the root namespace, listening on the bridge's address, as a
 Jupyter machine would; each agent runs in its host's namespace with ``--state-dir`` on that host's private tmpfs.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,9 +49,19 @@ class Pool:
     def start_service(self) -> None:
         """Start the cluster service (again: on the same state folder and address, it takes its state back)."""
         self.service, _ = start_cluster(
-            self.discovery.parent, 0, discovery=self.discovery, log_path=self.discovery.parent / "cluster.log",
-            extra_args=("--listen", f"{self.hosts.cluster_address}:0", "--join-token-file", str(self.token_file),
-                        "--host-timeout", str(HOST_TIMEOUT_S)))
+            self.discovery.parent,
+            0,
+            discovery=self.discovery,
+            log_path=self.discovery.parent / "cluster.log",
+            extra_args=(
+                "--listen",
+                f"{self.hosts.cluster_address}:0",
+                "--join-token-file",
+                str(self.token_file),
+                "--host-timeout",
+                str(HOST_TIMEOUT_S),
+            ),
+        )
 
     def request(self, method: str, path: str) -> object:
         return cluster_request(str(self.discovery), method, path)
@@ -72,9 +83,24 @@ class Pool:
         return {h["name"]: h for h in self.request("GET", "/cluster")["hosts"]}  # type: ignore[index]
 
     def start_agent(self, host: Host, token_file: Path | None = None, log_name: str | None = None) -> subprocess.Popen:
-        argv = [sys.executable, "-m", "notebookos.server_extension.cli", "agent", "--join", self.url,
-                "--join-token-file", str(token_file or self.token_file), "--name", host.name,
-                "--address", host.address, "--gpus", "1", "--state-dir", str(host.state_dir / "agent")]
+        argv = [
+            sys.executable,
+            "-m",
+            "notebookos.server_extension.cli",
+            "agent",
+            "--join",
+            self.url,
+            "--join-token-file",
+            str(token_file or self.token_file),
+            "--name",
+            host.name,
+            "--address",
+            host.address,
+            "--gpus",
+            "1",
+            "--state-dir",
+            str(host.state_dir / "agent"),
+        ]
         return self.hosts.spawn(host, argv, log_path=self.log(log_name or host.name))
 
     def log(self, name: str) -> Path:
@@ -101,8 +127,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory, jupyter_env: Path) -> Iterato
         try:
             for host in hosts.hosts:
                 pool.agents[host.name] = pool.start_agent(host)
-            wait_until(lambda: len(pool.hosts_listed()) == len(hosts.hosts), "every agent to join",
-                       JOIN_DEADLINE_S)
+            wait_until(lambda: len(pool.hosts_listed()) == len(hosts.hosts), "every agent to join", JOIN_DEADLINE_S)
             yield pool
         finally:
             if pool.service is not None:
@@ -123,14 +148,20 @@ def notebook(pool: Pool, tmp_path: Path) -> Iterator[Notebook]:
 def test_agents_join_with_their_own_addresses_and_gpus(pool: Pool) -> None:
     listed = pool.hosts_listed()
     assert {name: (h["address"], h["gpus"], h["state"]) for name, h in listed.items()} == {
-        host.name: (host.address, 1, "active") for host in pool.hosts.hosts}
+        host.name: (host.address, 1, "active") for host in pool.hosts.hosts
+    }
 
 
 def test_an_agent_with_a_wrong_token_is_refused_in_one_line_and_never_listed(pool: Pool, tmp_path: Path) -> None:
     wrong = tmp_path / "wrong-token"
     wrong.write_text("not-the-cluster-token-at-all\n")
-    intruder = Host(name="intruder", netns=pool.hosts.hosts[0].netns, address=pool.hosts.hosts[0].address,
-                    veth=pool.hosts.hosts[0].veth, state_dir=pool.hosts.hosts[0].state_dir)
+    intruder = Host(
+        name="intruder",
+        netns=pool.hosts.hosts[0].netns,
+        address=pool.hosts.hosts[0].address,
+        veth=pool.hosts.hosts[0].veth,
+        state_dir=pool.hosts.hosts[0].state_dir,
+    )
     agent = pool.start_agent(intruder, token_file=wrong)
     assert agent.wait(REFUSAL_TIMEOUT_S) != 0
     log_lines = pool.log("intruder").read_text().strip().splitlines()
@@ -167,14 +198,18 @@ def _replacement(pool: Pool, kernel_id: str, originals: list[Host]) -> dict | No
     return next((r for r in replicas if r["host"] not in names and r["state"] == "ready"), None)
 
 
-def test_executor_host_loss_mid_cell_then_a_second_host_loss_lose_nothing(pool: Pool,
-                                                                          notebook: Notebook) -> None:
+def test_executor_host_loss_mid_cell_then_a_second_host_loss_lose_nothing(pool: Pool, notebook: Notebook) -> None:
     """The executor's machine dies during a cell holding a 108 MB tensor: the cell re-runs on a survivor, a
     replacement joins on a spare machine and rebuilds the state from its peers (and sees the file a cell wrote in
     the working directory), and the kernel then survives the loss of a second original machine, with the
     replacement running cells on the same state."""
-    assert notebook.run("import torch\nbig = torch.arange(13_500_000, dtype=torch.int64)\n"
-                        "small = {'count': 1}\nopen('checkpoint.txt', 'w').write('epoch 1')").status == "ok"
+    assert (
+        notebook.run(
+            "import torch\nbig = torch.arange(13_500_000, dtype=torch.int64)\n"
+            "small = {'count': 1}\nopen('checkpoint.txt', 'w').write('epoch 1')"
+        ).status
+        == "ok"
+    )
     placed = pool.placement(notebook.km.kernel_id)
     executor = pool.host(_where_and(notebook, "0")[0])
 
@@ -182,12 +217,18 @@ def test_executor_host_loss_mid_cell_then_a_second_host_loss_lose_nothing(pool: 
         if "started" in text:
             pool.hosts.kill_host(executor)
 
-    res = notebook.run("print('started', flush=True)\nimport time\ntime.sleep(2)\nsmall['count'] += 1\n"
-                       "print(small['count'], int(big[-1]))", on_output=power_off)
+    res = notebook.run(
+        "print('started', flush=True)\nimport time\ntime.sleep(2)\nsmall['count'] += 1\n"
+        "print(small['count'], int(big[-1]))",
+        on_output=power_off,
+    )
     assert res.status == "ok", (res.reply["content"], res.stderr)
     assert "re-running it" in res.stderr and res.stdout.strip().endswith("2 13499999"), (res.stdout, res.stderr)
-    replacement = wait_until(lambda: _replacement(pool, notebook.km.kernel_id, placed),
-                             "a replacement to catch up on a spare host", REPLACEMENT_DEADLINE_S)
+    replacement = wait_until(
+        lambda: _replacement(pool, notebook.km.kernel_id, placed),
+        "a replacement to catch up on a spare host",
+        REPLACEMENT_DEADLINE_S,
+    )
     spare = pool.host(replacement["host"])
     assert pool.hosts.host_of_pid(replacement["pid"]) == spare
     assert not (spare.state_dir / "agent").exists(), "its state is on the spare's own disk"
@@ -197,19 +238,22 @@ def test_executor_host_loss_mid_cell_then_a_second_host_loss_lose_nothing(pool: 
         where, value = _where_and(notebook, state, replica=replacement["replica"])
         return value if where == spare.name else None  # the front takes it in once it sees it caught up
 
-    assert wait_until(on_replacement, "a cell to run on the replacement", 30) == \
-        [2, 13_499_999, 13_500_000, "epoch 1"]
+    assert wait_until(on_replacement, "a cell to run on the replacement", 30) == [2, 13_499_999, 13_500_000, "epoch 1"]
     second = next(h for h in placed if h not in (executor, spare))
     pool.hosts.kill_host(second)
     assert notebook.run("small['count'] += 1").status == "ok"
-    assert _where_and(notebook, "[small['count'], int(big[-1])]", replica=replacement["replica"]) == \
-        [spare.name, [3, 13_499_999]]
-    wait_until(lambda: second.name not in pool.hosts_listed(), f"{second.name} to be declared lost",
-               HOST_TIMEOUT_S + 10)
+    assert _where_and(notebook, "[small['count'], int(big[-1])]", replica=replacement["replica"]) == [
+        spare.name,
+        [3, 13_499_999],
+    ]
+    wait_until(
+        lambda: second.name not in pool.hosts_listed(), f"{second.name} to be declared lost", HOST_TIMEOUT_S + 10
+    )
 
 
-def test_a_full_state_folder_costs_the_user_nothing_its_replica_is_replaced_elsewhere(pool: Pool,
-                                                                                       notebook: Notebook) -> None:
+def test_a_full_state_folder_costs_the_user_nothing_its_replica_is_replaced_elsewhere(
+    pool: Pool, notebook: Notebook
+) -> None:
     """A standby's machine runs out of disk: at the next cell the replica leaves, saying why, and a replacement
     catches up on another machine; the cell and the ones after it run as if nothing happened."""
     kernel_id = notebook.km.kernel_id
@@ -220,11 +264,16 @@ def test_a_full_state_folder_costs_the_user_nothing_its_replica_is_replaced_else
     try:
         result = notebook.run("v.append(2)")
         assert result.status == "ok" and result.error is None and "replica" not in result.stderr, result.stderr
-        replacement = wait_until(lambda: _replacement(pool, kernel_id, placed), "a replacement on another machine",
-                                 REPLACEMENT_DEADLINE_S)
-        assert wait_until(lambda: _where_and(notebook, "v", replica=2)[0] == replacement["host"] and
-                          _where_and(notebook, "v", replica=2), "a cell on the replacement", 30) == \
-            [replacement["host"], [1, 2]]
+        replacement = wait_until(
+            lambda: _replacement(pool, kernel_id, placed), "a replacement on another machine", REPLACEMENT_DEADLINE_S
+        )
+        assert wait_until(
+            lambda: (
+                _where_and(notebook, "v", replica=2)[0] == replacement["host"] and _where_and(notebook, "v", replica=2)
+            ),
+            "a cell on the replacement",
+            30,
+        ) == [replacement["host"], [1, 2]]
     finally:
         pool.hosts.limit_disk(standby, free_mb=None)
     exited = pool.request("GET", f"/events?kind=replica_exited&kernel={kernel_id}")["events"]  # type: ignore[index]
@@ -239,8 +288,11 @@ def test_a_replica_moved_to_another_machine_joins_there_with_the_state(pool: Poo
     target = next(h for h in pool.hosts.hosts if h.name in pool.hosts_listed() and h not in placed)
     moved = replicas[1]
     pool.request_json("POST", f"/kernels/{notebook.km.kernel_id}/replicas/1/migrate", {"host": target.name})
-    caught_up = wait_until(lambda: _replacement(pool, notebook.km.kernel_id, placed),
-                           f"replica 1 to catch up on {target.name}", REPLACEMENT_DEADLINE_S)
+    caught_up = wait_until(
+        lambda: _replacement(pool, notebook.km.kernel_id, placed),
+        f"replica 1 to catch up on {target.name}",
+        REPLACEMENT_DEADLINE_S,
+    )
     assert caught_up["replica"] == 1
     assert moved["pid"] not in pool.hosts.pids(pool.host(moved["host"])), "the old replica is stopped"
     assert notebook.run("n += 1").status == "ok"
@@ -260,8 +312,11 @@ def test_a_restarted_agent_adopts_the_replicas_still_running_on_its_machine(pool
     agent.kill()
     agent.wait()
     pool.agents[host.name] = pool.start_agent(host, log_name=f"{host.name}-restarted")
-    wait_until(lambda: "adopted replica" in pool.log(f"{host.name}-restarted").read_text(),
-               "the new agent to adopt the running replica", JOIN_DEADLINE_S)
+    wait_until(
+        lambda: "adopted replica" in pool.log(f"{host.name}-restarted").read_text(),
+        "the new agent to adopt the running replica",
+        JOIN_DEADLINE_S,
+    )
     assert notebook.run("z += 1").status == "ok"
     assert _where_and(notebook, "z", replica=0) == [host.name, 8]
     after = {r["replica"]: (r["host"], r["pid"]) for r in pool.replicas(notebook.km.kernel_id)}
@@ -288,8 +343,9 @@ def test_a_restarted_cluster_service_takes_back_its_agents_and_kernels(pool: Poo
         events = pool.request("GET", f"/events?since={restored}")["events"]  # type: ignore[index]
         return {e["host"] for e in events if e["kind"] in ("agent_back", "agent_rejoined")}
 
-    wait_until(lambda: back() == set(pool.hosts_listed()), "every agent to report to the restarted service",
-               JOIN_DEADLINE_S)
+    wait_until(
+        lambda: back() == set(pool.hosts_listed()), "every agent to report to the restarted service", JOIN_DEADLINE_S
+    )
     assert notebook.run("w += 1").status == "ok"
     assert notebook.value("w") == 2
     listed = pool.request("GET", "/cluster")
@@ -311,8 +367,11 @@ def test_a_standby_cut_off_briefly_catches_up_when_its_link_is_back(pool: Pool, 
         assert notebook.run("v += 1").status == "ok"
     finally:
         pool.hosts.link_up(pool.host(cut_name))
-    assert wait_until(lambda: _where_and(notebook, "v", replica=index) == [cut_name, 2],
-                      "the cut-off replica to run a cell with the state", 30)
+    assert wait_until(
+        lambda: _where_and(notebook, "v", replica=index) == [cut_name, 2],
+        "the cut-off replica to run a cell with the state",
+        30,
+    )
     assert {r["replica"]: (r["host"], r["pid"]) for r in pool.replicas(notebook.km.kernel_id)} == before
 
 
@@ -331,16 +390,21 @@ def test_an_executor_cut_off_mid_cell_leaves_the_cell_counted_once(pool: Pool, n
             healed.start()
 
     try:
-        res = notebook.run("print('started', flush=True)\nimport time\ntime.sleep(2)\ncount += 1\n"
-                           "print('count', count)", on_output=cut_off)
+        res = notebook.run(
+            "print('started', flush=True)\nimport time\ntime.sleep(2)\ncount += 1\nprint('count', count)",
+            on_output=cut_off,
+        )
     finally:
         healed.join()
     assert res.status == "ok", (res.reply["content"], res.stderr)
     assert "count 1" in res.stdout and "count 2" not in res.stdout, (res.stdout, res.stderr)
     assert notebook.run("count += 10\nprint(count)").stdout.strip() == "11"
     for replica in range(3):
-        assert wait_until(lambda replica=replica: _where_and(notebook, "count", replica=replica)[1] == 11,
-                          f"replica {replica} to hold the count of one run", 60)
+        assert wait_until(
+            lambda replica=replica: _where_and(notebook, "count", replica=replica)[1] == 11,
+            f"replica {replica} to hold the count of one run",
+            60,
+        )
 
 
 def test_a_cut_off_standby_stops_nothing_and_its_machine_rejoins_the_pool(pool: Pool, notebook: Notebook) -> None:
@@ -357,29 +421,34 @@ def test_a_cut_off_standby_stops_nothing_and_its_machine_rejoins_the_pool(pool: 
     try:
         assert notebook.run("y += 1").status == "ok"
         assert notebook.value("y") == 2
-        wait_until(lambda: cut.name not in pool.hosts_listed(), f"{cut.name} to be declared lost",
-                   HOST_TIMEOUT_S + 10)
+        wait_until(lambda: cut.name not in pool.hosts_listed(), f"{cut.name} to be declared lost", HOST_TIMEOUT_S + 10)
     finally:
         pool.hosts.link_up(cut)
     wait_until(lambda: cut.name in pool.hosts_listed(), f"{cut.name} to join again", JOIN_DEADLINE_S)
     wait_until(lambda: stale_pid not in pool.hosts.pids(cut), "the cut-off replica to be stopped", 30)
-    wait_until(lambda: _replacement(pool, notebook.km.kernel_id, placed), "a third replica to catch up",
-               REPLACEMENT_DEADLINE_S)
+    wait_until(
+        lambda: _replacement(pool, notebook.km.kernel_id, placed), "a third replica to catch up", REPLACEMENT_DEADLINE_S
+    )
     for replica in pool.replicas(notebook.km.kernel_id):
         assert wait_until(
             lambda replica=replica: _where_and(notebook, "y", replica=replica["replica"]) == [replica["host"], 2],
-            f"a cell on replica {replica['replica']}", 30)
+            f"a cell on replica {replica['replica']}",
+            30,
+        )
 
 
-def test_a_replacement_restores_from_the_leaders_snapshot_and_the_log_tail(pool: Pool, notebook: Notebook,
-                                                                           tmp_path: Path) -> None:
+def test_a_replacement_restores_from_the_leaders_snapshot_and_the_log_tail(
+    pool: Pool, notebook: Notebook, tmp_path: Path
+) -> None:
     """After 60 cells the kernel's log is compacted and the objects no snapshot or later entry needs are deleted;
     a replacement on a spare machine gets the leader's dump, restores the namespace from its snapshot (fetching its
     objects from its peers) and applies only the entries after it. The package the first cell installed, long
     compacted out of the log, is installed on the replacement's machine too (into a folder named after it)."""
     site = tmp_path / "site-"
-    install = (f"%pip install --no-index --no-deps --target {site}{{__import__('os').environ['NOTEBOOKOS_HOST']}} "
-               f"{tiny_wheel(tmp_path)}")
+    install = (
+        f"%pip install --no-index --no-deps --target {site}{{__import__('os').environ['NOTEBOOKOS_HOST']}} "
+        f"{tiny_wheel(tmp_path)}"
+    )
     assert notebook.run(f"{install}\nimport torch\nt = torch.zeros(100_000)\nn = 0").status == "ok"
     for _ in range(60):
         assert notebook.run("n += 1\nt += 1").status == "ok"
@@ -387,29 +456,38 @@ def test_a_replacement_restores_from_the_leaders_snapshot_and_the_log_tail(pool:
     for replica in pool.replicas(notebook.km.kernel_id):
         assert wait_until(
             lambda replica=replica: _objects_on_disk(pool, notebook.km.kernel_id, replica) <= MAX_KEPT_OBJECTS,
-            f"replica {replica['replica']}'s unreferenced objects to be deleted", 30)
+            f"replica {replica['replica']}'s unreferenced objects to be deleted",
+            30,
+        )
     placed = pool.placement(notebook.km.kernel_id)
     executor = _where_and(notebook, "0")[0]
     pool.hosts.kill_host(next(h for h in placed if h.name != executor))
-    replacement = wait_until(lambda: _replacement(pool, notebook.km.kernel_id, placed),
-                             "a replacement to catch up on a spare host", REPLACEMENT_DEADLINE_S)
+    replacement = wait_until(
+        lambda: _replacement(pool, notebook.km.kernel_id, placed),
+        "a replacement to catch up on a spare host",
+        REPLACEMENT_DEADLINE_S,
+    )
     host = pool.host(replacement["host"])
-    marker = _on_disk(pool, replacement, "replicas", notebook.km.kernel_id, f"replica-{replacement['replica']}",
-                      "ready")
+    marker = _on_disk(
+        pool, replacement, "replicas", notebook.km.kernel_id, f"replica-{replacement['replica']}", "ready"
+    )
     restored = json.loads(marker.read_text())
     assert restored["restored_index"] is not None and restored["records_applied"] < 20, restored
 
     def on_replacement() -> list | None:
-        state = f"[n, float(t.sum()), __import__('sys').path.insert(0, '{site}{host.name}'), " \
-                f"__import__('{TINY_PACKAGE}').VALUE]"
+        state = (
+            f"[n, float(t.sum()), __import__('sys').path.insert(0, '{site}{host.name}'), "
+            f"__import__('{TINY_PACKAGE}').VALUE]"
+        )
         where, value = _where_and(notebook, state, replica=replacement["replica"])
         return value if where == host.name else None
 
     assert wait_until(on_replacement, "a cell on the replacement", 30) == [60, 6_000_000.0, None, 42]
 
 
-def test_a_kernels_replicas_run_on_three_machines_and_a_standby_host_loss_costs_nothing(pool: Pool,
-                                                                                     notebook: Notebook) -> None:
+def test_a_kernels_replicas_run_on_three_machines_and_a_standby_host_loss_costs_nothing(
+    pool: Pool, notebook: Notebook
+) -> None:
     assert notebook.run("x = 41\nimport socket").status == "ok"
     assert notebook.value("x + 1") == 42
     replicas = pool.replicas(notebook.km.kernel_id)
@@ -428,7 +506,8 @@ def test_a_kernels_replicas_run_on_three_machines_and_a_standby_host_loss_costs_
     pool.hosts.kill_host(standby)
     assert notebook.run("x += 1").status == "ok"
     assert notebook.value("x") == 42
-    wait_until(lambda: standby.name not in pool.hosts_listed(), f"{standby.name} to be declared lost",
-               HOST_TIMEOUT_S + 10)
+    wait_until(
+        lambda: standby.name not in pool.hosts_listed(), f"{standby.name} to be declared lost", HOST_TIMEOUT_S + 10
+    )
     events = pool.request("GET", f"/events?host={standby.name}&kind=host_lost")["events"]  # type: ignore[index]
     assert events and "no heartbeat" in events[0]["reason"]

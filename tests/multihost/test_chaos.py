@@ -2,6 +2,7 @@
 own, under one fault of each kind (replica killed, machine powered off, machine cut off, cluster service killed,
 Jupyter server killed), must show the user exactly what plain ipykernel shows, cell by cell, and end with the same
 namespace on every replica. The run, the faults and the comparison are the benchmark's own code."""
+
 from __future__ import annotations
 
 import io
@@ -21,8 +22,9 @@ CELL_TIMEOUT_S = 30.0
 
 
 @pytest.mark.timeout(240)
-def test_a_notebook_under_one_fault_of_each_kind_shows_what_ipykernel_shows(network_namespaces: None,
-                                                                           tmp_path: Path) -> None:
+def test_a_notebook_under_one_fault_of_each_kind_shows_what_ipykernel_shows(
+    network_namespaces: None, tmp_path: Path
+) -> None:
     settings = chaos.Settings(cells=CELLS, faults=len(chaos.FAULT_KINDS), seed=SEED, cell_timeout_s=CELL_TIMEOUT_S)
     console = Console(file=io.StringIO(), width=200)
     outcome = chaos.run_chaos(settings, tmp_path, console)

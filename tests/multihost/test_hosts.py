@@ -3,6 +3,7 @@
 Helper processes are small ``python -c`` scripts run with this interpreter; they report on stdout, which the
 harness appends to a log file in the test's tmp_path. Traffic goes only to addresses of namespaces the test made.
 """
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@ and serves https; agents on three machines (network namespaces) given that file 
 own API over https, and a kernel runs on them. An agent whose token pins another CA is refused before it sends its
 token; a plain-HTTP request to the service gets no answer.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,9 +42,24 @@ class TLSPool:
             return json.loads(r.read())
 
     def start_agent(self, host: Host, token_file: Path) -> subprocess.Popen:
-        argv = [sys.executable, "-m", "notebookos.server_extension.cli", "agent", "--join", self.url,
-                "--join-token-file", str(token_file), "--name", host.name, "--address", host.address,
-                "--gpus", "1", "--state-dir", str(host.state_dir / "agent")]
+        argv = [
+            sys.executable,
+            "-m",
+            "notebookos.server_extension.cli",
+            "agent",
+            "--join",
+            self.url,
+            "--join-token-file",
+            str(token_file),
+            "--name",
+            host.name,
+            "--address",
+            host.address,
+            "--gpus",
+            "1",
+            "--state-dir",
+            str(host.state_dir / "agent"),
+        ]
         return self.hosts.spawn(host, argv, log_path=self.state / f"agent-{host.name}.log")
 
 
@@ -55,8 +71,17 @@ def pool(tmp_path_factory: pytest.TempPathFactory, jupyter_env: Path) -> Iterato
     state = tmp_path_factory.mktemp("tls-cluster")
     with NetworkHosts(3) as hosts, pytest.MonkeyPatch.context() as env:
         proc, discovery = start_cluster(
-            state, 0, extra_args=("--listen", f"{hosts.cluster_address}:0", "--join-token-file",
-                                  str(state / "join-token"), "--tls-auto"), log_path=state / "cluster.log")
+            state,
+            0,
+            extra_args=(
+                "--listen",
+                f"{hosts.cluster_address}:0",
+                "--join-token-file",
+                str(state / "join-token"),
+                "--tls-auto",
+            ),
+            log_path=state / "cluster.log",
+        )
         env.setenv(CLUSTER_FILE_ENV, str(discovery))
         try:
             yield TLSPool(hosts, state, discovery)

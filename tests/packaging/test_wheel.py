@@ -8,6 +8,7 @@ editable install's finder there is never loaded, so every ``notebookos`` module 
 tests check. The wheel is built from a copy of the tree (setuptools writes ``build/`` and ``*.egg-info`` where it
 builds).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,18 @@ pytestmark = pytest.mark.packaging
 
 ROOT = Path(__file__).resolve().parents[2]
 # What the build reads: pyproject.toml names the rest.
-SOURCES = ("pyproject.toml", "README.md", "LICENSE", "jupyter-config", "replication", "kernels", "gpu_broker",
-           "server_extension", "frontend", "labextension")
+SOURCES = (
+    "pyproject.toml",
+    "README.md",
+    "LICENSE",
+    "jupyter-config",
+    "replication",
+    "kernels",
+    "gpu_broker",
+    "server_extension",
+    "frontend",
+    "labextension",
+)
 KERNEL_TIMEOUT_S = 120
 
 
@@ -48,9 +59,13 @@ class FreshVenv:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "NOTEBOOKOS"))}
         for name in ("config", "data", "runtime"):
             (home / name).mkdir(parents=True, exist_ok=True)
-        return dict(env, PATH=f"{self.root / 'bin'}{os.pathsep}{env.get('PATH', '')}",
-                    JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_DATA_DIR=str(home / "data"),
-                    JUPYTER_RUNTIME_DIR=str(home / "runtime"))
+        return dict(
+            env,
+            PATH=f"{self.root / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+            JUPYTER_CONFIG_DIR=str(home / "config"),
+            JUPYTER_DATA_DIR=str(home / "data"),
+            JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+        )
 
     def run(self, argv: list[str], home: Path, timeout: float = 60) -> subprocess.CompletedProcess:
         """Run in ``home``, away from the checkout (whose egg-info a `python -c` would find on its path)."""
@@ -67,32 +82,73 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> FreshVenv:
     for name in SOURCES:
         source = ROOT / name
         if source.is_dir():
-            shutil.copytree(source, tree / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "node_modules", "lib", ".yarn"))
+            shutil.copytree(
+                source, tree / name, ignore=shutil.ignore_patterns("__pycache__", "node_modules", "lib", ".yarn")
+            )
         else:
             shutil.copy2(source, tree / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(work / "dist"), str(tree)], check=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(work / "dist"),
+            str(tree),
+        ],
+        check=True,
+        timeout=120,
+    )
     [wheel] = (work / "dist").glob("notebookos-*.whl")
     root = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=60)
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(root / "bin" / "python"), "install", "-q",
-                    "--no-deps", "--no-index", str(wheel)], check=True, timeout=120)
-    site_packages = Path(subprocess.run([str(root / "bin" / "python"), "-c", "import sysconfig; print(sysconfig."
-                                         "get_paths()['purelib'])"], capture_output=True, text=True,
-                                        check=True).stdout.strip())
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(root / "bin" / "python"),
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            str(wheel),
+        ],
+        check=True,
+        timeout=120,
+    )
+    site_packages = Path(
+        subprocess.run(
+            [str(root / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     (site_packages / "dependencies-from-test-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return FreshVenv(root, site_packages)
 
 
 def test_the_wheel_carries_license_trace_kernelspec_and_server_switch(fresh_venv: FreshVenv, tmp_path: Path) -> None:
-    done = fresh_venv.run([fresh_venv.python, "-c", textwrap.dedent("""\
+    done = fresh_venv.run(
+        [
+            fresh_venv.python,
+            "-c",
+            textwrap.dedent("""\
         import json, importlib.metadata as m, notebookos.server_extension as ext
         from notebookos.gpu_broker.simulator.experiment import BUNDLED_TRACE
         dist = m.distribution("notebookos")
         print(json.dumps({"module": ext.__file__, "trace": str(BUNDLED_TRACE),
                           "license": dist.metadata["License-Expression"],
-                          "files": [str(f) for f in dist.files]}))""")], tmp_path)
+                          "files": [str(f) for f in dist.files]}))"""),
+        ],
+        tmp_path,
+    )
     found = json.loads(done.stdout)
     assert found["module"].startswith(str(fresh_venv.site_packages)), found["module"]
     assert found["trace"].startswith(str(fresh_venv.site_packages)) and Path(found["trace"]).stat().st_size > 0
@@ -114,8 +170,9 @@ def test_version_and_simulate_from_the_installed_command(fresh_venv: FreshVenv, 
     version = fresh_venv.run([command, "--version"], tmp_path)
     assert version.stdout.strip() == "notebookos 0.1.0"
     out = tmp_path / "sim"
-    fresh_venv.run([command, "simulate", "--policies", "notebookos", "--hours", "2", "--no-progress", "--out",
-                    str(out)], tmp_path)
+    fresh_venv.run(
+        [command, "simulate", "--policies", "notebookos", "--hours", "2", "--no-progress", "--out", str(out)], tmp_path
+    )
     assert set(json.loads((out / "summary.json").read_text())) == {"notebookos"}
     assert (out / "delay_cdf.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "settings.json").read_text())["trace"].startswith(str(fresh_venv.site_packages))
@@ -140,8 +197,11 @@ def test_a_kernel_starts_from_the_installed_kernelspec(fresh_venv: FreshVenv, tm
         """)
     done = fresh_venv.run([fresh_venv.python, "-c", script], tmp_path, timeout=KERNEL_TIMEOUT_S + 60)
     # The cluster started for the kernel exits a couple of seconds after it (gpu_broker/cluster/service).
-    cluster = [p for p in psutil.process_iter(["environ"])
-               if (p.info["environ"] or {}).get("JUPYTER_RUNTIME_DIR") == str(tmp_path / "runtime")]
+    cluster = [
+        p
+        for p in psutil.process_iter(["environ"])
+        if (p.info["environ"] or {}).get("JUPYTER_RUNTIME_DIR") == str(tmp_path / "runtime")
+    ]
     _, alive = psutil.wait_procs(cluster, timeout=30)
     assert not alive, f"still running after its last kernel: {alive}"
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line.startswith(("spec ", "cell ")))

@@ -3,6 +3,7 @@
 Every replica runs its own ElectionBook over the same committed log; these tests check that they decide the same
 executor and that fencing keeps a late or foreign state delta out.
 """
+
 from notebookos.replication.election import ALL_YIELD, ElectionBook, VoteNeeded
 from notebookos.replication.entries import CellKey, ExecutionRecord, Proposal, Role, Vote
 
@@ -70,8 +71,9 @@ def test_vote_round_prefers_the_previous_executor():
     first = CellKey("m1", 0)
     feed(bs, [proposal(first, 1, True)])
     cell = CellKey("m2", 0)
-    votes = feed(bs, [proposal(cell, 0, True, leads=3), proposal(cell, 2, True, leads=3),
-                      proposal(cell, 1, True, leads=3)])
+    votes = feed(
+        bs, [proposal(cell, 0, True, leads=3), proposal(cell, 2, True, leads=3), proposal(cell, 1, True, leads=3)]
+    )
     assert {v.candidate for v in votes} == {1}
     assert [b.decision(cell) for b in bs] == [1, 1, 1]
 

@@ -39,8 +39,9 @@ class _Members:
     def __init__(self, tmp_path, secret: str, failure: str | None = None) -> None:
         self.joins: list[tuple[int, str, str]] = []
         self._failure = failure
-        self.server = ObjectServer(LocalDirectoryStore(tmp_path / "store"), secret,
-                                   routes=[members_route(secret, self._on_join)])
+        self.server = ObjectServer(
+            LocalDirectoryStore(tmp_path / "store"), secret, routes=[members_route(secret, self._on_join)]
+        )
         self.server.start()
 
     def _on_join(self, replica: int, address: str, url: str) -> Future[None]:
@@ -97,8 +98,9 @@ def test_a_join_with_another_kernels_password_is_refused_in_clear(members):
 def test_a_tampered_join_request_is_refused_and_no_change_made(members, secret):
     body = json.dumps({"replica": 2, "raft_address": f"{_ADDRESS}:4321", "peer_url": f"http://{_ADDRESS}:5555"})
     headers = auth_headers(secret, "POST", MEMBERS_PATH)
-    sealed = bytearray(Sealer(secret).seal_bytes(body.encode(), request_context("POST", MEMBERS_PATH,
-                                                                                  headers[TIME_HEADER])))
+    sealed = bytearray(
+        Sealer(secret).seal_bytes(body.encode(), request_context("POST", MEMBERS_PATH, headers[TIME_HEADER]))
+    )
     sealed[-1] ^= 1
     connection = http.client.HTTPConnection("127.0.0.1", members.server.port, timeout=5)
     try:
@@ -122,8 +124,9 @@ class _ForgedYes(tornado.web.RequestHandler):
 
 
 def test_a_forged_yes_is_not_believed(tmp_path, secret):
-    impostor = ObjectServer(LocalDirectoryStore(tmp_path / "impostor"), "its own password",
-                            routes=[(MEMBERS_PATH, _ForgedYes, {})])
+    impostor = ObjectServer(
+        LocalDirectoryStore(tmp_path / "impostor"), "its own password", routes=[(MEMBERS_PATH, _ForgedYes, {})]
+    )
     impostor.start()
     try:
         with pytest.raises(RuntimeError, match="200 with an answer that does not open.*not a replica of this kernel"):

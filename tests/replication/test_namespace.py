@@ -397,9 +397,7 @@ def test_any_torch_object_goes_to_the_store_however_small(replicas):
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "missing"])
-def test_a_damaged_store_object_fails_apply_naming_the_variables_and_leaves_the_namespace_unchanged(
-    replicas, damage
-):
+def test_a_damaged_store_object_fails_apply_naming_the_variables_and_leaves_the_namespace_unchanged(replicas, damage):
     replicas.run_cell("import torch\nkeep = [1, 2]\nweights = torch.zeros(3)")
     delta = replicas.execute("weights = torch.ones(3)\nbias = torch.ones(1)\nkeep.append(3)")
     path = replicas.store.root / delta.pointer.key[7:9] / delta.pointer.key[7:]

@@ -468,8 +468,9 @@ class _ServesInClear(tornado.web.RequestHandler):
 
 
 def test_an_answer_in_clear_is_rejected(tmp_path, secret):
-    impostor = ObjectServer(LocalDirectoryStore(tmp_path / "impostor"), secret,
-                            routes=[(r"/clear/objects/(.+)", _ServesInClear, {})])
+    impostor = ObjectServer(
+        LocalDirectoryStore(tmp_path / "impostor"), secret, routes=[(r"/clear/objects/(.+)", _ServesInClear, {})]
+    )
     impostor.start()
     try:
         reader = PeerStore(LocalDirectoryStore(tmp_path / "reader"), lambda: [impostor.url + "/clear"], secret)

@@ -1,5 +1,6 @@
 """A kernel's Raft group slows down while its notebook is idle and is back at the busy pace when a cell comes; and
 a replica can rebuild from the committed state it holds. Real pysyncobj nodes over TCP on loopback."""
+
 from __future__ import annotations
 
 import threading
@@ -67,7 +68,7 @@ def test_a_rebuild_hands_over_the_committed_state_in_order_with_the_entries(tmp_
         _append(log, record(4))
         restore = next(i for i in seen.items if isinstance(i, Restore))
         assert restore.snapshot == snapshot_of(1) and list(restore.tail) == [record(2), record(3)]
-        after = seen.items[seen.items.index(restore) + 1:]
+        after = seen.items[seen.items.index(restore) + 1 :]
         assert [i for i in after if isinstance(i, ExecutionRecord)] == [record(4)]
     finally:
         log.destroy_synchronous()

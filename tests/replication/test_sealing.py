@@ -66,10 +66,12 @@ def test_another_key_or_context_does_not_open(sealer):
     sealed = _sealed(sealer, b"secret state")
     with pytest.raises(SealedBodyError, match="another kernel's secret or for another request"):
         _open(Sealer("another kernel's password"), sealed, len(sealed))
-    for other in (request_context("PUT", "/objects/sha256:" + "1" * 64, "1700000000"),
-                  request_context("GET", "/objects/sha256:" + "0" * 64, "1700000000"),
-                  request_context("PUT", "/objects/sha256:" + "0" * 64, "1700000001"),
-                  answer_context("PUT", "/objects/sha256:" + "0" * 64, "1700000000")):
+    for other in (
+        request_context("PUT", "/objects/sha256:" + "1" * 64, "1700000000"),
+        request_context("GET", "/objects/sha256:" + "0" * 64, "1700000000"),
+        request_context("PUT", "/objects/sha256:" + "0" * 64, "1700000001"),
+        answer_context("PUT", "/objects/sha256:" + "0" * 64, "1700000000"),
+    ):
         with pytest.raises(SealedBodyError):
             _open(sealer, sealed, len(sealed), other)
 

@@ -1,5 +1,6 @@
 """The replicated snapshot state behind log compaction: which entries a replica applies, which snapshots it adopts,
 and a real one-node Raft log that compacts its journal and restarts from its dump."""
+
 from __future__ import annotations
 
 import socket
@@ -65,7 +66,8 @@ def test_entries_at_or_below_the_applied_index_are_not_applied_again() -> None:
 
 
 def test_the_objects_kept_are_those_of_the_dump_on_disk_the_entries_after_it_and_the_latest_snapshot(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """A restart loads the dump and replays the journal after it, so their objects must survive a newer snapshot
     until that snapshot is dumped; then only the newer state's objects are needed."""
     tracker = NamespaceTracker(LocalDirectoryStore(tmp_path / "objects"), inline_limit=8)
@@ -78,8 +80,11 @@ def test_the_objects_kept_are_those_of_the_dump_on_disk_the_entries_after_it_and
         delta = tracker.capture(ns, n).to_bytes()
         (key,) = NamespaceTracker.referenced_keys(delta)
         full = tracker.capture_all(ns, n).to_bytes()
-        return (ExecutionRecord(CellKey(f"m{n}", 0), 0, n, "", {}, delta),
-                Snapshot(CellKey(f"m{n}", 0), 0, n, {}, full), key)
+        return (
+            ExecutionRecord(CellKey(f"m{n}", 0), 0, n, "", {}, delta),
+            Snapshot(CellKey(f"m{n}", 0), 0, n, {}, full),
+            key,
+        )
 
     state = SnapshotState(lambda restore: None)
     first, first_snapshot, first_key = stored(1)
@@ -107,8 +112,11 @@ def test_an_older_dump_is_ignored_and_its_resent_entries_skipped(tmp_path: Path)
 
     restores: list[Restore] = []
     follower = SnapshotState(restores.append)
-    applied = [e for i, e in enumerate([proposal(1), record(1), snapshot_of(1), proposal(2), record(2), proposal(3)], 1)
-               if follower.admit(i, e)]
+    applied = [
+        e
+        for i, e in enumerate([proposal(1), record(1), snapshot_of(1), proposal(2), record(2), proposal(3)], 1)
+        if follower.admit(i, e)
+    ]
     assert follower.deserialize(str(old)) == ("raft", 4)  # pysyncobj's part comes back unchanged
     assert restores == []
     resent = [e for i, e in [(5, record(2)), (6, proposal(3)), (7, record(3))] if follower.admit(i, e)]
@@ -188,8 +196,10 @@ def test_a_one_node_log_compacts_and_restarts_from_its_dump(tmp_path: Path) -> N
     again = _Collector()
     restarted = KernelLog(address, [address], "pw", journal, again, compact_after=20)
     try:
-        _wait(lambda: restarted.isReady() and restarted.snapshots.applied >= raft.snapshots.applied,
-              "the restarted log to reach its old index")
+        _wait(
+            lambda: restarted.isReady() and restarted.snapshots.applied >= raft.snapshots.applied,
+            "the restarted log to reach its old index",
+        )
         restore = again.items[0]
         assert isinstance(restore, Restore) and restore.snapshot is not None
         records = [e for e in (*restore.tail, *again.items[1:]) if isinstance(e, ExecutionRecord)]

@@ -1,4 +1,5 @@
 """What every object store backend promises, checked on each of them (local directory, Redis)."""
+
 from __future__ import annotations
 
 import re

@@ -16,6 +16,7 @@ provisioner at the session's cluster, is not among the variables it changes.
 ``api`` is the REST API's client for the tests here: it checks every answer against the OpenAPI document the
 server serves; ``event_stream`` opens its server-sent event stream.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -55,26 +56,50 @@ def notebookos_kernelspec(installed_notebookos_kernelspec: Path, jp_kernel_dir: 
 def jp_server_config(notebookos_kernelspec: Path, cluster_file: str) -> Config:
     """A plain Jupyter Server (no terminals) that may run as root, with the notebookos server extension (the REST
     API), and the notebookos kernelspec and the session's cluster in place before it starts."""
-    return Config({"ServerApp": {"allow_root": True, "jpserver_extensions": {
-        "jupyter_server_terminals": False, "notebookos.server_extension": True}}})
+    return Config(
+        {
+            "ServerApp": {
+                "allow_root": True,
+                "jpserver_extensions": {"jupyter_server_terminals": False, "notebookos.server_extension": True},
+            }
+        }
+    )
 
 
 @pytest.fixture
 def notebook_session(jp_fetch: Any, jp_asyncio_loop: asyncio.AbstractEventLoop) -> Any:
     """A notebook session on the notebookos kernel, created over REST: the session's model."""
-    resp = fetch_in_loop(jp_asyncio_loop, jp_fetch,
-        "api", "sessions", method="POST", request_timeout=KERNEL_START_TIMEOUT_S, body=json.dumps({
-            "path": "notebooks/Untitled.ipynb", "name": "Untitled.ipynb", "type": "notebook",
-            "kernel": {"name": "notebookos"},
-        }))
+    resp = fetch_in_loop(
+        jp_asyncio_loop,
+        jp_fetch,
+        "api",
+        "sessions",
+        method="POST",
+        request_timeout=KERNEL_START_TIMEOUT_S,
+        body=json.dumps(
+            {
+                "path": "notebooks/Untitled.ipynb",
+                "name": "Untitled.ipynb",
+                "type": "notebook",
+                "kernel": {"name": "notebookos"},
+            }
+        ),
+    )
     assert resp.code == 201
     model = json.loads(resp.body)
     yield model
     # The server's own cleanup would shut the kernel down too; deleting here keeps each test's footprint on the
     # cluster to the test. A 404 means the test deleted the session itself.
     try:
-        fetch_in_loop(jp_asyncio_loop, jp_fetch, "api", "sessions", model["id"], method="DELETE",
-                      request_timeout=KERNEL_START_TIMEOUT_S)
+        fetch_in_loop(
+            jp_asyncio_loop,
+            jp_fetch,
+            "api",
+            "sessions",
+            model["id"],
+            method="DELETE",
+            request_timeout=KERNEL_START_TIMEOUT_S,
+        )
     except HTTPClientError as err:
         if err.code != 404:
             raise
@@ -106,17 +131,33 @@ class Api:
         self.doc = doc
         self.headers = headers or {}
         self.registry = referencing.Registry().with_resource(
-            DOC_URI, referencing.Resource.from_contents(doc, default_specification=referencing.jsonschema.DRAFT202012))
+            DOC_URI, referencing.Resource.from_contents(doc, default_specification=referencing.jsonschema.DRAFT202012)
+        )
 
     def with_headers(self, **headers: str) -> Api:
         return Api(self.fetch, self.doc, {**self.headers, **headers})
 
-    async def call(self, method: str, template: str, *, headers: dict | None = None, body: dict | None = None,
-                   query: dict | None = None, **params: str) -> HTTPResponse:
+    async def call(
+        self,
+        method: str,
+        template: str,
+        *,
+        headers: dict | None = None,
+        body: dict | None = None,
+        query: dict | None = None,
+        **params: str,
+    ) -> HTTPResponse:
         path = template.format(**params)
         data = json.dumps(body).encode() if body is not None else b"" if method in ("POST", "PATCH") else None
-        resp = await self.fetch(*path.strip("/").split("/"), method=method, headers={**self.headers, **(headers or {})},
-                                raise_error=False, body=data, params=query or {}, request_timeout=30)
+        resp = await self.fetch(
+            *path.strip("/").split("/"),
+            method=method,
+            headers={**self.headers, **(headers or {})},
+            raise_error=False,
+            body=data,
+            params=query or {},
+            request_timeout=30,
+        )
         self.validate(method, template, resp)
         return resp
 
@@ -124,7 +165,8 @@ class Api:
         operation = self.doc["paths"][template][method.lower()]
         assert str(resp.code) in operation["responses"], (
             f"{method} {template} answered {resp.code}, which its OpenAPI operation does not document: "
-            f"{resp.body[:500]!r}")
+            f"{resp.body[:500]!r}"
+        )
         if resp.code == 204:
             assert not resp.body, f"{method} {template} answered 204 with a body"
             return
@@ -133,8 +175,18 @@ class Api:
         media = content_type.split(";")[0].strip()
         assert media in content, f"{method} {template} {resp.code} answered {content_type}, not {list(content)}"
         if media == "application/json":
-            pointer = "/".join(["#/paths", template.replace("~", "~0").replace("/", "~1"), method.lower(),
-                                "responses", str(resp.code), "content", "application~1json", "schema"])
+            pointer = "/".join(
+                [
+                    "#/paths",
+                    template.replace("~", "~0").replace("/", "~1"),
+                    method.lower(),
+                    "responses",
+                    str(resp.code),
+                    "content",
+                    "application~1json",
+                    "schema",
+                ]
+            )
             validator = jsonschema.Draft202012Validator({"$ref": DOC_URI + pointer}, registry=self.registry)
             validator.validate(json.loads(resp.body))
 
@@ -167,7 +219,7 @@ class EventStream:
     def _on_chunk(self, chunk: bytes) -> None:
         *blocks, self._buffer = (self._buffer + chunk).split(b"\n\n")  # a chunk may end inside a block
         for block in blocks:
-            data = [line[len("data: "):] for line in block.decode().splitlines() if line.startswith("data: ")]
+            data = [line[len("data: ") :] for line in block.decode().splitlines() if line.startswith("data: ")]
             if data:
                 self.events.append(json.loads(data[0]))
                 self._arrived.set()
@@ -178,7 +230,7 @@ class EventStream:
         while True:
             for index, event in enumerate(self.events):
                 if predicate(event):
-                    return self.events[:index + 1]
+                    return self.events[: index + 1]
             if self._fetch.done():
                 raise AssertionError(f"the event stream ended ({self._fetch.result().code}) after {self.events}")
             self._arrived.clear()
@@ -192,8 +244,9 @@ class EventStream:
 
 
 @pytest.fixture
-def event_stream(jp_serverapp: Any, jp_http_port: int, jp_base_url: str,
-                 jp_auth_header: dict) -> Iterator[Callable[..., EventStream]]:
+def event_stream(
+    jp_serverapp: Any, jp_http_port: int, jp_base_url: str, jp_auth_header: dict
+) -> Iterator[Callable[..., EventStream]]:
     """Opens the API's event stream with the server's token and the headers given (``Last-Event-ID``, ...)."""
     url = f"http://127.0.0.1:{jp_http_port}{jp_base_url.rstrip('/')}{PREFIX}/events/stream"
     opened: list[EventStream] = []

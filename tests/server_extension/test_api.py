@@ -5,6 +5,7 @@ documented for the operation, the body must match its schema). The schemathesis 
 replica kill and restart included: their generated kernel ids are random strings, which name no kernel (real ones
 are UUIDs the server chose), so the fuzzer meets 404s and never kills a real replica.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -53,17 +54,34 @@ async def until(probe: Any, what: str, timeout: float) -> Any:
 
 # --- the document and authentication ------------------------------------------------------------------------------
 
+
 async def test_openapi_document_describes_the_routes(api: Api, jp_base_url: str) -> None:
     doc = api.doc
     assert doc["openapi"].startswith("3.1")
     assert doc["servers"] == [{"url": jp_base_url.rstrip("/")}]
     for schema in doc["components"]["schemas"].values():
         jsonschema.Draft202012Validator.check_schema(schema)
-    assert set(doc["paths"]) == {f"{PREFIX}/{p}" for p in (
-        "openapi.json", "me", "cluster", "hosts", "hosts/{name}", "hosts/{name}/drain", "gpus", "kernels",
-        "kernels/{kernel_id}", "metrics", "events", "events/stream", "history",
-        "kernels/{kernel_id}/replicas/{replica}/kill", "kernels/{kernel_id}/replicas/{replica}/restart",
-        "kernels/{kernel_id}/replicas/{replica}/migrate")}
+    assert set(doc["paths"]) == {
+        f"{PREFIX}/{p}"
+        for p in (
+            "openapi.json",
+            "me",
+            "cluster",
+            "hosts",
+            "hosts/{name}",
+            "hosts/{name}/drain",
+            "gpus",
+            "kernels",
+            "kernels/{kernel_id}",
+            "metrics",
+            "events",
+            "events/stream",
+            "history",
+            "kernels/{kernel_id}/replicas/{replica}/kill",
+            "kernels/{kernel_id}/replicas/{replica}/restart",
+            "kernels/{kernel_id}/replicas/{replica}/migrate",
+        )
+    }
     # schemathesis loads it (it refuses documents that are not OpenAPI).
     assert len([op for op in schemathesis.openapi.from_dict(doc).get_all_operations() if op.ok()]) == 19
 
@@ -71,22 +89,39 @@ async def test_openapi_document_describes_the_routes(api: Api, jp_base_url: str)
 @pytest.mark.parametrize("authorization", ["", "token not-the-token"])
 async def test_requests_without_a_valid_token_are_refused(api: Api, authorization: str) -> None:
     headers = {"Authorization": authorization}
-    for template in ("openapi.json", "me", "cluster", "hosts", "gpus", "kernels", "kernels/{kernel_id}", "metrics",
-                     "events", "events/stream", "history"):
+    for template in (
+        "openapi.json",
+        "me",
+        "cluster",
+        "hosts",
+        "gpus",
+        "kernels",
+        "kernels/{kernel_id}",
+        "metrics",
+        "events",
+        "events/stream",
+        "history",
+    ):
         resp = await api.call("GET", f"{PREFIX}/{template}", headers=headers, kernel_id="k")
         assert resp.code == 403, template
     for method, template in CHANGING_ACTIONS:
-        resp = await api.call(method, f"{PREFIX}/{template}", headers=headers, kernel_id="k", replica="0",
-                              name="host-1")
+        resp = await api.call(
+            method, f"{PREFIX}/{template}", headers=headers, kernel_id="k", replica="0", name="host-1"
+        )
         assert resp.code == 403, template
 
 
-CHANGING_ACTIONS = [("POST", "hosts"), ("PATCH", "hosts/{name}"), ("DELETE", "hosts/{name}"),
-                    ("POST", "hosts/{name}/drain"), ("DELETE", "kernels/{kernel_id}")] + [
-    ("POST", f"kernels/{{kernel_id}}/replicas/{{replica}}/{action}") for action in ("kill", "restart", "migrate")]
+CHANGING_ACTIONS = [
+    ("POST", "hosts"),
+    ("PATCH", "hosts/{name}"),
+    ("DELETE", "hosts/{name}"),
+    ("POST", "hosts/{name}/drain"),
+    ("DELETE", "kernels/{kernel_id}"),
+] + [("POST", f"kernels/{{kernel_id}}/replicas/{{replica}}/{action}") for action in ("kill", "restart", "migrate")]
 
 
 # --- reads and errors ---------------------------------------------------------------------------------------------
+
 
 async def test_cluster_hosts_kernels_and_metrics(api: Api) -> None:
     cluster = await api.json("GET", f"{PREFIX}/cluster")
@@ -98,8 +133,10 @@ async def test_cluster_hosts_kernels_and_metrics(api: Api) -> None:
     assert len(kernels) == cluster["kernels"]
     # The session cluster: 4 logical hosts with 1 virtual GPU each, none held between cells.
     gpus = (await api.json("GET", f"{PREFIX}/gpus"))["gpus"]
-    assert gpus == [{"host": f"host-{i}", "device": 0, "state": "idle", "kernel": None, "replica": None,
-                     "since": None} for i in range(1, 5)]
+    assert gpus == [
+        {"host": f"host-{i}", "device": 0, "state": "idle", "kernel": None, "replica": None, "since": None}
+        for i in range(1, 5)
+    ]
     assert [h["gpus"] for h in hosts] == [1, 1, 1, 1] and {h["state"] for h in hosts} == {"active"}
     assert cluster["gpus"] == {"total": 4, "idle": 4, "pending": 0, "committed": 0}
     assert cluster["policy"] == "notebookos" and cluster["pending_cells"] == 0
@@ -119,8 +156,12 @@ async def test_cluster_hosts_kernels_and_metrics(api: Api) -> None:
     assert 'notebookos_replicas{state="alive"}' in text and 'notebookos_replicas{state="dead"}' in text
     assert 'notebookos_host_replicas{host="host-1",state="alive"}' in text
     # The cluster service's own counters come with them.
-    for counted in ("notebookos_gpu_seconds_committed_total", "notebookos_interactivity_delay_seconds_count",
-                    "notebookos_gpu_bind_seconds_count", 'notebookos_scale_events_total{direction="out"}'):
+    for counted in (
+        "notebookos_gpu_seconds_committed_total",
+        "notebookos_interactivity_delay_seconds_count",
+        "notebookos_gpu_bind_seconds_count",
+        'notebookos_scale_events_total{direction="out"}',
+    ):
         assert counted in text, counted
 
 
@@ -135,8 +176,9 @@ async def test_unknown_kernel_and_malformed_replica(api: Api) -> None:
             assert "path parameter 'replica'" in refused["message"]
 
 
-async def test_cluster_unreachable_is_503_with_what_to_do(api: Api, monkeypatch: pytest.MonkeyPatch,
-                                                          tmp_path: Any) -> None:
+async def test_cluster_unreachable_is_503_with_what_to_do(
+    api: Api, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
     from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV
 
     monkeypatch.setenv(CLUSTER_FILE_ENV, str(tmp_path / "missing.json"))
@@ -150,14 +192,16 @@ async def test_cluster_unreachable_is_503_with_what_to_do(api: Api, monkeypatch:
         down = await api.json("GET", f"{PREFIX}/{template}", 503, kernel_id="k")
         assert "Cannot reach the notebookos cluster at http://127.0.0.1:9" in down["message"], down
         assert CLUSTER_FILE_ENV in down["message"]
-    down = await api.json("POST", f"{PREFIX}/kernels/{{kernel_id}}/replicas/{{replica}}/kill", 503,
-                          kernel_id="k", replica="0")
+    down = await api.json(
+        "POST", f"{PREFIX}/kernels/{{kernel_id}}/replicas/{{replica}}/kill", 503, kernel_id="k", replica="0"
+    )
     text = (await api.call("GET", f"{PREFIX}/metrics")).body.decode()
     assert metric(text, "notebookos_cluster_up") == 0
     assert "notebookos_kernels" not in text
 
 
 # --- a kernel, and the fault drill --------------------------------------------------------------------------------
+
 
 async def test_kill_a_replica_and_see_it_restarted(api: Api, notebook_session: dict, jp_serverapp: Any) -> None:
     kernel_id = notebook_session["kernel"]["id"]
@@ -170,8 +214,9 @@ async def test_kill_a_replica_and_see_it_restarted(api: Api, notebook_session: d
     assert all(r["alive"] and r["restarts"] == 0 for r in kernel["replicas"]) and kernel["replicas_alive"] == 3
     assert await api.json("GET", one, kernel_id=kernel_id) == kernel
     hosts = (await api.json("GET", f"{PREFIX}/hosts"))["hosts"]
-    assert sorted(h["name"] for h in hosts if kernel_id in h["kernels"]) == \
-        sorted(r["host"] for r in kernel["replicas"])
+    assert sorted(h["name"] for h in hosts if kernel_id in h["kernels"]) == sorted(
+        r["host"] for r in kernel["replicas"]
+    )
 
     # The kernel's message key appears in no answer (the cluster keeps it in each replica's connection info).
     key = jp_serverapp.kernel_manager.get_kernel(kernel_id).session.key.decode()
@@ -195,7 +240,11 @@ async def test_kill_a_replica_and_see_it_restarted(api: Api, notebook_session: d
     assert after["replicas"][1]["host"] not in {r["host"] for r in kernel["replicas"]}
     seen = (await api.json("GET", f"{PREFIX}/events", query={"kernel": kernel_id}))["events"]
     assert [e["kind"] for e in seen if e["kind"].startswith("replica_")] == [
-        "replica_killed", "replica_exited", "replica_lost", "replica_replaced"]
+        "replica_killed",
+        "replica_exited",
+        "replica_lost",
+        "replica_replaced",
+    ]
     assert next(e for e in seen if e["kind"] == "replica_exited")["reason"] == "killed by SIGKILL"
 
     # Restart of a live replica changes nothing.
@@ -211,8 +260,9 @@ async def test_migrate_a_replica_and_shut_the_kernel_down(api: Api, notebook_ses
     kernel = await api.json("GET", one, kernel_id=kernel_id)
     [free] = {f"host-{i}" for i in range(1, 5)} - {r["host"] for r in kernel["replicas"]}
     migrate = f"{one}/replicas/{{replica}}/migrate"
-    refused = await api.json("POST", migrate, 409, kernel_id=kernel_id, replica="0",
-                             body={"host": kernel["replicas"][1]["host"]})
+    refused = await api.json(
+        "POST", migrate, 409, kernel_id=kernel_id, replica="0", body={"host": kernel["replicas"][1]["host"]}
+    )
     assert "already holds a replica" in refused["message"]
     assert "host" in (await api.json("POST", migrate, 400, kernel_id=kernel_id, replica="0", body={}))["message"]
     moved = await api.json("POST", migrate, kernel_id=kernel_id, replica="0", body={"host": free})
@@ -241,8 +291,10 @@ async def test_host_gpu_count_changes_and_refusals(api: Api) -> None:
     too_short = await api.json("GET", f"{PREFIX}/history", 400, query={"seconds": "-5"})
     assert "query parameter 'seconds': -5.0 is less than the minimum of 1" in too_short["message"]
     # The extension and the service take the same fields: a typo in a query parameter is refused, not ignored.
-    assert "unknown query parameter 'sinse'" in (await api.json("GET", f"{PREFIX}/events", 400,
-                                                                 query={"sinse": "1"}))["message"]
+    assert (
+        "unknown query parameter 'sinse'"
+        in (await api.json("GET", f"{PREFIX}/events", 400, query={"sinse": "1"}))["message"]
+    )
     changes = (await api.json("GET", f"{PREFIX}/events", query={"kind": "host_resized"}))["events"]
     assert [e["data"]["gpus"] for e in changes][-2:] == [2, 1]
 
@@ -260,6 +312,7 @@ async def test_event_stream_sends_events_as_they_happen(api: Api, event_stream: 
 
 
 # --- authorization: a user who may read but is not an admin -------------------------------------------------------
+
 
 class ReaderAuthorizer(Authorizer):
     """Everything Jupyter offers, but only ``read`` on the notebookos resource: no changes, not even by a user the
@@ -288,8 +341,9 @@ class TestReader:
         assert (await api.call("GET", f"{PREFIX}/metrics")).code == 200
         assert (await api.json("GET", f"{PREFIX}/me"))["admin"] is False
         for method, template in CHANGING_ACTIONS:
-            refused = await api.json(method, f"{PREFIX}/{template}", 403, kernel_id="any-kernel", replica="0",
-                                     name="host-1")
+            refused = await api.json(
+                method, f"{PREFIX}/{template}", 403, kernel_id="any-kernel", replica="0", name="host-1"
+            )
             assert "'write' on resource 'notebookos'" in refused["message"], template
 
 
@@ -319,8 +373,9 @@ class TestOpenMetrics:
 FRAMING_HEADERS = {"content-length", "transfer-encoding", "host", "connection", "expect"}
 
 
-async def test_schemathesis_finds_no_server_error(api: Api, jp_http_port: int, jp_base_url: str,
-                                                  jp_auth_header: dict) -> None:
+async def test_schemathesis_finds_no_server_error(
+    api: Api, jp_http_port: int, jp_base_url: str, jp_auth_header: dict
+) -> None:
     """Positive and negative cases for every operation against the live server: no 5xx, every answer conforms."""
     schema = schemathesis.openapi.from_dict(api.doc)
     base_url = f"http://127.0.0.1:{jp_http_port}{jp_base_url.rstrip('/')}"
@@ -332,9 +387,14 @@ async def test_schemathesis_finds_no_server_error(api: Api, jp_http_port: int, j
             if operation.definition.raw["operationId"] == "streamEvents":
                 continue  # an endless stream: tested on its own
             for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
-                @hypothesis.settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
-                                     suppress_health_check=list(hypothesis.HealthCheck),
-                                     phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate])
+
+                @hypothesis.settings(
+                    max_examples=FUZZ_EXAMPLES,
+                    deadline=None,
+                    database=None,
+                    suppress_health_check=list(hypothesis.HealthCheck),
+                    phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+                )
                 @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
                 def check(case: schemathesis.Case) -> None:
                     # Malformed framing headers (a Content-Length of "e86 L7...") are refused by Tornado's HTTP

@@ -6,6 +6,7 @@ websocket, as JupyterLab does. "The Jupyter server crashed" is SIGKILL to Jupyte
 leaves nothing a clean stop would have done (no kernel shut down, no record removed). The ``notebookos lab`` wrapper
 sees it die and exits, leaving the cluster running for the fronts, which wait their grace period for a new server.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -48,9 +49,12 @@ class Lab:
     log: Path
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
-        req = urllib.request.Request(f"{self.url}{path}", method=method,
-                                     data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Authorization": f"token {self.token}"})
+        req = urllib.request.Request(
+            f"{self.url}{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"token {self.token}"},
+        )
         with urllib.request.urlopen(req, timeout=120) as resp:
             raw = resp.read()
         return json.loads(raw) if raw else None
@@ -66,9 +70,13 @@ class Lab:
     async def run(self, kernel_id: str, code: str) -> dict:
         """Run a cell over the kernel's websocket (it must succeed): its outputs, by message type."""
         # Jupyter accepts the websocket once the kernel answers it: the first time, once its replicas have started.
-        ws = await websocket_connect(HTTPRequest(
-            f"ws{self.url.removeprefix('http')}api/kernels/{kernel_id}/channels?session_id={secrets.token_hex(8)}",
-            headers={"Authorization": f"token {self.token}"}, request_timeout=CELL_TIMEOUT_S))
+        ws = await websocket_connect(
+            HTTPRequest(
+                f"ws{self.url.removeprefix('http')}api/kernels/{kernel_id}/channels?session_id={secrets.token_hex(8)}",
+                headers={"Authorization": f"token {self.token}"},
+                request_timeout=CELL_TIMEOUT_S,
+            )
+        )
         try:
             cell = await KernelSocket(ws).execute(code)
         finally:
@@ -103,12 +111,30 @@ class Labs:
         self.runs += 1
         with open(log, "wb") as out:
             wrapper = subprocess.Popen(
-                [str(NOTEBOOKOS), "lab", "--state-dir", str(state_dir), "--hosts", "3", *options, "--no-browser",
-                 "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-                 f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",
-                 "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-                env=self.env, cwd=self.root, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
+                [
+                    str(NOTEBOOKOS),
+                    "lab",
+                    "--state-dir",
+                    str(state_dir),
+                    "--hosts",
+                    "3",
+                    *options,
+                    "--no-browser",
+                    "--ServerApp.ip=127.0.0.1",
+                    f"--ServerApp.port={port}",
+                    "--ServerApp.port_retries=0",
+                    f"--IdentityProvider.token={self.token}",
+                    f"--ServerApp.root_dir={self.root}",
+                    "--LabApp.news_url=None",
+                    "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                ],
+                env=self.env,
+                cwd=self.root,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         lab = Lab(wrapper, f"http://127.0.0.1:{port}/", self.token, log)
         deadline = time.monotonic() + START_S
         while time.monotonic() < deadline and wrapper.poll() is None:
@@ -162,8 +188,11 @@ def _exited(p: psutil.Process) -> bool:
 
 
 def _start_notebook(lab: Lab) -> tuple[str, str]:
-    session = lab.api("POST", "api/sessions", {"path": "restart.ipynb", "type": "notebook", "name": "restart.ipynb",
-                                               "kernel": {"name": "notebookos"}})
+    session = lab.api(
+        "POST",
+        "api/sessions",
+        {"path": "restart.ipynb", "type": "notebook", "name": "restart.ipynb", "kernel": {"name": "notebookos"}},
+    )
     return session["id"], session["kernel"]["id"]
 
 

@@ -4,6 +4,7 @@ The server runs in the test process (pytest-jupyter); the kernel front it starts
 places its three replicas on the session's cluster (``cluster_file``). Messages go over the kernel websocket in the
 JSON ("legacy", no subprotocol) form of the v5 messaging protocol.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -20,6 +21,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 # Starting a kernel places three replicas and starts the front; a first cell waits for the replicas' Raft group.
 from .conftest import KERNEL_START_TIMEOUT_S
+
 CELL_TIMEOUT_S = 60
 
 
@@ -30,8 +32,9 @@ class Cell:
 
     @property
     def stdout(self) -> str:
-        return "".join(m["content"]["text"] for m in self.outputs
-                       if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
+        return "".join(
+            m["content"]["text"] for m in self.outputs if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"
+        )
 
     def of_type(self, msg_type: str) -> list[dict]:
         return [m for m in self.outputs if m["msg_type"] == msg_type]
@@ -47,15 +50,32 @@ class KernelSocket:
     async def execute(self, code: str, timeout: float = CELL_TIMEOUT_S) -> Cell:
         """Send an execute_request; collect its IOPub messages and reply, until both the reply and idle arrived."""
         msg_id = uuid.uuid4().hex
-        self.ws.write_message(json.dumps({
-            "channel": "shell",
-            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
-                       "session": self.session, "date": datetime.datetime.now(datetime.UTC).isoformat(),
-                       "version": "5.3"},
-            "parent_header": {}, "metadata": {}, "buffers": [],
-            "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {},
-                        "allow_stdin": False, "stop_on_error": True},
-        }))
+        self.ws.write_message(
+            json.dumps(
+                {
+                    "channel": "shell",
+                    "header": {
+                        "msg_id": msg_id,
+                        "msg_type": "execute_request",
+                        "username": "test",
+                        "session": self.session,
+                        "date": datetime.datetime.now(datetime.UTC).isoformat(),
+                        "version": "5.3",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "buffers": [],
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": True,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                        "stop_on_error": True,
+                    },
+                }
+            )
+        )
         cell, idle = Cell(), False
         deadline = time.monotonic() + timeout
         while cell.reply is None or not idle:
@@ -81,8 +101,7 @@ async def cluster_get(cluster_file: str, path: str) -> tuple[int, Any]:
     """GET on the cluster's own REST API, authenticated with the token of its discovery file."""
     with open(cluster_file) as f:
         data = json.load(f)
-    req = HTTPRequest(f"{data['url']}{path}", headers={"Authorization": f"token {data['token']}"},
-                      request_timeout=10)
+    req = HTTPRequest(f"{data['url']}{path}", headers={"Authorization": f"token {data['token']}"}, request_timeout=10)
     try:
         resp = await AsyncHTTPClient().fetch(req)
     except HTTPClientError as err:
@@ -143,8 +162,9 @@ async def test_error_cell_reports_the_error(notebook_session: dict, jp_ws_fetch:
         kernel.ws.close()
 
 
-async def test_deleting_the_session_removes_the_replicas(notebook_session: dict, jp_fetch: Any,
-                                                          jp_ws_fetch: Any, cluster_file: str) -> None:
+async def test_deleting_the_session_removes_the_replicas(
+    notebook_session: dict, jp_fetch: Any, jp_ws_fetch: Any, cluster_file: str
+) -> None:
     kernel_id = notebook_session["kernel"]["id"]
     kernel = await open_kernel(jp_ws_fetch, kernel_id)
     try:
@@ -158,8 +178,9 @@ async def test_deleting_the_session_removes_the_replicas(notebook_session: dict,
     pids = [r["pid"] for r in described["replicas"]]
     assert len(pids) == 3 and all(r["alive"] for r in described["replicas"])
 
-    resp = await jp_fetch("api", "sessions", notebook_session["id"], method="DELETE",
-                          request_timeout=KERNEL_START_TIMEOUT_S)
+    resp = await jp_fetch(
+        "api", "sessions", notebook_session["id"], method="DELETE", request_timeout=KERNEL_START_TIMEOUT_S
+    )
     assert resp.code == 204
 
     code, _ = await cluster_get(cluster_file, f"/kernels/{kernel_id}")

@@ -8,6 +8,7 @@ carry the Hub's model of themselves (``hub_user``: name, admin, groups) as ``jup
 provisioners would own them. The personal-server default (no configuration, not under JupyterHub: the server's user
 is the admin and owns the account's kernels) is checked by ``test_api.py``, whose server is one.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,8 +26,14 @@ from jupyter_server.auth import IdentityProvider, User
 from jupyter_server.serverapp import ServerApp
 
 from notebookos.gpu_broker.cluster.client import ClusterClient, ClusterError
-from notebookos.server_extension.api.cluster import (cluster_model, event_visible, gpus_model, hosts_model,
-                                                     kernel_owners, kernels_model)
+from notebookos.server_extension.api.cluster import (
+    cluster_model,
+    event_visible,
+    gpus_model,
+    hosts_model,
+    kernel_owners,
+    kernels_model,
+)
 from notebookos.server_extension.app import NotebookOS
 from notebookos.server_extension.permissions import ADMIN_MESSAGE, Access
 
@@ -52,10 +59,19 @@ class GroupUser(User):
     groups: tuple[str, ...] = ()
 
 
-USERS: dict[str, User] = {user.username: user for user in (
-    HubUser("alice"), HubUser("bob"), HubUser("carol", groups=("gpu-admins",)), HubUser("dana"),
-    HubUser("hubadmin", admin=True),
-    GroupUser("erin", groups=("ops",)), GroupUser("frank"), GroupUser("gina"))}
+USERS: dict[str, User] = {
+    user.username: user
+    for user in (
+        HubUser("alice"),
+        HubUser("bob"),
+        HubUser("carol", groups=("gpu-admins",)),
+        HubUser("dana"),
+        HubUser("hubadmin", admin=True),
+        GroupUser("erin", groups=("ops",)),
+        GroupUser("frank"),
+        GroupUser("gina"),
+    )
+}
 
 
 class HeaderIdentityProvider(IdentityProvider):
@@ -74,8 +90,9 @@ def as_users(api: Api, *names: str) -> list[Api]:
 async def place_kernel(client: ClusterClient, owner: str, cwd: Path) -> str:
     """A kernel placed on the cluster as ``owner``'s own Jupyter server would place it; its id."""
     kernel_id = str(uuid.uuid4())
-    await client.create_kernel(kernel_id, secrets.token_hex(16), "hmac-sha256", str(cwd), owner=owner,
-                               notebook=f"{owner}.ipynb")
+    await client.create_kernel(
+        kernel_id, secrets.token_hex(16), "hmac-sha256", str(cwd), owner=owner, notebook=f"{owner}.ipynb"
+    )
     return kernel_id
 
 
@@ -124,13 +141,18 @@ class TestSharedPoolUnderJupyterHub:
         return hub_config(jp_server_config, monkeypatch, admin_users={"dana"}, admin_groups={"gpu-admins"})
 
     async def test_users_see_and_act_on_their_own_kernels_only(
-            self, api: Api, pool_kernels: dict[str, str], cluster_client: ClusterClient, tmp_path: Path,
-            event_stream: Callable[..., EventStream]) -> None:
+        self,
+        api: Api,
+        pool_kernels: dict[str, str],
+        cluster_client: ClusterClient,
+        tmp_path: Path,
+        event_stream: Callable[..., EventStream],
+    ) -> None:
         alice, bob, dana = as_users(api, "alice", "bob", "dana")
         mine, theirs = pool_kernels["alice"], pool_kernels["bob"]
         assert await alice.json("GET", f"{PREFIX}/me") == {"name": "alice", "owner": "alice", "admin": False}
         # alice's stream, from before either kernel was placed.
-        placed = (await dana.json("GET", f"{PREFIX}/events", query={"kernel": mine, "kind": "kernel_placed"}))
+        placed = await dana.json("GET", f"{PREFIX}/events", query={"kernel": mine, "kind": "kernel_placed"})
         stream = event_stream(**{"Last-Event-ID": str(placed["events"][0]["seq"] - 1), "X-Test-User": "alice"})
 
         # Lists: each user their own kernel only.
@@ -157,13 +179,16 @@ class TestSharedPoolUnderJupyterHub:
         # The owner restarts their replicas (a live one: nothing happens); moving work around the pool is admin's.
         restarted = await alice.json("POST", REPLICA + "restart", kernel_id=mine, replica="0")
         assert restarted["id"] == mine
-        refusals = [await alice.json("POST", REPLICA + action, 403, kernel_id=mine, replica="0",
-                                     body={"host": "host-4"})
-                    for action in ("kill", "migrate")]
-        refusals += [await alice.json("POST", f"{PREFIX}/hosts", 403, body={}),
-                     await alice.json("PATCH", f"{PREFIX}/hosts/{{name}}", 403, name="host-1", body={"gpus": 1}),
-                     await alice.json("POST", f"{PREFIX}/hosts/{{name}}/drain", 403, name="host-1"),
-                     await alice.json("DELETE", f"{PREFIX}/hosts/{{name}}", 403, name="host-1")]
+        refusals = [
+            await alice.json("POST", REPLICA + action, 403, kernel_id=mine, replica="0", body={"host": "host-4"})
+            for action in ("kill", "migrate")
+        ]
+        refusals += [
+            await alice.json("POST", f"{PREFIX}/hosts", 403, body={}),
+            await alice.json("PATCH", f"{PREFIX}/hosts/{{name}}", 403, name="host-1", body={"gpus": 1}),
+            await alice.json("POST", f"{PREFIX}/hosts/{{name}}/drain", 403, name="host-1"),
+            await alice.json("DELETE", f"{PREFIX}/hosts/{{name}}", 403, name="host-1"),
+        ]
         assert all(refused["message"] == ADMIN_MESSAGE for refused in refusals), refusals
         assert "c.NotebookOS.admin_users" in ADMIN_MESSAGE and "JupyterHub admin" in ADMIN_MESSAGE
 
@@ -191,7 +216,7 @@ class TestSharedPoolUnderJupyterHub:
         # GET events filters alike; it knows the kernels on the cluster now (so not the closed one).
         events = (await alice.json("GET", f"{PREFIX}/events", query={"since": str(seen[0]["seq"] - 1)}))["events"]
         expected = [e["seq"] for e in seen if e["kernel"] != new]
-        assert [e["seq"] for e in events][:len(expected)] == expected
+        assert [e["seq"] for e in events][: len(expected)] == expected
 
     async def test_admins_see_every_kernel_and_change_the_pool(self, api: Api, pool_kernels: dict[str, str]) -> None:
         """Named in admin_users (dana), in an admin group (carol), a Hub admin (hubadmin)."""
@@ -234,8 +259,7 @@ class TestPersonalServerWithNamedAdmins:
     async def test_named_admins_and_group_members_only(self, api: Api) -> None:
         for name, admin in (("gina", True), ("erin", True), ("frank", False)):
             [user] = as_users(api, name)
-            assert await user.json("GET", f"{PREFIX}/me") == {"name": name, "owner": getpass.getuser(),
-                                                              "admin": admin}
+            assert await user.json("GET", f"{PREFIX}/me") == {"name": name, "owner": getpass.getuser(), "admin": admin}
         [frank] = as_users(api, "frank")
         refused = await frank.json("POST", f"{PREFIX}/hosts/{{name}}/drain", 403, name="host-1")
         assert refused["message"] == ADMIN_MESSAGE
@@ -244,8 +268,9 @@ class TestPersonalServerWithNamedAdmins:
 def test_admins_can_be_named_on_the_command_line() -> None:
     """What the docs tell operators: the options of ``NotebookOS`` on the Jupyter server's command line."""
     app = ServerApp()
-    app.parse_command_line(["--NotebookOS.admin_users=alice", "--NotebookOS.admin_users=bob",
-                            "--NotebookOS.admin_groups=ops"])
+    app.parse_command_line(
+        ["--NotebookOS.admin_users=alice", "--NotebookOS.admin_users=bob", "--NotebookOS.admin_groups=ops"]
+    )
     extension = NotebookOS(config=app.config)  # what linking the extension to the server does with its config
     assert extension.admin_users == {"alice", "bob"} and extension.admin_groups == {"ops"}
 
@@ -254,16 +279,30 @@ def test_models_leave_out_other_users_kernels() -> None:
     """What a GPU held by another user's cell shows (no cell holds a GPU in the tests above): the pool's state, not
     whose."""
     raw = {
-        "hosts": [{"name": "host-1", "replicas": 2, "gpus": 2, "idle_gpus": 0, "subscribed_gpus": 2,
-                   "subscription_ratio": 1.0, "devices": [
-                       {"device": 0, "state": "committed", "kernel": "ka", "replica": 0, "since": 1.0},
-                       {"device": 1, "state": "committed", "kernel": "kb", "replica": 0, "since": 2.0}]}],
-        "kernels": [{"id": kernel_id, "owner": owner, "replicas": [{"replica": 0, "host": "host-1", "alive": True}]}
-                    for kernel_id, owner in (("ka", "alice"), ("kb", "bob"))],
+        "hosts": [
+            {
+                "name": "host-1",
+                "replicas": 2,
+                "gpus": 2,
+                "idle_gpus": 0,
+                "subscribed_gpus": 2,
+                "subscription_ratio": 1.0,
+                "devices": [
+                    {"device": 0, "state": "committed", "kernel": "ka", "replica": 0, "since": 1.0},
+                    {"device": 1, "state": "committed", "kernel": "kb", "replica": 0, "since": 2.0},
+                ],
+            }
+        ],
+        "kernels": [
+            {"id": kernel_id, "owner": owner, "replicas": [{"replica": 0, "host": "host-1", "alive": True}]}
+            for kernel_id, owner in (("ka", "alice"), ("kb", "bob"))
+        ],
     }
     alice, admin = Access(owner="alice", admin=False), Access(owner="alice", admin=True)
     assert [(g["kernel"], g["replica"], g["state"]) for g in gpus_model(raw, alice.sees)] == [
-        ("ka", 0, "committed"), (None, None, "committed")]
+        ("ka", 0, "committed"),
+        (None, None, "committed"),
+    ]
     assert [g["kernel"] for g in gpus_model(raw, admin.sees)] == ["ka", "kb"]
     [host] = hosts_model(raw, alice.sees)
     assert host["kernels"] == ["ka"] and host["replicas"] == host["replicas_alive"] == 2

@@ -5,6 +5,7 @@ server`` process, started with nothing but a token, serves the REST API and the 
 The switch is ``<prefix>/etc/jupyter/jupyter_server_config.d/notebookos.json``: a wheel installs it, and ``make``
 copies it into the editable checkout's venv (an editable install skips data files).
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,11 @@ def plain_server(tmp_path: Path) -> Iterator[Callable[..., JupyterProcess]]:
     def start(*extra_args: str) -> JupyterProcess:
         assert SWITCH.is_file(), f"{SWITCH} is missing: `make install` puts it there"
         env = {k: v for k, v in os.environ.items() if k != CLUSTER_FILE_ENV}
-        started.append(start_jupyter(JUPYTER_SERVER, tmp_path / f"server-{len(started)}", secrets.token_hex(16),
-                                     extra_args, env=env))
+        started.append(
+            start_jupyter(
+                JUPYTER_SERVER, tmp_path / f"server-{len(started)}", secrets.token_hex(16), extra_args, env=env
+            )
+        )
         return started[-1]
 
     yield start
@@ -55,17 +59,20 @@ def test_a_plain_jupyter_server_serves_the_api_and_the_dashboard(plain_server: C
     assert "NotebookOS] REST API at /api/notebookos/, dashboard at /notebookos/" in server.output()
 
 
-def test_the_cluster_and_the_admins_come_from_c_notebookos(plain_server: Callable[..., JupyterProcess],
-                                                          cluster_file: str,
-                                                          tmp_path: Path) -> None:
+def test_the_cluster_and_the_admins_come_from_c_notebookos(
+    plain_server: Callable[..., JupyterProcess], cluster_file: str, tmp_path: Path
+) -> None:
     """The options of the extension, on the server's command line as in a jupyter_server_config.py: the session's
     cluster named by URL and token file, and an admin who is not the token's user."""
     discovery = json.loads(Path(cluster_file).read_text())
     token_file = tmp_path / "cluster-token"
     token_file.write_text(discovery["token"] + "\n")
     token_file.chmod(0o600)
-    server = plain_server(f"--NotebookOS.cluster_url={discovery['url']}",
-                          f"--NotebookOS.cluster_token_file={token_file}", "--NotebookOS.admin_users=someone-else")
+    server = plain_server(
+        f"--NotebookOS.cluster_url={discovery['url']}",
+        f"--NotebookOS.cluster_token_file={token_file}",
+        "--NotebookOS.admin_users=someone-else",
+    )
     status, body = server.get("api/notebookos/cluster")
     assert status == 200, body
     assert [host["name"] for host in json.loads(body)["hosts"]] == ["host-1", "host-2", "host-3", "host-4"]

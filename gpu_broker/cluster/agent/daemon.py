@@ -12,6 +12,7 @@ A join refused for the token is fatal (one line on stderr, exit status 2); a clu
 retried with backoff, as is a cluster that forgot the agent (it restarted, or declared the host lost): the agent
 joins again. An agent whose host the cluster removed stops its replicas (containers included) and exits 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,14 @@ class Agent:
     """``verify``: how the cluster's certificate is checked (a CA file, or True: the system's CAs). ``tls``: the
     agent's own certificate, served on its API when the cluster speaks https."""
 
-    def __init__(self, args: argparse.Namespace, token: str, runtime: ReplicaRuntime, verify: str | bool = True,
-                 tls: ServerTLS | None = None) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        token: str,
+        runtime: ReplicaRuntime,
+        verify: str | bool = True,
+        tls: ServerTLS | None = None,
+    ) -> None:
         self.name = args.name
         self.address = args.address
         self.cluster_url = args.join.rstrip("/")
@@ -77,8 +84,13 @@ class Agent:
         self.gpus = args.gpus if args.gpus is not None else nvml_gpu_count() or 0
         self.state_dir = Path(args.state_dir)
         self.api_token = secrets.token_urlsafe(32)
-        self.host = HostAgent(self.name, self.state_dir / "replicas", address=self.address,
-                              ports=PortPool(address=self.address), runtime=runtime)
+        self.host = HostAgent(
+            self.name,
+            self.state_dir / "replicas",
+            address=self.address,
+            ports=PortPool(address=self.address),
+            runtime=runtime,
+        )
         self.port = args.port
         self.url = ""
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent")
@@ -97,16 +109,18 @@ class Agent:
             log.info("re-adopted %d running replica(s)", len(adopted))
         sockets = tornado.netutil.bind_sockets(self.port, self.address, family=socket.AF_INET)
         self.url = f"{'https' if self.tls else 'http'}://{self.address}:{sockets[0].getsockname()[1]}"
-        server = tornado.httpserver.HTTPServer(tornado.web.Application(routes(self)),
-                                               ssl_options=self.tls.context() if self.tls else None)
+        server = tornado.httpserver.HTTPServer(
+            tornado.web.Application(routes(self)), ssl_options=self.tls.context() if self.tls else None
+        )
         server.add_sockets(sockets)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopped.set)
         heartbeats = asyncio.ensure_future(self._heartbeats())
         try:
-            await asyncio.wait([heartbeats, asyncio.ensure_future(self.stopped.wait())],
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                [heartbeats, asyncio.ensure_future(self.stopped.wait())], return_when=asyncio.FIRST_COMPLETED
+            )
             if heartbeats.done():
                 try:
                     heartbeats.result()  # JoinRefused propagates
@@ -126,11 +140,25 @@ class Agent:
         while True:
             try:
                 if not joined:
-                    await self._post("/agents", {"name": self.name, "address": self.address, "gpus": self.gpus,
-                                                 "url": self.url, "token": self.api_token, "replicas": self.report(),
-                                                 "cert_pem": self.tls.ca_pem if self.tls else None})
-                    log.info("joined the cluster at %s as %s (%s, %d GPU(s))", self.cluster_url, self.name,
-                             self.address, self.gpus)
+                    await self._post(
+                        "/agents",
+                        {
+                            "name": self.name,
+                            "address": self.address,
+                            "gpus": self.gpus,
+                            "url": self.url,
+                            "token": self.api_token,
+                            "replicas": self.report(),
+                            "cert_pem": self.tls.ca_pem if self.tls else None,
+                        },
+                    )
+                    log.info(
+                        "joined the cluster at %s as %s (%s, %d GPU(s))",
+                        self.cluster_url,
+                        self.name,
+                        self.address,
+                        self.gpus,
+                    )
                     joined = True
                 status, answer = await self._post(f"/agents/{self.name}/heartbeat", {"replicas": self.report()})
                 for kernel_id, replica in answer.get("stop", []):
@@ -152,9 +180,15 @@ class Agent:
     async def _post(self, path: str, body: dict) -> tuple[int, dict]:
         """POST to the cluster: its status and JSON answer for 2xx and 404; JoinRefused for 401/403/409; OSError if
         it cannot be reached or fails."""
+
         def call() -> requests.Response:
-            return requests.post(self.cluster_url + path, json=body, timeout=JOIN_TIMEOUT_S, verify=self.verify,
-                                 headers={"Authorization": f"token {self.join_token}"})
+            return requests.post(
+                self.cluster_url + path,
+                json=body,
+                timeout=JOIN_TIMEOUT_S,
+                verify=self.verify,
+                headers={"Authorization": f"token {self.join_token}"},
+            )
 
         try:
             response = await asyncio.get_running_loop().run_in_executor(None, call)
@@ -163,8 +197,7 @@ class Agent:
         if response.status_code == 410:
             raise Removed(_error(response))
         if response.status_code in (401, 403, 409):
-            raise JoinRefused(f"the cluster at {self.cluster_url} refused to let {self.name} join: "
-                              f"{_error(response)}")
+            raise JoinRefused(f"the cluster at {self.cluster_url} refused to let {self.name} join: {_error(response)}")
         if response.status_code >= 400 and response.status_code != 404:
             raise OSError(f"{response.status_code} {_error(response)}")
         try:
@@ -179,8 +212,11 @@ def _tls(args: argparse.Namespace, token: JoinToken) -> tuple[str | bool, Server
     API with a certificate of its own too. A token that pins the cluster's CA makes it the only one trusted."""
     if not args.join.startswith("https:"):
         if not ipaddress.ip_address(args.address).is_loopback:
-            log.warning("joining %s over plain HTTP: the join token and the cluster's calls to this agent cross the "
-                        "network unencrypted; start the cluster with --tls-auto", args.join)
+            log.warning(
+                "joining %s over plain HTTP: the join token and the cluster's calls to this agent cross the "
+                "network unencrypted; start the cluster with --tls-auto",
+                args.join,
+            )
         return True, None
     verify: str | bool = True
     if args.cluster_ca:
@@ -210,23 +246,38 @@ def _error(response: requests.Response) -> str:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "agent", help="run this machine's agent: join a cluster and run replicas here",
+        "agent",
+        help="run this machine's agent: join a cluster and run replicas here",
         description="Join a notebookos cluster as a host and start and stop kernel replicas on this machine.",
     )
     parser.add_argument("--join", required=True, metavar="URL", help="the cluster service, e.g. http://10.0.0.1:8765")
     parser.add_argument("--join-token-file", required=True, type=Path, help="file holding the cluster's join token")
     parser.add_argument("--name", required=True, help="this host's name in the cluster (unique)")
-    parser.add_argument("--address", required=True, metavar="IP",
-                        help="this machine's address: replicas bind it, peers and kernel fronts dial it; 'auto': "
-                             "the address this machine reaches the cluster from (a container's on its network)")
-    parser.add_argument("--gpus", type=int, default=None,
-                        help="virtual GPUs to advertise (default: the GPUs NVML sees; 0 without any)")
-    parser.add_argument("--state-dir", type=Path, default=None,
-                        help="journals, objects and logs of this host's replicas (default: a new temporary folder)")
+    parser.add_argument(
+        "--address",
+        required=True,
+        metavar="IP",
+        help="this machine's address: replicas bind it, peers and kernel fronts dial it; 'auto': "
+        "the address this machine reaches the cluster from (a container's on its network)",
+    )
+    parser.add_argument(
+        "--gpus", type=int, default=None, help="virtual GPUs to advertise (default: the GPUs NVML sees; 0 without any)"
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="journals, objects and logs of this host's replicas (default: a new temporary folder)",
+    )
     parser.add_argument("--port", type=int, default=0, help="port of the agent's API on --address (default: any)")
-    parser.add_argument("--cluster-ca", type=Path, default=None, metavar="FILE",
-                        help="the CA (PEM) an https cluster is verified against (default: the one the join token "
-                             "pins, else the system's)")
+    parser.add_argument(
+        "--cluster-ca",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the CA (PEM) an https cluster is verified against (default: the one the join token "
+        "pins, else the system's)",
+    )
     add_runtime_arguments(parser)
     parser.set_defaults(func=run)
 

@@ -10,6 +10,7 @@
 
 Every call runs on the agent's one worker thread, so two never interleave on the host agent.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,6 +47,7 @@ class AgentHandler(JsonHandler):
             raise tornado.web.HTTPError(503, reason=str(err)) from None
         except OSError as err:
             raise tornado.web.HTTPError(507, reason=f"the agent could not start the replica: {err}") from None
+
 
 class AgentReplicasHandler(AgentHandler):
     def get(self) -> None:

@@ -5,6 +5,7 @@ each out as one authenticated HTTP call to the agent's API (:mod:`.handlers`), f
 What the cluster reads about the replicas (alive, ready, pid, exit code) comes from the agent's heartbeats, so a
 read never waits on the network; a host whose heartbeats stop is declared lost by the cluster.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -118,19 +119,28 @@ class RemoteHost:
     def _call(self, method: str, path: str, body: dict | None = None) -> Any:
         if not self.heard_from:
             silent = time.monotonic() - self.last_heartbeat
-            raise AgentUnreachable(f"host {self.name} is unavailable: its agent has sent no heartbeat for "
-                                   f"{silent:.0f} s")
+            raise AgentUnreachable(
+                f"host {self.name} is unavailable: its agent has sent no heartbeat for {silent:.0f} s"
+            )
         try:
-            response = requests.request(method, self.url + path, json=body, timeout=(CONNECT_TIMEOUT_S, CALL_TIMEOUT_S),
-                                        headers={"Authorization": f"token {self.token}"}, verify=self.verify)
+            response = requests.request(
+                method,
+                self.url + path,
+                json=body,
+                timeout=(CONNECT_TIMEOUT_S, CALL_TIMEOUT_S),
+                headers={"Authorization": f"token {self.token}"},
+                verify=self.verify,
+            )
         except requests.RequestException as err:
-            raise AgentUnreachable(f"the agent of host {self.name} at {self.url} did not answer "
-                             f"({type(err).__name__})") from None
+            raise AgentUnreachable(
+                f"the agent of host {self.name} at {self.url} did not answer ({type(err).__name__})"
+            ) from None
         if response.status_code >= 400:
             try:
                 detail = response.json().get("error", response.text)
             except ValueError:
                 detail = response.text
-            raise AgentError(f"the agent of host {self.name} refused {method} {path} ({response.status_code}): "
-                             f"{detail}")
+            raise AgentError(
+                f"the agent of host {self.name} refused {method} {path} ({response.status_code}): {detail}"
+            )
         return response.json() if response.content else None

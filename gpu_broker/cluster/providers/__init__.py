@@ -6,6 +6,7 @@ hosts of the embedded cluster, :mod:`.docker` agent containers on a Docker host 
 (imported on demand: they need the docker and kubernetes packages), :mod:`.factory` the choice from the service's
 options.
 """
+
 from .base import HostProvider, PendingHost, ProviderError
 from .local import LocalProvider
 

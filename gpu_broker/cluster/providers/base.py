@@ -1,4 +1,5 @@
 """The provider interface the live cluster scales with."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

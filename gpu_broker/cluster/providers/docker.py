@@ -7,6 +7,7 @@ network the agent advertises its container's address (``--address auto``); with 
 the Docker host's network and each needs an address of its own from ``addresses``. GPUs: with ``gpus_from_nvml``
 each agent sees all of the Docker host's GPUs through a device request; otherwise agents carry virtual GPUs.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -29,12 +30,24 @@ class DockerProvider(HostProvider):
     in the image (default: the image's ``notebookos`` command). ``mounts``: more folders agents and their replicas
     need ('SRC:DST[:ro]'), e.g. the users' home folders."""
 
-    def __init__(self, join_url: str, token_file: Path, image: str, max_hosts: int | None = None,
-                 network: str = "bridge", addresses: tuple[str, ...] = (), mounts: tuple[str, ...] = (),
-                 python: str | None = None, gpus_from_nvml: bool = False, client: Any = None) -> None:
+    def __init__(
+        self,
+        join_url: str,
+        token_file: Path,
+        image: str,
+        max_hosts: int | None = None,
+        network: str = "bridge",
+        addresses: tuple[str, ...] = (),
+        mounts: tuple[str, ...] = (),
+        python: str | None = None,
+        gpus_from_nvml: bool = False,
+        client: Any = None,
+    ) -> None:
         if network == "host" and not addresses:
-            raise ProviderError("agents on the host network need addresses of their own: give --provider-address "
-                                "once per agent the provider may start")
+            raise ProviderError(
+                "agents on the host network need addresses of their own: give --provider-address "
+                "once per agent the provider may start"
+            )
         self.join_url = join_url
         self.token_file = Path(token_file)
         self.image = image
@@ -62,9 +75,20 @@ class DockerProvider(HostProvider):
             if not free:
                 raise ProviderError("every --provider-address is taken by an agent; give more addresses")
             address = self._in_use[name] = free[0]
-        command = [*((self.python, "-m", "notebookos.server_extension.cli") if self.python else ("notebookos",)),
-                   "agent", "--join", self.join_url, "--join-token-file", TOKEN_PATH, "--name", name,
-                   "--address", address, "--state-dir", "/tmp/notebookos-agent"]
+        command = [
+            *((self.python, "-m", "notebookos.server_extension.cli") if self.python else ("notebookos",)),
+            "agent",
+            "--join",
+            self.join_url,
+            "--join-token-file",
+            TOKEN_PATH,
+            "--name",
+            name,
+            "--address",
+            address,
+            "--state-dir",
+            "/tmp/notebookos-agent",
+        ]
         options: dict[str, Any] = {}
         if self.gpus_from_nvml:
             options["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
@@ -72,9 +96,18 @@ class DockerProvider(HostProvider):
             command += ["--gpus", str(gpus)]
         volumes = {str(self.token_file): {"bind": TOKEN_PATH, "mode": "ro"}, **docker_volumes(self.mounts)}
         try:
-            self.client.containers.run(self.image, command, name=name, detach=True, labels={AGENT_LABEL: name},
-                                       network_mode=self.network, volumes=volumes, entrypoint=[],
-                                       restart_policy={"Name": "on-failure", "MaximumRetryCount": 3}, **options)
+            self.client.containers.run(
+                self.image,
+                command,
+                name=name,
+                detach=True,
+                labels={AGENT_LABEL: name},
+                network_mode=self.network,
+                volumes=volumes,
+                entrypoint=[],
+                restart_policy={"Name": "on-failure", "MaximumRetryCount": 3},
+                **options,
+            )
         except docker.errors.DockerException as err:
             self._in_use.pop(name, None)
             raise ProviderError(f"Docker could not start an agent container from {self.image!r}: {err}") from None
@@ -92,8 +125,9 @@ class DockerProvider(HostProvider):
             pass
 
     def resize_host(self, host: Any, gpus: int) -> None:
-        raise ProviderError("an agent container's GPUs are fixed when it starts: add a host with the GPUs you want "
-                            "and remove this one")
+        raise ProviderError(
+            "an agent container's GPUs are fixed when it starts: add a host with the GPUs you want and remove this one"
+        )
 
     def _running(self) -> list[Any]:
         return self.client.containers.list(filters={"label": AGENT_LABEL})

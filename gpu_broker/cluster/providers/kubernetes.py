@@ -6,6 +6,7 @@ that the ReplicaSet deletes exactly that pod.
 Agent pods name themselves after their node (``--name=$(NODE_NAME)``), which the provider cannot know before the
 pod is scheduled: a host it adds is shown ``starting`` under no name, and the next agent that joins takes its place.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,8 +24,14 @@ class KubernetesProvider(HostProvider):
     """``apps`` and ``core``: the client's AppsV1Api and CoreV1Api (default: from the pod's service account, or
     the local kubeconfig)."""
 
-    def __init__(self, namespace: str = "notebookos", deployment: str = "notebookos-agent-pool",
-                 max_hosts: int | None = None, apps: Any = None, core: Any = None) -> None:
+    def __init__(
+        self,
+        namespace: str = "notebookos",
+        deployment: str = "notebookos-agent-pool",
+        max_hosts: int | None = None,
+        apps: Any = None,
+        core: Any = None,
+    ) -> None:
         from kubernetes import client, config
 
         if apps is None or core is None:
@@ -41,8 +48,10 @@ class KubernetesProvider(HostProvider):
     def add_host(self, gpus: int) -> PendingHost:
         replicas = self._replicas()
         if self.max_hosts is not None and replicas >= self.max_hosts:
-            raise ProviderError(f"the agent pool {self.namespace}/{self.deployment} already runs {replicas} agent(s), "
-                                f"the provider's most ({self.max_hosts})")
+            raise ProviderError(
+                f"the agent pool {self.namespace}/{self.deployment} already runs {replicas} agent(s), "
+                f"the provider's most ({self.max_hosts})"
+            )
         self._scale(replicas + 1)
         return PendingHost(name=None, gpus=gpus, since=time.time())
 
@@ -55,8 +64,9 @@ class KubernetesProvider(HostProvider):
             log.warning("no pod of %s runs on node %s; scaling the pool down anyway", self.deployment, host.name)
         else:
             try:
-                self.core.patch_namespaced_pod(pod, self.namespace,
-                                               {"metadata": {"annotations": {DELETION_COST: "-1000000"}}})
+                self.core.patch_namespaced_pod(
+                    pod, self.namespace, {"metadata": {"annotations": {DELETION_COST: "-1000000"}}}
+                )
             except ApiException as err:
                 raise ProviderError(f"could not mark pod {pod} for deletion: {_reason(err)}") from None
         self._scale(max(self._replicas() - 1, 0))
@@ -70,29 +80,35 @@ class KubernetesProvider(HostProvider):
         try:
             scale = self.apps.read_namespaced_deployment_scale(self.deployment, self.namespace)
         except ApiException as err:
-            raise ProviderError(f"could not read the agent pool {self.namespace}/{self.deployment}: {_reason(err)}; "
-                                "apply deploy/kubernetes (agent-pool.yaml, rbac.yaml)") from None
+            raise ProviderError(
+                f"could not read the agent pool {self.namespace}/{self.deployment}: {_reason(err)}; "
+                "apply deploy/kubernetes (agent-pool.yaml, rbac.yaml)"
+            ) from None
         return int(scale.spec.replicas or 0)
 
     def _scale(self, replicas: int) -> None:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            self.apps.patch_namespaced_deployment_scale(self.deployment, self.namespace,
-                                                        {"spec": {"replicas": replicas}})
+            self.apps.patch_namespaced_deployment_scale(
+                self.deployment, self.namespace, {"spec": {"replicas": replicas}}
+            )
         except ApiException as err:
-            raise ProviderError(f"could not scale {self.namespace}/{self.deployment} to {replicas}: "
-                                f"{_reason(err)}") from None
+            raise ProviderError(
+                f"could not scale {self.namespace}/{self.deployment} to {replicas}: {_reason(err)}"
+            ) from None
         log.info("scaled the agent pool %s/%s to %d", self.namespace, self.deployment, replicas)
 
     def _pod_on(self, node: str) -> str | None:
         deployment = self.apps.read_namespaced_deployment(self.deployment, self.namespace)
         selector = ",".join(f"{k}={v}" for k, v in sorted(deployment.spec.selector.match_labels.items()))
-        pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector,
-                                             field_selector=f"spec.nodeName={node}")
+        pods = self.core.list_namespaced_pod(
+            self.namespace, label_selector=selector, field_selector=f"spec.nodeName={node}"
+        )
         return pods.items[0].metadata.name if pods.items else None
 
 
 def _reason(err: Any) -> str:
-    return f"{err.status} {err.reason}" + (" (check the RBAC of deploy/kubernetes/rbac.yaml)" if err.status == 403
-                                           else "")
+    return f"{err.status} {err.reason}" + (
+        " (check the RBAC of deploy/kubernetes/rbac.yaml)" if err.status == 403 else ""
+    )

@@ -4,6 +4,7 @@ The agent decides everything about a replica (its folder, ports, configuration, 
 a runtime only starts that command somewhere, watches it, signals it, and finds the replicas still running after
 the agent itself was restarted.
 """
+
 from __future__ import annotations
 
 import abc

@@ -7,6 +7,7 @@ replica's folder, its kernel's objects and the notebook's folder at the same pat
 agent's user, so the files they write stay the agent's. GPUs: all of the agent's GPUs are visible (a device
 request); which of them a cell binds stays the broker's decision. Limits: ``cpus`` and ``memory`` per replica.
 """
+
 from __future__ import annotations
 
 import logging
@@ -75,9 +76,11 @@ class ReplicaContainer(RunningReplica):
         if state.get("Running"):
             return None
         if state.get("OOMKilled"):
-            return (f"OOMKilled: the container used all of its memory limit and the kernel's OOM killer ended it "
-                    f"(exit code {state.get('ExitCode')}); give replicas more memory (--replica-memory) or use "
-                    f"less in the notebook")
+            return (
+                f"OOMKilled: the container used all of its memory limit and the kernel's OOM killer ended it "
+                f"(exit code {state.get('ExitCode')}); give replicas more memory (--replica-memory) or use "
+                f"less in the notebook"
+            )
         if self._gone and "ExitCode" not in state:
             return "its container was removed"
         code = state.get("ExitCode")
@@ -117,9 +120,15 @@ class DockerRuntime(ReplicaRuntime):
 
     name = "docker"
 
-    def __init__(self, image: str, python: str = "python", limits: ContainerLimits = ContainerLimits(),
-                 mounts: tuple[str, ...] = (), gpu_devices: tuple[int, ...] | None = None,
-                 client: Any = None) -> None:
+    def __init__(
+        self,
+        image: str,
+        python: str = "python",
+        limits: ContainerLimits = ContainerLimits(),
+        mounts: tuple[str, ...] = (),
+        gpu_devices: tuple[int, ...] | None = None,
+        client: Any = None,
+    ) -> None:
         self.image = image
         self.python = python
         self.limits = limits
@@ -146,18 +155,34 @@ class DockerRuntime(ReplicaRuntime):
             options["mem_limit"] = self.limits.memory
             options["memswap_limit"] = self.limits.memory  # no swap beyond the limit: the OOM killer, reported
         if self.gpu_devices:
-            options["device_requests"] = [DeviceRequest(device_ids=[str(d) for d in self.gpu_devices],
-                                                        capabilities=[["gpu"]])]
-        labels = {f"{LABEL}.host": spec.host, f"{LABEL}.kernel": spec.kernel_id,
-                  f"{LABEL}.replica": str(spec.replica), f"{LABEL}.workdir": str(spec.workdir)}
+            options["device_requests"] = [
+                DeviceRequest(device_ids=[str(d) for d in self.gpu_devices], capabilities=[["gpu"]])
+            ]
+        labels = {
+            f"{LABEL}.host": spec.host,
+            f"{LABEL}.kernel": spec.kernel_id,
+            f"{LABEL}.replica": str(spec.replica),
+            f"{LABEL}.workdir": str(spec.workdir),
+        }
         try:
             container = self.client.containers.run(
-                self.image, list(spec.command), name=name, detach=True, labels=labels, network_mode="host",
-                environment={"HOME": str(spec.workdir), **spec.settings}, working_dir=spec.cwd, volumes=volumes,
-                user=f"{os.getuid()}:{os.getgid()}", init=True, **options)
+                self.image,
+                list(spec.command),
+                name=name,
+                detach=True,
+                labels=labels,
+                network_mode="host",
+                environment={"HOME": str(spec.workdir), **spec.settings},
+                working_dir=spec.cwd,
+                volumes=volumes,
+                user=f"{os.getuid()}:{os.getgid()}",
+                init=True,
+                **options,
+            )
         except docker.errors.DockerException as err:
-            raise RuntimeError(f"Docker could not start replica {spec.kernel_id}/{spec.replica} in {self.image!r}: "
-                               f"{err}") from None
+            raise RuntimeError(
+                f"Docker could not start replica {spec.kernel_id}/{spec.replica} in {self.image!r}: {err}"
+            ) from None
         log.info("replica %s/%d runs in container %s", spec.kernel_id, spec.replica, container.short_id)
         return ReplicaContainer(container)
 
@@ -180,11 +205,14 @@ def docker_client(image: str, client: Any = None, error: type[RuntimeError] = Ru
         client.ping()
         client.images.get(image)
     except docker.errors.ImageNotFound:
-        raise error(f"the image {image!r} is not on this machine; build it (docker build -t notebookos "
-                    "-f deploy/docker/Dockerfile .) or pull it") from None
+        raise error(
+            f"the image {image!r} is not on this machine; build it (docker build -t notebookos "
+            "-f deploy/docker/Dockerfile .) or pull it"
+        ) from None
     except docker.errors.DockerException as err:
-        raise error(f"the Docker daemon does not answer ({err}); start dockerd, or set DOCKER_HOST to where it "
-                    "listens") from None
+        raise error(
+            f"the Docker daemon does not answer ({err}); start dockerd, or set DOCKER_HOST to where it listens"
+        ) from None
     return client
 
 

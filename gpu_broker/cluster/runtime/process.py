@@ -1,4 +1,5 @@
 """Replicas as processes of the agent's machine, in sessions of their own so that they outlive the agent."""
+
 from __future__ import annotations
 
 import os
@@ -70,9 +71,15 @@ class ProcessRuntime(ReplicaRuntime):
 
     def launch(self, spec: LaunchSpec) -> LocalProcess:
         with open(spec.workdir / LOG_FILE, "ab") as logfile:
-            popen = subprocess.Popen(list(spec.command), stdout=logfile, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env={**os.environ, **spec.settings}, cwd=spec.cwd,
-                                     start_new_session=True)
+            popen = subprocess.Popen(
+                list(spec.command),
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **spec.settings},
+                cwd=spec.cwd,
+                start_new_session=True,
+            )
         (spec.workdir / PID_FILE).write_text(str(popen.pid))
         return LocalProcess(popen=popen)
 

@@ -7,6 +7,7 @@ address and token are written to a discovery file (mode 0600) that clients read;
 Run: ``python -m notebookos.gpu_broker.cluster.service --state-dir DIR --hosts 4 [--ephemeral]``. An ephemeral cluster
 (started on demand by the provisioner) exits once its last kernel is gone.
 """
+
 from .cluster_service import ClusterService
 
 __all__ = ["ClusterService"]

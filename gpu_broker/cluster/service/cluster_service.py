@@ -3,6 +3,7 @@
 It runs every change on the cluster's worker thread, carries out grants (waiting for a migrated executor to catch
 up), answers fronts whose cells wait for GPUs, wakes the event-stream long-polls, and runs the scheduler's tick.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,8 +36,14 @@ READY_POLL_S = 0.05
 
 
 class ClusterService:
-    def __init__(self, cluster: EmbeddedCluster, ephemeral: bool, join_token: str | None = None,
-                 ca_pem: str | None = None, token: str | None = None) -> None:
+    def __init__(
+        self,
+        cluster: EmbeddedCluster,
+        ephemeral: bool,
+        join_token: str | None = None,
+        ca_pem: str | None = None,
+        token: str | None = None,
+    ) -> None:
         """``token``: the one Jupyter servers and kernel fronts use (a restarted service keeps its predecessor's,
         so they carry on); default a new one."""
         self.cluster = cluster
@@ -60,6 +67,7 @@ class ClusterService:
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run one change on the cluster's thread; answer its refusals as HTTP errors with the reason. Cells that
         the change let through (GPUs freed, hosts added, or the request itself) are then started and answered."""
+
         def change() -> tuple[Any, list[Decision]]:
             return fn(*args), self.cluster.take_granted()
 
@@ -84,10 +92,15 @@ class ClusterService:
             if moved is not None:
                 await self._until_caught_up(moved)
                 self.cluster.events.append(
-                    "replica_ready" if moved.ready else "replica_not_ready", time.time(),
-                    "caught up on its new host" if moved.ready else f"not caught up after {MOVE_TIMEOUT_S:.0f} s; "
-                    "the cell goes to it anyway", host=moved.config.host, kernel=decision.kernel_id,
-                    replica=decision.replica)
+                    "replica_ready" if moved.ready else "replica_not_ready",
+                    time.time(),
+                    "caught up on its new host"
+                    if moved.ready
+                    else f"not caught up after {MOVE_TIMEOUT_S:.0f} s; the cell goes to it anyway",
+                    host=moved.config.host,
+                    kernel=decision.kernel_id,
+                    replica=decision.replica,
+                )
             await self._on_worker(self.cluster.start, decision)
         except (ValueError, AgentError) as err:
             if decision.kernel_id not in self.cluster.kernels:  # the kernel went away meanwhile
@@ -98,8 +111,14 @@ class ClusterService:
             await self.run(self.cluster.release, decision.kernel_id)
             future = self._grants.get(decision.kernel_id)
             if future is not None and not future.done():
-                future.set_exception(tornado.web.HTTPError(503, reason=_reason(
-                    f"could not move replica {decision.replica} to {decision.host_id} for its GPUs: {err}")))
+                future.set_exception(
+                    tornado.web.HTTPError(
+                        503,
+                        reason=_reason(
+                            f"could not move replica {decision.replica} to {decision.host_id} for its GPUs: {err}"
+                        ),
+                    )
+                )
             return
         log.debug("scheduler: %s for kernel %s started: %s", decision.kind.value, decision.kernel_id, decision.reason)
         future = self._grants.get(decision.kernel_id)
@@ -108,6 +127,7 @@ class ClusterService:
 
     async def _on_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` on the cluster's thread, then save what it changed (also when it failed half-way)."""
+
         def change() -> Any:
             try:
                 return fn(*args)

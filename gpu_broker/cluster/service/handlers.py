@@ -5,6 +5,7 @@ Every change goes through :meth:`ClusterService.run`, which runs it on the clust
 cluster's refusals into 4xx answers with the reason; reads describe the cluster directly. The classes are named
 ``Service...`` so that a traceback or a log line never confuses them with the Jupyter server extension's handlers.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,14 +45,17 @@ class ServiceHandler(JsonHandler):
 
     def check_request(self) -> None:
         try:
-            self.checked = CHECKER.check(self.request.method or "GET", self.request.path,
-                                         self.request.query_arguments, self.request.body)
+            self.checked = CHECKER.check(
+                self.request.method or "GET", self.request.path, self.request.query_arguments, self.request.body
+            )
         except RequestInvalid as err:
-            raise tornado.web.HTTPError(400, reason=" ".join(str(err).split()).replace("<", "(")
-                                        .replace(">", ")")) from None
+            raise tornado.web.HTTPError(
+                400, reason=" ".join(str(err).split()).replace("<", "(").replace(">", ")")
+            ) from None
         except LookupError:  # routed, so the path is served: not with this method
-            raise tornado.web.HTTPError(405, reason=f"{self.request.method} is not an operation of "
-                                                    f"{self.request.path}") from None
+            raise tornado.web.HTTPError(
+                405, reason=f"{self.request.method} is not an operation of {self.request.path}"
+            ) from None
 
     def body(self) -> dict[str, Any]:
         """The checked JSON body ({} for an operation that takes none)."""
@@ -79,8 +83,15 @@ class ServiceKernelsHandler(ServiceHandler):
         if kernel_id in self.service.cluster.kernels:
             raise tornado.web.HTTPError(409, reason=f"kernel {kernel_id} already exists")
         described = await self.service.run(
-            self.service.cluster.create_kernel, kernel_id, key, data.get("signature_scheme", "hmac-sha256"),
-            data.get("cwd"), int(data.get("gpus", 0)), _text(data.get("owner")), _text(data.get("notebook")))
+            self.service.cluster.create_kernel,
+            kernel_id,
+            key,
+            data.get("signature_scheme", "hmac-sha256"),
+            data.get("cwd"),
+            int(data.get("gpus", 0)),
+            _text(data.get("owner")),
+            _text(data.get("notebook")),
+        )
         self.service.kernels_changed()
         self.set_status(201)
         self.finish(described)
@@ -145,8 +156,12 @@ class ServiceAgentsHandler(ServiceHandler):
 
     def prepare(self) -> None:
         if not (self.service.join_token and self.presents(self.service.join_token)):
-            raise tornado.web.HTTPError(401, reason="missing or wrong join token" if self.service.join_token else
-                                        "this cluster takes no agents (start it with --join-token-file)")
+            raise tornado.web.HTTPError(
+                401,
+                reason="missing or wrong join token"
+                if self.service.join_token
+                else "this cluster takes no agents (start it with --join-token-file)",
+            )
         self.check_request()
 
     async def post(self, name: str | None = None) -> None:
@@ -169,8 +184,16 @@ class ServiceAgentsHandler(ServiceHandler):
         if cert_pem is not None and not fields["url"].startswith("https:"):
             raise tornado.web.HTTPError(400, reason="cert_pem is the PEM certificate of an agent serving https")
         try:
-            joined = await self.service.run(self.service.cluster.join_agent, fields["name"], fields["address"], gpus,
-                                            fields["url"], fields["token"], replicas, cert_pem)
+            joined = await self.service.run(
+                self.service.cluster.join_agent,
+                fields["name"],
+                fields["address"],
+                gpus,
+                fields["url"],
+                fields["token"],
+                replicas,
+                cert_pem,
+            )
         except AgentRemoved as err:
             raise tornado.web.HTTPError(410, reason=str(err)) from None
         self.set_status(201)
@@ -178,9 +201,15 @@ class ServiceAgentsHandler(ServiceHandler):
 
 
 def decision_json(decision: Decision) -> dict[str, Any]:
-    return {"kind": decision.kind.value, "granted": decision.granted, "replica": decision.replica,
-            "host": decision.host_id, "devices": list(decision.devices), "gpus": decision.gpus,
-            "reason": decision.reason}
+    return {
+        "kind": decision.kind.value,
+        "granted": decision.granted,
+        "replica": decision.replica,
+        "host": decision.host_id,
+        "devices": list(decision.devices),
+        "gpus": decision.gpus,
+        "reason": decision.reason,
+    }
 
 
 class ServiceHostsHandler(ServiceHandler):
@@ -221,8 +250,9 @@ class ServiceEventsHandler(ServiceHandler):
         log_ = self.service.cluster.events
         if wait and log_.last_seq <= since:
             await self.service.new_event(since, query.get("timeout", 25))
-        self.finish({"events": log_.since(since, limit=query.get("limit") or None, **filters),
-                     "last_seq": log_.last_seq})
+        self.finish(
+            {"events": log_.since(since, limit=query.get("limit") or None, **filters), "last_seq": log_.last_seq}
+        )
 
 
 class ServiceHistoryHandler(ServiceHandler):
@@ -245,11 +275,14 @@ class ServiceJournalHandler(ServiceHandler):
         cluster = self.service.cluster
         if cluster.journal is None:
             raise tornado.web.HTTPError(404, reason="this cluster keeps no journal; start it with --journal")
-        self.finish({
-            "policy": cluster.policy.name, "config": dataclasses.asdict(cluster.core_config),
-            "calls": [{"method": c.method, "args": list(c.args), "now": c.now} for c in cluster.journal.calls],
-            "outcomes": [outcome_json(o) for o in cluster.journal.outcomes],
-        })
+        self.finish(
+            {
+                "policy": cluster.policy.name,
+                "config": dataclasses.asdict(cluster.core_config),
+                "calls": [{"method": c.method, "args": list(c.args), "now": c.now} for c in cluster.journal.calls],
+                "outcomes": [outcome_json(o) for o in cluster.journal.outcomes],
+            }
+        )
 
 
 def _text(value: Any) -> str | None:

@@ -1,6 +1,7 @@
 """The cluster service's command line: ``python -m notebookos.gpu_broker.cluster.service`` (what ``notebookos lab``
 and the on-demand cluster start) and ``notebookos cluster`` (the shared service of a real cluster, in the
 foreground, with no hosts of its own: agents join it)."""
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,9 @@ def write_discovery_file(path: Path, url: str, token: str, ca_pem: str | None) -
 
 def _server_tls(args: argparse.Namespace, address: str) -> ServerTLS | None:
     if args.tls_auto:
-        return auto_tls(args.tls_ca or args.state_dir / "tls", args.state_dir / "tls",
-                        [*serving_names(address), *args.tls_name])
+        return auto_tls(
+            args.tls_ca or args.state_dir / "tls", args.state_dir / "tls", [*serving_names(address), *args.tls_name]
+        )
     if args.certfile or args.keyfile:
         if not (args.certfile and args.keyfile):
             raise TLSError("--certfile and --keyfile go together")
@@ -64,16 +66,22 @@ def parse_listen(value: str) -> tuple[str, int]:
     """``ADDR:PORT`` (port 0: any free one) as argparse's type."""
     address, _, port = value.rpartition(":")
     if not address or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"give the address to listen on as ADDR:PORT, e.g. 10.0.0.1:8765, "
-                                         f"not {value!r}")
+        raise argparse.ArgumentTypeError(
+            f"give the address to listen on as ADDR:PORT, e.g. 10.0.0.1:8765, not {value!r}"
+        )
     return address, int(port)
 
 
 async def serve(args: argparse.Namespace) -> None:
     # With real GPUs, logical hosts split them (default: an equal share each); without, they carry virtual ones.
     physical = nvml_gpu_count()
-    gpus_per_host = (args.gpus_per_host if args.gpus_per_host is not None else
-                     max(1, physical // max(1, args.hosts)) if physical else 1)
+    gpus_per_host = (
+        args.gpus_per_host
+        if args.gpus_per_host is not None
+        else max(1, physical // max(1, args.hosts))
+        if physical
+        else 1
+    )
     join_token = ensure_token(args.join_token_file) if args.join_token_file else None
     state = ClusterStateStore(args.state_dir)
     stored = state.settings()
@@ -84,8 +92,11 @@ async def serve(args: argparse.Namespace) -> None:
     if tls is not None and tls.ca_pem is not None and args.join_token_file:
         join_token = pin_ca(args.join_token_file, fingerprint(tls.ca_pem))
     elif tls is None and not ipaddress.ip_address(address).is_loopback:
-        log.warning("serving plain HTTP on %s: the cluster's tokens and the kernels' cluster traffic cross the "
-                    "network unencrypted; start with --tls-auto or --certfile/--keyfile", address)
+        log.warning(
+            "serving plain HTTP on %s: the cluster's tokens and the kernels' cluster traffic cross the "
+            "network unencrypted; start with --tls-auto or --certfile/--keyfile",
+            address,
+        )
     try:
         sockets = tornado.netutil.bind_sockets(port, address, family=socket.AF_INET)
     except OSError:
@@ -95,13 +106,27 @@ async def serve(args: argparse.Namespace) -> None:
         sockets = tornado.netutil.bind_sockets(0, address, family=socket.AF_INET)
     bound = sockets[0].getsockname()[1]
     url = f"{'https' if tls else 'http'}://{'127.0.0.1' if address == '0.0.0.0' else address}:{bound}"
-    cluster = EmbeddedCluster(args.state_dir, args.hosts, gpus_per_host, journal=args.journal,
-                              max_hosts=args.max_hosts, policy=args.policy,
-                              subscription_limit=args.subscription_limit, object_store=args.object_store,
-                              host_timeout_s=args.host_timeout, provider=make_provider(args, url),
-                              devices=list(range(physical)) if physical else None, state=state)
-    service = ClusterService(cluster, args.ephemeral, join_token.secret if join_token else None,
-                             ca_pem=tls.ca_pem if tls else None, token=stored.get("token"))
+    cluster = EmbeddedCluster(
+        args.state_dir,
+        args.hosts,
+        gpus_per_host,
+        journal=args.journal,
+        max_hosts=args.max_hosts,
+        policy=args.policy,
+        subscription_limit=args.subscription_limit,
+        object_store=args.object_store,
+        host_timeout_s=args.host_timeout,
+        provider=make_provider(args, url),
+        devices=list(range(physical)) if physical else None,
+        state=state,
+    )
+    service = ClusterService(
+        cluster,
+        args.ephemeral,
+        join_token.secret if join_token else None,
+        ca_pem=tls.ca_pem if tls else None,
+        token=stored.get("token"),
+    )
     for name, value in (("token", service.token), ("address", address), ("port", str(bound))):
         state.put_setting(name, value)
     cluster.save()
@@ -111,9 +136,14 @@ async def serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stopped.set)
     write_discovery_file(args.discovery_file, url, service.token, tls.ca_pem if tls else None)
-    log.info("notebookos cluster (%s policy) with %d hosts of %d GPU(s) at %s%s", cluster.policy.name,
-             len(cluster.hosts), gpus_per_host, url, "; agents join with the token in " + str(args.join_token_file)
-             if join_token else "")
+    log.info(
+        "notebookos cluster (%s policy) with %d hosts of %d GPU(s) at %s%s",
+        cluster.policy.name,
+        len(cluster.hosts),
+        gpus_per_host,
+        url,
+        "; agents join with the token in " + str(args.join_token_file) if join_token else "",
+    )
     if args.ephemeral:
         service.kernels_changed()
     ticker = asyncio.ensure_future(service.tick())
@@ -136,43 +166,102 @@ async def serve(args: argparse.Namespace) -> None:
 
 def add_service_arguments(parser: argparse.ArgumentParser, hosts: int) -> None:
     """The options the service takes, wherever it is started from."""
-    parser.add_argument("--hosts", type=int, default=hosts,
-                        help=f"logical hosts on this machine to start with; the autoscaler keeps at least these "
-                             f"(default {hosts}; 0: only hosts whose agents join; else 3 or more, as each kernel "
-                             "runs 3 replicas on 3 hosts)")
-    parser.add_argument("--max-hosts", type=int, default=None,
-                        help="most logical hosts the autoscaler may run (default: --hosts, no scale-out)")
-    parser.add_argument("--gpus-per-host", type=gpu_count, default=None,
-                        help="GPUs of each logical host: a slice of the GPUs NVML sees (default: an equal share), "
-                             "else virtual GPUs (default 1); 0: hosts without GPUs, for kernels that need none")
-    parser.add_argument("--log-level", type=log_level, default="INFO", metavar="LEVEL",
-                        help=f"the service's logging: {', '.join(LOG_LEVELS)} (default INFO)")
-    parser.add_argument("--listen", type=parse_listen, default=parse_listen(DEFAULT_LISTEN), metavar="ADDR:PORT",
-                        help=f"where the service's API listens (default {DEFAULT_LISTEN}: loopback, any port); agents "
-                             "and remote Jupyter servers need an address they can reach")
-    parser.add_argument("--join-token-file", type=Path, default=None,
-                        help="the token agents join with (created, mode 0600, if the file does not exist); "
-                             "without it no agent can join")
-    parser.add_argument("--object-store", default=None, metavar="URL",
-                        help="an object store every host reaches (redis://host:port/0) for large values; default: "
-                             "each host keeps its own")
-    parser.add_argument("--host-timeout", type=float, default=HOST_TIMEOUT_S, metavar="SECONDS",
-                        help=f"a joined host whose agent is silent this long is lost (default {HOST_TIMEOUT_S:.0f})")
-    parser.add_argument("--policy", choices=sorted(p for p in POLICIES if POLICIES[p].replicas),
-                        default=LIVE_POLICY, help="scheduling policy (reservation: one replica holding its GPUs)")
-    parser.add_argument("--subscription-limit", type=float, default=CoreConfig.subscription_limit,
-                        help="most GPUs the replicas on a host may ask for, per GPU of the host")
-    parser.add_argument("--journal", action="store_true",
-                        help="keep every scheduling-core call for replay (GET /scheduler/journal); grows without bound")
+    parser.add_argument(
+        "--hosts",
+        type=int,
+        default=hosts,
+        help=f"logical hosts on this machine to start with; the autoscaler keeps at least these "
+        f"(default {hosts}; 0: only hosts whose agents join; else 3 or more, as each kernel "
+        "runs 3 replicas on 3 hosts)",
+    )
+    parser.add_argument(
+        "--max-hosts",
+        type=int,
+        default=None,
+        help="most logical hosts the autoscaler may run (default: --hosts, no scale-out)",
+    )
+    parser.add_argument(
+        "--gpus-per-host",
+        type=gpu_count,
+        default=None,
+        help="GPUs of each logical host: a slice of the GPUs NVML sees (default: an equal share), "
+        "else virtual GPUs (default 1); 0: hosts without GPUs, for kernels that need none",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=log_level,
+        default="INFO",
+        metavar="LEVEL",
+        help=f"the service's logging: {', '.join(LOG_LEVELS)} (default INFO)",
+    )
+    parser.add_argument(
+        "--listen",
+        type=parse_listen,
+        default=parse_listen(DEFAULT_LISTEN),
+        metavar="ADDR:PORT",
+        help=f"where the service's API listens (default {DEFAULT_LISTEN}: loopback, any port); agents "
+        "and remote Jupyter servers need an address they can reach",
+    )
+    parser.add_argument(
+        "--join-token-file",
+        type=Path,
+        default=None,
+        help="the token agents join with (created, mode 0600, if the file does not exist); "
+        "without it no agent can join",
+    )
+    parser.add_argument(
+        "--object-store",
+        default=None,
+        metavar="URL",
+        help="an object store every host reaches (redis://host:port/0) for large values; default: "
+        "each host keeps its own",
+    )
+    parser.add_argument(
+        "--host-timeout",
+        type=float,
+        default=HOST_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"a joined host whose agent is silent this long is lost (default {HOST_TIMEOUT_S:.0f})",
+    )
+    parser.add_argument(
+        "--policy",
+        choices=sorted(p for p in POLICIES if POLICIES[p].replicas),
+        default=LIVE_POLICY,
+        help="scheduling policy (reservation: one replica holding its GPUs)",
+    )
+    parser.add_argument(
+        "--subscription-limit",
+        type=float,
+        default=CoreConfig.subscription_limit,
+        help="most GPUs the replicas on a host may ask for, per GPU of the host",
+    )
+    parser.add_argument(
+        "--journal",
+        action="store_true",
+        help="keep every scheduling-core call for replay (GET /scheduler/journal); grows without bound",
+    )
     tls = parser.add_argument_group("TLS (without it the service speaks plain HTTP, as Jupyter does)")
-    tls.add_argument("--tls-auto", action="store_true",
-                     help="make a cluster CA at first start (in the state folder) and a certificate from it; the "
-                          "join token file then pins the CA, so agents and Jupyter servers given it trust only it")
-    tls.add_argument("--tls-name", action="append", default=[], metavar="NAME",
-                     help="with --tls-auto: another DNS name or address clients reach the service by (repeatable)")
-    tls.add_argument("--tls-ca", type=Path, default=None, metavar="DIR",
-                     help="with --tls-auto: the folder of the CA (ca.pem, ca-key.pem) to sign with, made there if "
-                          "missing (default: the state folder's tls/)")
+    tls.add_argument(
+        "--tls-auto",
+        action="store_true",
+        help="make a cluster CA at first start (in the state folder) and a certificate from it; the "
+        "join token file then pins the CA, so agents and Jupyter servers given it trust only it",
+    )
+    tls.add_argument(
+        "--tls-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --tls-auto: another DNS name or address clients reach the service by (repeatable)",
+    )
+    tls.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with --tls-auto: the folder of the CA (ca.pem, ca-key.pem) to sign with, made there if "
+        "missing (default: the state folder's tls/)",
+    )
     tls.add_argument("--certfile", type=Path, default=None, help="the service's certificate (PEM), e.g. from your CA")
     tls.add_argument("--keyfile", type=Path, default=None, help="its private key (PEM)")
     add_provider_arguments(parser)
@@ -182,9 +271,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m notebookos.gpu_broker.cluster.service")
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--ephemeral", action="store_true", help="exit once the last kernel is gone")
-    parser.add_argument("--keep-kernels", action="store_true",
-                        help="on SIGTERM, stop serving but leave kernels running for the next service on this state "
-                             "folder (default: stop them, as when JupyterLab exits)")
+    parser.add_argument(
+        "--keep-kernels",
+        action="store_true",
+        help="on SIGTERM, stop serving but leave kernels running for the next service on this state "
+        "folder (default: stop them, as when JupyterLab exits)",
+    )
     parser.add_argument("--discovery-file", type=Path, required=True)
     add_service_arguments(parser, hosts=4)
     sys.exit(_run(parser.parse_args(argv)))
@@ -192,13 +284,18 @@ def main(argv: list[str] | None = None) -> None:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "cluster", help="run the shared cluster service that agents join and Jupyter servers use",
+        "cluster",
+        help="run the shared cluster service that agents join and Jupyter servers use",
         description="Run the notebookos cluster service in the foreground. GPU machines join it with "
-                    "`notebookos agent`; Jupyter servers use it with `notebookos lab --cluster URL`.",
+        "`notebookos agent`; Jupyter servers use it with `notebookos lab --cluster URL`.",
     )
-    parser.add_argument("--state-dir", type=Path, default=None,
-                        help="where the service keeps its files, and its kernels outlive it for the next service "
-                             "started on it (default: a new temporary folder, removed with the kernels on exit)")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where the service keeps its files, and its kernels outlive it for the next service "
+        "started on it (default: a new temporary folder, removed with the kernels on exit)",
+    )
     add_service_arguments(parser, hosts=0)
     parser.set_defaults(func=run_cluster)
 
@@ -221,8 +318,10 @@ def run_cluster(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     problem = hosts_problem(args.hosts, POLICIES[args.policy].replicas)
     if args.object_store and args.object_store.startswith("redis") and find_spec("redis") is None:
-        problem = ("--object-store redis://... needs the redis package, on this machine and every host's: pip "
-                   "install 'notebookos[redis]'")
+        problem = (
+            "--object-store redis://... needs the redis package, on this machine and every host's: pip "
+            "install 'notebookos[redis]'"
+        )
     if problem:
         print(f"notebookos cluster: {problem}", file=sys.stderr)
         return 2
@@ -233,7 +332,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"notebookos cluster: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        print(f"notebookos cluster: cannot listen on {args.listen[0]}:{args.listen[1]}: {err.strerror or err}",
-              file=sys.stderr)
+        print(
+            f"notebookos cluster: cannot listen on {args.listen[0]}:{args.listen[1]}: {err.strerror or err}",
+            file=sys.stderr,
+        )
         return 1
     return 0
