@@ -26,9 +26,10 @@ from typing import Any, Protocol
 from jupyter_core.paths import secure_write
 
 from ...kernels.replica_config import ReplicaConfig
+from ...kernels.replica_template import REPLICA_MODULE
 from .ports import PortPool
 from .runtime.base import LaunchSpec, ReplicaRuntime, RunningReplica
-from .runtime.process import REPLICA_MODULE, ProcessRuntime
+from .runtime.process import ProcessRuntime
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .base import ReplicaRuntime
 from .process import ProcessRuntime
+from .template import DEFAULT_PRELOAD
 
 RUNTIMES = ("process", "docker")
 
@@ -54,6 +55,18 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --runtime docker: a folder of this machine replicas see, e.g. the users' home folders (repeatable)",
     )
     group.add_argument(
+        "--replica-preload",
+        default=",".join(DEFAULT_PRELOAD),
+        metavar="MODULES",
+        help="what the replica template imports before forking replicas, comma-separated; a module that is not "
+        f"installed is skipped (default: {','.join(DEFAULT_PRELOAD)})",
+    )
+    group.add_argument(
+        "--no-replica-template",
+        action="store_true",
+        help="start every replica process from scratch instead of forking it from the warm template",
+    )
+    group.add_argument(
         "--replica-python",
         default=None,
         metavar="PATH",
@@ -77,7 +90,8 @@ def make_runtime(args: argparse.Namespace, gpu_devices: tuple[int, ...] | None) 
         ]
         if given:
             raise RuntimeError(f"{', '.join(given)} only apply to --runtime docker")
-        return ProcessRuntime(args.replica_python or sys.executable)
+        preload = tuple(name.strip() for name in args.replica_preload.split(",") if name.strip())
+        return ProcessRuntime(args.replica_python or sys.executable, None if args.no_replica_template else preload)
     if args.replica_cpus is not None and args.replica_cpus <= 0:
         raise RuntimeError(f"--replica-cpus must be more than 0, got {args.replica_cpus}")
     if find_spec("docker") is None:  # imported only where used, so the import below would not tell
