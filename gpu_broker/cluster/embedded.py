@@ -251,8 +251,17 @@ class EmbeddedCluster:
         for kernel_id in list(self.kernels):
             self.delete_kernel(kernel_id)
 
+    def _follow_reachability(self) -> None:
+        """Tell the scheduling core which agents' hosts are heard from now (it places nothing on a silent one).
+        Every tick, and before a placement: an agent that joined again a moment ago (after a restart of this
+        service, or of its machine's link) takes work at once, not at the next tick."""
+        for host in [h for h in self.hosts.values() if isinstance(h, RemoteHost) and not h.lost]:
+            if host.heard_from != self.core.cluster.host(host.name).reachable:
+                self._act(self._decide(self.core.host_heard if host.heard_from else self.core.host_silent, host.name))
+
     def _place(self, kernel_id: str, gpus: int) -> list[ReplicaHost]:
         """Ask the scheduling core where the replicas go; refuse with its reason when it cannot place them now."""
+        self._follow_reachability()
         events = self._decide(self.core.place_kernel, kernel_id, gpus)
         placed = next((e for e in events if isinstance(e, KernelPlaced)), None)
         if placed is not None:
@@ -323,8 +332,7 @@ class EmbeddedCluster:
             silent = time.monotonic() - host.last_heartbeat
             if silent > self.host_timeout_s and not restarting:
                 self._lose_host(host, f"no heartbeat from its agent for {silent:.1f} s")
-            elif host.heard_from != self.core.cluster.host(host.name).reachable:
-                self._act(self._decide(self.core.host_heard if host.heard_from else self.core.host_silent, host.name))
+        self._follow_reachability()
         for key in [k for k, p in self.starting.items() if time.time() - p.since > START_DEADLINE_S]:
             with self.lock:
                 del self.starting[key]
