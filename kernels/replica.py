@@ -67,6 +67,9 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+    from jupyter_client.session import Session
+
     from .gpu_binding import BindTimings, DeviceBinder
 
 # How long a replica waits for the log to decide an attempt or commit its record before telling the user that the
@@ -85,13 +88,26 @@ class ReplicaKernel(IPythonKernel):
 
     config_path = Unicode("", help="Path of the replica's JSON configuration (ReplicaConfig).").tag(config=True)
 
+    # ipykernel sets its shell and session traits (both allow None) before the kernel starts: what runs here has them.
+    @property
+    def _shell(self) -> InteractiveShell:
+        if self.shell is None:
+            raise RuntimeError("the replica kernel has no shell: IPKernelApp.init_kernel makes the kernel with one")
+        return self.shell
+
+    @property
+    def _session(self) -> Session:
+        if self.session is None:
+            raise RuntimeError("the replica kernel has no session: IPKernelApp.init_kernel makes the kernel with one")
+        return self.session
+
     def start(self) -> None:
         super().start()
         self.replica_config = ReplicaConfig.read(self.config_path)
         cfg = self.replica_config
         self._leave_if_state_folder_full()
         self._loop = asyncio.get_event_loop()
-        self._entries: asyncio.Queue[LogEntry | Restore] = asyncio.Queue()
+        self._entries: asyncio.Queue[LogEntry | Restore | SnapshotAccepted] = asyncio.Queue()
         self._waiters: dict[CellKey, list[asyncio.Future[int]]] = {}
         # This replica's own records in flight -> whether the log accepted them (its namespace already holds them).
         self._own_records: dict[CellKey, asyncio.Future[bool]] = {}
@@ -118,11 +134,14 @@ class ReplicaKernel(IPythonKernel):
         self._collected_at: tuple[Snapshot | None, int] = (None, 0)
         self._store = self._open_store()
         self.tracker = NamespaceTracker(self._store, inline_limit=cfg.inline_limit)
-        self.tracker.snapshot(self.shell.user_ns)
+        self.tracker.snapshot(self._shell.user_ns)
         self._binder: DeviceBinder | None = None  # made on first need: it imports torch
         self._gpus = 0  # GPUs each cell of the kernel asks for, as the front last said (or `%gpus N` changed)
-        self.shell.register_magic_function(self._gpus_magic, "line", "gpus")
+        self._shell.magics_manager.register_function(self._gpus_magic, "line", "gpus")
         self._applier = self._loop.create_task(self._apply_committed())
+        # A new kernel: its members start together with empty logs (a restart finds its journal, a replacement
+        # joins), so its first election can come sooner.
+        new_group = not cfg.joining and not (cfg.journal_path and os.path.exists(cfg.journal_path))
         if cfg.joining:
             self._join()
         self.raft = KernelLog(
@@ -132,6 +151,7 @@ class ReplicaKernel(IPythonKernel):
             cfg.journal_path,
             self._on_commit,
             compact_after=cfg.compact_after,
+            new_group=new_group,
         )
         self._loop.create_task(self._report_ready())
 
@@ -323,7 +343,7 @@ class ReplicaKernel(IPythonKernel):
         self._unapplied.clear()  # the whole state is replaced: what failed to apply before no longer matters
         keys = set() if snapshot is None else NamespaceTracker.referenced_keys(snapshot.delta)
         await self._fetch_objects(keys)
-        ns = self.shell.user_ns
+        ns = self._shell.user_ns
         tracker = NamespaceTracker(self._store, inline_limit=self.replica_config.inline_limit)
         for name in tracker.tracked_names(ns):
             del ns[name]
@@ -341,7 +361,7 @@ class ReplicaKernel(IPythonKernel):
             except StateApplyError as err:
                 self.log.error("%s", err)
                 self._unapplied.append(str(err))
-            self.shell.execution_count = snapshot.execution_count + 1
+            self._shell.execution_count = snapshot.execution_count + 1
         for change in restore.members:
             self._peer_urls[change.replica] = change.peer_url
         self.restored_index = restore.index
@@ -436,7 +456,7 @@ class ReplicaKernel(IPythonKernel):
         self._run_installs(installs)
         delta = StateDelta.from_bytes(record.delta)
         try:
-            extra = self.tracker.apply(delta, self.shell.user_ns)
+            extra = self.tracker.apply(delta, self._shell.user_ns)
             self._set_rng(extra)
         except StateApplyError as err:
             # The delta cannot be applied here, so this replica is behind on the names it carries. Logged, and told
@@ -446,7 +466,7 @@ class ReplicaKernel(IPythonKernel):
             self._diverge(str(err))
             return
         self._record_history(record, extra.get("out", _NO_OUTPUT))
-        self.session.send(
+        self._session.send(
             self.iopub_socket,
             STATE_APPLIED,
             {"replica": self.replica_config.replica, "attempt": record.cell.attempt, "applied_at": time.time()},
@@ -462,17 +482,19 @@ class ReplicaKernel(IPythonKernel):
         for line in lines:
             magic, _, arguments = line[1:].partition(" ")
             with capture_output() as output:
-                self.shell.run_line_magic(magic, arguments)
+                self._shell.run_line_magic(magic, arguments)
             self.log.info("%s on this replica:\n%s%s", line, output.stdout, output.stderr)
             if "error" in output.stderr.lower():
                 self._unapplied.append(f"{line} failed here: {output.stderr.strip()[-500:]}")
 
     def _record_history(self, record: ExecutionRecord, out: Any) -> None:
         """Keep In/Out, ``_`` and the execution count identical to the executor's."""
-        shell = self.shell
+        shell = self._shell
         if record.execution_count > 0:
             # IPython >= 9 counts the running cell as execution_count - 1 (the displayhook's prompt_count).
             shell.execution_count = record.execution_count + 1
+            if shell.history_manager is None:
+                raise RuntimeError("the shell has no history manager: it was shut down")
             shell.history_manager.store_inputs(record.execution_count, record.source, record.source)
             if out is not _NO_OUTPUT:
                 shell.displayhook.update_user_ns(out)
@@ -544,7 +566,7 @@ class ReplicaKernel(IPythonKernel):
         # ``from_log``: the cell finished (attempt, executor) before its executor was lost; the front shows what
         # that attempt printed instead of a re-run's output.
         from_log = None if done is None else {"attempt": done.cell.attempt, "executor": done.executor}
-        self.session.send(
+        self._session.send(
             self.iopub_socket,
             EXECUTOR_ANNOUNCEMENT,
             {"replica": self.replica_config.replica, "host": self.replica_config.host, "from_log": from_log},
@@ -558,7 +580,7 @@ class ReplicaKernel(IPythonKernel):
         self._last_reply: dict[str, Any] = {}
         meta = parent["metadata"][NOTEBOOKOS_META]
         self._gpus = int(meta.get("gpus", 0))
-        ns = self.shell.user_ns
+        ns = self._shell.user_ns
         devices = tuple(meta.get("devices", ()))
         binder = self._binder_for(devices)
         delta = None
@@ -588,7 +610,7 @@ class ReplicaKernel(IPythonKernel):
         return self._binder
 
     def _report_release(self, parent: dict[str, Any], timings: BindTimings) -> None:
-        self.session.send(
+        self._session.send(
             self.iopub_socket, GPU_RELEASED, {"bind_s": timings.bind_s, "release_s": timings.release_s}, parent
         )
         if timings.unparked:
@@ -597,7 +619,7 @@ class ReplicaKernel(IPythonKernel):
 
     def _capture(self, parent: dict[str, Any]) -> StateDelta | None:
         """What the cell changed, or None (the user is told) when it cannot be stored."""
-        shell = self.shell
+        shell = self._shell
         content = parent["content"]
         in_history = content.get("store_history", not content.get("silent", False))
         count = int(self._last_reply.get("execution_count", 0)) if in_history else 0
@@ -656,7 +678,7 @@ class ReplicaKernel(IPythonKernel):
         started = time.perf_counter()
         try:
             full = self.tracker.capture_all(
-                self.shell.user_ns, record.execution_count, extra={"rng": rng_state.current()}
+                self._shell.user_ns, record.execution_count, extra={"rng": rng_state.current()}
             )
         except ObjectStoreError as err:
             self._notify(
@@ -711,7 +733,7 @@ class ReplicaKernel(IPythonKernel):
     async def dispatch_control(self, msg: list) -> None:
         """The front's ``%gpus`` question (what a cell asks for, before it asks the scheduler) is answered by the
         magic's owner, here, ahead of ipykernel's control dispatch; anything else goes on to it."""
-        if not answer_gpus_request(self.session, self.control_stream, msg):
+        if not answer_gpus_request(self._session, self.control_stream, msg):
             await super().dispatch_control(msg)
 
     def _gpus_magic(self, line: str) -> None:
@@ -744,7 +766,7 @@ class ReplicaKernel(IPythonKernel):
         lost = {
             n: r
             for n, r in self.tracker.not_replicated.items()
-            if n not in self._told_lost and n not in self.shell.user_ns
+            if n not in self._told_lost and n not in self._shell.user_ns
         }
         for error in self._unapplied:
             self._notify(parent, f"notebookos: this replica could not restore part of the state: {error}\n")
@@ -759,14 +781,14 @@ class ReplicaKernel(IPythonKernel):
             )
 
     def _notify(self, parent: dict[str, Any], text: str) -> None:
-        self.session.send(
+        self._session.send(
             self.iopub_socket, "stream", {"name": "stderr", "text": text}, parent, ident=self._topic("stream")
         )
 
     # ------------------------------------------------------------------------------------------- replies
 
     def _standby_content(self) -> dict[str, Any]:
-        return {"status": "ok", "execution_count": self.shell.execution_count, "user_expressions": {}, "payload": []}
+        return {"status": "ok", "execution_count": self._shell.execution_count, "user_expressions": {}, "payload": []}
 
     def _send_execute_reply(
         self,
@@ -777,10 +799,10 @@ class ReplicaKernel(IPythonKernel):
         role: ReplicaRole,
         from_log: dict[str, int] | None = None,
     ) -> None:
-        meta = {"role": role.value, "replica": self.replica_config.replica}
+        meta: dict[str, Any] = {"role": role.value, "replica": self.replica_config.replica}
         if from_log is not None:
             meta["from_log"] = from_log
-        self.session.send(stream, "execute_reply", content, parent, ident=ident, metadata={NOTEBOOKOS_META: meta})
+        self._session.send(stream, "execute_reply", content, parent, ident=ident, metadata={NOTEBOOKOS_META: meta})
 
     async def kernel_info_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
         """IPython's banner, part of the kernel info, picks a tip with the process-wide ``random`` generator, and
@@ -848,7 +870,7 @@ class ReplicaKernelApp(IPKernelApp):
     """
 
     name = "notebookos-replica"
-    kernel_class = ReplicaKernel  # type: ignore[assignment]
+    kernel_class = ReplicaKernel
 
     @default("log_level")
     def _default_log_level(self) -> int:

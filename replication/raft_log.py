@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import pysyncobj.dns_resolver
@@ -40,7 +41,7 @@ from .snapshots import Restore, SnapshotAccepted, SnapshotState, dump_path
 # the notebook's: after `random.seed(1)` a user would see Raft's draws interleaved with their own, and different
 # numbers than on a plain kernel. Its modules get a generator of their own.
 for _module in (pysyncobj.syncobj, pysyncobj.transport, pysyncobj.dns_resolver):
-    _module.random = random.Random()  # type: ignore[attr-defined]
+    _module.random = random.Random()
 _draws = random.Random()  # this module's own draws, for the same reason
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ BUSY = Pace(DEFAULT_TICK_S, 0.1, (0.5, 1.2))
 # meanwhile is replaced after 4 to 8 s, or about 2 s after a cell comes (see KernelLog.quicken).
 IDLE = Pace(1.0, 1.0, (4.0, 8.0))
 IDLE_AFTER_S = 5.0  # without a cell or a committed entry for this long, a replica slows down
+# A new kernel's first election: every member starts at once with an empty log, so there is no leader whose
+# heartbeats a short time-out could miss, and the notebook's first cell waits for this election.
+FIRST_ELECTION_S = (0.15, 0.35)
 # A leader slows its heartbeats this much later than its followers lengthen their time-outs, so that no follower
 # still on the busy time-out misses a heartbeat.
 LEADER_LAG_S = 2.0
@@ -134,6 +138,11 @@ def raft_conf(
 class KernelLog(SyncObj):
     """The replicated, ordered log of one kernel. ``on_commit`` is called from pysyncobj's thread."""
 
+    # pysyncobj's own (SyncObj.__raftElectionDeadline and friends), set here to change its pace between ticks
+    _SyncObj__raftElectionDeadline: float
+    _SyncObj__newAppendEntriesTime: float
+    _SyncObj__pipeNotifier: Any
+
     def __init__(
         self,
         self_address: str,
@@ -142,10 +151,15 @@ class KernelLog(SyncObj):
         journal_path: str | None,
         on_commit: Callable[[LogEntry | Restore | SnapshotAccepted], None],
         compact_after: int = COMPACT_AFTER_ENTRIES,
+        new_group: bool = False,
     ) -> None:
         """``on_commit`` receives, in log order, every committed entry to apply, a :class:`SnapshotAccepted` for
         each snapshot entry that became the latest and, when a dump replaces this replica's state (its own at start,
-        or the leader's), one :class:`Restore` in place of the entries it covers."""
+        or the leader's), one :class:`Restore` in place of the entries it covers.
+
+        ``new_group``: the members of a new kernel, all starting now: the first election comes after
+        ``FIRST_ELECTION_S`` rather than a busy time-out (a replica that restarts or joins a running group keeps the
+        busy time-out: a short one would unseat the leader before its first heartbeat arrives)."""
         self._on_commit = on_commit
         # Held while an entry is admitted and handed on, and while a rebuild is queued: a rebuild's state is exactly
         # the entries queued before it.
@@ -170,8 +184,11 @@ class KernelLog(SyncObj):
             ),
         )
         self._busy = Pace(self.conf.autoTickPeriod, BUSY.heartbeat_s, BUSY.election_s)
+        if new_group and others:
+            self._SyncObj__raftElectionDeadline = time.monotonic() + _draws.uniform(*FIRST_ELECTION_S)
         self._idle = False
         self._last_activity = time.monotonic()
+        self._leader_seen: object | None = None
         self.addOnTickCallback(self._slow_down_when_quiet)
 
     def _restored(self, restore: Restore) -> None:
@@ -262,12 +279,28 @@ class KernelLog(SyncObj):
             # cell, but its tick may be asleep until then): no election before that, one soon after.
             deadline = time.monotonic() + IDLE.heartbeat_s + _draws.uniform(*self._busy.election_s)
             self._SyncObj__raftElectionDeadline = min(self._SyncObj__raftElectionDeadline, deadline)
+        else:
+            # Its tick may sleep for up to an idle tick: wake it to send heartbeats now, well within the followers'
+            # shortened time-outs even when a loaded machine delays the thread.
+            self._SyncObj__newAppendEntriesTime = 0.0
+            self._SyncObj__pipeNotifier.notify()
 
     def _slow_down_when_quiet(self) -> None:
         """pysyncobj's thread, every tick: after IDLE_AFTER_S without a cell or a committed entry, and with a
         leader, the idle pace. Followers first, then the leader (LEADER_LAG_S later), so that heartbeats never come
         slower than a follower's time-out expects."""
-        if self._idle or self._getLeader() is None:  # a group without a leader elects one at the busy pace
+        leader = self._getLeader()
+        if leader != self._leader_seen:
+            # A new leader (or none) is activity. Each node waits the whole quiet period again from here, the leader
+            # LEADER_LAG_S longer: a leader elected after the quiet period would otherwise slow its heartbeats at
+            # once, while its followers' time-outs, drawn at the busy pace, expire before the first slow one.
+            self._leader_seen = leader
+            self._last_activity = time.monotonic()
+            if self._idle:
+                self._idle = False
+                self._set_pace(self._busy)
+            return
+        if self._idle or leader is None:  # a group without a leader elects one at the busy pace
             return
         quiet = time.monotonic() - self._last_activity
         if quiet >= IDLE_AFTER_S + (LEADER_LAG_S if self._isLeader() else 0.0):
@@ -309,7 +342,7 @@ class KernelLog(SyncObj):
         deadline = loop.time() + timeout
         while True:
             future: asyncio.Future[None] = loop.create_future()
-            self.append(entry, lambda error, f=future: loop.call_soon_threadsafe(_settle, f, error))
+            self.append(entry, _settler(loop, future))
             remaining = deadline - loop.time()
             try:
                 await asyncio.wait_for(future, min(RETRY_AFTER_S, max(remaining, 0.001)))
@@ -329,6 +362,15 @@ _STATES = {0: "follower", 1: "candidate", 2: "leader"}  # pysyncobj's _RAFT_STAT
 def _log_state_change(old: int, new: int) -> None:
     """pysyncobj's thread: elections and leadership transfers, for the replica's log."""
     log.info("Raft: %s -> %s", _STATES.get(old, old), _STATES.get(new, new))
+
+
+def _settler(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> Callable[[BaseException | None], None]:
+    """An append's ``done``, called on pysyncobj's thread: settles ``future`` on ``loop``."""
+
+    def done(error: BaseException | None) -> None:
+        loop.call_soon_threadsafe(_settle, future, error)
+
+    return done
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
