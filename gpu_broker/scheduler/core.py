@@ -604,7 +604,7 @@ class SchedulerCore:
             kernel = self.cluster.kernels[kernel_id]
             allocation = kernel.allocation
             here = allocation is not None and allocation.host_id == host.host_id
-            if here and (kernel.executing or not allocation.held):
+            if allocation is not None and here and (kernel.executing or not allocation.held):
                 if partial:
                     continue
                 return None
