@@ -7,6 +7,9 @@ line that appends this venv's site-packages for the dependencies. A plain path l
 editable install's finder there is never loaded, so every ``notebookos`` module comes from the wheel, which the
 tests check. The wheel is built from a copy of the tree (setuptools writes ``build/`` and ``*.egg-info`` where it
 builds).
+
+The JupyterLab extension's bundle (labextension/prebuilt/) is committed and the build copies it; from a tree without
+it, the build runs JupyterLab's builder (setup.py), which the last test checks with node and the npm registry.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +32,10 @@ import pytest
 pytestmark = pytest.mark.packaging
 
 ROOT = Path(__file__).resolve().parents[2]
-# What the build reads: pyproject.toml names the rest.
+# What the build reads: pyproject.toml and setup.py name the rest.
 SOURCES = (
     "pyproject.toml",
+    "setup.py",
     "README.md",
     "LICENSE",
     "jupyter-config",
@@ -42,12 +47,14 @@ SOURCES = (
     "labextension",
 )
 KERNEL_TIMEOUT_S = 120
+LABEXTENSION = "share/jupyter/labextensions/notebookos/"
 
 
 @dataclass(frozen=True)
 class FreshVenv:
     root: Path
     site_packages: Path
+    wheel: Path
 
     @property
     def python(self) -> str:
@@ -77,16 +84,7 @@ class FreshVenv:
 @pytest.fixture(scope="module")
 def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> FreshVenv:
     work = tmp_path_factory.mktemp("wheel")
-    tree = work / "src"
-    tree.mkdir()
-    for name in SOURCES:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(
-                source, tree / name, ignore=shutil.ignore_patterns("__pycache__", "node_modules", "lib", ".yarn")
-            )
-        else:
-            shutil.copy2(source, tree / name)
+    tree = _copy_tree(work / "src")
     subprocess.run(
         [
             sys.executable,
@@ -131,7 +129,48 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> FreshVenv:
         ).stdout.strip()
     )
     (site_packages / "dependencies-from-test-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    return FreshVenv(root, site_packages)
+    return FreshVenv(root, site_packages, wheel)
+
+
+def _copy_tree(tree: Path) -> Path:
+    """What the build reads, without this checkout's npm dependencies, TypeScript output and bytecode."""
+    tree.mkdir()
+    for name in SOURCES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(
+                source,
+                tree / name,
+                ignore=shutil.ignore_patterns("__pycache__", "node_modules", "lib", ".yarn", "tsconfig.tsbuildinfo"),
+            )
+        else:
+            shutil.copy2(source, tree / name)
+    return tree
+
+
+def _labextension_in(wheel: Path) -> dict[str, bytes]:
+    """The wheel's files under share/jupyter/labextensions/notebookos/, by their path there."""
+    with zipfile.ZipFile(wheel) as archive:
+        return {
+            name.split(LABEXTENSION, 1)[1]: archive.read(name)
+            for name in archive.namelist()
+            if name.startswith("notebookos-0.1.0.data/data/" + LABEXTENSION)
+        }
+
+
+def _assert_a_whole_bundle(files: dict[str, bytes]) -> None:
+    """package.json names the extension and the remoteEntry it loads, which is there with the style module, the
+    schema and install.json (the Python package manager owns the extension)."""
+    package = json.loads(files["package.json"])
+    assert package["name"] == "notebookos", package
+    load = package["jupyterlab"]["_build"]["load"]
+    assert re.fullmatch(r"static/remoteEntry\.[0-9a-f]+\.js", load) and load in files, (load, sorted(files))
+    assert {"static/style.js", "schemas/notebookos/plugin.json", "install.json"} <= set(files), sorted(files)
+    assert json.loads(files["install.json"])["packageManager"] == "python"
+
+
+def test_the_wheel_carries_the_labextension(fresh_venv: FreshVenv) -> None:
+    _assert_a_whole_bundle(_labextension_in(fresh_venv.wheel))
 
 
 def test_the_wheel_carries_license_trace_kernelspec_and_server_switch(fresh_venv: FreshVenv, tmp_path: Path) -> None:
@@ -213,3 +252,57 @@ def test_a_kernel_starts_from_the_installed_kernelspec(fresh_venv: FreshVenv, tm
 def _plain(text: str) -> str:
     """Without the terminal colour codes `jupyter server extension list` writes."""
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def test_the_build_runs_the_labextension_builder_where_the_bundle_is_missing(tmp_path: Path) -> None:
+    """A tree without labextension/prebuilt/: the build asks for the builder's packages (setup.py's setup_requires,
+    which pip's build isolation installs: hatch-jupyter-builder, and jupyterlab for jlpm), runs `jlpm install` and
+    `jlpm build:prod` in labextension/ and ships what JupyterLab's builder wrote. The wheel is built without build
+    isolation, from this venv's jupyterlab and hatch-jupyter-builder (the test extra): pip would spend 15 s installing
+    jupyterlab into an isolated environment. About 20 s here with a warm yarn cache, most of it `jlpm install`."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node not found: JupyterLab's builder cannot run (a tree with the bundle builds without it)")
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30)
+    if version.returncode != 0:
+        pytest.skip(f"node cannot run: {version.stderr.strip()}")
+    if not (Path(sys.executable).parent / "jlpm").exists():
+        pytest.skip("no jlpm next to this Python (it comes with jupyterlab): JupyterLab's builder cannot run")
+    tree = _copy_tree(tmp_path / "src")
+    shutil.rmtree(tree / "labextension" / "prebuilt")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("NOTEBOOKOS_BUILD_LABEXTENSION", "SKIP_JUPYTER_BUILDER", "HATCH_JUPYTER_BUILDER_SKIP_NPM")
+    }
+    requires = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, setuptools.build_meta as b; print(json.dumps(b.get_requires_for_build_wheel()))",
+        ],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    asked = {re.split(r"[<>=!~ ]", r, maxsplit=1)[0] for r in json.loads(requires.stdout.splitlines()[-1])}
+    assert {"hatch-jupyter-builder", "jupyterlab"} <= asked, asked
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist")]
+        + [str(tree)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, f"pip wheel exited {built.returncode}:\n{built.stdout[-8000:]}{built.stderr[-4000:]}"
+    assert "build:prod" in built.stdout + built.stderr, "the builder did not run"
+    [wheel] = (tmp_path / "dist").glob("notebookos-*.whl")
+    files = _labextension_in(wheel)
+    _assert_a_whole_bundle(files)
+    # What the builder wrote in the tree is what the wheel carries.
+    bundle = tree / "labextension" / "prebuilt"
+    assert {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()} == set(files) - {"install.json"}
