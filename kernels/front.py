@@ -487,6 +487,8 @@ class KernelFront:
                 if granted:
                     await self._release_gpus(cell)
             if outcome == "done":
+                if cell.idle is None:  # _finish_if_complete settles "done" only with the idle in hand
+                    raise RuntimeError(f"cell {cell.msg_id} done without its idle status")
                 self.iopub.send_multipart(cell.idle)  # idle means idle: the cell's GPUs are already released
                 return
             if outcome == "all_yield":
@@ -555,10 +557,19 @@ class KernelFront:
         while not self._replica(index).alive and time.monotonic() < deadline:
             await asyncio.sleep(HEARTBEAT_PERIOD_S / 2)
 
+    def _cluster(self) -> ClusterClient:
+        """The cluster service's client, for what only it does: grant GPUs, move and replace replicas."""
+        if self.cluster is None:
+            raise RuntimeError(
+                "this kernel's front found no cluster service when it started (no discovery file): restart the kernel "
+                "once the cluster service runs"
+            )
+        return self.cluster
+
     async def _grant(self, cell: Cell) -> dict | None:
         """Ask for the cell's GPUs; wait, saying so in the cell, while they are busy or the cluster service is
         away. None (the cell failed with the reason) when the cluster refuses."""
-        cluster = self.cluster
+        cluster = self._cluster()
         try:
             grant = await self._through_outage(lambda: cluster.request_execution(self.kernel_id, cell.gpus), cell)
             while not grant["granted"]:
@@ -582,7 +593,7 @@ class KernelFront:
         """The scheduler moved a replica (it has caught up there when the grant comes): on another machine it is
         a new member at a new address, so the front relinks; on this machine it restarted with the same ports."""
         described = next(
-            r for r in (await self.cluster.kernel(self.kernel_id))["replicas"] if r["replica"] == replica.index
+            r for r in (await self._cluster().kernel(self.kernel_id))["replicas"] if r["replica"] == replica.index
         )
         if endpoint_of(described["connection"]) != replica.endpoint:
             await self._follow_replacement(replica, described)
@@ -592,7 +603,7 @@ class KernelFront:
     async def _release_gpus(self, cell: Cell) -> None:
         times = cell.gpu_times
         cell.gpu_times = {}
-        cluster = self.cluster
+        cluster = self._cluster()
         try:
             await self._through_outage(
                 lambda: cluster.release_execution(self.kernel_id, times.get("bind_s"), times.get("release_s"))
@@ -692,7 +703,7 @@ class KernelFront:
                     await self._follow_replacement(replica, current)
                     return
                 await asyncio.sleep(REPLACEMENT_POLL_S)
-                described = await self.cluster.kernel(self.kernel_id)
+                described = await self._cluster().kernel(self.kernel_id)
         except ClusterError as err:
             replica.restarting = False
             log.error("lost track of the replacement of %s: %s", replica, err)
@@ -712,7 +723,7 @@ class KernelFront:
         log.info("%s replaced by a new member on %s", lost, new.host)
         while new.joining and self._replica(new.index) is new:
             state = next(
-                r for r in (await self.cluster.kernel(self.kernel_id))["replicas"] if r["replica"] == new.index
+                r for r in (await self._cluster().kernel(self.kernel_id))["replicas"] if r["replica"] == new.index
             )["state"]
             if state == "ready":
                 new.joining = False

@@ -33,7 +33,7 @@ from .front import CLAIM_REPLY, CLAIM_REQUEST, RESTART_GRACE_ENV
 from .watched_process import WatchedProcess
 
 
-class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
+class NotebookOSProvisioner(LocalProvisioner):
     """jupyter_client's ``LocalProvisioner`` for the kernel front, plus the kernel's replicas in the cluster.
 
     jupyter_client's kernel manager (``KernelManager``, and Jupyter Server's kernel manager through it) creates one
@@ -95,6 +95,8 @@ class NotebookOSProvisioner(LocalProvisioner):  # type: ignore[misc]
             )
         except ClusterError as err:
             raise RuntimeError(f"notebookos could not place this kernel's replicas: {err}") from err
+        if self.parent is None:
+            raise RuntimeError("the provisioner has no kernel manager: jupyter_client creates it with one (parent=)")
         connection_file = Path(self.parent.connection_file)
         self._replicas_file = connection_file.with_name(connection_file.stem + "-replicas.json")
         with secure_write(str(self._replicas_file)) as f:  # the replicas' message keys and addresses

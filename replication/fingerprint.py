@@ -173,6 +173,9 @@ class Fingerprinter:
         self._memo: dict[int, Fingerprint] = {}
         self._numpy = sys.modules.get("numpy")
         self._torch = sys.modules.get("torch")
+        # What the tensor handlers compare with; they are registered only where torch is there.
+        self._strided: object = None if self._torch is None else self._torch.strided
+        self._tensor_type: type | tuple[()] = () if self._torch is None else self._torch.Tensor
         handlers: list[tuple[type, Callable[[Any], Fingerprint]]] = []
         if self._torch is not None:
             handlers += [
@@ -210,7 +213,7 @@ class Fingerprinter:
 
     def _tensor(self, tensor: Any) -> Fingerprint:
         fingerprint = self._tensor_fields(tensor)
-        if tensor.layout is self._torch.strided and tensor.nbytes <= SMALL_BYTES:
+        if tensor.layout is self._strided and tensor.nbytes <= SMALL_BYTES:
             fingerprint += (_tensor_digest(tensor),)
         return fingerprint
 
@@ -218,7 +221,7 @@ class Fingerprinter:
         """The O(1) part of a tensor's fingerprint."""
         fields = (id(tensor), type(tensor), _version_of(tensor), tensor.dtype, tensor.device,
                   tuple(tensor.shape), tensor.requires_grad)  # fmt: skip
-        if tensor.layout is not self._torch.strided or tensor.is_meta:
+        if tensor.layout is not self._strided or tensor.is_meta:
             return fields
         return fields + (tensor.data_ptr(), tensor.stride(), tensor.storage_offset())
 
@@ -251,12 +254,14 @@ class Fingerprinter:
         return self(value)
 
     def _state_leaf(self, value: Any) -> Fingerprint:
-        return self._tensor_fields(value) if isinstance(value, self._torch.Tensor) else self._leaf(value)
+        return self._tensor_fields(value) if isinstance(value, self._tensor_type) else self._leaf(value)
 
     def _array(self, array: Any) -> Fingerprint:
         if array.dtype.hasobject:  # its bytes are pointers: hash what they point to
             return self._pickled(array)
         numpy = self._numpy
+        if numpy is None:  # registered only where numpy is imported
+            raise RuntimeError("the numpy handler ran without numpy in sys.modules")
         fingerprint = (id(array), type(array), array.dtype.str, array.shape, array.strides,
                        array.__array_interface__["data"][0])  # fmt: skip
         if array.nbytes <= SMALL_BYTES:

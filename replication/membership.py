@@ -128,6 +128,8 @@ def request_join(
 def _ask(peer: str, body: bytes, secret: str, sealer: Sealer) -> str | None:
     """None when ``peer`` made the change (and said so in an answer that opens), else why not."""
     where = urlsplit(peer)
+    if where.hostname is None:
+        return f"is no http://host:port address ({peer!r})"
     headers = auth_headers(secret, "POST", MEMBERS_PATH)
     timestamp = headers[TIME_HEADER]
     sealed = sealer.seal_bytes(body, request_context("POST", MEMBERS_PATH, timestamp))

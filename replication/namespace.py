@@ -281,12 +281,15 @@ class NamespaceTracker:
 
     def _load(self, delta: StateDelta, user_ns: MutableMapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The delta's values and extras, unpickled against `user_ns`, which is left as it was."""
-        if delta.inline is None and delta.pointer is None:
+        if delta.inline is not None:
+            data = delta.inline
+        elif delta.pointer is None:
             return {}, {}
-        try:
-            data = delta.inline if delta.inline is not None else self._store.get(delta.pointer.key)
-        except ObjectStoreError as error:
-            raise _apply_error(delta, str(error)) from error
+        else:
+            try:
+                data = self._store.get(delta.pointer.key)
+            except ObjectStoreError as error:
+                raise _apply_error(delta, str(error)) from error
         before = dict(user_ns)
         try:
             values, extra = _PayloadUnpickler(io.BytesIO(data), user_ns).load()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import http.client
@@ -347,7 +348,9 @@ class _ObjectHandler(tornado.web.RequestHandler):
             await self.flush()
             # Straight to the connection: RequestHandler.write takes bytes only, which would copy every piece.
             for piece in self._sealer.seal(memoryview(data), sealing_context(answer_context, self.request)):
-                await connection.write(piece)  # done once the socket has taken it: the buffer may then be reused
+                # Done once the socket has taken it: the buffer may then be reused. (The ignore: tornado annotates
+                # `chunk: bytes`, but HTTP1Connection.write hands it to IOStream.write, which takes a memoryview.)
+                await connection.write(piece)  # type: ignore[arg-type]
         except tornado.iostream.StreamClosedError:
             return  # the reader left (it reports its own failure)
         self.finish()
@@ -440,7 +443,7 @@ class PeerStore(ObjectStore):
             raise TooFewCopiesError(self._alone(key, view.nbytes), key, copies=1)
         pushes = {_in_thread(self._push, peer, key, view): peer for peer in peers}
         for push, peer in pushes.items():
-            push.add_done_callback(lambda done, peer=peer: _log_failed_push(done, peer, key))
+            push.add_done_callback(functools.partial(_log_failed_push, peer=peer, key=key))
         copies, problems = self._await_copies(pushes, wanted)
         if copies < wanted:
             raise TooFewCopiesError(self._too_few(key, view.nbytes, len(peers), copies, problems), key, 1 + copies)
@@ -590,7 +593,8 @@ class PeerStore(ObjectStore):
     @staticmethod
     def _await_copies(pushes: dict[Future[None], str], wanted: int) -> tuple[int, list[str]]:
         """Wait until `wanted` pushes succeed or every push has ended: the copies made, and what went wrong."""
-        copies, problems = 0, []
+        copies = 0
+        problems: list[str] = []
         if wanted == 0:
             return copies, problems
         for push in as_completed(pushes):
@@ -660,7 +664,8 @@ def _in_thread(function: Callable[..., None], *args: Any) -> Future[None]:
     def run() -> None:
         future.set_running_or_notify_cancel()
         try:
-            future.set_result(function(*args))
+            function(*args)
+            future.set_result(None)
         except BaseException as error:  # noqa: BLE001 - handed to whoever waits on the future
             future.set_exception(error)
 

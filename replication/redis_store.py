@@ -111,7 +111,7 @@ class RedisStore(ObjectStore):
         name = self.redis_key(key)
         with self._errors("read", key):
             try:
-                data = self._client.get(name)
+                data = _raw(self._client.get(name))
             except redis_errors.ResponseError as error:
                 if not str(error).startswith("WRONGTYPE"):
                     raise
@@ -168,7 +168,7 @@ class RedisStore(ObjectStore):
             raise self._corrupt(key, f"it holds a Redis {kind}, not an object")
         chunks = []
         for index in range(self._client.hlen(name)):
-            chunk = self._client.hget(name, str(index))
+            chunk = _raw(self._client.hget(name, str(index)))
             if chunk is None:
                 if not self._client.exists(name):
                     return None
@@ -188,8 +188,8 @@ class RedisStore(ObjectStore):
             if self._server_checked:
                 return self.chunk_size
             with contextlib.suppress(redis_errors.ResponseError):
-                limit = int(self._client.config_get("proto-max-bulk-len").get("proto-max-bulk-len", _REDIS_MAX_BULK))
-                self.chunk_size = min(self.chunk_size, limit)
+                limit = self._client.config_get("proto-max-bulk-len").get("proto-max-bulk-len")
+                self.chunk_size = min(self.chunk_size, _REDIS_MAX_BULK if limit is None else int(limit))
             with contextlib.suppress(redis_errors.ResponseError):
                 policy = self._client.info("memory").get("maxmemory_policy", "noeviction")
                 if policy != "noeviction":
@@ -254,6 +254,14 @@ class RedisStore(ObjectStore):
             f"object {key} in the Redis object store at {self.url} is corrupt: {problem}. The Redis key {name} was "
             f"overwritten or damaged; delete it (DEL {name}) and recompute the values it held."
         )
+
+
+def _raw(reply: bytes | str | None) -> bytes | None:
+    """A value read back: bytes, since the client is made without ``decode_responses`` (redis-py's annotations allow
+    str for clients made with it)."""
+    if isinstance(reply, str):
+        raise TypeError("the Redis client decoded a value: it must be made without decode_responses")
+    return reply
 
 
 def _split_prefix(url: str) -> tuple[str, str | None]:

@@ -76,7 +76,7 @@ class SnapshotState:
         self._members: dict[int, MembershipChanged] = {}  # from before the snapshot
         self._last_record: CellKey | None = None
         self.dumps = 0  # dumps written or adopted: the garbage collector runs once per dump
-        self._dumped: tuple[LogEntry, ...] = ()  # the state on disk: its snapshot and tail
+        self._dumped: tuple[LogEntry | None, ...] = ()  # the state on disk: its snapshot (None before one) and tail
         self._since_dump: list[LogEntry] = []  # entries admitted after it (the journal's), snapshots included
 
     def referenced_keys(self) -> set[str]:

@@ -88,6 +88,8 @@ class NotebookOS(ExtensionApp):
         self.log.info("%s", admins.describe())
 
     def initialize_handlers(self) -> None:
+        if self.serverapp is None:
+            raise RuntimeError("initialize_handlers runs before the server is linked: Jupyter Server's ExtensionApp")
         # Paths relative to the server's base URL, which ExtensionApp prepends.
         self.handlers.extend(api_handlers(Metrics()))
         self.handlers.extend(dashboard_handlers(str(frontend_dir())))

@@ -93,9 +93,11 @@ class DashboardStaticHandler(JupyterHandler, web.StaticFileHandler):
 
     auth_resource = RESOURCE
 
+    # The ignore: tornado's @authenticated is annotated to return Callable[..., Awaitable[None] | None], which hides
+    # that this is StaticFileHandler.get's coroutine with its signature.
     @web.authenticated
     @authorized("read", resource=RESOURCE)
-    async def get(self, path: str, include_body: bool = True) -> None:
+    async def get(self, path: str, include_body: bool = True) -> None:  # type: ignore[override]
         await web.StaticFileHandler.get(self, path, include_body)
 
     def set_extra_headers(self, path: str) -> None:

@@ -142,10 +142,11 @@ class PersistentKernelManager(AsyncMappingKernelManager):
     async def record(self, km: ServerKernelManager) -> None:
         """Record a kernel whose front can outlive this server. A kernel that cannot be recorded still runs: the
         log says so, and it is lost if this server dies."""
-        if not isinstance(km.provisioner, NotebookOSProvisioner):
+        provisioner = km.provisioner
+        if not isinstance(provisioner, NotebookOSProvisioner):
             return
         try:
-            self.records.save(km.kernel_id, await _record_of(km))
+            self.records.save(km.kernel_id, await _record_of(km, provisioner))
         except (OSError, TypeError, ValueError) as err:
             self.log.error(
                 "notebookos: kernel %s could not be recorded in %s, so it will not outlive this server: %s",
@@ -215,7 +216,8 @@ class PersistentKernelManager(AsyncMappingKernelManager):
         Jupyter Server's own bookkeeping of a started kernel, which Enterprise Gateway's restoration sets too)."""
         env = {**os.environ, **launch_args.get("env", {})}
         km.write_connection_file(jupyter_session=env.get("JPY_SESSION_NAME", ""))  # as written at start: ours again
-        km._launch_args = {**launch_args, "env": env}  # what a restart of the kernel starts it with
+        relaunch: dict[str, Any] = {**launch_args, "env": env}
+        km._launch_args = relaunch  # what a restart of the kernel starts it with
         km._attempted_start = True
         km.ready.set_result(None)
         km.start_restarter()
@@ -230,10 +232,10 @@ class PersistentKernelManager(AsyncMappingKernelManager):
             self.initialize_culler()
 
 
-async def _record_of(km: ServerKernelManager) -> dict[str, Any]:
-    info = await km.provisioner.get_provisioner_info()
-    launch = dict(km._launch_args or {})
-    env = launch.pop("env", None) or {}
+async def _record_of(km: ServerKernelManager, provisioner: NotebookOSProvisioner) -> dict[str, Any]:
+    info = await provisioner.get_provisioner_info()
+    launch: dict[str, Any] = dict(km._launch_args or {})
+    env: dict[str, str] = launch.pop("env", None) or {}
     return {
         "kernel_name": km.kernel_name,
         "connection_file": km.connection_file,

@@ -255,7 +255,7 @@ def _run_in(state_dir: Path, args: argparse.Namespace, grace: float) -> int:
         # JupyterLab shut its kernels down when it was stopped, or exited 0; otherwise (killed, crashed) its kernels
         # outlive it under --state-dir, and so must the cluster that runs their replicas.
         outlive = persistent and code not in (None, 0) and not asked_to_stop
-        if outlive and (cluster is None or cluster.kernels()):
+        if outlive and code is not None and (cluster is None or cluster.kernels()):
             log.warning(
                 "JupyterLab %s; its kernels keep running for %g s: run `notebookos lab --state-dir %s` again "
                 "to reconnect to them",

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from jupyter_core.paths import jupyter_runtime_dir
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-
-from .tls import client_context
 
 CLUSTER_FILE_ENV = "NOTEBOOKOS_CLUSTER_FILE"
 
@@ -46,7 +45,13 @@ class ClusterClient:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
-        self._ssl = client_context(ca_pem) if self.url.startswith("https:") else None
+        self._ssl: ssl.SSLContext | None = None
+        if self.url.startswith("https:"):
+            # Imported here: tls.py brings cryptography (50 ms), which a kernel front on a plain-HTTP cluster, started
+            # with every kernel, does not need.
+            from .tls import client_context
+
+            self._ssl = client_context(ca_pem)
 
     @classmethod
     def from_file(cls, path: Path, timeout: float = 60.0) -> ClusterClient:

@@ -58,7 +58,7 @@ from .providers import HostProvider, LocalProvider, PendingHost, ProviderError
 from .state_store import ClusterStateStore, StoredState
 
 log = logging.getLogger(__name__)
-R = TypeVar("R")
+R = TypeVar("R", Decision, list[Event])  # what the scheduling core's calls return
 
 REPLICAS_PER_KERNEL = 3
 _CHANNELS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
@@ -305,6 +305,8 @@ class EmbeddedCluster:
         to wait for until it has caught up, returned); nothing for LEAD."""
         if decision.kind is not DecisionKind.MIGRATE:
             return None
+        if decision.replica is None or decision.host_id is None:
+            raise RuntimeError(f"the core decided a migration without its replica and host: {decision}")
         self._hand_over(decision.kernel_id, decision.replica, decision.host_id)
         return self.kernels[decision.kernel_id].replicas[decision.replica][1]
 
@@ -414,7 +416,7 @@ class EmbeddedCluster:
             )
         record.moving.add(replica)
         try:
-            if local:
+            if isinstance(source, HostAgent) and isinstance(target, HostAgent):  # local
                 moved = source.hand_over(kernel_id, replica, target, pause_s)
                 with self.lock:
                     record.replicas[replica] = (target, moved)
@@ -519,7 +521,9 @@ class EmbeddedCluster:
             return [
                 (r["kernel_id"], r["replica"])
                 for r in replicas
-                if not (r.get("kernel_id") in placed and placed[r["kernel_id"]].replicas.get(r.get("replica")) == name)
+                if not (
+                    r.get("kernel_id") in placed and placed[r["kernel_id"]].replicas.get(r.get("replica", -1)) == name
+                )
             ]
 
     def _agent_trust(self, name: str, cert_pem: str | None) -> str | bool:
@@ -584,7 +588,7 @@ class EmbeddedCluster:
             now = time.time()
             self.metrics.gpu_seconds.inc(self.core.used_gpus * max(0.0, now - self._clock))
             self._clock = now
-            result = method(*args, now)
+            result: R = method(*args, now)
             if self.journal is not None:
                 self.journal.record(method.__name__, args, now, result)
             for event in [result, *result.events] if isinstance(result, Decision) else result or []:
@@ -768,8 +772,10 @@ class EmbeddedCluster:
                 "verify": host.verify,
                 "provided": name in self.provided,
             }
-        else:
+        elif isinstance(host, HostAgent):
             state["logical"] = {"devices": list(host.gpu_devices) if host.gpu_devices is not None else None}
+        else:
+            raise TypeError(f"host {name} is a {type(host).__name__}: neither a HostAgent nor a RemoteHost")
         return state
 
     def _kernel_state(self, kernel_id: str) -> dict[str, Any] | None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from jupyter_core.paths import secure_write
 
@@ -82,6 +82,8 @@ def auto_tls(ca_folder: Path, folder: Path, addresses: list[str]) -> ServerTLS:
         ca_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     authority = x509.load_pem_x509_certificate(ca_cert.read_bytes())
     authority_key = serialization.load_pem_private_key(ca_key.read_bytes(), password=None)
+    if not isinstance(authority_key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):  # what signs with SHA-256
+        raise TLSError(f"the cluster CA's key {ca_key} is a {type(authority_key).__name__}: it must be EC or RSA")
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "notebookos cluster")])
     cert = _certificate(subject, authority.subject, key.public_key(), authority_key, addresses, ca=False)
@@ -109,7 +111,8 @@ def serving_names(listen_address: str) -> list[str]:
     names = {"127.0.0.1", "localhost", hostname}
     if listen_address in ("0.0.0.0", ""):
         try:
-            names |= {info[4][0] for info in socket.getaddrinfo(hostname, None, socket.AF_INET)}
+            # AF_INET: each address is a string (typeshed's sockaddr allows the ints of other families).
+            names |= {str(info[4][0]) for info in socket.getaddrinfo(hostname, None, socket.AF_INET)}
         except OSError:
             pass
     else:
@@ -146,7 +149,7 @@ def _certificate(
     subject: x509.Name,
     issuer: x509.Name,
     public_key: ec.EllipticCurvePublicKey,
-    signing_key: ec.EllipticCurvePrivateKey,
+    signing_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
     names: list[str],
     ca: bool,
 ) -> x509.Certificate:

@@ -248,7 +248,7 @@ class KernelChannel:
             self._dispatch(msg, now)
 
     def _dispatch(self, msg: dict, now: float) -> None:
-        parent_id = (msg.get("parent_header") or {}).get("msg_id")
+        parent_id: str = (msg.get("parent_header") or {}).get("msg_id", "")  # "": not a reply to any of ours
         msg_type = msg.get("header", {}).get("msg_type") or msg.get("msg_type")
         content = msg.get("content") or {}
         fut = self.replies.get(parent_id)

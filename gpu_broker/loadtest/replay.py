@@ -340,7 +340,10 @@ class Replay:
             requested = 0  # the kernelspec's GPUs per cell
             running: list[tuple[EventRecord, Execution]] = []
             for cell, event in zip(plan.cells, events):
-                planned = planned if cell.index == 0 else last_reply + cell.think_s
+                if cell.index > 0:
+                    if last_reply is None:  # set by the cell before, in this loop
+                        raise RuntimeError(f"{plan.name} cell {cell.index}: no reply from the cell before")
+                    planned = last_reply + cell.think_s
                 if cell.event.gpus != requested:  # within the think time, before the cell is due
                     changed = await channel.run(GPUS_CODE.format(gpus=cell.event.gpus), self.cell_timeout_s)
                     if changed.status != "ok":

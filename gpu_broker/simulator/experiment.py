@@ -52,17 +52,16 @@ class Experiment:
 
     def settings(self) -> dict[str, object]:
         """Every setting of the run, JSON-ready (an unbounded time is written as "inf")."""
-        return _finite(
-            {
-                "trace": str(self.trace),
-                "policies": list(self.policies),
-                "window_start_s": self.start_s,
-                "window_hours": self.hours,
-                "cluster": asdict(self.cluster),
-                "session_model": asdict(self.model),
-                "costs": asdict(self.costs),
-            }
-        )
+        settings: dict[str, object] = {
+            "trace": str(self.trace),
+            "policies": list(self.policies),
+            "window_start_s": self.start_s,
+            "window_hours": self.hours,
+            "cluster": asdict(self.cluster),
+            "session_model": asdict(self.model),
+            "costs": asdict(self.costs),
+        }
+        return {k: _finite(v) for k, v in settings.items()}
 
 
 def _finite(value: object) -> object:

@@ -10,7 +10,7 @@ import csv
 import importlib.util
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
@@ -116,7 +116,7 @@ def can_plot() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-def _figure(**kwargs: object) -> Figure:
+def _figure(**kwargs: Any) -> Figure:  # matplotlib's Figure options
     from matplotlib.figure import Figure
 
     return Figure(layout="constrained", **kwargs)

@@ -26,6 +26,7 @@ from typing import Any
 from jupyter_server.auth.decorator import allow_unauthenticated, authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
+from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
 from ...gpu_broker.cluster.openapi import Checked, RequestChecker, RequestInvalid
@@ -78,7 +79,7 @@ class NotebookOSHandler(APIHandler):
         if hasattr(error, "get_message"):
             message = error.get_message()
         else:
-            message = error.log_message % error.args if error.args else error.log_message
+            message = error.log_message % error.args if error.args and error.log_message else error.log_message
         self.log.warning("wrote error: %r", message)
         self.set_header("Content-Type", "application/json")
         self.finish(
@@ -305,6 +306,9 @@ class EventStreamHandler(NotebookOSHandler):
     @web.authenticated
     @authorized("read", resource=RESOURCE)
     async def get(self) -> None:
+        connection = self.request.connection
+        if not isinstance(connection, HTTP1Connection):  # what tornado's HTTP server gives every request
+            raise RuntimeError(f"an event stream needs tornado's HTTP/1 server, not {type(connection).__name__}")
         query = event_query(self.checked())
         since = self.request.headers.get("Last-Event-ID", "")
         if since.isascii() and since.isdigit() and len(since) < 16:
@@ -317,7 +321,7 @@ class EventStreamHandler(NotebookOSHandler):
         owners: dict[str, str | None] = {}
         try:
             await self.flush()  # the browser reports the stream open once the headers arrive: send them now
-            while not self.request.connection.stream.closed():
+            while not connection.stream.closed():
                 try:
                     answer = await get_events(query, wait_s=STREAM_WAIT_S)
                     if not access.admin:

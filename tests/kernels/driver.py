@@ -8,6 +8,7 @@ import signal
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -114,7 +115,7 @@ class Notebook:
 def cluster_request(cluster_file: str, method: str, path: str, body: dict | None = None, text: bool = False) -> Any:
     """One call to the cluster service's API, authenticated with the token of its discovery file: its JSON answer
     (None for 204), or with ``text`` the answer as text (``/metrics``)."""
-    data = json.loads(open(cluster_file).read())
+    data = json.loads(Path(cluster_file).read_text())
     req = urllib.request.Request(
         f"{data['url']}{path}",
         method=method,

@@ -55,8 +55,11 @@ class AgentReplicasHandler(AgentHandler):
 
     async def post(self) -> None:
         body = self.body()
+        described = body.get("config")
+        if not isinstance(described, dict):
+            raise tornado.web.HTTPError(400, reason="config is not a replica configuration: not a JSON object")
         try:
-            config = ReplicaConfig.from_json(body.get("config"))
+            config = ReplicaConfig.from_json(described)
         except (TypeError, ValueError, KeyError) as err:
             raise tornado.web.HTTPError(400, reason=f"config is not a replica configuration: {err}") from None
         connection = body.get("connection")

@@ -101,7 +101,7 @@ class RemoteHost:
         self.last_heartbeat = time.monotonic()
         self.reported = True
         for report in reports:
-            replica = self.replicas.get((report.get("kernel_id"), report.get("replica")))
+            replica = self.replicas.get((report.get("kernel_id", ""), report.get("replica", -1)))
             if replica is not None:
                 replica.update(report)
 

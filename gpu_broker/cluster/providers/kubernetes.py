@@ -84,7 +84,7 @@ class KubernetesProvider(HostProvider):
                 f"could not read the agent pool {self.namespace}/{self.deployment}: {_reason(err)}; "
                 "apply deploy/kubernetes (agent-pool.yaml, rbac.yaml)"
             ) from None
-        return int(scale.spec.replicas or 0)
+        return int(scale.spec.replicas or 0) if scale.spec is not None else 0
 
     def _scale(self, replicas: int) -> None:
         from kubernetes.client.exceptions import ApiException
@@ -101,11 +101,19 @@ class KubernetesProvider(HostProvider):
 
     def _pod_on(self, node: str) -> str | None:
         deployment = self.apps.read_namespaced_deployment(self.deployment, self.namespace)
-        selector = ",".join(f"{k}={v}" for k, v in sorted(deployment.spec.selector.match_labels.items()))
+        labels = deployment.spec.selector.match_labels
+        if labels is None:
+            raise ProviderError(
+                f"the agent pool {self.namespace}/{self.deployment} selects its pods without matchLabels; "
+                "apply deploy/kubernetes (agent-pool.yaml)"
+            )
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
         pods = self.core.list_namespaced_pod(
             self.namespace, label_selector=selector, field_selector=f"spec.nodeName={node}"
         )
-        return pods.items[0].metadata.name if pods.items else None
+        if not pods.items or pods.items[0].metadata is None:
+            return None
+        return pods.items[0].metadata.name
 
 
 def _reason(err: Any) -> str:
