@@ -40,6 +40,7 @@ from jupyter_client.session import Session
 from ..gpu_broker.cluster.client import ClusterClient, ClusterError, discovery_file
 from .watched_process import WatchedProcess
 from .protocol import (
+    ATTEMPT_ABANDONED,
     EXECUTOR_ANNOUNCEMENT,
     GPU_RELEASED,
     GPUS_MAGIC,
@@ -493,6 +494,8 @@ class KernelFront:
                 return
             if outcome == "all_yield":
                 tried_lead.update(leads)
+            elif cell.executor is None:
+                self._abandon_attempt(cell)
             cell.attempt += 1
 
     async def _cell_gpus(self, cell: Cell) -> int:
@@ -619,6 +622,15 @@ class KernelFront:
             if isinstance(wanted, int) and any(r.index == wanted for r in alive):
                 return wanted
         return alive[0].index
+
+    def _abandon_attempt(self, cell: Cell) -> None:
+        """The attempt's invited lead was lost before the election decided: the survivors, which wait for that
+        decision, are told to stop, so that they take the next attempt at once (protocol.ATTEMPT_ABANDONED)."""
+        frames = self.session.serialize(
+            self.session.msg(ATTEMPT_ABANDONED, {"msg_id": cell.msg_id, "attempt": cell.attempt})
+        )
+        for replica in self._alive():
+            replica.control.send_multipart(frames)
 
     def _send_attempt(self, cell: Cell, alive: list[ReplicaLink], leads: list[int], devices: tuple[int, ...]) -> None:
         for replica in alive:

@@ -7,14 +7,15 @@ imports torch.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from .protocol import GPUS_MAGIC, GPUS_REPLY, GPUS_REQUEST
+from .protocol import GPUS_MAGIC, GPUS_REPLY
 
 if TYPE_CHECKING:
     from jupyter_client.session import Session
+
+    from .front_control import FrontRequest
 
 _GPUS_ARG = re.compile(r"[0-9]+")
 _SIGNED_INT = re.compile(r"[+-][0-9]+")
@@ -61,21 +62,13 @@ def cell_gpus(code: str, kernel_gpus: int) -> tuple[int, int]:
     return (0 if all(line.startswith(GPUS_MAGIC) for line in lines) else kernel_gpus), kernel_gpus
 
 
-def answer_gpus_request(session: Session, stream: Any, raw: list) -> bool:
-    """Answer the front's ``%gpus`` question (protocol.GPUS_REQUEST) if ``raw``, a control message as the replica's
-    control stream received it, is one: what the cell asks for and the kernel's request after it (:func:`cell_gpus`
-    of the request's ``code`` and ``gpus``). Answered on the control thread ahead of ipykernel's control dispatch,
-    whose busy and idle on IOPub would cost every cell more than the answer. False for any other message (and for
-    one that does not parse, which ipykernel then reports)."""
+def answer_gpus_request(session: Session, stream: Any, request: FrontRequest) -> None:
+    """Answer the front's ``%gpus`` question (protocol.GPUS_REQUEST): what the cell asks for and the kernel's
+    request after it (:func:`cell_gpus` of the request's ``code`` and ``gpus``). Answered on the control thread ahead
+    of ipykernel's control dispatch, whose busy and idle on IOPub would cost every cell more than the answer. A
+    request that does not parse gets no answer: the front then keeps the kernel's request."""
     try:
-        idents, frames = session.feed_identities(raw, copy=False)
-        header = json.loads(frames[1].bytes if hasattr(frames[1], "bytes") else frames[1])
-        if header.get("msg_type") != GPUS_REQUEST:
-            return False
-        parent = session.deserialize(frames, content=True, copy=False)  # checks the signature
-        content = parent["content"]
-        cell, kernel = cell_gpus(str(content.get("code", "")), int(content.get("gpus", 0)))
-    except (ValueError, TypeError, IndexError, KeyError):
-        return False
-    session.send(stream, GPUS_REPLY, {"cell": cell, "kernel": kernel}, parent, idents)
-    return True
+        cell, kernel = cell_gpus(str(request.content.get("code", "")), int(request.content.get("gpus", 0)))
+    except (ValueError, TypeError):
+        return
+    session.send(stream, GPUS_REPLY, {"cell": cell, "kernel": kernel}, request.msg, request.idents)

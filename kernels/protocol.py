@@ -1,8 +1,8 @@
 """Names shared by the kernel front and its replicas on top of the Jupyter messaging protocol.
 
 The front talks to replicas with ordinary Jupyter messages; what notebookos adds travels in ``metadata.notebookos``
-of execute requests and replies, in IOPub message types that the front consumes and never forwards, and in one
-control request of the front's own (``%gpus``).
+of execute requests and replies, in IOPub message types that the front consumes and never forwards, and in two
+control messages of the front's own (the ``%gpus`` question, an abandoned attempt).
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ GPUS_REQUEST = "notebookos_gpus_request"
 # source does not contain it asks for the kernel's request, and skips the question for such cells.
 GPUS_MAGIC = "%gpus"
 GPUS_REPLY = "notebookos_gpus_reply"
+
+# Control-channel message (no reply) by which the front tells the replicas it has given up on an attempt of a cell
+# (content: msg_id, attempt): its invited lead died or was cut off before the election decided. The others wait for
+# that decision in their execute_request handler, and ipykernel runs one shell request at a time, so without this the
+# next attempt would queue behind the wait until it timed out (replica.COMMIT_TIMEOUT_S).
+ATTEMPT_ABANDONED = "notebookos_attempt_abandoned"
 
 
 # A replica's exit statuses that mean something to the cluster, with the reason an operator reads (the cluster's

@@ -18,6 +18,7 @@ Run as ``python -m notebookos.kernels.replica -f CONNECTION_FILE --ReplicaKernel
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import json
 import logging
@@ -56,11 +57,14 @@ from ..replication.raft_log import AppendFailed, KernelLog
 from ..replication.snapshots import Restore, SnapshotAccepted
 from . import rng_state
 from .replica_config import ReplicaConfig
+from .front_control import front_request
 from .gpu_request import answer_gpus_request, parse_gpus_magic
 from .protocol import (
+    ATTEMPT_ABANDONED,
     EXECUTOR_ANNOUNCEMENT,
     EXIT_STATE_FOLDER_FULL,
     GPU_RELEASED,
+    GPUS_REQUEST,
     NOTEBOOKOS_META,
     STATE_APPLIED,
     ReplicaRole,
@@ -78,6 +82,13 @@ COMMIT_TIMEOUT_S = 30.0
 READY_POLL_S = 0.05
 # A peer on another machine silent this long (it died, or its link is down) is given up for the next one.
 PEER_SILENCE_S = 5.0
+# Abandoned attempts remembered, for an abandon that arrives before its execute_request (control and shell are
+# separate channels); the front abandons at most one attempt per failover.
+ABANDONED_KEPT = 64
+
+
+class AttemptAbandoned(Exception):
+    """The front gave up on this attempt of a cell before the election decided it (protocol.ATTEMPT_ABANDONED)."""
 
 
 class ReplicaKernel(IPythonKernel):
@@ -109,6 +120,7 @@ class ReplicaKernel(IPythonKernel):
         self._loop = asyncio.get_event_loop()
         self._entries: asyncio.Queue[LogEntry | Restore | SnapshotAccepted] = asyncio.Queue()
         self._waiters: dict[CellKey, list[asyncio.Future[int]]] = {}
+        self._abandoned: collections.deque[CellKey] = collections.deque(maxlen=ABANDONED_KEPT)
         # This replica's own records in flight -> whether the log accepted them (its namespace already holds them).
         self._own_records: dict[CellKey, asyncio.Future[bool]] = {}
         self.records_applied = 0  # other replicas' records applied here (a restore from a snapshot skips most)
@@ -438,6 +450,14 @@ class ReplicaKernel(IPythonKernel):
             if not fut.done():
                 fut.set_result(decided)
 
+    def _abandon(self, cell: CellKey) -> None:
+        """The front gave up on this attempt before it was decided: its execute_request stops waiting (and replies
+        as a standby, which the front ignores for a past attempt) so that the shell takes the next attempt."""
+        self._abandoned.append(cell)
+        for fut in self._waiters.pop(cell, []):
+            if not fut.done():
+                fut.set_exception(AttemptAbandoned(cell))
+
     def _on_record(self, record: ExecutionRecord) -> None:
         accepted = self.book.accepts(record)
         own = self._own_records.pop(record.cell, None)
@@ -503,6 +523,8 @@ class ReplicaKernel(IPythonKernel):
         decided = self.book.decision(cell)
         if decided is not None:
             return decided
+        if cell in self._abandoned:
+            raise AttemptAbandoned(cell)
         fut: asyncio.Future[int] = self._loop.create_future()
         self._waiters.setdefault(cell, []).append(fut)
         try:
@@ -552,6 +574,9 @@ class ReplicaKernel(IPythonKernel):
             self._send_execute_reply(
                 stream, ident, parent, _error_content("NotebookOSMajorityLost", str(err)), ReplicaRole.EXECUTOR
             )
+            return
+        except AttemptAbandoned:
+            self._send_execute_reply(stream, ident, parent, self._standby_content(), ReplicaRole.STANDBY)
             return
         if executor == ALL_YIELD:
             self._send_execute_reply(stream, ident, parent, self._standby_content(), ReplicaRole.ALL_YIELD)
@@ -731,10 +756,21 @@ class ReplicaKernel(IPythonKernel):
         return metadata
 
     async def dispatch_control(self, msg: list) -> None:
-        """The front's ``%gpus`` question (what a cell asks for, before it asks the scheduler) is answered by the
-        magic's owner, here, ahead of ipykernel's control dispatch; anything else goes on to it."""
-        if not answer_gpus_request(self._session, self.control_stream, msg):
+        """The front's own control messages are handled here, ahead of ipykernel's control dispatch: its ``%gpus``
+        question (what a cell asks for, before it asks the scheduler) is answered by the magic's owner, and an
+        abandoned attempt stops the shell's wait for its election. Anything else goes on to ipykernel."""
+        request = front_request(self._session, msg)
+        if request is None:
             await super().dispatch_control(msg)
+        elif request.msg_type == GPUS_REQUEST:
+            answer_gpus_request(self._session, self.control_stream, request)
+        else:
+            try:
+                cell = CellKey(str(request.content["msg_id"]), int(request.content["attempt"]))
+            except (KeyError, TypeError, ValueError):
+                self.log.error("ignored a malformed %s from the front: %r", ATTEMPT_ABANDONED, request.content)
+                return
+            self._loop.call_soon_threadsafe(self._abandon, cell)  # the waiters belong to the shell's event loop
 
     def _gpus_magic(self, line: str) -> None:
         """``%gpus N``: the GPUs each following cell asks for (0: bind none). ``%gpus``: what this cell holds."""

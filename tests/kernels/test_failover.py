@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from notebookos.kernels.replica import COMMIT_TIMEOUT_S
+
 from .driver import kill, replicas_of, wait_until
 
 
@@ -43,6 +45,24 @@ def test_executor_killed_mid_cell_reruns_on_a_survivor(notebook):
         ),
         "the killed replica to be restarted",
     )
+
+
+def test_a_lead_lost_before_the_election_leaves_the_cell_to_the_survivors_at_once(notebook):
+    """The replica invited to lead a cell dies before it can propose: the survivors, waiting for its bid, are
+    released as soon as the front sees the loss, and re-run the cell, instead of holding it until their own wait
+    for a decision times out."""
+    assert notebook.run("count = 0").status == "ok"
+    executor = executor_pid(notebook)
+    lead = next(r for r in replicas_of(notebook) if r["pid"] != executor)
+    kill(lead["pid"])
+    # Sent at once, the cell reaches the front before its heartbeats notice the loss: it invites the dead replica.
+    res = notebook.run(
+        "count += 1\nprint(__import__('os').getpid())", replica=lead["replica"], timeout=COMMIT_TIMEOUT_S / 2
+    )
+    assert res.status == "ok", (res.reply["content"], res.stderr)
+    assert "was lost while running this cell; re-running it" in res.stderr
+    assert int(res.stdout.split()[-1]) != lead["pid"]
+    assert notebook.value("count") == 1
 
 
 def test_killed_standby_is_restarted_and_catches_up(notebook):

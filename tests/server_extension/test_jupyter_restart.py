@@ -30,6 +30,8 @@ import pytest
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
+from notebookos.kernels.replica_template import TEMPLATE_MODULE
+
 from ..e2e.lab_server import isolated_jupyter_env
 from ..kernels.driver import cluster_request, wait_until
 from .test_jupyter_server import CELL_TIMEOUT_S, KernelSocket
@@ -179,6 +181,10 @@ def _cmdline(p: psutil.Process) -> list[str]:
         return []
 
 
+def _templates_of(cluster: psutil.Process) -> list[psutil.Process]:
+    return [p for p in cluster.children() if TEMPLATE_MODULE in _cmdline(p)]
+
+
 def _exited(p: psutil.Process) -> bool:
     """Gone, or a zombie: an orphan of the killed server may go to an init that never reaps it."""
     try:
@@ -262,7 +268,8 @@ def test_a_kernel_no_server_claims_shuts_down_after_its_grace_period(labs: Labs,
     assert time.monotonic() - killed >= grace_s  # it waited for a server to claim it first
     wait_until(lambda: _exited(front), "the kernel front to exit", EXIT_S)
     cluster = psutil.Process(json.loads(Path(cluster_file).read_text())["pid"])
-    assert labs.leftovers() == [cluster]  # left running by the wrapper, for a server that did not come
+    # Left running by the wrapper, for a server that did not come, with the template its agents fork replicas from.
+    assert set(labs.leftovers()) == {cluster, *_templates_of(cluster)}
 
     # A server started later finds the front gone: it drops the kernel's record and session, and takes the cluster
     # over, which its clean stop stops.
