@@ -18,6 +18,7 @@ import logging
 import secrets
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,10 +60,12 @@ from .state_store import ClusterStateStore, StoredState
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", Decision, list[Event])  # what the scheduling core's calls return
+T = TypeVar("T")
 
 REPLICAS_PER_KERNEL = 3
 _CHANNELS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 _PORTS_PER_REPLICA = 2 + len(_CHANNELS)  # Raft, the five Jupyter channels, the peer API
+_AGENT_CALLS = 8  # threads making one kernel's agent calls at once (three per kernel: its replicas' machines)
 
 
 # A machine a provider starts (a container, a pod on a node the node autoscaler may have to add) whose agent has not
@@ -99,6 +102,33 @@ class KernelRecord:
         views = [view for _, view in self.replicas]
         urls = [view.config.peer_urls[index] for index, view in enumerate(views) if view.config.peer_urls]
         return [view.config.raft_address for view in views], urls if len(urls) == len(views) else []
+
+
+@dataclass(frozen=True)
+class KernelRequest:
+    """What a kernel's start asks for (``POST /kernels``)."""
+
+    kernel_id: str
+    key: str
+    signature_scheme: str
+    cwd: str | None = None
+    gpus: int = 0
+    owner: str | None = None
+    notebook: str | None = None
+
+
+@dataclass
+class KernelLaunch:
+    """A kernel the scheduling core has placed, whose replicas are being started (see ``create_kernel``)."""
+
+    request: KernelRequest
+    hosts: list[ReplicaHost]
+    silent_hosts: set[str] = field(default_factory=set)  # hosts whose agents did not answer a call of this start
+
+    @property
+    def off_thread(self) -> bool:
+        """Its hosts are machines with agents: their calls may be made off the cluster's thread, at once."""
+        return all(isinstance(host, RemoteHost) for host in self.hosts)
 
 
 class EmbeddedCluster:
@@ -146,6 +176,9 @@ class EmbeddedCluster:
         # simulator's core and the decisions compared (tests, debugging); it grows with every cell and tick.
         self.journal = CoreJournal() if journal else None
         self.lock = threading.RLock()
+        # Agent calls a kernel's start makes on its three machines at once (see _on_each).
+        self._agent_calls = ThreadPoolExecutor(max_workers=_AGENT_CALLS, thread_name_prefix="agent-call")
+        self._launching: set[str] = set()  # kernels placed whose replicas are being started (place_kernel)
         self.events = EventLog()
         self.metrics = ClusterMetrics()
         self.history = History()
@@ -185,60 +218,127 @@ class EmbeddedCluster:
         owner: str | None = None,
         notebook: str | None = None,
     ) -> dict:
-        if kernel_id in self.kernels:
-            raise ValueError(f"kernel {kernel_id} already exists")
-        record = KernelRecord(kernel_id, [], owner=owner, notebook=notebook, cwd=cwd)
-        try:
-            self._start_kernel(record, key, signature_scheme, gpus)
-        except AgentUnreachable as err:
-            # A machine died within its host time-out, before the cluster noticed: place the kernel elsewhere.
-            log.warning("placing kernel %s again without the host that did not answer: %s", kernel_id, err)
-            record.replicas.clear()
-            self._start_kernel(record, key, signature_scheme, gpus)
+        """Place a kernel and start its replicas, all on the calling thread (the service splits the same steps
+        between its cluster thread and the agents' calls: ``ClusterService.create_kernel``)."""
+        request = KernelRequest(kernel_id, key, signature_scheme, cwd, gpus, owner, notebook)
+        for retry in (False, True):
+            launch = self.place_kernel(request)
+            try:
+                started = self.launch_replicas(launch)
+            except Exception as err:
+                self.abandon_launch(launch, err)
+                if retry or not isinstance(err, AgentUnreachable):
+                    raise
+                # A machine died within its host time-out, before the cluster noticed: place the kernel elsewhere.
+                log.warning("placing kernel %s again without the host that did not answer: %s", kernel_id, err)
+                continue
+            return self.admit_kernel(launch, started)
+        raise AssertionError("unreachable: the second try returns or raises")
+
+    def place_kernel(self, request: KernelRequest) -> KernelLaunch:
+        """First step of a kernel's start, on the cluster's thread: the scheduling core places its replicas. Until
+        :meth:`admit_kernel` (or :meth:`abandon_launch`) the kernel is launching: not listed, its id taken."""
+        if request.kernel_id in self.kernels or request.kernel_id in self._launching:
+            raise ValueError(f"kernel {request.kernel_id} already exists")
+        hosts = self._place(request.kernel_id, request.gpus)
+        self._launching.add(request.kernel_id)
+        return KernelLaunch(request, hosts)
+
+    def launch_replicas(self, launch: KernelLaunch) -> list[ReplicaView]:
+        """Second step: ports from each chosen host, then a replica started on each. Only agent calls: on machines
+        of their own (:attr:`KernelLaunch.off_thread`) the service makes them off the cluster's thread, so that one
+        slow or dead agent holds up this kernel's start and nothing else; on logical hosts, on that thread."""
+        request, hosts = launch.request, launch.hosts
+        # Each host chooses the ports its replica binds, on its own address; Raft peers dial those addresses.
+        ports = self._on_each(launch, lambda _, host: host.take_ports(request.kernel_id, _PORTS_PER_REPLICA))
+        peers = tuple(_raft_address(host, taken) for host, taken in zip(hosts, ports))
+        # Replicas on machines of their own talk to each other (objects, membership) through a peer API.
+        peer_api = any(isinstance(host, RemoteHost) for host in hosts)
+        urls = tuple(_peer_url(host, taken) for host, taken in zip(hosts, ports)) if peer_api else ()
+        password = secrets.token_urlsafe(24)
+
+        def start(index: int, host: ReplicaHost) -> ReplicaView:
+            config = ReplicaConfig(
+                kernel_id=request.kernel_id,
+                replica=index,
+                host=host.name,
+                raft_address=peers[index],
+                raft_peers=peers,
+                raft_password=password,
+                journal_path="",
+                store=self.object_store or "",
+                cwd=request.cwd,
+                peer_urls=urls,
+            )
+            return host.start_replica(config, _connection(ports[index], request.key, request.signature_scheme))
+
+        return self._on_each(launch, start)
+
+    def admit_kernel(self, launch: KernelLaunch, started: list[ReplicaView]) -> dict:
+        """Last step, on the cluster's thread: the kernel is listed with its replicas. Should the core have moved
+        one of them meanwhile (its host was lost or removed while the agents were called), the start is undone and
+        refused: what the core believes and what runs must agree."""
+        kernel_id = launch.request.kernel_id
+        placed = self.core.cluster.kernels.get(kernel_id)
+        where = [host.name for host in launch.hosts]
+        if (
+            placed is None
+            or [placed.replicas.get(i) for i in range(len(where))] != where
+            or any(self.hosts.get(name) is not host for name, host in zip(where, launch.hosts))
+        ):
+            err = PlacementError(f"kernel {kernel_id}: a host it was placed on left the cluster while it started")
+            self.abandon_launch(launch, err)
+            raise err
+        request = launch.request
+        record = KernelRecord(
+            kernel_id, list(zip(launch.hosts, started)), owner=request.owner, notebook=request.notebook, cwd=request.cwd
+        )
         with self.lock:
+            self._launching.discard(kernel_id)
             self.kernels[kernel_id] = record
+        self._touched_kernels.add(kernel_id)
         return self.describe_kernel(kernel_id)
 
-    def _start_kernel(self, record: KernelRecord, key: str, signature_scheme: str, gpus: int) -> None:
-        """Place the kernel's replicas and start them; on failure, stop what started and close the kernel in the
-        core. A host that did not answer is marked silent first, so that a second try places nothing on it."""
-        kernel_id, cwd = record.kernel_id, record.cwd
-        hosts = self._place(kernel_id, gpus)
-        # Replicas on machines of their own talk to each other (objects, membership) through a peer API.
-        peer_api = any(isinstance(h, RemoteHost) for h in hosts)
-        try:
-            # Each host chooses the ports its replica binds, on its own address; Raft peers dial those addresses.
-            ports = [host.take_ports(kernel_id, _PORTS_PER_REPLICA) for host in hosts]
-            peers = tuple(_raft_address(host, taken) for host, taken in zip(hosts, ports))
-            urls = tuple(_peer_url(host, taken) for host, taken in zip(hosts, ports)) if peer_api else ()
-            password = secrets.token_urlsafe(24)
-            for index, host in enumerate(hosts):
-                config = ReplicaConfig(
-                    kernel_id=kernel_id,
-                    replica=index,
-                    host=host.name,
-                    raft_address=peers[index],
-                    raft_peers=peers,
-                    raft_password=password,
-                    journal_path="",
-                    store=self.object_store or "",
-                    cwd=cwd,
-                    peer_urls=urls,
-                )
-                connection = _connection(ports[index], key, signature_scheme)
-                try:
-                    record.replicas.append((host, host.start_replica(config, connection)))
-                except AgentUnreachable:
-                    self._decide(self.core.host_silent, host.name)
-                    raise
-        except Exception:
-            for host in hosts:
-                try:
-                    host.stop_kernel(kernel_id)
-                except AgentError as err:  # the machine that failed the start may not answer this either
-                    log.warning("could not stop kernel %s's replicas on %s: %s", kernel_id, host.name, err)
+    def abandon_launch(self, launch: KernelLaunch, error: BaseException) -> None:
+        """On the cluster's thread, after a failed step: stop what started, mark hosts whose agents did not answer
+        silent (a second placement avoids them), and close the kernel in the core."""
+        kernel_id = launch.request.kernel_id
+        log.info("kernel %s did not start: %s", kernel_id, error)
+        for host in launch.hosts:
+            if host.name in launch.silent_hosts:
+                continue
+            try:
+                host.stop_kernel(kernel_id)
+            except AgentError as err:  # the machine that failed the start may not answer this either
+                log.warning("could not stop kernel %s's replicas on %s: %s", kernel_id, host.name, err)
+        for name in launch.silent_hosts:
+            if name in self.core.cluster.hosts:
+                self._decide(self.core.host_silent, name)
+        self._launching.discard(kernel_id)
+        if kernel_id in self.core.cluster.kernels:
             self._act(self._decide(self.core.close_kernel, kernel_id))
-            raise
+
+    def _on_each(self, launch: KernelLaunch, call: Callable[[int, ReplicaHost], T]) -> list[T]:
+        """``call(index, host)`` for each of the launch's hosts, in order of the results. On machines of their own,
+        at once: each call is a round trip to that machine's agent. Logical hosts answer in this process, in turn.
+        Raises the first error; hosts whose agents did not answer are noted in the launch."""
+        hosts = launch.hosts
+        if not launch.off_thread:
+            results = []
+            for index, host in enumerate(hosts):
+                try:
+                    results.append(call(index, host))
+                except AgentUnreachable:
+                    launch.silent_hosts.add(host.name)
+                    raise
+            return results
+        futures = [self._agent_calls.submit(call, index, host) for index, host in enumerate(hosts)]
+        errors = [(host, future.exception()) for host, future in zip(hosts, futures)]
+        launch.silent_hosts.update(host.name for host, error in errors if isinstance(error, AgentUnreachable))
+        failure = next((error for _, error in errors if error is not None), None)
+        if failure is not None:
+            raise failure
+        return [future.result() for future in futures]
 
     def delete_kernel(self, kernel_id: str) -> None:
         with self.lock:
@@ -250,6 +350,7 @@ class EmbeddedCluster:
     def shutdown(self) -> None:
         for kernel_id in list(self.kernels):
             self.delete_kernel(kernel_id)
+        self._agent_calls.shutdown(wait=False)
 
     def _follow_reachability(self) -> None:
         """Tell the scheduling core which agents' hosts are heard from now (it places nothing on a silent one).
@@ -636,6 +737,8 @@ class EmbeddedCluster:
                 if record is not None and record.cell is not None:
                     record.cell.decided(event)
                 self.granted.append(event)
+            elif isinstance(event, (ReplicaMoved, ReplicaReplaced)) and event.kernel_id in self._launching:
+                continue  # not started yet: admit_kernel finds the core's placement changed and refuses the start
             elif isinstance(event, ReplicaMoved):
                 # The core moves only replicas it does not see executing; a kernel without GPUs runs cells it
                 # never hears of, so the replica may be running one: the pause makes the front re-run it.

@@ -39,6 +39,7 @@ import tornado.web
 
 from ..host_agent import HostAgent
 from ..inventory import nvml_gpu_count
+from ..json_api import log_request
 from ..join_token import JoinToken, TokenError, read_token
 from ..options import configure_logging
 from ..tls import ServerTLS, TLSError, fetch_pinned_ca, self_signed
@@ -110,7 +111,8 @@ class Agent:
         sockets = tornado.netutil.bind_sockets(self.port, self.address, family=socket.AF_INET)
         self.url = f"{'https' if self.tls else 'http'}://{self.address}:{sockets[0].getsockname()[1]}"
         server = tornado.httpserver.HTTPServer(
-            tornado.web.Application(routes(self)), ssl_options=self.tls.context() if self.tls else None
+            tornado.web.Application(routes(self), log_function=log_request),
+            ssl_options=self.tls.context() if self.tls else None,
         )
         server.add_sockets(sockets)
         loop = asyncio.get_running_loop()

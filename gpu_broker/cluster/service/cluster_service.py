@@ -18,9 +18,10 @@ from typing import Any
 import tornado.web
 
 from ...scheduler.events import Decision, DecisionKind
-from ..embedded import EmbeddedCluster, PlacementError
-from ..agent.remote import AgentError
+from ..embedded import EmbeddedCluster, KernelLaunch, KernelRequest, PlacementError
+from ..agent.remote import AgentError, AgentUnreachable
 from ..host_agent import ReplicaView
+from ..json_api import log_request
 from ..ports import PortsExhausted
 from ..providers import ProviderError
 from .handlers import routes
@@ -33,6 +34,7 @@ EPHEMERAL_GRACE_S = 2.0
 TICK_S = 1.0
 MOVE_TIMEOUT_S = 60.0  # longest a cell waits for its migrated executor to catch up
 READY_POLL_S = 0.05
+LAUNCHES = 16  # kernel starts whose agent calls run at once; more wait for a turn
 
 
 class ClusterService:
@@ -60,6 +62,8 @@ class ClusterService:
         # Every change to the cluster runs on this one thread, in arrival order: the scheduling core and the host
         # agents never see two changes interleave, and the event loop never blocks on a replica being moved.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cluster")
+        # Kernel starts whose agent calls are under way (create_kernel), each waiting for its three machines.
+        self._launcher = ThreadPoolExecutor(max_workers=LAUNCHES, thread_name_prefix="launch")
         self._loop = asyncio.get_running_loop()
         self._event_waiters: list[asyncio.Future[None]] = []
         cluster.events.listeners.append(self._event_logged)
@@ -74,16 +78,33 @@ class ClusterService:
 
         try:
             result, granted = await self._on_worker(change)
-        except (PlacementError, PortsExhausted, AgentError) as err:
-            raise tornado.web.HTTPError(503, reason=_reason(err)) from None
-        except (KeyError, ProviderError) as err:
-            status = 404 if isinstance(err, KeyError) else 409
-            raise tornado.web.HTTPError(status, reason=_reason(err.args[0] if err.args else err)) from None
-        except ValueError as err:
-            raise tornado.web.HTTPError(409, reason=_reason(err)) from None
+        except Exception as err:
+            raise _refusal(err) from None
         for decision, failed in granted:
             await self._start(decision, failed)
         return result
+
+    async def create_kernel(self, request: KernelRequest) -> dict:
+        """Place a kernel and start its replicas (``POST /kernels``). The core's placement and the listing are
+        changes on the cluster's thread; the agent calls in between, on machines with agents, are made off it, so
+        that kernels start side by side and a slow or dead agent holds up its own kernel's start, nothing else."""
+        cluster = self.cluster
+        for retry in (False, True):
+            launch: KernelLaunch = await self.run(cluster.place_kernel, request)
+            try:
+                if launch.off_thread:
+                    started = await self._loop.run_in_executor(self._launcher, cluster.launch_replicas, launch)
+                else:
+                    started = await self._on_worker(cluster.launch_replicas, launch)
+            except Exception as err:
+                await self.run(cluster.abandon_launch, launch, err)
+                if retry or not isinstance(err, AgentUnreachable):
+                    raise _refusal(err) from None
+                # A machine died within its host time-out, before the cluster noticed: place the kernel elsewhere.
+                log.warning("placing kernel %s again without the host that did not answer: %s", request.kernel_id, err)
+                continue
+            return await self.run(cluster.admit_kernel, launch, started)
+        raise AssertionError("unreachable: the second try returns or raises")
 
     def _start_in_place(self, decision: Decision) -> Exception | None:
         """On the cluster's thread, within the change that granted it: commit the devices of a grant whose executor
@@ -233,7 +254,7 @@ class ClusterService:
                 log.error("scheduler tick failed: %s", err.reason)
 
     def app(self) -> tornado.web.Application:
-        return tornado.web.Application(routes(self))
+        return tornado.web.Application(routes(self), log_function=log_request)
 
     def kernels_changed(self) -> None:
         if self._idle_timer is not None:
@@ -247,9 +268,22 @@ class ClusterService:
         return {**self.cluster.describe(), "pid": self.pid, "started_at": self.started_at}
 
     def close(self) -> None:
+        self._launcher.shutdown(wait=True)
         self._worker.shutdown(wait=True)
         if self.cluster.state is not None:
             self.cluster.state.close()
+
+
+def _refusal(err: Exception) -> Exception:
+    """A change's refusal as the HTTP error its caller gets, with the reason; anything else as it is (a 500)."""
+    if isinstance(err, (PlacementError, PortsExhausted, AgentError)):
+        return tornado.web.HTTPError(503, reason=_reason(err))
+    if isinstance(err, (KeyError, ProviderError)):
+        status = 404 if isinstance(err, KeyError) else 409
+        return tornado.web.HTTPError(status, reason=_reason(err.args[0] if err.args else err))
+    if isinstance(err, ValueError):
+        return tornado.web.HTTPError(409, reason=_reason(err))
+    return err
 
 
 def _reason(err: object) -> str:

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ...scheduler.events import Decision
 from ...scheduler.journal import outcome_json
-from ..embedded import AgentRemoved
+from ..embedded import AgentRemoved, KernelRequest
 from ..json_api import JsonHandler
 from ..openapi import Checked, RequestChecker, RequestInvalid
 from ..tls import CA_PATH
@@ -82,15 +82,16 @@ class ServiceKernelsHandler(ServiceHandler):
         kernel_id, key = data["kernel_id"], data["key"]
         if kernel_id in self.service.cluster.kernels:
             raise tornado.web.HTTPError(409, reason=f"kernel {kernel_id} already exists")
-        described = await self.service.run(
-            self.service.cluster.create_kernel,
-            kernel_id,
-            key,
-            data.get("signature_scheme", "hmac-sha256"),
-            data.get("cwd"),
-            int(data.get("gpus", 0)),
-            _text(data.get("owner")),
-            _text(data.get("notebook")),
+        described = await self.service.create_kernel(
+            KernelRequest(
+                kernel_id,
+                key,
+                data.get("signature_scheme", "hmac-sha256"),
+                data.get("cwd"),
+                int(data.get("gpus", 0)),
+                _text(data.get("owner")),
+                _text(data.get("notebook")),
+            )
         )
         self.service.kernels_changed()
         self.set_status(201)
