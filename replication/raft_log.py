@@ -68,9 +68,10 @@ class Pace:
 
 # While cells run: elections within about a second of a leader's loss (pysyncobj's default heartbeat period).
 BUSY = Pace(DEFAULT_TICK_S, 0.1, (0.5, 1.2))
-# A notebook nobody runs cells in: ten times fewer wake-ups (most notebooks, most of the time). A leader lost
-# meanwhile is replaced after 4 to 8 s, or about 2 s after a cell comes (see KernelLog.quicken).
-IDLE = Pace(1.0, 1.0, (4.0, 8.0))
+# A notebook nobody runs cells in: forty times fewer wake-ups (most notebooks, most of the time; an idle kernel's
+# three replicas then cost 0.11 % of a core together). A leader lost meanwhile is replaced after 8 to 16 s, or about
+# 3 s after a cell comes (see KernelLog.quicken).
+IDLE = Pace(2.0, 2.0, (8.0, 16.0))
 IDLE_AFTER_S = 5.0  # without a cell or a committed entry for this long, a replica slows down
 # A new kernel's first election: every member starts at once with an empty log, so there is no leader whose
 # heartbeats a short time-out could miss, and the notebook's first cell waits for this election.
@@ -268,7 +269,7 @@ class KernelLog(SyncObj):
     def quicken(self) -> None:
         """A cell is coming (every replica is sent it): back to the busy pace at once. A follower that then hears
         nothing from its leader for an idle heartbeat plus a busy time-out calls an election, rather than after the
-        idle time-out: a leader lost while the notebook was idle costs the cell about two seconds, not eight."""
+        idle time-out: a leader lost while the notebook was idle costs the cell about three seconds, not sixteen."""
         self._last_activity = time.monotonic()
         if not self._idle:
             return
