@@ -218,22 +218,16 @@ class EmbeddedCluster:
         owner: str | None = None,
         notebook: str | None = None,
     ) -> dict:
-        """Place a kernel and start its replicas, all on the calling thread (the service splits the same steps
-        between its cluster thread and the agents' calls: ``ClusterService.create_kernel``)."""
-        request = KernelRequest(kernel_id, key, signature_scheme, cwd, gpus, owner, notebook)
-        for retry in (False, True):
-            launch = self.place_kernel(request)
-            try:
-                started = self.launch_replicas(launch)
-            except Exception as err:
-                self.abandon_launch(launch, err)
-                if retry or not isinstance(err, AgentUnreachable):
-                    raise
-                # A machine died within its host time-out, before the cluster noticed: place the kernel elsewhere.
-                log.warning("placing kernel %s again without the host that did not answer: %s", kernel_id, err)
-                continue
-            return self.admit_kernel(launch, started)
-        raise AssertionError("unreachable: the second try returns or raises")
+        """Place a kernel and start its replicas, all on the calling thread (tests and tools). The service takes
+        the same steps across its threads, and places again when an agent did not answer
+        (``ClusterService.create_kernel``)."""
+        launch = self.place_kernel(KernelRequest(kernel_id, key, signature_scheme, cwd, gpus, owner, notebook))
+        try:
+            started = self.launch_replicas(launch)
+        except Exception as err:
+            self.abandon_launch(launch, err)
+            raise
+        return self.admit_kernel(launch, started)
 
     def place_kernel(self, request: KernelRequest) -> KernelLaunch:
         """First step of a kernel's start, on the cluster's thread: the scheduling core places its replicas. Until

@@ -437,6 +437,45 @@ def test_a_cut_off_standby_stops_nothing_and_its_machine_rejoins_the_pool(pool: 
         )
 
 
+def test_a_kernel_started_on_a_machine_cut_off_unnoticed_is_placed_again_without_it(pool: Pool) -> None:
+    """A machine's link goes down a moment before kernels start, before its missing heartbeats tell the cluster.
+    A start that placed a replica there finds its agent unreachable: it stops what it started on the others, marks
+    the machine silent and places the kernel again without it. The start succeeds, on three other machines."""
+    listed = pool.hosts_listed()
+    # The placement rule takes the least subscribed hosts first: this one is in the first or the second start.
+    cut = pool.host(min(listed, key=lambda name: (listed[name]["subscription_ratio"], name)))
+    log = pool.discovery.parent / "cluster.log"
+    retries = log.read_text().count("again without the host that did not answer")
+    started: list[dict] = []
+    pool.hosts.link_down(cut)
+    try:
+        for index in range(4):
+            body = {"kernel_id": f"cut-off-start-{index}", "key": "k" * 32, "gpus": 1}
+            started.append(pool.request_json("POST", "/kernels", body))  # type: ignore[arg-type]
+            if log.read_text().count("again without the host that did not answer") > retries:
+                break
+        assert log.read_text().count("again without the host that did not answer") == retries + 1, (
+            f"no start tried {cut.name} while its cut-off went unnoticed"
+        )
+        for kernel in started:
+            assert len({r["host"] for r in kernel["replicas"]}) == 3
+            assert cut.name not in {r["host"] for r in kernel["replicas"]}
+            assert wait_until(
+                lambda kernel=kernel: all(r["state"] == "ready" for r in pool.replicas(kernel["id"])),
+                f"kernel {kernel['id']}'s replicas to be ready",
+                REPLACEMENT_DEADLINE_S,
+            )
+    finally:
+        pool.hosts.link_up(cut)
+        for kernel in started:
+            pool.request("DELETE", f"/kernels/{kernel['id']}")
+    wait_until(
+        lambda: cut.name in pool.hosts_listed() and pool.hosts_listed()[cut.name]["reachable"],
+        f"{cut.name} to be heard again",
+        JOIN_DEADLINE_S,
+    )
+
+
 def test_a_replacement_restores_from_the_leaders_snapshot_and_the_log_tail(
     pool: Pool, notebook: Notebook, tmp_path: Path
 ) -> None:

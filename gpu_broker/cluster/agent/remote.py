@@ -20,6 +20,9 @@ from ....kernels.replica_config import ReplicaConfig
 CALL_TIMEOUT_S = 30.0  # starting a replica returns once its process exists; stopping waits up to the stop grace
 # A machine that is down does not refuse connections, it drops them: give up quickly, the cluster's thread waits.
 CONNECT_TIMEOUT_S = 3.0
+# Calls the agent answers from memory (ports). The connection to an agent is kept open, so a machine lost since the
+# last call shows as an answer that never comes rather than as a connect time-out: this bounds that wait.
+QUICK_CALL_TIMEOUT_S = 5.0
 RECENT_S = 2.5  # two and a half heartbeat periods
 
 
@@ -70,7 +73,8 @@ class RemoteHost:
         self._session.trust_env = False
 
     def take_ports(self, kernel_id: str, count: int) -> list[int]:
-        return list(self._call("POST", f"/kernels/{kernel_id}/ports", {"count": count})["ports"])
+        ports = self._call("POST", f"/kernels/{kernel_id}/ports", {"count": count}, timeout=QUICK_CALL_TIMEOUT_S)
+        return list(ports["ports"])
 
     def start_replica(self, config: ReplicaConfig, connection: dict) -> RemoteReplica:
         report = self._call("POST", "/replicas", {"config": dataclasses.asdict(config), "connection": connection})
@@ -121,7 +125,7 @@ class RemoteHost:
         for replica in self.replicas.values():
             replica.alive = replica.ready = False
 
-    def _call(self, method: str, path: str, body: dict | None = None) -> Any:
+    def _call(self, method: str, path: str, body: dict | None = None, timeout: float = CALL_TIMEOUT_S) -> Any:
         if not self.heard_from:
             silent = time.monotonic() - self.last_heartbeat
             raise AgentUnreachable(
@@ -132,7 +136,7 @@ class RemoteHost:
                 method,
                 self.url + path,
                 json=body,
-                timeout=(CONNECT_TIMEOUT_S, CALL_TIMEOUT_S),
+                timeout=(CONNECT_TIMEOUT_S, timeout),
                 headers={"Authorization": f"token {self.token}"},  # as of now: an agent joining again sends a new one
                 verify=self.verify,
             )

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 PID_FILE = "replica.pid"
 LOG_FILE = "replica.log"
 EXIT_FILE = "replica.exit"  # a forked replica's exit status, written by its template
-EXIT_STATUS_WAIT_S = 1.0  # how long a forked replica seen gone waits for its template to write its exit status
+# How long a forked replica seen gone waits for its template to write its exit status, and then to reap it.
+EXIT_STATUS_WAIT_S = 1.0
 
 
 class LocalProcess(RunningReplica):
@@ -113,10 +114,17 @@ class ForkedReplica(RunningReplica):
                 pass
 
     def wait(self, timeout: float) -> bool:
+        """Whether it ended within ``timeout``. The template writes the exit status, then reaps the child: that is
+        waited for too (briefly), so that a stopped replica's pid is gone when its stop returns, as a Popen's is."""
         deadline = time.monotonic() + timeout
         while self.alive and time.monotonic() < deadline:
             time.sleep(0.05)
-        return not self.alive
+        if self.alive:
+            return False
+        reaped_by = time.monotonic() + EXIT_STATUS_WAIT_S
+        while _zombie(self._pid) and time.monotonic() < reaped_by:
+            time.sleep(0.01)
+        return True
 
 
 class ProcessRuntime(ReplicaRuntime):
@@ -175,13 +183,19 @@ class ProcessRuntime(ReplicaRuntime):
         return found
 
 
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def is_replica_process(pid: int) -> bool:
     """Whether ``pid`` is a running replica process (started from scratch, or forked from the template, whose
     command line it carries), not a pid the system has since given to something else."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        status = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
     ours = any(module.encode() in cmdline.split(b"\0") for module in (REPLICA_MODULE, TEMPLATE_MODULE))
-    return ours and status.rsplit(")", 1)[1].split()[0] != "Z"
+    return ours and not _zombie(pid)
