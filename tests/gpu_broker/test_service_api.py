@@ -55,3 +55,16 @@ def test_typed_methods_read_the_cluster(cluster_file: str) -> None:
     with pytest.raises(ClusterError) as missing:
         call(cluster_file, "kernel", "no/such kernel")
     assert missing.value.status == 404 and "no/such kernel" in missing.value.detail
+
+
+def test_a_kernel_id_taken_is_refused_and_the_kernel_keeps_its_replicas(cluster_file: str) -> None:
+    created = call(cluster_file, "create_kernel", "taken-id", "k" * 32, "hmac-sha256", None)
+    try:
+        with pytest.raises(ClusterError) as again:
+            call(cluster_file, "create_kernel", "taken-id", "k" * 32, "hmac-sha256", None)
+        assert again.value.status == 409 and "kernel taken-id already exists" in again.value.detail
+        assert [r["pid"] for r in call(cluster_file, "kernel", "taken-id")["replicas"]] == [
+            r["pid"] for r in created["replicas"]
+        ]
+    finally:
+        call(cluster_file, "delete_kernel", "taken-id")

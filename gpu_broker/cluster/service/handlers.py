@@ -79,13 +79,11 @@ class ServiceClusterHandler(ServiceHandler):
 class ServiceKernelsHandler(ServiceHandler):
     async def post(self) -> None:
         data = self.body()
-        kernel_id, key = data["kernel_id"], data["key"]
-        if kernel_id in self.service.cluster.kernels:
-            raise tornado.web.HTTPError(409, reason=f"kernel {kernel_id} already exists")
+        # A kernel id already listed, or being started, is refused (409) by the placement's own check.
         described = await self.service.create_kernel(
             KernelRequest(
-                kernel_id,
-                key,
+                data["kernel_id"],
+                data["key"],
                 data.get("signature_scheme", "hmac-sha256"),
                 data.get("cwd"),
                 int(data.get("gpus", 0)),
