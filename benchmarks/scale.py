@@ -5,8 +5,9 @@ kernels on 200 hosts. One run measures, in order:
 
 (a) **registration**: 200 agents join (``POST /agents`` with the join token), ``--join-concurrency`` at a time as
     after a service restart; the wall time for all of them and each join's latency. From its join on, each agent
-    heartbeats every second with a report of every replica it runs (``POST /agents/NAME/heartbeat``), as
-    ``notebookos agent`` does, for the rest of the run: 200 heartbeats/s of background load, also timed.
+    heartbeats with a report of every replica it runs (``POST /agents/NAME/heartbeat``), as
+    ``notebookos agent`` does, for the rest of the run, as often as the service's answers say (every second up to
+    50 agents; at 200, every 4 s: 50 heartbeats/s of background load), also timed.
 (b) **placement**: 2,000 ``POST /kernels`` (what the provisioner sends before it starts a kernel front; 1 GPU per
     cell), open loop at 100/s: each request goes out at its scheduled time whatever the earlier ones are doing, and
     its latency runs from that time, so queueing in the service (or a late send) shows instead of being hidden
@@ -69,7 +70,7 @@ from cell_latency import progress_bar, run_in_workdir
 from latency_report import Target, load_snapshot, machine_context, print_tables, stats_table, summarize, targets_table
 from latency_report import write_results
 
-from notebookos.gpu_broker.cluster.agent.daemon import HEARTBEAT_S
+from notebookos.gpu_broker.cluster.agent.remote import HEARTBEAT_S
 from notebookos.gpu_broker.cluster.host_agent import JOURNAL_FILE, public_connection
 from notebookos.gpu_broker.cluster.join_token import read_token
 from notebookos.gpu_broker.cluster.json_api import JsonHandler
@@ -147,11 +148,15 @@ class Api:
 
     async def call(self, method: str, path: str, body: dict | None = None, agent: bool = False) -> tuple[int, Any]:
         """(status, JSON answer or None); status NO_ANSWER when the service did not answer."""
+        data = None if method in ("GET", "DELETE") else json.dumps(body or {})
+        headers = {"Authorization": f"token {self.join_token if agent else self.token}"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"  # as ClusterClient and the agent's requests send it
         request = HTTPRequest(
             self.url + path,
             method=method,
-            headers={"Authorization": f"token {self.join_token if agent else self.token}"},
-            body=None if method in ("GET", "DELETE") else json.dumps(body or {}),
+            headers=headers,
+            body=data,
             request_timeout=REQUEST_TIMEOUT_S,
             connect_timeout=CONNECT_TIMEOUT_S,
         )
@@ -365,13 +370,14 @@ async def open_loop(
 @dataclass
 class Heartbeats:
     """Every agent's heartbeat loop, as ``Agent._heartbeats``: post the report, stop what the answer lists, join
-    again on 404, sleep a period. The loops start spread over one period, so 200 agents make 200 calls/s."""
+    again on 404, wait as long as the answer says. The loops start spread over one second; past 50 agents the
+    service paces them to 50 heartbeats/s in all (at 200 agents, each every 4 s)."""
 
     api: Api
     fleet: Fleet
     samples: list[tuple[float, float, int]] = field(default_factory=list)  # (sent, latency s, status)
     tasks: list[asyncio.Future] = field(default_factory=list)
-    running: bool = True
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def start(self, agent: SyntheticAgent, offset_s: float) -> None:
         self.tasks.append(asyncio.ensure_future(self._loop(agent, offset_s)))
@@ -379,23 +385,28 @@ class Heartbeats:
     async def _loop(self, agent: SyntheticAgent, offset_s: float) -> None:
         loop = asyncio.get_running_loop()
         await asyncio.sleep(offset_s)
-        while self.running:
+        while not self.stopping.is_set():
             sent = loop.time()
             status, answer = await self.api.call(
                 "POST", f"/agents/{agent.name}/heartbeat", {"replicas": agent.heartbeat_report()}, agent=True
             )
             self.samples.append((sent, loop.time() - sent, status))
+            wait = HEARTBEAT_S
             if status == 200 and isinstance(answer, dict):
                 for kernel_id, replica in answer.get("stop", []):
                     agent.replicas.pop((kernel_id, int(replica)), None)
+                wait = answer.get("next_s", HEARTBEAT_S)  # the pace the service sets, as the agent follows it
             elif status == 404:
                 await join(self.api, self.fleet, agent)
-            await asyncio.sleep(HEARTBEAT_S)
+            try:
+                await asyncio.wait_for(self.stopping.wait(), wait)
+            except TimeoutError:
+                pass
 
     async def stop(self) -> None:
         """Let each loop finish its heartbeat in flight (a cancelled request leaves its connection to be reset,
         which asyncio reports on the console), then end."""
-        self.running = False
+        self.stopping.set()
         if not self.tasks:
             return
         _, late = await asyncio.wait(self.tasks, timeout=HEARTBEAT_S + REQUEST_TIMEOUT_S)
@@ -486,12 +497,14 @@ async def settle(api: Api, kernels: list[str], progress: Progress) -> list[str]:
     service: a request this process gave up on may still be in the service's queue. Returns the kernels the service
     lists, the ones (c) asks for GPUs."""
     task = progress.add_task("(b) service done placing", total=len(kernels))
-    listed: list[str] = []
+    listed: list[str] | None = None
     while True:
         status, described = await api.call("GET", "/cluster")
         now = sorted(k["id"] for k in described.get("kernels", [])) if status == 200 and described else []
         progress.update(task, completed=len(now))
-        if len(now) == len(kernels) or (now and now == listed):
+        if len(now) == len(kernels) or now == listed:
+            if not now:
+                raise Failure("the service placed none of the kernels; its log says why")
             return now
         listed = now
         await asyncio.sleep(SETTLE_POLL_S)
@@ -755,7 +768,7 @@ def analyse(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
             "cpu": "user + system seconds of the process (psutil) over the phase; % of one core over its wall time",
             "rss": "the service's and this process's resident set at the end of the execution phase",
             "agents": "synthetic, in this process: the agent API answered as notebookos agent does, no replica "
-            "process started, ports never bound; heartbeats every second with every replica's report",
+            "process started, ports never bound; heartbeats at the pace the service sets, with every replica's report",
         },
         "_targets": targets,
     }

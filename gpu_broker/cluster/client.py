@@ -62,11 +62,17 @@ class ClusterClient:
         self, method: str, path: str, body: dict | None = None, timeout: float | None = None, text: bool = False
     ) -> Any:
         """The JSON answer (None when empty), or the answer as text with ``text``; ClusterError otherwise."""
+        data = None if body is None and method in ("GET", "DELETE") else json.dumps(body or {})
+        headers = {"Authorization": f"token {self.token}"}
+        if data is not None:
+            # Said, so the service takes the body for what it is: tornado's client otherwise labels a POST body a
+            # form, and the service's tornado parses it as one before the handler reads it as JSON.
+            headers["Content-Type"] = "application/json"
         req = HTTPRequest(
             f"{self.url}{path}",
             method=method,
-            headers={"Authorization": f"token {self.token}"},
-            body=None if body is None and method in ("GET", "DELETE") else json.dumps(body or {}),
+            headers=headers,
+            body=data,
             request_timeout=self.timeout if timeout is None else timeout,
             connect_timeout=5.0,
             ssl_options=self._ssl,

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import zmq
 
 from ...kernels.replica_config import ReplicaConfig
-from .agent.remote import AgentError, AgentUnreachable, RemoteHost
+from .agent.remote import HEARTBEAT_S, AgentError, AgentUnreachable, RemoteHost, heartbeat_period_s, next_heartbeat_s
 from .cells import CellRecord
 from ..scheduler.events import (
     Decision,
@@ -427,7 +427,8 @@ class EmbeddedCluster:
         restarting = self._restored_at is not None and time.monotonic() - self._restored_at < RESTART_GRACE_S
         for host in [h for h in self.hosts.values() if isinstance(h, RemoteHost) and not h.lost]:
             silent = time.monotonic() - host.last_heartbeat
-            if silent > self.host_timeout_s and not restarting:
+            # The time-out is for agents that heartbeat every second; those told to wait longer get as many periods.
+            if silent > self.host_timeout_s * host.period_s / HEARTBEAT_S and not restarting:
                 self._lose_host(host, f"no heartbeat from its agent for {silent:.1f} s")
         self._follow_reachability()
         for key in [k for k, p in self.starting.items() if time.time() - p.since > START_DEADLINE_S]:
@@ -575,7 +576,7 @@ class EmbeddedCluster:
             if not isinstance(known, RemoteHost) or known.address != address:
                 where = known.address if isinstance(known, RemoteHost) else "this cluster's own machine"
                 raise ValueError(f"host name {name!r} is taken by {where}; start the agent with another --name")
-            known.url, known.token, known.verify = url, token, self._agent_trust(name, cert_pem)
+            known.rejoined(url, token, self._agent_trust(name, cert_pem))
             known.heartbeat(replicas)
             self._touched_hosts.add(name)
             self.events.append("agent_rejoined", time.time(), f"the agent at {address} joined again", host=name)
@@ -597,11 +598,12 @@ class EmbeddedCluster:
         self._act(self._decide(self.core.add_host, name, gpus))
         return self._describe_host(name)
 
-    def agent_heartbeat(self, name: str, replicas: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    def agent_heartbeat(self, name: str, replicas: list[dict[str, Any]]) -> dict[str, Any]:
         """An agent's report of its replicas; KeyError for an agent this cluster does not know (it joins again).
 
-        Answers the replicas the agent must stop: an agent runs exactly the replicas the scheduling core placed on
-        its host, so a replica replaced elsewhere while its machine was cut off is stopped when it is back."""
+        Answers the replicas the agent must stop (``stop``): an agent runs exactly the replicas the scheduling core
+        placed on its host, so a replica replaced elsewhere while its machine was cut off is stopped when it is
+        back. And when to heartbeat next (``next_s``): later the more agents there are (:func:`heartbeat_period_s`)."""
         with self.lock:
             self._refuse_removed(name)
             host = self.hosts.get(name)
@@ -612,14 +614,19 @@ class EmbeddedCluster:
                     "agent_back", time.time(), "its agent reported to the restarted cluster service", host=name
                 )
             host.heartbeat(replicas)
+            host.period_s = self._heartbeat_period_s()
             placed = self.core.cluster.kernels
-            return [
+            stop = [
                 (r["kernel_id"], r["replica"])
                 for r in replicas
                 if not (
                     r.get("kernel_id") in placed and placed[r["kernel_id"]].replicas.get(r.get("replica", -1)) == name
                 )
             ]
+            return {"stop": stop, "next_s": next_heartbeat_s(name, host.period_s, time.time())}
+
+    def _heartbeat_period_s(self) -> float:
+        return heartbeat_period_s(sum(isinstance(host, RemoteHost) for host in self.hosts.values()))
 
     def _agent_trust(self, name: str, cert_pem: str | None) -> str | bool:
         """What verifies an agent's https certificate: the one it joined with, kept in a file (requests reads one)."""
@@ -920,6 +927,9 @@ class EmbeddedCluster:
         for name, saved in stored.hosts.items():
             self.hosts[name] = self._restore_host(name, saved)
             self.core.restore_host(name, saved["gpus"], saved["draining"], saved["remove_when_drained"])
+        period_s = self._heartbeat_period_s()
+        for agent in [h for h in self.hosts.values() if isinstance(h, RemoteHost)]:
+            agent.period_s = period_s  # what its agent was last told, give or take
         for kernel_id, saved in stored.kernels.items():
             record = KernelRecord(kernel_id, [], owner=saved["owner"], notebook=saved["notebook"], cwd=saved["cwd"])
             for replica in saved["replicas"]:

@@ -47,13 +47,21 @@ from ..ports import PortPool
 from ..runtime.base import ReplicaRuntime
 from ..runtime.factory import add_runtime_arguments, make_runtime
 from .handlers import routes
+from .remote import HEARTBEAT_S
 
 log = logging.getLogger("notebookos.agent")
 
-HEARTBEAT_S = 1.0
 JOIN_TIMEOUT_S = 10.0
 RETRY_MAX_S = 5.0
 EXIT_REFUSED = 2
+
+
+def _period(told: object) -> float:
+    """The wait until the next heartbeat the cluster's answer asks for (the more agents, the longer), within bounds
+    that no answer can push an agent out of: a tenth of HEARTBEAT_S to a minute."""
+    if not isinstance(told, int | float):
+        return HEARTBEAT_S
+    return min(max(float(told), HEARTBEAT_S / 10), 60.0)
 
 
 class JoinRefused(RuntimeError):
@@ -171,13 +179,14 @@ class Agent:
                     joined = False
                     continue
                 backoff = HEARTBEAT_S
+                period = _period(answer.get("next_s"))
             except OSError as err:
                 log.warning("the cluster at %s did not answer (%s); retrying in %.0f s", self.cluster_url, err, backoff)
                 joined = False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, RETRY_MAX_S)
                 continue
-            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.sleep(period)
 
     async def _post(self, path: str, body: dict) -> tuple[int, dict]:
         """POST to the cluster: its status and JSON answer for 2xx and 404; JoinRefused for 401/403/409; OSError if

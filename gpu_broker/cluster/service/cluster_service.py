@@ -24,6 +24,7 @@ from ..host_agent import ReplicaView
 from ..json_api import log_request
 from ..ports import PortsExhausted
 from ..providers import ProviderError
+from .changes import ChangeThread
 from .handlers import routes
 
 log = logging.getLogger(__name__)
@@ -59,12 +60,12 @@ class ClusterService:
         self.stopped = asyncio.Event()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._grants: dict[str, asyncio.Future[Decision]] = {}  # queued cells, by kernel, until granted
+        self._loop = asyncio.get_running_loop()
         # Every change to the cluster runs on this one thread, in arrival order: the scheduling core and the host
         # agents never see two changes interleave, and the event loop never blocks on a replica being moved.
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cluster")
+        self._changes = ChangeThread(self._loop, cluster.save)
         # Kernel starts whose agent calls are under way (create_kernel), each waiting for its three machines.
         self._launcher = ThreadPoolExecutor(max_workers=LAUNCHES, thread_name_prefix="launch")
-        self._loop = asyncio.get_running_loop()
         self._event_waiters: list[asyncio.Future[None]] = []
         cluster.events.listeners.append(self._event_logged)
 
@@ -169,15 +170,8 @@ class ClusterService:
         await self._on_worker(self.cluster.start, decision)
 
     async def _on_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn`` on the cluster's thread, then save what it changed (also when it failed half-way)."""
-
-        def change() -> Any:
-            try:
-                return fn(*args)
-            finally:
-                self.cluster.save()
-
-        return await self._loop.run_in_executor(self._worker, change)
+        """Run ``fn`` on the cluster's thread; its result once what it changed is saved (also when it failed)."""
+        return await self._changes.submit(fn, *args)
 
     async def _until_caught_up(self, proc: ReplicaView) -> None:
         """A moved replica restarts and replays its journal (seconds); its cell waits for that, not the scheduler's
@@ -269,7 +263,7 @@ class ClusterService:
 
     def close(self) -> None:
         self._launcher.shutdown(wait=True)
-        self._worker.shutdown(wait=True)
+        self._changes.shutdown()
         if self.cluster.state is not None:
             self.cluster.state.close()
 

@@ -170,12 +170,12 @@ class ServiceAgentsHandler(ServiceHandler):
             # On the event loop, not the cluster's thread: a heartbeat must count when it arrives, even while the
             # cluster waits on an agent that is down (queued behind that, every host would look silent).
             try:
-                stop = self.service.cluster.agent_heartbeat(name, replicas)
+                answer = self.service.cluster.agent_heartbeat(name, replicas)
             except KeyError as err:
                 raise tornado.web.HTTPError(404, reason=str(err.args[0])) from None
             except AgentRemoved as err:
                 raise tornado.web.HTTPError(410, reason=str(err)) from None
-            self.finish({"stop": stop})
+            self.finish(answer)
             return
         fields = {k: data[k] for k in ("name", "address", "url", "token")}
         gpus = int(data.get("gpus", 0))
