@@ -25,8 +25,11 @@ in log order. How it works, and why:
   left out of the payload and reported with a reason, and a standby drops such a name rather than keep a stale
   value, so that after a failover the name is visibly missing and `not_replicated` says why.
 - Small payloads travel inline in the log entry; large ones, and any holding torch objects, go to the object
-  store and the delta carries a pointer. Apply is all-or-nothing: if the object is missing or corrupt, or the
-  payload cannot be unpickled, the namespace is left as it was and `StateApplyError` names the variables lost.
+  store and the delta carries a pointer. A payload is a short header, the pickle, then the raw bytes of every
+  tensor storage it holds, which the pickle names by number: the executor hashes and writes a tensor's bytes
+  straight from its memory, and a standby reads them straight into the storage it rebuilds. Apply is
+  all-or-nothing: if the object is missing or corrupt, or the payload cannot be unpickled, the namespace is left
+  as it was and `StateApplyError` names the variables lost.
 - For log compaction, `capture_all` captures the whole namespace as one delta (a full snapshot) that `apply`
   restores into an empty namespace: every value is pickled by value (no references by name), in one pickle, so
   shared references survive. `referenced_keys` names the object-store keys a delta needs, for garbage collection.
@@ -38,14 +41,15 @@ import io
 import logging
 import pickle
 import re
+import struct
 import sys
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .fingerprint import Fingerprinter, NotebookPickler, raw_memory, unpicklable_reason
-from .object_store import ObjectStore, ObjectStoreError
+from .object_store import BytesReader, ObjectReader, ObjectStore, ObjectStoreError
 
 __all__ = ["NamespaceTracker", "ObjectPointer", "StateApplyError", "StateDelta"]
 
@@ -69,6 +73,14 @@ _IPYTHON_HISTORY_NAME = re.compile(r"_i?\d+")  # _i<N> (input N) and _<N> (outpu
 _NO_IDENTITY_TYPES = (type(None), bool, int, float, complex, str, bytes, tuple, frozenset, range)
 
 _NAMESPACE_REFERENCE = ("namespace",)
+
+# A payload starts with this, then its counts (`_PAYLOAD_COUNTS`: storages, pickle bytes) and each storage's size
+# (`_STORAGE_SIZE` each), then the pickle and the storages' bytes, numbered in that order. A payload without it is a
+# bare pickle with the storages' bytes inside, as payloads were written before (a pickle starts with b"\x80").
+_PAYLOAD_MAGIC = b"NBOSPL01"
+_PAYLOAD_COUNTS = struct.Struct("<IQ")
+_STORAGE_SIZE = struct.Struct("<Q")
+_STORAGE = "storage"  # persistent id kind: ("storage", number)
 
 
 @dataclass(frozen=True)
@@ -267,11 +279,12 @@ class NamespaceTracker:
 
     def _place(self, payload: _Payload) -> tuple[bytes | None, ObjectPointer | None]:
         """Inline when small and torch-free (torch payloads grow with training, and belong in the store)."""
-        if payload.data is None:
+        if not payload.parts:
             return None, None
-        if payload.data.nbytes <= self._inline_limit and not payload.holds_torch:
-            return bytes(payload.data), None
-        return None, ObjectPointer(self._store.put(payload.data), payload.data.nbytes)
+        size = payload.nbytes
+        if size <= self._inline_limit and not payload.holds_torch:
+            return b"".join(payload.parts), None
+        return None, ObjectPointer(self._store.put_parts(payload.parts), size)
 
     def _record(self, assigned: Iterable[str], deleted: Iterable[str], unpicklable: Mapping[str, str]) -> None:
         """Keep `not_replicated` current: a name is listed while its latest value could not be replicated."""
@@ -281,18 +294,21 @@ class NamespaceTracker:
 
     def _load(self, delta: StateDelta, user_ns: MutableMapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The delta's values and extras, unpickled against `user_ns`, which is left as it was."""
-        if delta.inline is not None:
-            data = delta.inline
-        elif delta.pointer is None:
-            return {}, {}
-        else:
-            try:
-                data = self._store.get(delta.pointer.key)
-            except ObjectStoreError as error:
-                raise _apply_error(delta, str(error)) from error
+        try:
+            if delta.pointer is not None:
+                reader = self._store.open(delta.pointer.key)
+            elif delta.inline is not None:
+                reader = BytesReader(delta.inline)
+            else:
+                return {}, {}
+            stream, storages = _read_verified(reader)
+        except ObjectStoreError as error:
+            raise _apply_error(delta, str(error)) from error
+        except ValueError as error:
+            raise _apply_error(delta, f"its payload is malformed ({error}).") from error
         before = dict(user_ns)
         try:
-            values, extra = _PayloadUnpickler(io.BytesIO(data), user_ns).load()
+            values, extra = _PayloadUnpickler(io.BytesIO(stream), user_ns, storages).load()
         except Exception as error:  # noqa: BLE001 - whatever unpickling raises, the apply must fail cleanly
             problem = f"its payload cannot be unpickled here ({type(error).__name__}: {error})."
             raise _apply_error(delta, problem) from error
@@ -386,10 +402,11 @@ class _PayloadPickler(NotebookPickler):
     standing for its globals (`globals_ref`), and the one standing for `user_ns` is pickled as a reference that
     resolves to the standby's namespace.
 
-    Tensor storages are pickled as their raw bytes (an in-band pickle-5 buffer: one copy) and rebuilt on the
-    CPU with one copy from the unpickled bytearray. torch's own reduction copies a storage three times on each
-    side (through torch.save into a BytesIO), gives every view its own copy, and would put a GPU tensor back on
-    a GPU of the standby, which holds none while idle; this way views stay views and standbys stay on the CPU.
+    Tensor storages are pickled as their number among `storages`, whose raw bytes follow the pickle in the payload
+    straight from the storages' memory (no copy here, but a GPU storage's to the host), and which a standby reads
+    straight into CPU storages of its own (one copy). torch's own reduction copies a storage three times on each
+    side (through torch.save into a BytesIO), gives every view its own copy, and would put a GPU tensor back on a
+    GPU of the standby, which holds none while idle; this way views stay views and standbys stay on the CPU.
     """
 
     def __init__(self, file: io.BytesIO, user_ns: Mapping[str, Any], references: _References) -> None:
@@ -400,13 +417,28 @@ class _PayloadPickler(NotebookPickler):
         self._torch = sys.modules.get("torch")
         self._torch_types = () if self._torch is None else (self._torch.Tensor, self._torch.nn.Module,
                                                               self._torch.optim.Optimizer)  # fmt: skip
-        self._host_copies: list[Any] = []
+        self._storage_type = None if self._torch is None else self._torch.UntypedStorage
+        self._storage_numbers: dict[int, int] = {}  # id of each storage pickled -> its number
+        self._pickled_storages: list[Any] = []  # held, so that no id in `_storage_numbers` is reused meanwhile
+        self.storages: list[Any] = []  # CPU storages (host copies of GPU ones) whose bytes follow the pickle
         self.holds_torch = False
 
-    def persistent_id(self, obj: Any) -> tuple[str, ...] | None:
+    def persistent_id(self, obj: Any) -> tuple[Any, ...] | None:
         if obj is self._namespace_stand_in:
             return _NAMESPACE_REFERENCE
+        if self._storage_type is not None and isinstance(obj, self._storage_type) and obj.device.type != "meta":
+            return (_STORAGE, self._storage_number(obj))
         return self._references.find(obj)
+
+    def _storage_number(self, storage: Any) -> int:
+        """Its number among `storages`, added there the first time (views of one storage share it)."""
+        number = self._storage_numbers.get(id(storage))
+        if number is None:
+            number = self._storage_numbers[id(storage)] = len(self.storages)
+            self._pickled_storages.append(storage)
+            # The host's copy: standbys keep tensors parked on the CPU, as idle replicas do.
+            self.storages.append(storage if storage.device.type == "cpu" else storage.cpu())
+        return number
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, self._torch_types):
@@ -414,23 +446,23 @@ class _PayloadPickler(NotebookPickler):
         elif self._torch is not None:
             if isinstance(obj, self._torch.storage.TypedStorage):
                 return _typed_storage, (obj._untyped_storage, obj.dtype)
-            if isinstance(obj, self._torch.UntypedStorage) and obj.device.type != "meta":
-                return _untyped_storage, (pickle.PickleBuffer(self._host_bytes(obj)),)
         return super().reducer_override(obj)
-
-    def _host_bytes(self, storage: Any) -> memoryview:
-        """The storage's bytes in host memory: standbys keep tensors parked on the CPU, as idle replicas do."""
-        if storage.device.type != "cpu":
-            storage = storage.cpu()
-            self._host_copies.append(storage)  # the view below does not keep it alive; the pickler does
-        return raw_memory(storage.data_ptr(), storage.nbytes())
 
 
 def _untyped_storage(data: bytearray) -> Any:
-    """A CPU storage holding a copy of `data`: torch-allocated, so that the tensors on it can be resized."""
+    """A CPU storage holding a copy of `data`: what payloads written before the header (`_PAYLOAD_MAGIC`) name
+    for each storage, its bytes inside the pickle."""
     import torch
 
     return torch.frombuffer(data, dtype=torch.uint8).clone().untyped_storage() if data else torch.UntypedStorage(0)
+
+
+def _new_storage(size: int) -> Any:
+    """A CPU storage of `size` bytes to read a tensor's bytes into: torch-allocated, so that the tensors on it can
+    be resized."""
+    import torch
+
+    return torch.UntypedStorage(size)
 
 
 def _typed_storage(untyped: Any, dtype: Any) -> Any:
@@ -440,16 +472,19 @@ def _typed_storage(untyped: Any, dtype: Any) -> Any:
 
 
 class _PayloadUnpickler(pickle.Unpickler):
-    """Resolves the payload's references against the standby's namespace."""
+    """Resolves the payload's references against the standby's namespace, and its storages' numbers."""
 
-    def __init__(self, file: io.BytesIO, user_ns: Mapping[str, Any]) -> None:
+    def __init__(self, file: io.BytesIO, user_ns: Mapping[str, Any], storages: Sequence[Any]) -> None:
         super().__init__(file)
         self._user_ns = user_ns
+        self._storages = storages
 
     def persistent_load(self, pid: tuple[Any, ...]) -> Any:
         if pid == _NAMESPACE_REFERENCE:
             return self._user_ns
         kind, name, *path = pid
+        if kind == _STORAGE:
+            return self._storages[name]
         if name not in self._user_ns:
             raise LookupError(f"it refers to variable {name!r}, which this replica does not have")
         obj = self._user_ns[name]
@@ -464,11 +499,20 @@ class _PayloadUnpickler(pickle.Unpickler):
 
 @dataclass(frozen=True)
 class _Payload:
-    """A delta's pickled values and what pickling them found out."""
+    """A delta's pickled values and what pickling them found out.
 
-    data: memoryview | None
+    `parts` concatenated are the payload (header, pickle, storages' bytes); empty when there is nothing to send.
+    The last parts view the memory of `storages`, which the payload keeps alive.
+    """
+
+    parts: tuple[memoryview, ...]
     holds_torch: bool
+    storages: tuple[Any, ...]
     unpicklable: dict[str, str]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(part.nbytes for part in self.parts)
 
     @classmethod
     def build(
@@ -480,7 +524,7 @@ class _Payload:
     ) -> _Payload:
         """Pickle everything at once; only when that fails, find the culprits one by one and leave them out."""
         if not values and not extra:
-            return cls(None, False, {})
+            return cls((), False, (), {})
         try:
             return cls(*_dump((values, extra), references, user_ns), {})
         except Exception as error:  # noqa: BLE001 - some value cannot be pickled: find which below
@@ -496,11 +540,64 @@ class _Payload:
         return cls(*_dump((values, extra), references, user_ns), unpicklable)
 
 
-def _dump(obj: Any, references: _References, user_ns: Mapping[str, Any]) -> tuple[memoryview, bool]:
-    buffer = io.BytesIO()
-    pickler = _PayloadPickler(buffer, user_ns, references)
+def _dump(
+    obj: Any, references: _References, user_ns: Mapping[str, Any]
+) -> tuple[tuple[memoryview, ...], bool, tuple[Any, ...]]:
+    """The payload's parts, whether it holds torch objects, and the storages whose memory its parts view."""
+    stream = io.BytesIO()
+    pickler = _PayloadPickler(stream, user_ns, references)
     pickler.dump(obj)
-    return buffer.getbuffer(), pickler.holds_torch
+    storages = tuple(pickler.storages)
+    return _payload_parts(stream.getbuffer(), storages), pickler.holds_torch, storages
+
+
+def _payload_parts(stream: memoryview, storages: Sequence[Any]) -> tuple[memoryview, ...]:
+    """The header that says how long each part is, the pickle `stream`, then each storage's bytes."""
+    sizes = [storage.nbytes() for storage in storages]
+    header = b"".join(
+        (_PAYLOAD_MAGIC, _PAYLOAD_COUNTS.pack(len(sizes), stream.nbytes), *map(_STORAGE_SIZE.pack, sizes))
+    )
+    storage_bytes = (raw_memory(storage.data_ptr(), size) for storage, size in zip(storages, sizes, strict=True))
+    return (memoryview(header), stream, *storage_bytes)
+
+
+def _read_verified(reader: ObjectReader) -> tuple[bytearray, list[Any]]:
+    """The payload's pickle and storages (`_read_payload`), once the store has verified every byte of it: a damaged
+    object is reported as damaged, even when the damage shows first as a header that does not fit."""
+    with reader:
+        try:
+            payload = _read_payload(reader)
+        except ValueError:
+            reader.verify()
+            raise
+        reader.verify()
+    return payload
+
+
+def _read_payload(reader: ObjectReader) -> tuple[bytearray, list[Any]]:
+    """The payload's pickle, and its storages, each read straight into a new CPU storage. ValueError if the header
+    does not match the payload's size; a payload without a header is a bare pickle."""
+    head = _read(reader, min(len(_PAYLOAD_MAGIC), reader.size))
+    if head != _PAYLOAD_MAGIC:
+        return head + _read(reader, reader.size - reader.position), []
+    count, stream_size = _PAYLOAD_COUNTS.unpack(_read(reader, _PAYLOAD_COUNTS.size))
+    sizes = [size for (size,) in _STORAGE_SIZE.iter_unpack(_read(reader, count * _STORAGE_SIZE.size))]
+    if reader.position + stream_size + sum(sizes) != reader.size:
+        raise ValueError(f"its header does not describe its {reader.size} bytes")
+    stream = _read(reader, stream_size)
+    storages = [_new_storage(size) for size in sizes]
+    for storage, size in zip(storages, sizes, strict=True):
+        reader.readinto(raw_memory(storage.data_ptr(), size))
+    return stream, storages
+
+
+def _read(reader: ObjectReader, size: int) -> bytearray:
+    """The next `size` bytes (ValueError if the payload has fewer left: a header must not allocate past it)."""
+    if size > reader.size - reader.position:
+        raise ValueError(f"it ends {size - (reader.size - reader.position)} bytes early")
+    data = bytearray(size)
+    reader.readinto(memoryview(data))
+    return data
 
 
 def _culprits(values: Mapping[str, Any], references: _References, user_ns: Mapping[str, Any]) -> dict[str, str]:

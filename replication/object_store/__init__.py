@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from .base import (
     KEY_PREFIX,
+    BytesReader,
     ObjectCorruptError,
     ObjectMissingError,
+    ObjectReader,
     ObjectStore,
     ObjectStoreError,
     StoreFullError,
@@ -31,9 +33,11 @@ from .local import LocalDirectoryStore
 
 __all__ = [
     "KEY_PREFIX",
+    "BytesReader",
     "LocalDirectoryStore",
     "ObjectCorruptError",
     "ObjectMissingError",
+    "ObjectReader",
     "ObjectStore",
     "ObjectStoreError",
     "StoreFullError",

@@ -1,6 +1,7 @@
 """State capture and apply, end to end: real cell code runs in an executor namespace, its delta goes through the
 same bytes a Raft log entry would carry, and a standby namespace applies it."""
 
+import dataclasses
 import errno
 import io
 import math
@@ -13,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from notebookos.replication.namespace import NamespaceTracker, StateApplyError, StateDelta
+from notebookos.replication import namespace
+from notebookos.replication.fingerprint import NotebookPickler
+from notebookos.replication.namespace import NamespaceTracker, ObjectPointer, StateApplyError, StateDelta
 from notebookos.replication.object_store import LocalDirectoryStore, StoreFullError
 
 
@@ -309,6 +312,15 @@ def test_views_of_one_tensor_stay_views_on_the_standby(replicas):
     assert replicas.standby_ns["base"][2] == 7
 
 
+def test_a_tensor_s_bytes_are_stored_once_however_many_views_share_them(replicas):
+    replicas.run_cell("import torch")
+    delta = replicas.run_cell("base = torch.zeros(250_000)\nviews = [base[i:] for i in range(10)]")
+    base_bytes = 250_000 * 4  # float32
+    assert base_bytes <= delta.pointer.size < base_bytes + 4096
+    replicas.standby_ns["base"][9] = 5
+    assert [view[9 - i].item() for i, view in enumerate(replicas.standby_ns["views"])] == [5.0] * 10
+
+
 def test_tensors_stay_resizable_on_both_sides(replicas):
     replicas.run_cell("import torch\nt = torch.arange(4.0)\nempty = torch.empty(0)")
     replicas.run_cell("t.resize_(100)")  # what `out=` arguments do: fails on storages torch cannot reallocate
@@ -423,6 +435,42 @@ def test_a_payload_that_cannot_be_unpickled_here_fails_apply_and_leaves_the_name
     with pytest.raises(StateApplyError, match=r"could not restore helper, derived.*'base'"):
         replicas.standby.apply(delta, replicas.standby_ns)
     assert replicas.standby_ns == before
+
+
+def test_a_payload_whose_header_does_not_fit_it_fails_apply_and_leaves_the_namespace_unchanged(replicas):
+    replicas.run_cell("import torch\nkeep = 1")
+    delta = replicas.execute("t = torch.ones(3)")
+    data = replicas.store.get(delta.pointer.key) + b"\0"
+    longer = dataclasses.replace(delta, pointer=ObjectPointer(replicas.store.put(data), len(data)))
+    before = dict(replicas.standby_ns)
+    with pytest.raises(StateApplyError, match=r"could not restore t from cell \[2\].*malformed"):
+        replicas.standby.apply(longer, replicas.standby_ns)
+    assert replicas.standby_ns == before
+
+
+class _PicklerBeforeTheHeader(NotebookPickler):
+    """Pickles values as payloads were pickled before they had a header: each storage's bytes inside the pickle."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, torch.storage.TypedStorage):
+            return namespace._typed_storage, (obj._untyped_storage, obj.dtype)
+        if isinstance(obj, torch.UntypedStorage):
+            data = torch.empty(0, dtype=torch.uint8).set_(obj).numpy().tobytes()
+            return namespace._untyped_storage, (pickle.PickleBuffer(bytearray(data)),)
+        return super().reducer_override(obj)
+
+
+def test_a_payload_written_before_the_header_still_applies(replicas):
+    """A journal or snapshot written by the previous version still restores: its payloads are bare pickles."""
+    base = torch.arange(6.0)
+    stream = io.BytesIO()
+    _PicklerBeforeTheHeader(stream, replicas.executor_ns).dump(({"base": base, "window": base[2:]}, {}))
+    key = replicas.store.put(stream.getvalue())
+    delta = StateDelta(1, ("base", "window"), (), {}, None, ObjectPointer(key, len(stream.getvalue())))
+    replicas.standby.apply(delta, replicas.standby_ns)
+    assert replicas.standby_ns["window"].tolist() == [2.0, 3.0, 4.0, 5.0]
+    replicas.standby_ns["base"][2] = 7  # still a view of the same storage
+    assert replicas.standby_ns["window"][0] == 7
 
 
 def test_capture_on_a_full_store_raises_and_can_be_retried(replicas, monkeypatch):

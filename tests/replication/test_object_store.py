@@ -144,3 +144,33 @@ def test_open_store_rejects_file_urls_that_name_another_host(location):
 def test_open_store_rejects_an_empty_location():
     with pytest.raises(ValueError, match="empty"):
         open_store("")
+
+
+def test_an_object_read_in_pieces_is_verified_when_read_to_the_end(store):
+    key = store.put(b"original contents")
+    (path,) = [p for p in store.root.rglob("*") if p.is_file()]
+    path.write_bytes(b"tampered contents")
+    with store.open(key) as reader:
+        start = bytearray(8)
+        reader.readinto(memoryview(start))  # the caller may not trust it yet
+        with pytest.raises(ObjectCorruptError, match="hash to") as raised:
+            reader.verify()  # reads the rest, then compares
+    assert str(path) in str(raised.value)
+
+
+def test_an_object_that_shrinks_while_read_is_reported_corrupt(store):
+    key = store.put(b"0123456789")
+    (path,) = [p for p in store.root.rglob("*") if p.is_file()]
+    with store.open(key) as reader:
+        path.write_bytes(b"01234")  # truncated in place after the reader learned its size
+        with pytest.raises(ObjectCorruptError, match="ended while it was read"):
+            reader.readinto(memoryview(bytearray(10)))
+
+
+def test_put_parts_writes_large_parts_without_joining_them(store, monkeypatch):
+    joined = []
+    monkeypatch.setattr(store, "put", lambda data: joined.append(data))  # the default put_parts would call it
+    parts = [b"head", memoryview(os.urandom(5 << 20)), b"tail"]
+    key = store.put_parts(parts)
+    assert not joined
+    assert store.get(key) == b"".join(parts)
