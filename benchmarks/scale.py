@@ -18,20 +18,24 @@ kernels on 200 hosts. One run measures, in order:
     turn; each granted cell holds its GPU for ``--cell-s`` and is then given back (``.../executions/release``, timed
     too, from when it was due). p50/p99/max of each, against the target.
 
-Then the service's CPU (seconds, and % of one core per phase) and RSS at the end, and the same for this process.
+Then the service's CPU (seconds, and % of one core per phase) and RSS at the end, and the same for the load
+generator and for the synthetic agents' process.
 
 What is real: the cluster service process (``python -m notebookos.gpu_broker.cluster.service --hosts 0
 --join-token-file F``, as ``notebookos cluster`` serves agents, listening on 127.0.0.1), with its request checking,
 scheduling core, SQLite state, event log and scheduler tick; and every request, real HTTP. What is synthetic: the
-agents, since a real one per host would need 200 machines. They live in this process and serve the agent API the
-service calls (``RemoteHost``: ``POST /kernels/ID/ports``, ``POST /replicas``, ``DELETE /kernels/ID``, kill) on one
-HTTP server at 127.0.0.1, each agent under a path of its own, and answer as ``notebookos agent`` does, except that
-they start no replica process: a started replica is only reported (alive at once, ready from the agent's next
-heartbeat, no pid), and ports come from a counter and are never bound. No traffic leaves 127.0.0.1.
+agents, since a real one per host would need 200 machines. They live in a process of their own (real agents run
+on machines of their own: in the generator's loop, their answers waited behind its sending and its sends behind
+them) and serve the agent API the service calls (``RemoteHost``: ``POST /kernels/ID/ports``, ``POST /replicas``,
+``DELETE /kernels/ID``, kill) on one HTTP server at 127.0.0.1, each agent under a path of its own, and answer as
+``notebookos agent`` does, except that they start no replica process: a started replica is only reported (alive at
+once, ready from the agent's next heartbeat, no pid), and ports come from a counter and are never bound. No traffic
+leaves 127.0.0.1.
 
 The load generator is this process: one asyncio loop and one tornado ``AsyncHTTPClient``, the client that
 ``ClusterClient`` (kernel fronts, provisioners) uses, with a connection per request as fronts and agents make. It
-shares this machine's cores with the service, so its own CPU is reported beside the service's.
+and the agents' process share this machine's cores with the service, so their CPU is reported beside the
+service's.
 
 Writes benchmarks/results/scale.json (the summary), scale.raw.json (every sample; not kept in git) and scale.png
 (latency over time at the offered load, and CDFs). Exits 1 when a target is missed.
@@ -47,12 +51,14 @@ import asyncio
 import dataclasses
 import itertools
 import json
+import multiprocessing
 import secrets
 import sys
 import tempfile
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from multiprocessing.connection import Connection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -433,12 +439,9 @@ async def join(api: Api, fleet: Fleet, agent: SyntheticAgent) -> tuple[int, str 
     return status, None if status == 201 else _error_text(status, answer)
 
 
-async def register(
-    api: Api, fleet: Fleet, heartbeats: Heartbeats, concurrency: int, progress: Progress
-) -> tuple[list[Sample], float]:
+async def register(api: Api, fleet: Fleet, heartbeats: Heartbeats, concurrency: int) -> tuple[list[Sample], float]:
     """(a): every agent joins, ``concurrency`` at a time; each starts heartbeating once joined. Returns the joins
     and the wall time until the last was answered."""
-    task = progress.add_task("(a) agents join", total=len(fleet.agents))
     loop = asyncio.get_running_loop()
     slots = asyncio.Semaphore(concurrency)
     start = loop.time()
@@ -451,7 +454,6 @@ async def register(
             samples.append(Sample(sent - start, 0.0, loop.time() - sent, status, error))
         if error is None:
             heartbeats.start(agent, offset_s=(loop.time() - start) % HEARTBEAT_S)
-        progress.advance(task)
 
     await asyncio.gather(*(one(agent) for agent in fleet.agents.values()))
     wall = loop.time() - start
@@ -459,6 +461,107 @@ async def register(
     if failed:
         raise Failure(f"{len(failed)} of {len(samples)} agents could not join, e.g. {failed[0]}")
     return sorted(samples, key=lambda s: s.at), wall
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    """What the agents' process needs: the service's address and tokens, and the fleet's size."""
+
+    url: str
+    token: str
+    join_token: str
+    hosts: int
+    gpus_per_host: int
+    join_concurrency: int
+    workdir: Path
+
+
+def fleet_main(spec: FleetSpec, conn: Connection) -> None:
+    """The agents' process: serve the agent API, join (a) when told ``"join"``, heartbeat until told ``"stop"``
+    (then send the heartbeats and the calls served), and serve until told ``"exit"``: the service's shutdown still
+    calls agents."""
+
+    async def run() -> None:
+        api = Api(spec.url, spec.token, spec.join_token)
+        fleet = Fleet.make(spec.hosts, spec.gpus_per_host, spec.workdir)
+        fleet.serve()
+        heartbeats = Heartbeats(api, fleet)
+        try:
+            conn.send(("serving",))
+            if not await _told(conn, "join"):
+                return
+            try:
+                conn.send(("registered", *await register(api, fleet, heartbeats, spec.join_concurrency)))
+            except Failure as err:
+                conn.send(("failed", str(err)))
+            if not await _told(conn, "stop"):
+                return
+            await heartbeats.stop()
+            conn.send(("stopped", heartbeats.samples, dict(fleet.calls)))
+            await _told(conn, "exit")
+        finally:
+            await heartbeats.stop()
+            fleet.stop()
+            api.close()
+
+    asyncio.run(run())
+
+
+async def _told(conn: Connection, expected: str) -> bool:
+    """Whether this process was told ``expected``; False when told ``"exit"`` instead (the run ended early)."""
+    said = await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+    if said not in (expected, "exit"):
+        raise ValueError(f"the agents' process was told {said!r}, not {expected!r}")
+    return said == expected
+
+
+class FleetProcess:
+    """The synthetic agents' process, driven from this one through a pipe (:func:`fleet_main`)."""
+
+    def __init__(self, spec: FleetSpec) -> None:
+        context = multiprocessing.get_context("spawn")  # not fork: this process runs threads and an event loop
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=fleet_main, args=(spec, child), name="scale-agents", daemon=True)
+        self.process.start()
+        child.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None
+        return self.process.pid
+
+    async def _receive(self) -> tuple:
+        message = await asyncio.get_running_loop().run_in_executor(None, self.conn.recv)
+        if message[0] == "failed":
+            raise Failure(message[1])
+        return message
+
+    async def serving(self) -> None:
+        """Once the agents' process has started and serves the agent API."""
+        await self._receive()
+
+    async def register(self) -> tuple[list[Sample], float]:
+        """(a): the agents join; their joins and the wall time, once every one has joined (and heartbeats)."""
+        self.conn.send("join")
+        _, joins, wall = await self._receive()
+        return joins, wall
+
+    async def stop_heartbeats(self) -> tuple[list[tuple[float, float, int]], dict[str, int]]:
+        """The heartbeats sent and the agent calls served; the agents still answer calls."""
+        self.conn.send("stop")
+        _, samples, calls = await self._receive()
+        return samples, calls
+
+    def exit(self) -> None:
+        if self.process.is_alive():
+            try:
+                self.conn.send("exit")
+            except OSError:  # it has gone already
+                pass
+            self.process.join(timeout=REQUEST_TIMEOUT_S)
+        if self.process.is_alive():
+            self.process.kill()
+        self.conn.close()
 
 
 def kernel_ids(count: int) -> list[str]:
@@ -567,26 +670,31 @@ class Cells:
 
 @dataclass(frozen=True)
 class Reading:
-    """CPU seconds (user + system) of the service and of this process, at one moment."""
+    """CPU seconds (user + system) of the service, of this process and of the agents' process, at one moment."""
 
     wall: float
     service_cpu_s: float
     generator_cpu_s: float
+    agents_cpu_s: float
 
 
 class Meter:
-    def __init__(self, service_pid: int) -> None:
+    def __init__(self, service_pid: int, agents_pid: int) -> None:
         self.service = psutil.Process(service_pid)
         self.me = psutil.Process()
+        self.agents = psutil.Process(agents_pid)
 
     def read(self) -> Reading:
-        service, me = self.service.cpu_times(), self.me.cpu_times()
-        return Reading(time.monotonic(), service.user + service.system, me.user + me.system)
+        service, me, agents = self.service.cpu_times(), self.me.cpu_times(), self.agents.cpu_times()
+        return Reading(
+            time.monotonic(), service.user + service.system, me.user + me.system, agents.user + agents.system
+        )
 
     def memory_mib(self) -> dict[str, float]:
         return {
             "service_rss_mib": round(self.service.memory_info().rss / 2**20, 1),
             "generator_rss_mib": round(self.me.memory_info().rss / 2**20, 1),
+            "agents_rss_mib": round(self.agents.memory_info().rss / 2**20, 1),
             "service_threads": self.service.num_threads(),
         }
 
@@ -596,12 +704,15 @@ def cpu_between(before: Reading, after: Reading) -> dict[str, float]:
     wall = after.wall - before.wall
     service = after.service_cpu_s - before.service_cpu_s
     generator = after.generator_cpu_s - before.generator_cpu_s
+    agents = after.agents_cpu_s - before.agents_cpu_s
     return {
         "wall_s": round(wall, 3),
         "service_cpu_s": round(service, 3),
         "service_cpu_pct": round(100 * service / wall, 1) if wall else 0.0,
         "generator_cpu_s": round(generator, 3),
         "generator_cpu_pct": round(100 * generator / wall, 1) if wall else 0.0,
+        "agents_cpu_s": round(agents, 3),
+        "agents_cpu_pct": round(100 * agents / wall, 1) if wall else 0.0,
     }
 
 
@@ -639,19 +750,21 @@ class Settings:
         return None
 
 
-async def drive(settings: Settings, console: Console, workdir: Path, service_pid: int, discovery: Path) -> dict:
+async def drive(
+    settings: Settings, console: Console, workdir: Path, service_pid: int, discovery: Path, fleet: FleetProcess
+) -> dict:
     """(a), (b) and (c) against the running service; the raw samples and the CPU readings."""
     info = json.loads(discovery.read_text())
     api = Api(info["url"], info["token"], read_token(workdir / "join-token").secret)
-    fleet = Fleet.make(settings.hosts, settings.gpus_per_host, workdir)
-    fleet.serve()
-    heartbeats = Heartbeats(api, fleet)
-    meter = Meter(service_pid)
+    meter = Meter(service_pid, fleet.pid)
     kernels = kernel_ids(settings.kernels)
+    await fleet.serving()
     readings = {"start": meter.read()}
     try:
         with progress_bar(console) as progress:
-            joins, join_wall = await register(api, fleet, heartbeats, settings.join_concurrency, progress)
+            task = progress.add_task("(a) agents join", total=settings.hosts)
+            joins, join_wall = await fleet.register()
+            progress.update(task, completed=settings.hosts)
             readings["registered"] = meter.read()
             placements = await place(api, kernels, settings.place_rate, progress)
             kernels = await settle(api, kernels, progress)
@@ -662,7 +775,8 @@ async def drive(settings: Settings, console: Console, workdir: Path, service_pid
         memory = meter.memory_mib()
         status, described = await api.call("GET", "/cluster")
     finally:
-        await heartbeats.stop()
+        api.close()
+    heartbeats, calls = await fleet.stop_heartbeats()
     listed = described if status == 200 and isinstance(described, dict) else {}
     return {
         "joins": joins,
@@ -671,12 +785,11 @@ async def drive(settings: Settings, console: Console, workdir: Path, service_pid
         "executions": executions,
         "releases": cells.releases,
         "queued": cells.queued,
-        "heartbeats": heartbeats.samples,
+        "heartbeats": heartbeats,
         "readings": readings,
         "memory": memory,
-        "agent_calls": dict(fleet.calls),
+        "agent_calls": calls,
         "listed": {"hosts": len(listed.get("hosts", [])), "kernels": len(listed.get("kernels", []))},
-        "fleet": fleet,
     }
 
 
@@ -690,16 +803,29 @@ def measure(settings: Settings, console: Console, workdir: Path) -> dict[str, An
     except RuntimeError as err:
         raise Failure(str(err)) from None
 
+    info = json.loads(discovery.read_text())
+    join_token = read_token(workdir / "join-token").secret
+    fleet = FleetProcess(
+        FleetSpec(
+            info["url"],
+            info["token"],
+            join_token,
+            settings.hosts,
+            settings.gpus_per_host,
+            settings.join_concurrency,
+            workdir,
+        )
+    )
+
     async def run() -> dict[str, Any]:
         raw: dict[str, Any] = {}
         try:
-            raw = await drive(settings, console, workdir, proc.pid, discovery)
+            raw = await drive(settings, console, workdir, proc.pid, discovery, fleet)
         finally:
             started = time.monotonic()
             await asyncio.get_running_loop().run_in_executor(None, stop_cluster, proc)
             raw["shutdown_s"] = time.monotonic() - started
-            if "fleet" in raw:
-                raw.pop("fleet").stop()
+            fleet.exit()
         return raw
 
     return asyncio.run(run())
@@ -761,14 +887,19 @@ def analyse(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
             "cpu_s_total": round(readings["executed"].generator_cpu_s, 3),
             "rss_mib": raw["memory"]["generator_rss_mib"],
         },
+        "agents_process": {
+            "cpu_s_total": round(readings["executed"].agents_cpu_s, 3),
+            "rss_mib": raw["memory"]["agents_rss_mib"],
+        },
         "targets": {t.name: t.as_dict() for t in targets},
         "settings": dataclasses.asdict(settings),
         "counting": {
             "latency": "open loop: from when a request was due to its answer, ms; failed requests are counted apart",
             "cpu": "user + system seconds of the process (psutil) over the phase; % of one core over its wall time",
-            "rss": "the service's and this process's resident set at the end of the execution phase",
-            "agents": "synthetic, in this process: the agent API answered as notebookos agent does, no replica "
-            "process started, ports never bound; heartbeats at the pace the service sets, with every replica's report",
+            "rss": "the service's, this process's and the agents' process's resident set at the end of (c)",
+            "agents": "synthetic, in a process of their own: the agent API answered as notebookos agent does, no "
+            "replica process started, ports never bound; heartbeats at the pace the service sets, with every "
+            "replica's report",
         },
         "_targets": targets,
     }
@@ -788,7 +919,7 @@ def raw_json(raw: dict[str, Any]) -> dict[str, Any]:
 
 def cpu_table(results: dict[str, Any]) -> Table:
     table = Table(title="CPU by phase (% of one core; the machine has 2)", title_justify="left")
-    for column in ("phase", "wall s", "service s", "service %", "generator s", "generator %"):
+    for column in ("phase", "wall s", "service s", "service %", "generator s", "generator %", "agents s", "agents %"):
         table.add_column(column, justify="left" if column == "phase" else "right")
     for phase, c in results["cpu"].items():
         table.add_row(
@@ -798,6 +929,8 @@ def cpu_table(results: dict[str, Any]) -> Table:
             f"{c['service_cpu_pct']:.0f}",
             f"{c['generator_cpu_s']:.2f}",
             f"{c['generator_cpu_pct']:.0f}",
+            f"{c['agents_cpu_s']:.2f}",
+            f"{c['agents_cpu_pct']:.0f}",
         )
     return table
 
@@ -870,7 +1003,7 @@ def report(results: dict[str, Any], raw: dict[str, Any], settings: Settings, con
         "agent heartbeats (background)": results["heartbeats"]["latency_ms"],
     }
     print_tables(console, stats_table("Latency, ms", rows), cpu_table(results), targets_table(targets))
-    service, generator = results["service"], results["generator"]
+    service, generator, agents = results["service"], results["generator"], results["agents_process"]
     console.print(
         f"registration of {settings.hosts} agents: {results['registration']['wall_s']:.2f} s; "
         f"the service lists {results['listed_by_service']['hosts']} hosts and "
@@ -880,7 +1013,9 @@ def report(results: dict[str, Any], raw: dict[str, Any], settings: Settings, con
     console.print(
         f"service at the end: {service['rss_mib']:.0f} MiB RSS, {service['threads']} threads, "
         f"{service['cpu_s_total']:.1f} CPU s in all; generator {generator['rss_mib']:.0f} MiB RSS, "
-        f"{generator['cpu_s_total']:.1f} CPU s; most a send was late: placement "
+        f"{generator['cpu_s_total']:.1f} CPU s; agents {agents['rss_mib']:.0f} MiB RSS, "
+        f"{agents['cpu_s_total']:.1f} CPU s; "
+        f"most a send was late: placement "
         f"{results['placement']['send_lag_ms_max']:.1f} ms, execution {results['execution']['send_lag_ms_max']:.1f} ms",
         highlight=False,
     )
