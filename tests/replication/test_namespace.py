@@ -533,3 +533,27 @@ def test_a_standby_that_becomes_executor_captures_only_what_its_own_cell_changes
     exec("rows.append(2)\ny = 1", ns)  # no snapshot: the fingerprints left by apply are the baseline
     delta = new_executor.capture(ns, replicas.execution_count + 1)
     assert set(delta.assigned) == {"rows", "y"} and delta.deleted == ()
+
+
+def test_names_that_are_never_replicated_are_judged_once_so_a_cell_costs_no_more_after_thousands(tmp_path):
+    """IPython keeps `_i<N>` and `_<N>` for every cell it ran, and an ignore rule may refuse many names: each is
+    judged untracked once, not again at every cell."""
+    asked = []
+    tracker = NamespaceTracker(
+        LocalDirectoryStore(tmp_path), ignore=lambda name: asked.append(name) is None and name.startswith("tmp")
+    )
+    user_ns = {"x": 1}
+    for count in range(1, 2001):  # what 2,000 cells leave behind
+        user_ns.update({f"_i{count}": "x += 1", f"_{count}": count, f"tmp{count}": count})
+    tracker.snapshot(user_ns)
+    user_ns["x"] += 1
+    assert tracker.capture(user_ns, 2001).assigned == ("x",)
+    asked.clear()
+    for count in range(2002, 2012):  # ten more cells
+        user_ns.update({f"_i{count}": "x += 1", f"tmp{count}": count})
+        tracker.snapshot(user_ns)
+        user_ns["x"] += 1
+        assert tracker.capture(user_ns, count).assigned == ("x",)
+    # The rule heard of x at each look, of each new name once, and of none of the thousands of earlier ones.
+    assert sorted(set(asked)) == sorted({"x", *(f"tmp{count}" for count in range(2002, 2012))})
+    assert asked.count("x") == 20 and len(asked) == 30
