@@ -67,7 +67,8 @@ _CHANNELS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"
 _PORTS_PER_REPLICA = 2 + len(_CHANNELS)  # Raft, the five Jupyter channels, the peer API
 # Threads for kernel starts' agent calls: a start calls its three machines at once, the first from its own thread
 # and two from here, and the service runs up to 16 starts side by side (LAUNCHES). With 8, starts queued here for
-# a thread under bursts: placement p99 at 100/s over four runs 31 to 158 ms with 8, 20 to 96 ms with 32.
+# a thread under bursts: benchmarks/scale.py's placement p99 at 100/s was 31 to 193 ms over seven runs with 8,
+# 20 to 96 ms over six with 32. Threads are made only when needed.
 _AGENT_CALLS = 32
 
 
