@@ -86,9 +86,9 @@ class RemoteHost:
         """``verify``: the certificate file an https agent is checked against (True: the system's CAs)."""
         self.name = name
         self.address = address
-        self.url = url.rstrip("/")
-        self.token = token
-        self.verify = verify
+        self.url, self.token, self.verify = "", token, verify
+        self._path = ""  # the path the agent's API sits under in its URL, if any
+        self._set_url(url)
         self.replicas: dict[tuple[str, int], RemoteReplica] = {}
         self.last_heartbeat = time.monotonic()
         self.period_s = HEARTBEAT_S  # the heartbeat period the cluster told the agent last
@@ -107,10 +107,15 @@ class RemoteHost:
 
     def rejoined(self, url: str, token: str, verify: str | bool) -> None:
         """The agent joined again (it, or the service, restarted): its API may have moved, its token has changed."""
-        self.url, self.token, self.verify = url.rstrip("/"), token, verify
+        self.token, self.verify = token, verify
+        self._set_url(url)
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+
+    def _set_url(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self._path = (urllib3.util.parse_url(self.url).path or "") if self.url else ""  # "": a lost host's stand-in
 
     def take_ports(self, kernel_id: str, count: int) -> list[int]:
         ports = self._call("POST", f"/kernels/{kernel_id}/ports", {"count": count}, timeout=QUICK_CALL_TIMEOUT_S)
@@ -177,7 +182,7 @@ class RemoteHost:
         try:
             response = self._connection_pool().request(
                 method,
-                (urllib3.util.parse_url(self.url).path or "") + path,  # an agent's API may sit under a path
+                self._path + path,
                 body=None if body is None else json.dumps(body),
                 headers=headers,
                 timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=timeout),
