@@ -65,11 +65,13 @@ T = TypeVar("T")
 REPLICAS_PER_KERNEL = 3
 _CHANNELS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 _PORTS_PER_REPLICA = 2 + len(_CHANNELS)  # Raft, the five Jupyter channels, the peer API
+# Kernel starts whose agent calls the cluster service runs at once, each on a thread of its own; more wait a turn.
+LAUNCHES = 16
 # Threads for kernel starts' agent calls: a start calls its three machines at once, the first from its own thread
-# and two from here, and the service runs up to 16 starts side by side (LAUNCHES). With 8, starts queued here for
-# a thread under bursts: benchmarks/scale.py's placement p99 at 100/s was 31 to 193 ms over seven runs with 8,
-# 20 to 96 ms over six with 32. Threads are made only when needed.
-_AGENT_CALLS = 32
+# and two from here. With 8 (fewer than two per start), starts queued here for a thread under bursts:
+# benchmarks/scale.py's placement p99 at 100/s was 31 to 193 ms over seven runs with 8, 20 to 96 ms over six with
+# 32. Threads are made only when needed.
+_AGENT_CALLS = 2 * LAUNCHES
 
 
 # A machine a provider starts (a container, a pod on a node the node autoscaler may have to add) whose agent has not

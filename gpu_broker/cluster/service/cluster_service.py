@@ -18,7 +18,7 @@ from typing import Any
 import tornado.web
 
 from ...scheduler.events import Decision, DecisionKind
-from ..embedded import EmbeddedCluster, KernelLaunch, KernelRequest, PlacementError
+from ..embedded import LAUNCHES, EmbeddedCluster, KernelLaunch, KernelRequest, PlacementError
 from ..agent.remote import AgentError, AgentUnreachable
 from ..host_agent import ReplicaView
 from ..json_api import log_request
@@ -35,7 +35,6 @@ EPHEMERAL_GRACE_S = 2.0
 TICK_S = 1.0
 MOVE_TIMEOUT_S = 60.0  # longest a cell waits for its migrated executor to catch up
 READY_POLL_S = 0.05
-LAUNCHES = 16  # kernel starts whose agent calls run at once; more wait for a turn
 
 
 class ClusterService:
