@@ -5,9 +5,9 @@ Measures, for a trivial cell (``x = 1``):
 * the round trip from sending execute_request to receiving the execute_reply ("reply"), and to receiving the
   ``idle`` status for it ("idle": the cell is over; for notebookos its state delta is committed by then);
 * submit to execution start: from send to the ``execute_input`` IOPub message. ipykernel publishes it just before
-  it runs the code; notebookos's executor publishes it after the per-cell executor election has committed in the
-  kernel's Raft log. (``busy`` is recorded too, but the notebookos front holds each replica's busy until it knows
-  the executor, so for notebookos busy says nothing that execute_input does not.)
+  it runs the code; notebookos's executor publishes it at once when it ran the previous cell, else after its
+  election has committed in the kernel's Raft log. (``busy`` is recorded too, but the notebookos front holds each
+  replica's busy until it knows the executor, so for notebookos busy says nothing that execute_input does not.)
 
 and, for notebookos only, how long after the send a cell's state delta has been applied on BOTH standbys, read
 from the ``applied_at`` wall-clock stamp each standby publishes on its own IOPub (``notebookos_state_applied``):
@@ -356,7 +356,7 @@ def step_stats(timings: Sequence[CellTiming]) -> dict[str, dict[str, float]]:
 # and its executor's arrival times (seconds after send) and returns seconds.
 EXECUTOR_STEPS: tuple[tuple[str, Callable[[CellTiming, dict[str, float]], float]], ...] = (
     ("send → executor's busy (front relay + replica dispatch)", lambda t, ex: ex["busy"]),
-    ("executor's busy → its execute_input (executor election, Raft)", lambda t, ex: ex["execute_input"] - ex["busy"]),
+    ("executor's busy → its execute_input (election, if one is held)", lambda t, ex: ex["execute_input"] - ex["busy"]),
     ("executor's execute_input → its idle (run, reply, state commit)", lambda t, ex: ex["idle"] - ex["execute_input"]),
     ("executor's execute_input → client's (front relay)", lambda t, ex: t.execute_input - ex["execute_input"]),
     ("executor's idle → client's idle (front relay)", lambda t, ex: t.idle - ex["idle"]),

@@ -19,8 +19,10 @@ import zmq
 from jupyter_client.blocking import BlockingKernelClient
 from jupyter_client.session import Session
 
-# The IOPub message a notebookos standby publishes after applying a cell's state (kernels/protocol.py).
+# The IOPub message a notebookos standby publishes after applying a cell's state, and the control message that asks
+# it to (kernels/protocol.py).
 STATE_APPLIED = "notebookos_state_applied"
+ANNOUNCE_APPLIED = "notebookos_announce_applied"
 NOTEBOOKOS_META = "notebookos"
 # How long after a cell's idle status its execute_reply may still come (the two travel on different sockets, so
 # either can arrive first) before the reply is declared lost. A lost reply is counted, not waited on forever: a
@@ -74,22 +76,26 @@ class ReplicaTap:
     and idle, seen here before the front relays them, split the round trip into the front's share and the
     replicas' (the front holds a replica's busy until the executor is elected, so at the client busy and
     execute_input arrive together). All replicas of a kernel share the kernel's message key, so one ``Session``
-    verifies them all.
+    verifies them all. Replicas announce applied state only when asked (``ANNOUNCE_APPLIED`` on a replica's control
+    channel), since the announcements cost CPU: the tap asks when it opens and stops them when it closes.
     """
 
     def __init__(self, ctx: zmq.Context, replicas: Iterable[dict[str, Any]], session: Session) -> None:
         self.session = session
         self.sockets: dict[zmq.Socket, int] = {}
+        self.controls: list[zmq.Socket] = []
         for replica in replicas:
             conn = replica["connection"]
-            sock = ctx.socket(zmq.SUB)
-            if conn.get("curve_publickey"):  # the replica's channels are CurveZMQ-encrypted
-                sock.curve_serverkey = conn["curve_publickey"].encode()
-                sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
-            sock.setsockopt(zmq.LINGER, 0)
+            sock = connect_to_replica(ctx, zmq.SUB, conn, "iopub_port")
             sock.setsockopt(zmq.SUBSCRIBE, b"")
-            sock.connect(f"tcp://{conn['ip']}:{conn['iopub_port']}")
             self.sockets[sock] = int(replica["replica"])
+            self.controls.append(connect_to_replica(ctx, zmq.DEALER, conn, "control_port"))
+        self.announce(True)
+
+    def announce(self, on: bool) -> None:
+        """Ask every replica to publish (or stop publishing) its state-applied announcements."""
+        for control in self.controls:
+            self.session.send(control, ANNOUNCE_APPLIED, {"on": on})
 
     @property
     def replicas(self) -> set[int]:
@@ -116,8 +122,22 @@ class ReplicaTap:
         return self.sockets[sock], kind, json.loads(body[2]).get("msg_id", ""), {}
 
     def close(self) -> None:
+        self.announce(False)
+        for control in self.controls:
+            control.close(linger=1000)  # the request to stop goes out before the socket does
         for sock in self.sockets:
             sock.close(linger=0)
+
+
+def connect_to_replica(ctx: zmq.Context, kind: int, conn: dict[str, Any], port: str) -> zmq.Socket:
+    """A socket connected to one of a replica's channels, CurveZMQ-encrypted where the replica's channels are."""
+    sock = ctx.socket(kind)
+    if conn.get("curve_publickey"):
+        sock.curve_serverkey = conn["curve_publickey"].encode()
+        sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://{conn['ip']}:{conn[port]}")
+    return sock
 
 
 class TimedClient:

@@ -2,11 +2,12 @@
 
 One process per notebook kernel. It binds the five Jupyter channels from the connection file the provisioner
 wrote, so Jupyter Server, nbclient or any client talks to it as to a plain kernel, and it fans each request out to
-the kernel's three replicas (ARCHITECTURE.md, "A cell's life" and "Failover"):
+the kernel's three replicas (docs/architecture.md, "One cell" and "Failures"):
 
-* execute requests run one at a time. Each goes to every live replica with ``metadata.notebookos`` naming the
-  attempt and who is invited to LEAD; IOPub and the reply are forwarded only from the replica that announces it was
-  elected; the next cell is sent once the executor's ``idle`` status arrives (its state delta is committed then).
+* execute requests run one at a time. Each goes to the replica invited to LEAD (after a failover, to every
+  survivor) with ``metadata.notebookos`` naming the attempt; IOPub is forwarded only from the replica that
+  announces it is the executor, and its reply with its ``idle`` status, which comes once its state delta is
+  committed; then the next cell is sent.
 * other shell requests go to one replica: comms to the executor (widgets live there); completion, inspection and
   the like to an idle standby while a cell runs, so they answer at once.
 * a replica that stops answering heartbeats is restarted in place; if it was running the cell, the cell is sent
@@ -41,6 +42,7 @@ from ..gpu_broker.cluster.client import ClusterClient, ClusterError, discovery_f
 from .watched_process import WatchedProcess
 from .protocol import (
     ATTEMPT_ABANDONED,
+    QUICKEN,
     EXECUTOR_ANNOUNCEMENT,
     GPU_RELEASED,
     GPUS_MAGIC,
@@ -74,6 +76,9 @@ PIN_REPLICA_META = "notebookos_replica"
 EXIT_MAJORITY_LOST = 3
 PARENT_CHECK_S = 1.0
 IDLE_AFTER_S = 5.0  # without a cell for this long, the replicas' heartbeats go to their idle pace
+# A cell after a pause this long quickens every replica's Raft: they slow down after 5 s without a cell or a commit
+# (replication/raft_log.py, IDLE_AFTER_S), and only the cell's executor hears of the cell itself.
+QUICKEN_AFTER_S = 1.0
 # A Jupyter server restarted on the same state folder restores this kernel and claims it with this request on the
 # control channel (signed with the kernel's message key, as every request is); the front then answers to that server.
 CLAIM_REQUEST, CLAIM_REPLY = "notebookos_claim_request", "notebookos_claim_reply"
@@ -127,10 +132,10 @@ class Cell:
     frames: Frames
     msg: dict
     attempt: int = 0
-    voters: tuple[int, ...] = ()
-    leads: tuple[int, ...] = ()
+    leads: tuple[int, ...] = ()  # the replicas invited to lead this attempt, the only ones it is sent to
     executor: int | None = None
-    replied: bool = False
+    reply: Frames | None = None  # this attempt's executor's execute_reply, held until its idle (_finish_if_complete)
+    replied: bool = False  # an execute_reply went to the client
     all_yield: set[int] = field(default_factory=set)
     buffered: dict[int, list[list[bytes]]] = field(default_factory=dict)
     idle: list[bytes] | None = None  # the executor's idle status, held until the reply has been forwarded
@@ -173,6 +178,10 @@ class KernelFront:
         self.cells: asyncio.Queue[Cell] = asyncio.Queue()
         self.pending: Cell | None = None
         self.previous_executor = 0
+        # The replica that ran the last cell to completion, while nothing else has happened to it since (it was not
+        # lost, moved or restarted): its state is the kernel's latest, so it may run the next cell without an
+        # election (election.py). None: the next cell's executor is elected.
+        self._solo_replica: int | None = None
         self.routes: OrderedDict[str, tuple[Any, list[bytes], int]] = OrderedDict()
         self.finished = asyncio.Event()
         self.exit_code = 0
@@ -327,7 +336,7 @@ class KernelFront:
         role = frames.metadata().get(NOTEBOOKOS_META, {}).get("role")
         if role == ReplicaRole.ALL_YIELD.value:
             cell.all_yield.add(replica.index)
-            if cell.all_yield.issuperset(r.index for r in self._alive() if r.index in cell.voters):
+            if cell.all_yield.issuperset(r.index for r in self._alive() if r.index in cell.leads):
                 _settle(cell.outcome, "all_yield")
             return
         if role != ReplicaRole.EXECUTOR.value:
@@ -336,21 +345,10 @@ class KernelFront:
             self._elected(cell, replica.index, frames.metadata().get(NOTEBOOKOS_META, {}).get("from_log"))
         if replica.index != cell.executor:
             return
-        if cell.replied:  # answered by an earlier attempt's executor, which died before its state committed
-            self._finish_if_complete(cell)
-            return
-        cell.replied = True
-        self.shell.send_multipart(cell.frames.idents + frames.body)
+        cell.reply = frames
         requested = frames.metadata().get(NOTEBOOKOS_META, {}).get("gpus")
         if isinstance(requested, int) and requested >= 0:
             self.gpus = requested
-        content = frames.content()
-        if (
-            content.get("status") == "error"
-            and cell.msg["content"].get("stop_on_error", True)
-            and not cell.msg["content"].get("silent", False)
-        ):
-            self._abort_queued()
         self._finish_if_complete(cell)
 
     def _on_replica_iopub(self, replica: ReplicaLink, raw: list[bytes]) -> None:
@@ -390,9 +388,21 @@ class KernelFront:
         self.iopub.send_multipart(raw)
 
     def _finish_if_complete(self, cell: Cell) -> None:
-        """Reply forwarded and idle received: the cell is done (its idle goes out once its GPUs are back)."""
-        if cell.replied and cell.idle is not None:
-            _settle(cell.outcome, "done")
+        """Reply and idle received: the cell is done, its state committed (the executor commits before its idle).
+        Only now does the reply go to the client, so that an ``ok`` means the cell's state survives a failover:
+        a cell whose commit cannot happen (the majority is lost, its executor dies first) ends with an error or a
+        re-run's reply instead. Its idle goes out once its GPUs are back."""
+        if cell.reply is None or cell.idle is None:
+            return
+        cell.replied = True
+        self.shell.send_multipart(cell.frames.idents + cell.reply.body)
+        if (
+            cell.reply.content().get("status") == "error"
+            and cell.msg["content"].get("stop_on_error", True)
+            and not cell.msg["content"].get("silent", False)
+        ):
+            self._abort_queued()
+        _settle(cell.outcome, "done")
 
     def _elected(self, cell: Cell, executor: int, from_log: dict[str, int] | None) -> None:
         """``executor`` runs this attempt; ``from_log`` (attempt, executor) if it answers from the log because an
@@ -430,7 +440,9 @@ class KernelFront:
 
     async def _next_cell(self) -> Cell:
         """The next cell. When none comes for IDLE_AFTER_S, the replica links ping at their idle pace until one
-        does: most notebooks are idle most of the time, and their kernels should cost next to nothing then."""
+        does: most notebooks are idle most of the time, and their kernels should cost next to nothing then. After
+        a pause, every replica is told that a cell comes (protocol.QUICKEN)."""
+        waited_since = time.monotonic()
         try:
             cell = await asyncio.wait_for(self.cells.get(), IDLE_AFTER_S)
         except TimeoutError:
@@ -439,7 +451,17 @@ class KernelFront:
             cell = await self.cells.get()
         for replica in self.replicas:
             replica.idle = False
+        if time.monotonic() - waited_since > QUICKEN_AFTER_S:
+            self._quicken_replicas()
         return cell
+
+    def _quicken_replicas(self) -> None:
+        """Back to Raft's busy pace on every live replica, not only the one a cell goes to: after a pause, so that
+        should that one be lost during the cell the others elect a new Raft leader about as fast as the front
+        notices the loss; and when the front loses a replica, which may have been the Raft leader."""
+        frames = self.session.serialize(self.session.msg(QUICKEN, {}))
+        for replica in self._alive():
+            replica.control.send_multipart(frames)
 
     async def _run_cell(self, cell: Cell) -> None:
         tried_lead: set[int] = set()
@@ -474,19 +496,19 @@ class KernelFront:
                 leads = untried[:1]
             else:
                 leads = [r.index for r in alive]  # after a failover, every survivor may lead; the log decides
-            cell.voters = tuple(r.index for r in alive)
             cell.leads = tuple(leads)
             cell.executor = None
             cell.all_yield = set()
             cell.buffered = {}
-            cell.idle = None
+            cell.reply = cell.idle = None
             cell.outcome = asyncio.get_running_loop().create_future()
-            self._send_attempt(cell, alive, leads, devices)
+            self._send_attempt(cell, alive, devices)
             try:
                 outcome = await cell.outcome
             finally:
                 if granted:
                     await self._release_gpus(cell)
+            self._solo_replica = cell.executor if outcome == "done" else None
             if outcome == "done":
                 if cell.idle is None:  # _finish_if_complete settles "done" only with the idle in hand
                     raise RuntimeError(f"cell {cell.msg_id} done without its idle status")
@@ -632,8 +654,12 @@ class KernelFront:
         for replica in self._alive():
             replica.control.send_multipart(frames)
 
-    def _send_attempt(self, cell: Cell, alive: list[ReplicaLink], leads: list[int], devices: tuple[int, ...]) -> None:
+    def _send_attempt(self, cell: Cell, alive: list[ReplicaLink], devices: tuple[int, ...]) -> None:
+        """Send the attempt to its invited leads only: a single lead decides alone (election.py), and the other
+        replicas learn the cell's outcome from the log, so neither they nor the front handle the request."""
         for replica in alive:
+            if replica.index not in cell.leads:
+                continue
             msg = dict(cell.msg)
             # Replicas copy the request header into every reply and output's parent_header, so this tag tells the
             # front which attempt a late message belongs to. Clients ignore the extra header field.
@@ -641,9 +667,10 @@ class KernelFront:
             msg["metadata"] = dict(cell.msg.get("metadata") or {})
             msg["metadata"][NOTEBOOKOS_META] = {
                 "attempt": cell.attempt,
-                "lead": replica.index in leads,
-                "leads": len(leads),
-                "voters": cell.voters,
+                "lead": True,
+                "leads": len(cell.leads),
+                "solo": cell.attempt == 0 and cell.leads == (self._solo_replica,),
+                "voters": cell.leads,
                 "devices": devices,
                 "gpus": self.gpus,
             }
@@ -665,6 +692,11 @@ class KernelFront:
             replica.restarting = False
             return
         log.warning("%s lost", replica)
+        if replica.index == self._solo_replica:
+            self._solo_replica = None  # whatever comes back may have missed records: its next cell is elected
+        # It may have been the Raft leader: the others elect a new one at the busy pace, whoever the next attempt
+        # goes to (only its lead hears of it).
+        self._quicken_replicas()
         cell = self.pending
         if (
             cell is not None

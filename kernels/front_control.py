@@ -1,4 +1,5 @@
-"""The front's own requests on a replica's control channel (protocol.GPUS_REQUEST, protocol.ATTEMPT_ABANDONED),
+"""The front's own requests on a replica's control channel (protocol.GPUS_REQUEST, ATTEMPT_ABANDONED and QUICKEN, and
+a monitor's ANNOUNCE_APPLIED),
 picked out of the control stream ahead of ipykernel's dispatch, which would answer them with an error and publish
 busy and idle on IOPub for each.
 """
@@ -8,12 +9,12 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .protocol import ATTEMPT_ABANDONED, GPUS_REQUEST
+from .protocol import ANNOUNCE_APPLIED, ATTEMPT_ABANDONED, GPUS_REQUEST, QUICKEN
 
 if TYPE_CHECKING:
     from jupyter_client.session import Session
 
-FRONT_REQUESTS = frozenset({GPUS_REQUEST, ATTEMPT_ABANDONED})
+FRONT_REQUESTS = frozenset({GPUS_REQUEST, ATTEMPT_ABANDONED, QUICKEN, ANNOUNCE_APPLIED})
 
 
 class FrontRequest(NamedTuple):

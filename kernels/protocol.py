@@ -1,8 +1,9 @@
 """Names shared by the kernel front and its replicas on top of the Jupyter messaging protocol.
 
 The front talks to replicas with ordinary Jupyter messages; what notebookos adds travels in ``metadata.notebookos``
-of execute requests and replies, in IOPub message types that the front consumes and never forwards, and in two
-control messages of the front's own (the ``%gpus`` question, an abandoned attempt).
+of execute requests and replies, in IOPub message types that the front consumes and never forwards, and in
+control messages of the front's own (the ``%gpus`` question, an abandoned attempt, a cell after a pause) and one
+a monitor may send (announce applied state).
 """
 
 from __future__ import annotations
@@ -17,8 +18,13 @@ NOTEBOOKOS_META = "notebookos"
 EXECUTOR_ANNOUNCEMENT = "notebookos_executor"
 
 # IOPub message a standby publishes after applying a cell's committed state (content: replica, attempt, applied_at
-# as wall-clock seconds). The front never forwards it; benchmarks and monitors subscribe to a replica to time sync.
+# as wall-clock seconds), once asked to (ANNOUNCE_APPLIED). The front never forwards it; benchmarks and monitors
+# subscribe to a replica to time sync.
 STATE_APPLIED = "notebookos_state_applied"
+# Control-channel message (no reply; content: on, a bool) by which a benchmark or monitor asks a replica to publish
+# STATE_APPLIED from now on, or no longer; signed with the kernel's key, like the front's own. Off by default: the
+# announcement of every applied record cost a standby about half the CPU it spends applying a trivial cell.
+ANNOUNCE_APPLIED = "notebookos_announce_applied"
 
 # IOPub message the executor publishes once a cell's GPUs are released (content: bind_s, release_s, seconds), before
 # its idle; the front passes the times to the cluster with the release. Never forwarded to clients.
@@ -40,6 +46,11 @@ GPUS_REPLY = "notebookos_gpus_reply"
 # that decision in their execute_request handler, and ipykernel runs one shell request at a time, so without this the
 # next attempt would queue behind the wait until it timed out (replica.COMMIT_TIMEOUT_S).
 ATTEMPT_ABANDONED = "notebookos_attempt_abandoned"
+
+# Control-channel message (no reply, no content) by which the front tells a replica that a cell comes after a pause:
+# its Raft goes back to the busy pace (replication/raft_log.py, KernelLog.quicken). A cell's request goes to its
+# executor only, so without this the other replicas would notice their leader's loss at the idle pace.
+QUICKEN = "notebookos_quicken"
 
 
 # A replica's exit statuses that mean something to the cluster, with the reason an operator reads (the cluster's

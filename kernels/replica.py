@@ -1,12 +1,13 @@
-"""The replica kernel: an ipykernel that runs a cell only when the kernel's Raft log elects it.
+"""The replica kernel: an ipykernel that runs a cell only when the kernel's Raft log lets it.
 
-Three of these run per notebook kernel, on three hosts, behind one kernel front. The front sends every
-execute_request to all of them, with ``metadata.notebookos`` saying which attempt this is and whom it invites to
-LEAD. Each replica appends its proposal to the Raft log and waits for the log to decide (see
-:mod:`notebookos.replication.election`). The elected executor runs the cell like plain ipykernel, replies, then
-captures the state delta and commits it with the execution record, before its ``idle`` status: the front holds the
-kernel's next cell until it sees that idle, so the next cell, wherever it runs, starts from the committed state.
-Standbys answer with a short reply the front discards, and apply committed deltas in log order.
+Three of these run per notebook kernel, on three hosts, behind one kernel front. The front sends each
+execute_request to the replicas it invites to LEAD (one, except after a failover), with ``metadata.notebookos``
+saying which attempt this is. The replica that wrote the kernel's latest record runs the next cell at once; any
+other appends its proposal to the Raft log and waits for the log to decide (see
+:mod:`notebookos.replication.election`). The executor runs the cell like plain ipykernel, replies, then captures the
+state delta and commits it with the execution record, before its ``idle`` status: the front holds the kernel's next
+cell until it sees that idle, so the next cell, wherever it runs, starts from the committed state. The other
+replicas apply committed deltas in log order.
 
 Every ``snapshot_every`` cells the executor also commits a snapshot of the whole namespace, so that the log before
 it can be compacted (replication/snapshots.py); a replica whose state is replaced by a dump restores the namespace
@@ -60,12 +61,14 @@ from .replica_config import ReplicaConfig
 from .front_control import front_request
 from .gpu_request import answer_gpus_request, parse_gpus_magic
 from .protocol import (
+    ANNOUNCE_APPLIED,
     ATTEMPT_ABANDONED,
     EXECUTOR_ANNOUNCEMENT,
     EXIT_STATE_FOLDER_FULL,
     GPU_RELEASED,
     GPUS_REQUEST,
     NOTEBOOKOS_META,
+    QUICKEN,
     STATE_APPLIED,
     ReplicaRole,
 )
@@ -133,6 +136,7 @@ class ReplicaKernel(IPythonKernel):
         self._diverged: str | None = None
         self._rebuild_failed = False
         self._snapshot_wanted = False  # a replica asked for a snapshot: the next executor takes one after its cell
+        self._announce_applied = False  # publish STATE_APPLIED (a benchmark or monitor asked: ANNOUNCE_APPLIED)
         # Cleared while the namespace is rebuilt from the committed state (_roll_back): no cell runs on it meanwhile.
         self._rebuilt = asyncio.Event()
         self._rebuilt.set()
@@ -486,6 +490,8 @@ class ReplicaKernel(IPythonKernel):
             self._diverge(str(err))
             return
         self._record_history(record, extra.get("out", _NO_OUTPUT))
+        if not self._announce_applied:
+            return
         self._session.send(
             self.iopub_socket,
             STATE_APPLIED,
@@ -539,7 +545,7 @@ class ReplicaKernel(IPythonKernel):
     # ------------------------------------------------------------------------------------------ execution
 
     async def execute_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
-        self.raft.quicken()  # every replica gets each cell: the group is back to the busy pace before it proposes
+        self.raft.quicken()  # a cell is coming: the group is back to the busy pace before anything is appended
         meta = (parent.get("metadata") or {}).get(NOTEBOOKOS_META)
         if not meta:
             self._send_execute_reply(
@@ -555,20 +561,31 @@ class ReplicaKernel(IPythonKernel):
             return
         me = self.replica_config.replica
         cell = CellKey(parent["header"]["msg_id"], int(meta["attempt"]))
+        leads = int(meta.get("leads", 1))
+        if leads <= 1 and not meta.get("lead"):
+            # Another replica alone was invited: only its proposal (or its record) decides, and this replica never
+            # runs the attempt. The front sends such an attempt to its lead only; this answers anyone else at once.
+            self._send_execute_reply(stream, ident, parent, self._standby_content(), ReplicaRole.STANDBY)
+            return
+        if meta.get("solo") and not self._diverged:
+            await self._rebuilt.wait()
+            after = self.book.solo_base(me)
+            if after is not None:
+                # It ran the previous cell, has not been lost since (the front's word: this replica's log may lag
+                # after a restart or a partition) and nothing was decided since: no election.
+                await self._execute_as_leader(stream, ident, parent, cell, after)
+                return
         proposal = Proposal(
             cell=cell,
             replica=me,
             # A replica missing part of the namespace does not lead a cell it is not pinned to by its GPUs.
             role=Role.LEAD if meta.get("lead") and not (self._diverged and not meta.get("devices")) else Role.YIELD,
-            leads=int(meta.get("leads", 1)),
+            leads=leads,
             voters=tuple(meta["voters"]),
             devices=tuple(meta.get("devices", ())),
         )
         try:
-            if meta.get("lead") or proposal.leads > 1:
-                # In a single-lead round the others only wait (election.py): the invited replica's LEAD, or its YIELD
-                # (its namespace misses something), decides.
-                self._append_in_background(proposal)
+            self._append_in_background(proposal)
             executor = await self._decision(cell)
         except AppendFailed as err:
             self._send_execute_reply(
@@ -585,7 +602,11 @@ class ReplicaKernel(IPythonKernel):
         else:
             await self._execute_as_leader(stream, ident, parent, cell)
 
-    async def _execute_as_leader(self, stream: Any, ident: Any, parent: dict[str, Any], cell: CellKey) -> None:
+    async def _execute_as_leader(
+        self, stream: Any, ident: Any, parent: dict[str, Any], cell: CellKey, after: CellKey | None = None
+    ) -> None:
+        """Run the attempt this replica was elected for, or, with ``after``, runs without an election on top of
+        that record (election.py, "Without an election")."""
         await self._rebuilt.wait()
         done = self.book.committed_record(cell.msg_id)
         # ``from_log``: the cell finished (attempt, executor) before its executor was lost; the front shows what
@@ -621,7 +642,7 @@ class ReplicaKernel(IPythonKernel):
             if binder is not None and binder.bound is not None:
                 self._report_release(parent, binder.release(ns))
         if delta is not None:
-            await self._commit_state(parent, cell, delta)
+            await self._commit_state(parent, cell, delta, after)
         else:
             self._roll_back(f"the state of {cell} could not be stored")
 
@@ -665,8 +686,12 @@ class ReplicaKernel(IPythonKernel):
         self._warn_unpicklable(delta, parent)
         return delta
 
-    async def _commit_state(self, parent: dict[str, Any], cell: CellKey, delta: StateDelta) -> None:
-        """Commit the cell's state delta with its record; runs after the reply, before the idle status."""
+    async def _commit_state(
+        self, parent: dict[str, Any], cell: CellKey, delta: StateDelta, after: CellKey | None
+    ) -> None:
+        """Commit the cell's state delta with its record; runs after the reply, before the idle status. Returns once
+        this replica has applied the record too, so that its next cell, which may run without an election, builds
+        on it (``after``: the record this solo cell built on)."""
         content = parent["content"]
         record = ExecutionRecord(
             cell,
@@ -675,6 +700,8 @@ class ReplicaKernel(IPythonKernel):
             content.get("code", ""),
             self._last_reply,
             delta.to_bytes(),
+            solo=after is not None,
+            after=after,
         )
         accepted = self._own_records[cell] = self._loop.create_future()
         try:
@@ -688,18 +715,25 @@ class ReplicaKernel(IPythonKernel):
             )
             self._roll_back(f"the record of {cell} did not commit")
             return
-        if self.raft.snapshots.records_in_tail >= self.replica_config.snapshot_every or self._snapshot_wanted:
-            await self._snapshot(parent, record, accepted)
-
-    async def _snapshot(self, parent: dict[str, Any], record: ExecutionRecord, accepted: asyncio.Future[bool]) -> None:
-        """Commit the whole namespace as a snapshot covering ``record``, before the idle status: the front holds the
-        next cell until then, so nothing changes the namespace between the record and its snapshot. Skipped if the
-        log fenced the record off (this namespace is then not the kernel's). A failure only delays compaction."""
         try:
             if not await asyncio.wait_for(accepted, COMMIT_TIMEOUT_S):
+                # Fenced off (_on_record rolls the namespace back): the kernel's state moved on without this cell.
+                # The front has given up on this attempt if a failover caused it; if not, the user must know.
+                self._notify(
+                    parent,
+                    "notebookos: this cell's changes were superseded in the kernel's log by another replica's, so "
+                    "they are undone here (the kernel keeps the committed state; run the cell again)\n",
+                )
                 return
         except (TimeoutError, asyncio.CancelledError):
             return  # a restore replaced the state meanwhile
+        if self.raft.snapshots.records_in_tail >= self.replica_config.snapshot_every or self._snapshot_wanted:
+            await self._snapshot(parent, record)
+
+    async def _snapshot(self, parent: dict[str, Any], record: ExecutionRecord) -> None:
+        """Commit the whole namespace as a snapshot covering ``record`` (accepted by the log), before the idle
+        status: the front holds the next cell until then, so nothing changes the namespace between the record and
+        its snapshot. A failure only delays compaction."""
         started = time.perf_counter()
         try:
             full = self.tracker.capture_all(
@@ -757,13 +791,18 @@ class ReplicaKernel(IPythonKernel):
 
     async def dispatch_control(self, msg: list) -> None:
         """The front's own control messages are handled here, ahead of ipykernel's control dispatch: its ``%gpus``
-        question (what a cell asks for, before it asks the scheduler) is answered by the magic's owner, and an
-        abandoned attempt stops the shell's wait for its election. Anything else goes on to ipykernel."""
+        question (what a cell asks for, before it asks the scheduler) is answered by the magic's owner, a cell after a
+        pause quickens Raft, an abandoned attempt stops the shell's wait for its election, and a monitor may ask for
+        announcements of applied state. Anything else goes on to ipykernel."""
         request = front_request(self._session, msg)
         if request is None:
             await super().dispatch_control(msg)
         elif request.msg_type == GPUS_REQUEST:
             answer_gpus_request(self._session, self.control_stream, request)
+        elif request.msg_type == QUICKEN:
+            self._loop.call_soon_threadsafe(self.raft.quicken)
+        elif request.msg_type == ANNOUNCE_APPLIED:
+            self._announce_applied = request.content.get("on") is True
         else:
             try:
                 cell = CellKey(str(request.content["msg_id"]), int(request.content["attempt"]))

@@ -13,6 +13,12 @@ Rules (docs/architecture.md, "One cell", step 2, and its fencing paragraph):
 * Every voter YIELDs: the attempt is decided as :data:`ALL_YIELD`; the front retries with a higher attempt number
   elsewhere.
 
+Without an election: the replica that ran the previous cell, invited alone to run the next one, runs it at once
+and appends no proposal (:meth:`ElectionBook.solo_base`), since nobody else was asked and its own record is the
+latest state. Its record is *solo* and names the record it builds on; it counts only if that is still the latest
+accepted record, no attempt was decided since, and no later attempt of the cell exists. So a cell costs one Raft
+round (its record) instead of two, and a solo record that lost a race with a failover is fenced off like any other.
+
 Fencing: an :class:`ExecutionRecord` counts only if its author is the decided executor of its attempt and no later
 attempt has been decided since. A presumed-dead executor that wakes up late cannot overwrite its successor's state.
 """
@@ -53,6 +59,7 @@ class ElectionBook:
         # scanning the whole window of rounds each time cost a standby 5 % of its CPU per trivial cell.
         self._attempts: dict[str, set[int]] = {}
         self._latest: CellKey | None = None
+        self._head: CellKey | None = None  # the attempt of the latest accepted record: the state every replica holds
         self._records: dict[str, ExecutionRecord] = {}
 
     @classmethod
@@ -65,7 +72,7 @@ class ElectionBook:
         book = cls(replica)
         cell = snapshot.covers
         book._open(cell).decided = snapshot.executor
-        book._latest = cell
+        book._latest = book._head = cell
         book.previous_executor = snapshot.executor
         book._records[cell.msg_id] = ExecutionRecord(
             cell, snapshot.executor, snapshot.execution_count, "", snapshot.reply, b""
@@ -109,13 +116,29 @@ class ElectionBook:
         if rnd is not None and rnd.decided is None and not self._superseded(v.cell):
             self._decide(v.cell, v.candidate)
 
+    def solo_base(self, replica: int) -> CellKey | None:
+        """The record ``replica`` may build a cell on without an election, or None if it must be elected: it wrote
+        the latest accepted record, and nothing was decided after it (so no failover attempt is under way)."""
+        head = self._head
+        if head is None or head != self._latest or self.decision(head) != replica:
+            return None
+        return head
+
     def accepts(self, record: ExecutionRecord) -> bool:
-        """Fencing: apply a record only from the decided executor of the latest decided attempt."""
-        if record.cell != self._latest or self.decision(record.cell) != record.executor:
-            return False
+        """Fencing: apply a record only from the decided executor of the latest decided attempt; a solo record only
+        on top of the record it was built on, with nothing decided since."""
         if record.cell.msg_id in self._records:
             return False
+        if record.solo:
+            if record.after != self._head or self._latest != self._head or self._superseded(record.cell):
+                return False
+            if self._open(record.cell).decided is not None:
+                return False
+            self._decide(record.cell, record.executor)
+        elif record.cell != self._latest or self.decision(record.cell) != record.executor:
+            return False
         self._records[record.cell.msg_id] = record
+        self._head = record.cell
         return True
 
     def _open(self, cell: CellKey) -> _Round:

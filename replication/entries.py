@@ -69,6 +69,11 @@ class ExecutionRecord:
     source: str
     reply: dict
     delta: bytes
+    # A record of a cell its executor ran without an election (election.py, "Without an election"): the record it
+    # builds on, which must still be the latest accepted one when this record commits. Defaults read the records of
+    # journals written before solo cells existed.
+    solo: bool = False
+    after: CellKey | None = None
 
 
 @dataclass(frozen=True)

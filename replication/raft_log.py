@@ -79,8 +79,9 @@ FIRST_ELECTION_S = (0.15, 0.35)
 # A leader slows its heartbeats this much later than its followers lengthen their time-outs, so that no follower
 # still on the busy time-out misses a heartbeat.
 LEADER_LAG_S = 2.0
-# Journal entries that trigger a compaction: an ordinary cell appends 2 to 4, so a few hundred cells' worth.
-COMPACT_AFTER_ENTRIES = 1000
+# Journal entries that trigger a compaction: an ordinary cell appends 1 (its record; after a failover 2 to 4), so a
+# few hundred cells' worth, whose objects stay on disk until the compaction (what a restart replays needs them).
+COMPACT_AFTER_ENTRIES = 400
 
 
 class AppendFailed(RuntimeError):

@@ -2,7 +2,7 @@
 from its journal and dump restores the namespace from the last snapshot instead of replaying every cell.
 
 The cluster of this module snapshots every 5 cells and compacts at 40 journal entries (production: 100 cells and
-1000 entries), so that 60 cells compact many times.
+400 entries), so that 60 cells compact more than once.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def test_the_journal_stays_bounded_and_a_restarted_replica_restores_from_its_sna
         res = notebook.run(f"x += 1\nxs.append({n})\nt += 1")
         assert res.status == "ok", (res.error, res.stderr)
     expected = [CELLS, CELLS, CELLS - 1, 300_000.0 * (CELLS + 1)]
-    # Each cell appends 2 to 3 entries, so without compaction every journal would hold some 150.
+    # Each cell appends its record, every fifth a snapshot too, so without compaction every journal would hold 72.
     for replica in (0, 1, 2):
         assert notebook.value(LOG_LEN, replica=replica) <= COMPACT_AFTER + 10
     assert notebook.value(STATE) == expected

@@ -29,7 +29,8 @@ from .hosts import Host, NetworkHosts, available
 HOST_TIMEOUT_S = 5.0  # the cluster's loss detection (its default)
 REPLACEMENT_DEADLINE_S = 90.0
 # The objects a replica keeps: its dump's snapshot and tail, the records of its journal since that dump (at most
-# about 15 at 40 entries per compaction), the latest snapshot's, and a cell's in flight; 60 cells wrote 60.
+# about 17 at 20 entries per compaction: a cell appends its record, every fifth cell a snapshot too), the latest
+# snapshot's, and a cell's in flight; 60 cells wrote 61.
 MAX_KEPT_OBJECTS = 24
 JOIN_DEADLINE_S = 60.0
 REFUSAL_TIMEOUT_S = 30.0
@@ -115,10 +116,10 @@ def pool(tmp_path_factory: pytest.TempPathFactory, jupyter_env: Path) -> Iterato
     state = tmp_path_factory.mktemp("multihost-cluster")
     token_file = state / "join-token"
     with NetworkHosts(6) as hosts, pytest.MonkeyPatch.context() as env:
-        # Kernels snapshot every 5 cells and compact at 40 journal entries (production: 100 and 1000), so that a
+        # Kernels snapshot every 5 cells and compact at 20 journal entries (production: 100 and 400), so that a
         # replacement in a notebook of tens of cells restores from the leader's dump; objects no snapshot or later
         # entry needs are deleted at once (production: after 60 s).
-        for name, value in ((SNAPSHOT_EVERY_ENV, "5"), (COMPACT_AFTER_ENV, "40"), (GC_GRACE_ENV, "0")):
+        for name, value in ((SNAPSHOT_EVERY_ENV, "5"), (COMPACT_AFTER_ENV, "20"), (GC_GRACE_ENV, "0")):
             env.setenv(name, value)
         pool = Pool(hosts, state / "cluster.json", token_file, "", {})
         pool.start_service()

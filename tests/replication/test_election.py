@@ -5,7 +5,7 @@ executor and that fencing keeps a late or foreign state delta out.
 """
 
 from notebookos.replication.election import ALL_YIELD, ElectionBook, VoteNeeded
-from notebookos.replication.entries import CellKey, ExecutionRecord, Proposal, Role, Vote
+from notebookos.replication.entries import CellKey, ExecutionRecord, Proposal, Role, Snapshot, Vote
 
 VOTERS = (0, 1, 2)
 
@@ -119,3 +119,74 @@ def test_record_of_an_earlier_cell_is_fenced_once_a_later_cell_is_decided():
     feed(bs, [proposal(a, 0, True), proposal(b, 1, True)])
     assert not bs[2].accepts(record(a, 0))
     assert bs[2].accepts(record(b, 1))
+
+
+def solo(cell: CellKey, executor: int, after: CellKey | None) -> ExecutionRecord:
+    return ExecutionRecord(cell, executor, 1, "x = 1", {"status": "ok"}, b"", solo=True, after=after)
+
+
+def elected_and_recorded(book: ElectionBook, cell: CellKey, executor: int) -> None:
+    feed([book], [proposal(cell, executor, True)])
+    assert book.accepts(record(cell, executor))
+
+
+def test_only_the_writer_of_the_latest_record_may_run_the_next_cell_without_an_election():
+    book = ElectionBook(0)
+    assert book.solo_base(1) is None  # a new kernel: the first cell is elected
+    a = CellKey("a", 0)
+    elected_and_recorded(book, a, 1)
+    assert book.solo_base(1) == a
+    assert book.solo_base(2) is None
+    feed([book], [proposal(CellKey("b", 0), 1, False)])  # decided since (all yield): elect again
+    assert book.solo_base(1) is None
+
+
+def test_solo_records_chain_on_every_replica_and_move_the_executor():
+    bs = books()
+    a, b, c = CellKey("a", 0), CellKey("b", 0), CellKey("c", 0)
+    for book in bs:
+        elected_and_recorded(book, a, 1)
+        assert book.accepts(solo(b, 1, a))
+        assert book.accepts(solo(c, 1, b))
+    assert [book.decision(c) for book in bs] == [1, 1, 1]
+    assert [book.solo_base(1) for book in bs] == [c, c, c]
+    assert bs[0].committed_record("b") is not None
+
+
+def test_solo_record_on_a_stale_base_is_fenced_off():
+    book = ElectionBook(0)
+    a, b = CellKey("a", 0), CellKey("b", 0)
+    elected_and_recorded(book, a, 1)
+    feed([book], [proposal(b, 2, True)])
+    assert book.accepts(record(b, 2))
+    # Replica 1, cut off since cell a, ran a cell on top of a: b's record came first in the log.
+    assert not book.accepts(solo(CellKey("c", 0), 1, a))
+    assert book.solo_base(2) == b
+
+
+def test_solo_record_loses_to_a_failover_attempt_decided_first():
+    book = ElectionBook(0)
+    a, c0, c1 = CellKey("a", 0), CellKey("c", 0), CellKey("c", 1)
+    elected_and_recorded(book, a, 1)
+    # The front presumed replica 1 lost while it ran c alone, and re-sent c to the survivors, who elected 2.
+    feed([book], [Proposal(c1, 2, Role.LEAD, 2, (0, 2)), Proposal(c1, 0, Role.LEAD, 2, (0, 2))])
+    assert not book.accepts(solo(c0, 1, a))
+    assert book.accepts(record(c1, book.decision(c1) or 0))
+
+
+def test_solo_record_committed_before_the_failover_attempt_answers_it_from_the_log():
+    book = ElectionBook(0)
+    a, c0, c1 = CellKey("a", 0), CellKey("c", 0), CellKey("c", 1)
+    elected_and_recorded(book, a, 1)
+    assert book.accepts(solo(c0, 1, a))
+    feed([book], [Proposal(c1, 2, Role.LEAD, 2, (0, 2)), Proposal(c1, 0, Role.LEAD, 2, (0, 2))])
+    assert book.committed_record("c") == solo(c0, 1, a)
+    assert not book.accepts(record(c1, book.decision(c1) or 0))  # the re-sent attempt is answered, not recorded
+
+
+def test_solo_record_chains_on_a_snapshot():
+    a = CellKey("a", 0)
+    snapshot = Snapshot(a, 1, 3, {"status": "ok"}, b"")
+    book = ElectionBook.after_snapshot(0, snapshot)
+    assert book.solo_base(1) == a
+    assert book.accepts(solo(CellKey("b", 0), 1, a))
