@@ -151,6 +151,9 @@ class ReplicaKernel(IPythonKernel):
         self._store = self._open_store()
         self.tracker = NamespaceTracker(self._store, inline_limit=cfg.inline_limit)
         self.tracker.snapshot(self._shell.user_ns)
+        # The last release parked tensors after the capture, so the tracker's view holds their device addresses:
+        # the next cell snapshots afresh rather than take every parked tensor for a change.
+        self._parked_since_capture = False
         self._binder: DeviceBinder | None = None  # made on first need: it imports torch
         self._gpus = 0  # GPUs each cell of the kernel asks for, as the front last said (or `%gpus N` changed)
         self._shell.magics_manager.register_function(self._gpus_magic, "line", "gpus")
@@ -635,12 +638,18 @@ class ReplicaKernel(IPythonKernel):
             # moving tensors between host and device is never mistaken for the cell changing them.
             if binder is not None:
                 binder.bind(ns, devices)
-            self.tracker.snapshot(ns)
+            if devices or self._parked_since_capture:
+                # Otherwise the tracker's view is already the namespace as it is: its last capture or apply, and
+                # nothing else writes to the namespace but comms (widgets), whose changes the diff then carries.
+                self.tracker.snapshot(ns)
+                self._parked_since_capture = False
             await super().execute_request(stream, ident, parent)
             delta = self._capture(parent)
         finally:
             if binder is not None and binder.bound is not None:
-                self._report_release(parent, binder.release(ns))
+                timings = binder.release(ns)
+                self._parked_since_capture = timings.moved_objects > 0
+                self._report_release(parent, timings)
         if delta is not None:
             await self._commit_state(parent, cell, delta, after)
         else:

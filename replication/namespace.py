@@ -67,6 +67,9 @@ _IPYTHON_NAMES = frozenset(
     }
 )  # fmt: skip
 _IPYTHON_HISTORY_NAME = re.compile(r"_i?\d+")  # _i<N> (input N) and _<N> (output N)
+# Names IPython binds in every namespace to objects of its own (its wrapper of open()): the same on every replica, so
+# not replicated while they hold IPython's object; a value of the user's own under such a name is.
+_IPYTHON_BINDINGS = frozenset({"open"})
 
 # Immutable values, whose identity carries no meaning: copied rather than sent as a reference to a standby's
 # object (a name bound to `()` would otherwise stand in for every empty tuple in every payload).
@@ -134,7 +137,9 @@ class StateApplyError(Exception):
 
 
 class NamespaceTracker:
-    """Lives in each replica. The executor calls snapshot() before a cell and capture() after it; standbys apply().
+    """Lives in each replica. The executor calls capture() after a cell, standbys apply(); both leave the tracker's
+    view at the namespace as it then is, so the next capture diffs against it. snapshot() takes that view afresh,
+    for when something else moved the namespace's values (tensors moved between devices, below).
 
     `store` receives payloads larger than `inline_limit` bytes or holding torch objects. `ignore` marks further
     names (besides IPython's own) that are never replicated.
@@ -217,7 +222,7 @@ class NamespaceTracker:
         next snapshot()/capture() cycle reports exactly what the next cell changes. The payload goes to the store
         under the same rules as `capture` (large or holding torch objects); the store's errors propagate.
         """
-        values = {name: value for name, value in user_ns.items() if self._tracks(name)}
+        values = {name: value for name, value in user_ns.items() if self._replicates(name, value)}
         references = _References(user_ns, ())  # none: every object is pickled by value
         # Names whose value could not be pickled last time are tried alone first, so that an open file kept in the
         # namespace does not make every snapshot pickle everything twice (see _Payload.build).
@@ -239,7 +244,7 @@ class NamespaceTracker:
 
     def tracked_names(self, user_ns: Mapping[str, Any]) -> list[str]:
         """The names of `user_ns` this tracker replicates: what a restore from a full snapshot replaces."""
-        return [name for name in user_ns if self._tracks(name)]
+        return [name for name, value in user_ns.items() if self._replicates(name, value)]
 
     @staticmethod
     def referenced_keys(delta: StateDelta | bytes) -> set[str]:
@@ -278,11 +283,14 @@ class NamespaceTracker:
         untracked = self._untracked
         seen: dict[str, _Seen] = {}
         for name in [name for name in user_ns if name not in untracked]:
-            if self._tracks(name):
-                seen[name] = _Seen.of(user_ns[name], fingerprint)
-            else:
+            if not self._tracks(name):
                 untracked.add(name)
+            elif not _ipython_binding(name, user_ns[name]):
+                seen[name] = _Seen.of(user_ns[name], fingerprint)
         return seen
+
+    def _replicates(self, name: Any, value: Any) -> bool:
+        return self._tracks(name) and not _ipython_binding(name, value)
 
     def _tracks(self, name: Any) -> bool:
         if not isinstance(name, str) or name in _IPYTHON_NAMES or _IPYTHON_HISTORY_NAME.fullmatch(name):
@@ -347,6 +355,17 @@ class _Seen:
 
     def __repr__(self) -> str:  # a pinned value may be huge: do not print it
         return f"_Seen({type(self.pin()).__name__})"
+
+
+def _ipython_binding(name: str, value: Any) -> bool:
+    """``name`` holds what IPython binds it to in every namespace (_IPYTHON_BINDINGS): ``open`` is IPython's wrapper
+    of the builtin (functools.wraps leaves no other mark on it than its code's file), or the builtin itself."""
+    if name not in _IPYTHON_BINDINGS:
+        return False
+    code = getattr(value, "__code__", None)
+    return value is io.open or (
+        getattr(value, "__wrapped__", None) is io.open and code is not None and "IPython" in code.co_filename
+    )
 
 
 def _pin(value: Any) -> Callable[[], Any]:

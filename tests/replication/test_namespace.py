@@ -557,3 +557,18 @@ def test_names_that_are_never_replicated_are_judged_once_so_a_cell_costs_no_more
     # The rule heard of x at each look, of each new name once, and of none of the thousands of earlier ones.
     assert sorted(set(asked)) == sorted({"x", *(f"tmp{count}" for count in range(2002, 2012))})
     assert asked.count("x") == 20 and len(asked) == 30
+
+
+def test_ipythons_own_open_is_not_replicated_but_a_users_open_is(replicas):
+    """IPython binds ``open`` in every namespace to its wrapper of the builtin: fingerprinting it pickled a function
+    at every cell for nothing. A value the user binds to that name is replicated like any other."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    replicas.executor_ns["open"] = shell.user_ns["open"]
+    replicas.standby_ns["open"] = shell.user_ns["open"]
+    assert replicas.run_cell("x = 1").assigned == ("x",)
+    assert replicas.executor.tracked_names(replicas.executor_ns) == ["x"]
+    assert replicas.executor.capture_all(replicas.executor_ns, 1).assigned == ("x",)
+    assert replicas.run_cell("open = len").assigned == ("open",)
+    assert replicas.standby_ns["open"] is len
