@@ -16,8 +16,9 @@ from jupyter_core.paths import secure_write
 
 READY_MARKER = "ready"
 # Log compaction (raft_log.py, snapshots.py): the executor snapshots the namespace every SNAPSHOT_EVERY cells, and
-# pysyncobj compacts a journal that holds COMPACT_AFTER_ENTRIES entries. The environment variables set them for
-# every kernel the cluster service starts (tests and benchmarks use small values).
+# pysyncobj compacts a journal that holds ``compact_after`` entries (raft_log.COMPACT_AFTER_ENTRIES, the same 400: a
+# few hundred cells, as an ordinary cell appends one). The environment variables set them for every kernel the
+# cluster service starts (tests and benchmarks use small values).
 SNAPSHOT_EVERY_ENV, COMPACT_AFTER_ENV = "NOTEBOOKOS_SNAPSHOT_EVERY", "NOTEBOOKOS_COMPACT_AFTER_ENTRIES"
 GC_GRACE_ENV = "NOTEBOOKOS_GC_GRACE_S"
 MIN_FREE_ENV = "NOTEBOOKOS_MIN_FREE_MB"
@@ -50,7 +51,7 @@ class ReplicaConfig:
     # add it, then catches up from the log.
     joining: bool = False
     snapshot_every: int = dataclasses.field(default_factory=lambda: _env_int(SNAPSHOT_EVERY_ENV, 100))
-    compact_after: int = dataclasses.field(default_factory=lambda: _env_int(COMPACT_AFTER_ENV, 1000))
+    compact_after: int = dataclasses.field(default_factory=lambda: _env_int(COMPACT_AFTER_ENV, 400))
     # The store is this replica's alone (the host agent's folder for the kernel, on a machine of its own): objects
     # neither its dump and the entries after it nor its latest snapshot need are deleted from it once ``gc_grace_s``
     # old (younger ones may belong to a cell whose record has not committed yet). A store shared with the kernel's
