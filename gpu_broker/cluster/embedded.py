@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import secrets
 import threading
 import time
@@ -27,7 +28,15 @@ from collections.abc import Callable
 import zmq
 
 from ...kernels.replica_config import ReplicaConfig
-from .agent.remote import HEARTBEAT_S, AgentError, AgentUnreachable, RemoteHost, heartbeat_period_s, next_heartbeat_s
+from .agent.remote import (
+    HEARTBEAT_S,
+    AgentError,
+    AgentUnreachable,
+    RemoteHost,
+    config_json,
+    heartbeat_period_s,
+    next_heartbeat_s,
+)
 from .cells import CellRecord
 from ..scheduler.events import (
     Decision,
@@ -203,6 +212,7 @@ class EmbeddedCluster:
         self._restored_at: float | None = None  # monotonic time of the restore, if this cluster was restored
         # Restored commitments of cells on machines whose agents have not reported since: kernel -> (host, replica).
         self._unconfirmed: dict[str, tuple[str, int]] = {}
+        self._reachability_due = -math.inf  # when _follow_reachability next looks at every agent (time.monotonic)
         stored = state.load() if state is not None else StoredState()
         if state is not None:
             self.events.listeners.append(state.add_event)
@@ -314,6 +324,7 @@ class EmbeddedCluster:
         for name in launch.silent_hosts:
             if name in self.core.cluster.hosts:
                 self._decide(self.core.host_silent, name)
+                self._reachability_news(name)
         self._launching.discard(kernel_id)
         if kernel_id in self.core.cluster.kernels:
             self._act(self._decide(self.core.close_kernel, kernel_id))
@@ -365,10 +376,36 @@ class EmbeddedCluster:
     def _follow_reachability(self) -> None:
         """Tell the scheduling core which agents' hosts are heard from now (it places nothing on a silent one).
         Every tick, and before a placement: an agent that joined again a moment ago (after a restart of this
-        service, or of its machine's link) takes work at once, not at the next tick."""
+        service, or of its machine's link) takes work at once, not at the next tick. It looks at every agent only
+        once one of them may have changed (:meth:`_next_look`), not at every placement: with 200 agents, looking
+        at all of them cost the service about as much as the scheduling core's placement (py-spy, scale.py)."""
+        if time.monotonic() < self._reachability_due:
+            return
         for host in [h for h in self.hosts.values() if isinstance(h, RemoteHost) and not h.lost]:
             if host.heard_from != self.core.cluster.host(host.name).reachable:
                 self._act(self._decide(self.core.host_heard if host.heard_from else self.core.host_silent, host.name))
+        with self.lock:  # heartbeats, on the event loop, bring the time forward under the lock (_reachability_news)
+            agents = [h for h in self.hosts.values() if isinstance(h, RemoteHost)]
+            self._reachability_due = min(map(self._next_look, agents), default=math.inf)
+
+    def _next_look(self, host: RemoteHost) -> float:
+        """When (``time.monotonic``) :meth:`_follow_reachability` must look at this agent's host: at once if the
+        core's view of it is out of date; when it turns silent if the core counts it reachable; else (silent, or
+        gone) not before news of it (:meth:`_reachability_news`)."""
+        placed = self.core.cluster.hosts.get(host.name)
+        if host.lost or placed is None:
+            return math.inf
+        if host.heard_from != placed.reachable:
+            return -math.inf
+        return host.silent_at if placed.reachable else math.inf
+
+    def _reachability_news(self, name: str) -> None:
+        """The host's agent was heard from (a heartbeat, a join), or the host was marked silent while its agent's
+        heartbeats may still come: the next :meth:`_follow_reachability` looks if the core must be told."""
+        host = self.hosts.get(name)
+        if isinstance(host, RemoteHost):
+            with self.lock:
+                self._reachability_due = min(self._reachability_due, self._next_look(host))
 
     def _place(self, kernel_id: str, gpus: int) -> list[ReplicaHost]:
         """Ask the scheduling core where the replicas go; refuse with its reason when it cannot place them now."""
@@ -594,6 +631,7 @@ class EmbeddedCluster:
                 raise ValueError(f"host name {name!r} is taken by {where}; start the agent with another --name")
             known.rejoined(url, token, self._agent_trust(name, cert_pem))
             known.heartbeat(replicas)
+            self._reachability_news(name)
             self._touched_hosts.add(name)
             self.events.append("agent_rejoined", time.time(), f"the agent at {address} joined again", host=name)
             return self._describe_host(name)
@@ -612,6 +650,7 @@ class EmbeddedCluster:
         if started is None:
             self.core.autoscaler.count_fixed_hosts(+1)
         self._act(self._decide(self.core.add_host, name, gpus))
+        self._reachability_news(name)
         return self._describe_host(name)
 
     def agent_heartbeat(self, name: str, replicas: list[dict[str, Any]]) -> dict[str, Any]:
@@ -631,6 +670,7 @@ class EmbeddedCluster:
                 )
             host.heartbeat(replicas)
             host.period_s = self._heartbeat_period_s()
+            self._reachability_news(name)
             placed = self.core.cluster.kernels
             stop = [
                 (r["kernel_id"], r["replica"])
@@ -925,7 +965,7 @@ class EmbeddedCluster:
                 {
                     "host": h.name,
                     "address": h.address,
-                    "config": dataclasses.asdict(p.config),
+                    "config": config_json(p.config),
                     "connection": p.connection,
                     "restarts": p.restarts,
                 }

@@ -359,17 +359,20 @@ class SchedulerCore:
 
     # --------------------------------------------------------- placement
     def _placement_candidates(self, kernel: Kernel, exclude: set[str]) -> list[Host]:
+        """Hosts that may take one of the kernel's replicas, in the cluster's order. It runs over every host for each
+        kernel placed, so the cheap tests come first and each reads a field (``state``, not the ``active`` property)."""
         limit = self.config.subscription_limit + _EPS
         need = kernel.gpus if self.policy.holds_gpus else 0
+        gpus, kernel_id, active = kernel.gpus, kernel.kernel_id, HostState.ACTIVE
         return [
             h
             for h in self.cluster.hosts.values()
-            if h.active
+            if h.state is active
             and h.reachable
+            and kernel_id not in h.replicas
             and h.host_id not in exclude
-            and kernel.kernel_id not in h.replicas
-            and h.ratio(kernel.gpus) <= limit
-            and h.idle_gpus >= need
+            and len(h.idle_devices) >= need
+            and h.ratio(gpus) <= limit
         ]
 
     def _try_place(self, kernel: Kernel, now: float) -> list[Event] | None:
@@ -381,7 +384,7 @@ class SchedulerCore:
         candidates = self._placement_candidates(kernel, self._avoid.get(kernel.kernel_id, set()))
         if len(candidates) < len(missing):
             return None
-        chosen = self.policy.rank_placement(kernel, candidates)[: len(missing)]
+        chosen = self.policy.rank_placement(kernel, candidates, len(missing))
         for index, host in zip(missing, chosen):
             self.cluster.place_replica(kernel, index, host)
             if self.policy.holds_gpus:
@@ -622,7 +625,7 @@ class SchedulerCore:
                 if partial:
                     continue
                 return None
-            target = self.policy.rank_placement(kernel, candidates)[0]
+            target = self.policy.rank_placement(kernel, candidates, 1)[0]
             booked_sub[target.host_id] = booked_sub.get(target.host_id, 0) + kernel.gpus
             booked_gpus[target.host_id] = booked_gpus.get(target.host_id, 0) + need
             plan.append((kernel, index, target))

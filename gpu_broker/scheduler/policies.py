@@ -10,6 +10,7 @@ The base ``Policy`` is the NotebookOS paper's behaviour; the others override wha
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -34,9 +35,11 @@ class Policy:
     scale_in_delay_s: float = 600.0  # how long a surplus must last before hosts are removed
     scale_in_limit: int = 2  # hosts removed per autoscaler step
 
-    def rank_placement(self, kernel: Kernel, hosts: list[Host]) -> list[Host]:
-        """Order candidate hosts for a kernel's replicas (all have subscription room); best first."""
-        return sorted(hosts, key=lambda h: (h.ratio(kernel.gpus), -h.idle_gpus))
+    def rank_placement(self, kernel: Kernel, hosts: list[Host], count: int) -> list[Host]:
+        """The ``count`` best of the candidate hosts for a kernel's replicas (all have subscription room), best
+        first; among equals, the first listed. ``heapq.nsmallest`` picks them as a sort would, without sorting
+        every host of the cluster for the few the core takes."""
+        return heapq.nsmallest(count, hosts, key=lambda h: (h.ratio(kernel.gpus), -h.idle_gpus))
 
     def choose_executor(self, kernel: Kernel, gpus: int, candidates: list[tuple[int, Host]]) -> tuple[int, Host]:
         """Pick the executor among replicas whose host can commit ``gpus`` now (the previous executor, if it
@@ -91,8 +94,8 @@ class Reservation(Policy):
     holds_gpus: ClassVar[bool] = True
     placement_rule: ClassVar[str] = "tightest fit (fewest idle GPUs that still fit)"
 
-    def rank_placement(self, kernel: Kernel, hosts: list[Host]) -> list[Host]:
-        return sorted(hosts, key=lambda h: h.idle_gpus)
+    def rank_placement(self, kernel: Kernel, hosts: list[Host], count: int) -> list[Host]:
+        return heapq.nsmallest(count, hosts, key=lambda h: h.idle_gpus)
 
 
 @dataclass

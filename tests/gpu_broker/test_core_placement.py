@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from notebookos.gpu_broker.scheduler.events import KernelPlaced, PlacementDeferred, ScaleOutRequested
+from notebookos.gpu_broker.scheduler.model import Host, Kernel
+from notebookos.gpu_broker.scheduler.policies import make_policy
 
 from broker_helpers import make_core, of_type
 
@@ -91,3 +95,21 @@ def test_duplicate_kernel_and_unknown_ids_are_rejected():
         core.request_execution("nope", 1, now=0)
     with pytest.raises(ValueError):
         core.add_host("h0", 8, now=0)
+
+
+@pytest.mark.parametrize("policy", ["notebookos", "reservation"])
+def test_the_hosts_picked_are_the_first_of_the_policys_full_order_ties_in_listing_order(policy):
+    """The core asks its policy for the few best hosts instead of a full ranking: they are the ones a sort by the
+    policy's rule would put first, equals in the order the hosts are listed (which hosts a kernel gets, in the live
+    cluster and in the simulator, stays what it was)."""
+    rng = random.Random(7)
+    hosts = [Host(f"h{i}", rng.choice([4, 8]), subscribed=rng.randrange(0, 12)) for i in range(60)]
+    for host in hosts:
+        del host.idle_devices[: rng.randrange(0, host.gpus + 1)]  # ties in idle GPUs too
+    rule = {
+        "notebookos": lambda h: (h.ratio(2), -h.idle_gpus),  # lowest subscription ratio, then most idle GPUs
+        "reservation": lambda h: h.idle_gpus,  # tightest fit
+    }[policy]
+    kernel = Kernel("k", 2)
+    for count in (1, 3, 60):
+        assert make_policy(policy).rank_placement(kernel, hosts, count) == sorted(hosts, key=rule)[:count]
