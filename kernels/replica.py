@@ -277,11 +277,15 @@ class ReplicaKernel(IPythonKernel):
                 await self._apply(item)
 
     async def _apply(self, entry: LogEntry) -> None:
+        if isinstance(entry, Proposal) or (
+            isinstance(entry, ExecutionRecord) and entry.executor != self.replica_config.replica
+        ):
+            # A cell is on: a replica that leaves now, before its state is needed, costs the kernel nothing.
+            self._leave_if_state_folder_full()
         if isinstance(entry, ExecutionRecord):
             await self._fetch_objects(NamespaceTracker.referenced_keys(entry.delta))
         try:
             if isinstance(entry, Proposal):
-                self._leave_if_state_folder_full()  # before the cell: a replica that leaves now costs it nothing
                 vote = self.book.on_proposal(entry)
                 if vote is not None:
                     self._cast(vote)
@@ -571,6 +575,7 @@ class ReplicaKernel(IPythonKernel):
             self._send_execute_reply(stream, ident, parent, self._standby_content(), ReplicaRole.STANDBY)
             return
         if meta.get("solo") and not self._diverged:
+            self._leave_if_state_folder_full()  # as a standby does at the cell's entries (_apply)
             await self._rebuilt.wait()
             after = self.book.solo_base(me)
             if after is not None:

@@ -22,6 +22,7 @@ import hypothesis
 import jsonschema
 import pytest
 import schemathesis
+from schemathesis.core.parameters import ParameterLocation
 from jupyter_server.auth import Authorizer
 
 from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV
@@ -397,6 +398,11 @@ async def test_schemathesis_finds_no_server_error(
                 )
                 @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
                 def check(case: schemathesis.Case) -> None:
+                    # Every case is sent with this test's login (jp_auth_header), which replaces whatever the
+                    # generator put in the Authorization header: a case made invalid there would be repaired
+                    # before it is sent, and then rightly accepted.
+                    if case.meta is not None and case.meta.is_negative_at(ParameterLocation.HEADER):
+                        return
                     # Malformed framing headers (a Content-Length of "e86 L7...") are refused by Tornado's HTTP
                     # layer with an empty 400 before any handler runs: not the API's answer to check.
                     if case.headers:
