@@ -459,7 +459,11 @@ class KernelFront:
         """Back to Raft's busy pace on every live replica, not only the one a cell goes to: after a pause, so that
         should that one be lost during the cell the others elect a new Raft leader about as fast as the front
         notices the loss; and when the front loses a replica, which may have been the Raft leader."""
-        frames = self.session.serialize(self.session.msg(QUICKEN, {}))
+        self._tell_replicas(self.session.msg(QUICKEN, {}))
+
+    def _tell_replicas(self, msg: dict) -> None:
+        """One of the front's own control messages (protocol.py), to every live replica."""
+        frames = self.session.serialize(msg)
         for replica in self._alive():
             replica.control.send_multipart(frames)
 
@@ -535,9 +539,7 @@ class KernelFront:
         msg = self.session.msg(GPUS_REQUEST, {"code": code, "gpus": self.gpus})
         msg_id = msg["header"]["msg_id"]
         asked = self._gpus_asked[msg_id] = asyncio.get_running_loop().create_future()
-        frames = self.session.serialize(msg)
-        for replica in alive:
-            replica.control.send_multipart(frames)
+        self._tell_replicas(msg)
         try:
             answer = await asyncio.wait_for(asked, GPUS_ANSWER_TIMEOUT_S)
         except TimeoutError:
@@ -648,11 +650,7 @@ class KernelFront:
     def _abandon_attempt(self, cell: Cell) -> None:
         """The attempt's invited lead was lost before the election decided: the survivors, which wait for that
         decision, are told to stop, so that they take the next attempt at once (protocol.ATTEMPT_ABANDONED)."""
-        frames = self.session.serialize(
-            self.session.msg(ATTEMPT_ABANDONED, {"msg_id": cell.msg_id, "attempt": cell.attempt})
-        )
-        for replica in self._alive():
-            replica.control.send_multipart(frames)
+        self._tell_replicas(self.session.msg(ATTEMPT_ABANDONED, {"msg_id": cell.msg_id, "attempt": cell.attempt}))
 
     def _send_attempt(self, cell: Cell, alive: list[ReplicaLink], devices: tuple[int, ...]) -> None:
         """Send the attempt to its invited leads only: a single lead decides alone (election.py), and the other
