@@ -12,7 +12,8 @@ kernels on 200 hosts. One run measures, in order:
     cell), open loop at 100/s: each request goes out at its scheduled time whatever the earlier ones are doing, and
     its latency runs from that time, so queueing in the service (or a late send) shows instead of being hidden
     (no coordinated omission). Each answer must place 3 replicas on 3 distinct hosts; the service meanwhile asks
-    each chosen agent for ports and to start its replica, 6 agent calls per kernel.
+    each chosen agent to start its replica, 3 agent calls per kernel (the ports come from the range each agent lent
+    the service when it joined, as ``notebookos agent`` lends it).
 (c) **execution requests**: with every kernel placed, ``POST /kernels/ID/executions`` (what a kernel front asks
     before a cell runs: an executor and GPUs on one of its replicas' hosts), open loop at 100/s over the kernels in
     turn; each granted cell holds its GPU for ``--cell-s`` and is then given back (``.../executions/release``, timed
@@ -26,10 +27,10 @@ What is real: the cluster service process (``python -m notebookos.gpu_broker.clu
 scheduling core, SQLite state, event log and scheduler tick; and every request, real HTTP. What is synthetic: the
 agents, since a real one per host would need 200 machines. They live in a process of their own (real agents run
 on machines of their own: in the generator's loop, their answers waited behind its sending and its sends behind
-them) and serve the agent API the service calls (``RemoteHost``: ``POST /kernels/ID/ports``, ``POST /replicas``,
+them) and serve the agent API the service calls (``RemoteHost``: ``POST /replicas``,
 ``DELETE /kernels/ID``, kill) on one HTTP server at 127.0.0.1, each agent under a path of its own, and answer as
 ``notebookos agent`` does, except that they start no replica process: a started replica is only reported (alive at
-once, ready from the agent's next heartbeat, no pid), and ports come from a counter and are never bound. No traffic
+once, ready from the agent's next heartbeat, no pid), and the ports the service chose are never bound. No traffic
 leaves 127.0.0.1.
 
 The load generator is this process: one asyncio loop and one tornado ``AsyncHTTPClient``, the client that
@@ -49,7 +50,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import itertools
 import json
 import multiprocessing
 import secrets
@@ -67,6 +67,7 @@ import psutil
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
+import zmq
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -87,7 +88,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "scale"
 P99_LIMIT_MS = 20.0  # the issue's target, for placement and for execution requests, at 100 requests/s
 ADDRESS = "127.0.0.1"  # the service, the agents' API and every agent's advertised address
-FIRST_PORT, LAST_PORT = 20_000, 65_000  # the fictional ports synthetic agents hand out (never bound)
+FIRST_PORT, LAST_PORT = 20_000, 32_767  # the range each synthetic agent lends the service (never bound)
 REQUEST_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 10.0
 NO_ANSWER = 599  # tornado's status for a request that got no answer
@@ -199,12 +200,8 @@ class SyntheticAgent:
     name: str
     gpus: int
     state_dir: Path  # where a real agent's --state-dir would be; nothing is written there
-    ports: itertools.cycle
     token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     replicas: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
-
-    def take_ports(self, count: int) -> list[int]:
-        return [next(self.ports) for _ in range(count)]
 
     def start_replica(self, config: ReplicaConfig, connection: dict) -> dict[str, Any]:
         """``HostAgent.start_replica``'s answer: the configuration with this agent's own folder, journal, object
@@ -227,7 +224,7 @@ class SyntheticAgent:
             "exit_code": None,
             "exit_reason": None,
             "restarts": 0,
-            "connection": public_connection({**connection, "ip": ADDRESS}),
+            "connection": public_connection({**connection, "ip": ADDRESS, "curve_publickey": _public_key()}),
         }
         self.replicas[(config.kernel_id, config.replica)] = report
         return {**report, "config": dataclasses.asdict(config)}
@@ -250,28 +247,31 @@ class SyntheticAgent:
         return reports
 
 
+def _public_key() -> str:
+    """The public half of the CurveZMQ key pair an agent makes for each replica it starts (and pays for)."""
+    return zmq.curve_keypair()[0].decode()
+
+
 @dataclass
 class Fleet:
     """Every synthetic agent, and the one HTTP server their APIs share (agent NAME at ``/NAME/...``)."""
 
     agents: dict[str, SyntheticAgent]
-    calls: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("ports", "start", "stop", "kill"), 0))
+    calls: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("start", "stop", "kill"), 0))
     url: str = ""
     server: tornado.httpserver.HTTPServer | None = None
 
     @classmethod
     def make(cls, count: int, gpus: int, workdir: Path) -> Fleet:
-        ports = itertools.cycle(range(FIRST_PORT, LAST_PORT))
         width = len(str(count))
         names = [f"agent-{i:0{width}d}" for i in range(1, count + 1)]
-        return cls({name: SyntheticAgent(name, gpus, workdir / "agents" / name, ports) for name in names})
+        return cls({name: SyntheticAgent(name, gpus, workdir / "agents" / name) for name in names})
 
     def serve(self) -> None:
         app = tornado.web.Application(
             [
                 (r"/([^/]+)/replicas", FleetReplicasHandler, {"fleet": self}),
                 (r"/([^/]+)/replicas/([^/]+)/(\d+)/kill", FleetKillHandler, {"fleet": self}),
-                (r"/([^/]+)/kernels/([^/]+)/ports", FleetPortsHandler, {"fleet": self}),
                 (r"/([^/]+)/kernels/([^/]+)", FleetKernelHandler, {"fleet": self}),
             ],
             log_function=lambda _handler: None,  # 200 agents' calls would drown the console
@@ -317,15 +317,6 @@ class FleetReplicasHandler(FleetHandler):
             raise tornado.web.HTTPError(400, reason="connection must be a JSON object (the replica's channels)")
         self.fleet.calls["start"] += 1
         self.finish(self.agent.start_replica(config, body["connection"]))
-
-
-class FleetPortsHandler(FleetHandler):
-    def post(self, _name: str, _kernel_id: str) -> None:
-        count = self.body().get("count")
-        if not isinstance(count, int) or not 1 <= count <= 16:
-            raise tornado.web.HTTPError(400, reason="count must be a whole number from 1 to 16")
-        self.fleet.calls["ports"] += 1
-        self.finish({"ports": self.agent.take_ports(count)})
 
 
 class FleetKillHandler(FleetHandler):
@@ -433,6 +424,7 @@ async def join(api: Api, fleet: Fleet, agent: SyntheticAgent) -> tuple[int, str 
             "token": agent.token,
             "replicas": agent.heartbeat_report(),
             "cert_pem": None,
+            "ports": {"first": FIRST_PORT, "last": LAST_PORT},
         },
         agent=True,
     )

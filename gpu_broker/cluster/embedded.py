@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 from collections.abc import Callable
 
-import zmq
 
 from ...kernels.replica_config import ReplicaConfig
 from .agent.remote import (
@@ -617,11 +616,13 @@ class EmbeddedCluster:
         token: str,
         replicas: list[dict[str, Any]],
         cert_pem: str | None = None,
+        lent_ports: range | None = None,
     ) -> dict:
         """A ``notebookos agent`` joined with the join token: its machine becomes a host. An agent that joins again
         under its name from the same address (it was restarted, or the service was) keeps the host and its
         replicas; ValueError if the name belongs to another machine or to a logical host. ``cert_pem``: the
-        certificate of an agent serving https, the only one trusted when calling it."""
+        certificate of an agent serving https, the only one trusted when calling it. ``lent_ports``: the range of
+        its machine's ports the agent lets the cluster choose its replicas' ports from."""
         with self.lock:
             self._refuse_removed(name)
         known = self.hosts.get(name)
@@ -629,13 +630,13 @@ class EmbeddedCluster:
             if not isinstance(known, RemoteHost) or known.address != address:
                 where = known.address if isinstance(known, RemoteHost) else "this cluster's own machine"
                 raise ValueError(f"host name {name!r} is taken by {where}; start the agent with another --name")
-            known.rejoined(url, token, self._agent_trust(name, cert_pem))
+            known.rejoined(url, token, self._agent_trust(name, cert_pem), lent_ports)
             known.heartbeat(replicas)
             self._reachability_news(name)
             self._touched_hosts.add(name)
             self.events.append("agent_rejoined", time.time(), f"the agent at {address} joined again", host=name)
             return self._describe_host(name)
-        host = RemoteHost(name, address, url, token, self._agent_trust(name, cert_pem))
+        host = RemoteHost(name, address, url, token, self._agent_trust(name, cert_pem), lent_ports)
         with self.lock:
             self.hosts[name] = host
             # A machine the provider started (by its name, or the first unnamed one on its way), or one an
@@ -878,7 +879,7 @@ class EmbeddedCluster:
         if isinstance(source, RemoteHost):
             # Its agent stops it at its next heartbeat (the core places it elsewhere now), or when its machine is
             # back: no call that may wait out a connect time-out on the cluster's thread.
-            source.replicas.pop((record.kernel_id, index), None)
+            source.forget_replica(record.kernel_id, index)
         else:
             source.stop_kernel(record.kernel_id)
         self.events.append(
@@ -931,6 +932,7 @@ class EmbeddedCluster:
                 "token": host.token,
                 "verify": host.verify,
                 "provided": name in self.provided,
+                "lent_ports": None if host.lent_ports is None else [host.lent_ports.start, host.lent_ports.stop - 1],
             }
         elif isinstance(host, HostAgent):
             state["logical"] = {"devices": list(host.gpu_devices) if host.gpu_devices is not None else None}
@@ -1071,7 +1073,9 @@ class EmbeddedCluster:
                 self.provided.add(name)
             else:
                 self.core.autoscaler.count_fixed_hosts(+1)
-            return RemoteHost(name, agent["address"], agent["url"], agent["token"], agent["verify"])
+            lent = agent.get("lent_ports")  # absent from the state of a service before agents lent ports
+            lent_ports = range(lent[0], lent[1] + 1) if lent else None
+            return RemoteHost(name, agent["address"], agent["url"], agent["token"], agent["verify"], lent_ports)
         if not isinstance(self.provider, LocalProvider):
             raise ProviderError(
                 f"the state in {self.state_dir} has logical host {name}, which only the local "
@@ -1196,18 +1200,14 @@ def _peer_url(host: ReplicaHost, ports: list[int]) -> str:
 
 
 def _connection(ports: list[int], key: str, signature_scheme: str) -> dict:
-    """A replica's Jupyter connection info (its host agent adds the address), with a CurveZMQ key pair of its own:
-    its channels to the kernel front cross the network encrypted (ipykernel serves them as a Curve server; the
-    front connects with the public key, see :func:`public_connection`)."""
-    public, secret = zmq.curve_keypair()
+    """A replica's Jupyter connection info; its host agent adds the address and the replica's CurveZMQ key pair
+    (:meth:`..host_agent.HostAgent.start_replica`)."""
     return {
         **dict(zip(_CHANNELS, ports[1 : 1 + len(_CHANNELS)])),
         "transport": "tcp",
         "key": key,
         "signature_scheme": signature_scheme,
         "kernel_name": "notebookos-replica",
-        "curve_publickey": public.decode(),
-        "curve_secretkey": secret.decode(),
     }
 
 

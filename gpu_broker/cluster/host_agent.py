@@ -19,15 +19,17 @@ import logging
 import shutil
 import signal
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import zmq
 from jupyter_core.paths import secure_write
 
 from ...kernels.replica_config import ReplicaConfig
 from ...kernels.replica_template import REPLICA_MODULE
-from .ports import PortPool
+from .ports import KernelPorts, PortPool
 from .runtime.base import LaunchSpec, ReplicaRuntime, RunningReplica
 from .runtime.process import ProcessRuntime
 
@@ -73,10 +75,7 @@ class ReplicaProcess:
 
     @property
     def ports(self) -> set[int]:
-        """Every port the replica binds: its five Jupyter channels and its Raft node."""
-        return {v for k, v in self.connection.items() if k.endswith("_port")} | {
-            int(self.config.raft_address.rsplit(":", 1)[1])
-        }
+        return replica_ports(self.config, self.connection)
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM, then SIGKILL once ``grace_s`` has passed; returns when it is gone (its container too)."""
@@ -144,7 +143,7 @@ class HostAgent:
         self.name = name
         self.workdir = Path(workdir)
         self.address = address
-        self.ports = ports or PortPool(address=address)
+        self.ports = KernelPorts(ports or PortPool(address=address))
         self.store = store
         self.objects_dir = self.workdir.parent / "objects"
         self.shares_objects = shares_objects
@@ -152,17 +151,21 @@ class HostAgent:
         # A logical host's slice of this machine's real GPUs (its replicas see only those); None: all, or virtual.
         self.gpu_devices = gpu_devices
         self.replicas: dict[tuple[str, int], ReplicaProcess] = {}
-        self._kernel_ports: dict[str, set[int]] = {}  # handed out for a kernel's replicas here, until it stops
 
     def take_ports(self, kernel_id: str, count: int) -> list[int]:
         """Ports for replicas of ``kernel_id`` about to start here; released when the kernel stops on this host."""
-        ports = [self.ports.take() for _ in range(count)]
-        self._kernel_ports.setdefault(kernel_id, set()).update(ports)
-        return ports
+        return self.ports.take(kernel_id, count)
 
     def start_replica(self, config: ReplicaConfig, connection: dict) -> ReplicaProcess:
         """Start a replica; the agent chooses its folder, journal, object store (unless ``config.store`` names a
-        shared one) and working directory (the notebook's folder where this host has it, else the replica's)."""
+        shared one) and working directory (the notebook's folder where this host has it, else the replica's).
+        Ports it did not hand out (the cluster service chose them from the range this agent lent it) are checked
+        free first: PortsTaken, and nothing started, if one is not.
+
+        The replica gets a CurveZMQ key pair of its own, made here: its channels to the kernel front cross the
+        network encrypted (ipykernel serves them as a Curve server; the front connects with the public key, see
+        :func:`public_connection`), and its secret key never leaves its machine."""
+        self.ports.hold(config.kernel_id, replica_ports(config, connection), check=True)
         workdir = self.workdir / config.kernel_id / f"replica-{config.replica}"
         workdir.mkdir(parents=True, exist_ok=True)
         cwd = config.cwd if config.cwd and Path(config.cwd).is_dir() else str(workdir)
@@ -178,7 +181,14 @@ class HostAgent:
             cwd=cwd,
             owns_store=not shared and not self.shares_objects,
         )
-        proc = ReplicaProcess(config=config, connection={**connection, "ip": self.address}, workdir=workdir)
+        public, secret = zmq.curve_keypair()
+        connection = {
+            **connection,
+            "ip": self.address,
+            "curve_publickey": public.decode(),
+            "curve_secretkey": secret.decode(),
+        }
+        proc = ReplicaProcess(config=config, connection=connection, workdir=workdir)
         self.replicas[(config.kernel_id, config.replica)] = proc
         self._spawn(proc)
         return proc
@@ -203,8 +213,8 @@ class HostAgent:
         shutil.move(str(proc.workdir), str(workdir))
         config = dataclasses.replace(proc.config, host=target.name, journal_path=str(workdir / JOURNAL_FILE))
         moved = ReplicaProcess(config=config, connection=proc.connection, workdir=workdir, restarts=proc.restarts)
-        self._kernel_ports.get(kernel_id, set()).difference_update(proc.ports)
-        target._kernel_ports.setdefault(kernel_id, set()).update(proc.ports)
+        self.ports.free(kernel_id, proc.ports)
+        target.ports.hold(kernel_id, proc.ports)
         target.replicas[(kernel_id, replica)] = moved
         target._spawn(moved)
         return moved
@@ -219,7 +229,7 @@ class HostAgent:
         for p in procs:
             p.stop(STOP_GRACE_S)  # already signalled: waits, kills if it must, and discards its container
             del self.replicas[(kernel_id, p.config.replica)]
-        self.ports.release(self._kernel_ports.pop(kernel_id, set()))
+        self.ports.free(kernel_id)
         shutil.rmtree(self.workdir / kernel_id, ignore_errors=True)
         shutil.rmtree(self.objects_dir / kernel_id, ignore_errors=True)
 
@@ -229,14 +239,13 @@ class HostAgent:
         if proc is None:
             return
         proc.stop()
-        self.ports.release(proc.ports)
-        self._kernel_ports.get(kernel_id, set()).difference_update(proc.ports)
+        self.ports.free(kernel_id, proc.ports)
         shutil.rmtree(proc.workdir, ignore_errors=True)
         if not self.shares_objects:  # then this was the kernel's only replica here
             shutil.rmtree(self.objects_dir / kernel_id, ignore_errors=True)
 
     def stop_all(self) -> None:
-        for kernel_id in {k for k, _ in self.replicas} | set(self._kernel_ports):
+        for kernel_id in {k for k, _ in self.replicas} | self.ports.kernels():
             self.stop_kernel(kernel_id)
 
     def adopt(self) -> list[ReplicaProcess]:
@@ -252,8 +261,7 @@ class HostAgent:
                 continue
             proc = ReplicaProcess(config=config, connection=connection, workdir=workdir, running=running)
             self.replicas[(config.kernel_id, config.replica)] = proc
-            self.ports.claim(proc.ports)
-            self._kernel_ports.setdefault(config.kernel_id, set()).update(proc.ports)
+            self.ports.hold(config.kernel_id, proc.ports)
             adopted.append(proc)
             log.info(
                 "adopted replica %s/%d (%s, pid %s)", config.kernel_id, config.replica, self.runtime.name, running.pid
@@ -268,8 +276,7 @@ class HostAgent:
             return known
         proc = ReplicaProcess(config=config, connection=connection, workdir=Path(config.journal_path).parent)
         self.replicas[(config.kernel_id, config.replica)] = proc
-        self.ports.claim(proc.ports)
-        self._kernel_ports.setdefault(config.kernel_id, set()).update(proc.ports)
+        self.ports.hold(config.kernel_id, proc.ports)
         return proc
 
     def replica_environment(self, workdir: Path) -> dict[str, str]:
@@ -317,6 +324,17 @@ class HostAgent:
             self.runtime.name,
             proc.running.pid,
         )
+
+
+def replica_ports(config: ReplicaConfig, connection: dict) -> set[int]:
+    """Every port a replica binds: its five Jupyter channels, its Raft node and, across machines, its peer API."""
+    ports = {v for k, v in connection.items() if k.endswith("_port")}
+    ports.add(int(config.raft_address.rsplit(":", 1)[1]))
+    if config.peer_urls:
+        peer_port = urllib.parse.urlsplit(config.peer_urls[config.replica]).port
+        if peer_port is not None:
+            ports.add(peer_port)
+    return ports
 
 
 def public_connection(connection: dict) -> dict:

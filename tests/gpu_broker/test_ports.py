@@ -23,6 +23,7 @@ def test_ports_are_free_never_given_twice_and_come_back_when_released():
     start = next(p for p in range(candidates.start, candidates.stop - 4) if all(is_free(p + i) for i in range(4)))
     pool = PortPool(range(start, start + 4))
     with socket.socket() as busy:  # another program listens on the range's first port
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
         busy.bind(("127.0.0.1", start))
         busy.listen()
         given = [pool.take() for _ in range(3)]

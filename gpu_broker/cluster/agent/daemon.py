@@ -150,6 +150,7 @@ class Agent:
         while True:
             try:
                 if not joined:
+                    lent = self.host.ports.pool.ports  # the service chooses replicas' ports from them
                     await self._post(
                         "/agents",
                         {
@@ -160,6 +161,7 @@ class Agent:
                             "token": self.api_token,
                             "replicas": self.report(),
                             "cert_pem": self.tls.ca_pem if self.tls else None,
+                            "ports": {"first": lent.start, "last": lent.stop - 1},
                         },
                     )
                     log.info(

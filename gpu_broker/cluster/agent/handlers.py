@@ -8,6 +8,10 @@
 | `POST /replicas/{id}/{n}/kill` | SIGKILL the replica (fault drill) |
 | `DELETE /kernels/{id}` | stop the kernel's replicas here, free their ports, delete their folder |
 
+The agent lends the service a range of its ports when it joins, and the service chooses a replica's ports from it;
+``POST /replicas`` answers 409 when one of them is in use here. ``POST /kernels/{id}/ports`` serves a service that
+chooses none itself.
+
 Every call runs on the agent's one worker thread, so two never interleave on the host agent.
 """
 
@@ -20,7 +24,7 @@ import tornado.web
 
 from ....kernels.replica_config import ReplicaConfig
 from ..json_api import JsonHandler
-from ..ports import PortsExhausted
+from ..ports import PortsExhausted, PortsTaken
 
 if TYPE_CHECKING:
     from .daemon import Agent
@@ -45,6 +49,8 @@ class AgentHandler(JsonHandler):
             raise tornado.web.HTTPError(404, reason=f"no replica {err.args[0]} on this host") from None
         except PortsExhausted as err:
             raise tornado.web.HTTPError(503, reason=str(err)) from None
+        except PortsTaken as err:
+            raise tornado.web.HTTPError(409, reason=str(err)) from None
         except OSError as err:
             raise tornado.web.HTTPError(507, reason=f"the agent could not start the replica: {err}") from None
 

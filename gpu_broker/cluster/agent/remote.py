@@ -18,13 +18,19 @@ from typing import Any
 import urllib3
 
 from ....kernels.replica_config import ReplicaConfig
+from ..host_agent import replica_ports
+from ..ports import KernelPorts, PortPool, PortsTaken
 
-CALL_TIMEOUT_S = 30.0  # starting a replica returns once its process exists; stopping waits up to the stop grace
+CALL_TIMEOUT_S = 30.0  # stopping a kernel's replicas waits up to their stop grace
 # A machine that is down does not refuse connections, it drops them: give up quickly, the cluster's thread waits.
 CONNECT_TIMEOUT_S = 3.0
 # Calls the agent answers from memory (ports). The connection to an agent is kept open, so a machine lost since the
 # last call shows as an answer that never comes rather than as a connect time-out: this bounds that wait.
 QUICK_CALL_TIMEOUT_S = 5.0
+# A replica's start answers once its process, or its container, exists: well under a second for a process, a second
+# or two for a container (its image is checked when the agent starts). The same bound, then, on a machine lost since
+# the last call, whose answer never comes: the kernel is placed again without it.
+START_CALL_TIMEOUT_S = 10.0
 # An agent heartbeats every second while the cluster is small. Past MAX_HEARTBEATS_PER_S agents, the service tells
 # each (in its answer) to heartbeat less often, so that heartbeats never take more of it than that many a second, as
 # Nomad paces its clients: at 200 agents, every 4 s. Everything that waits on heartbeats counts in periods.
@@ -60,6 +66,7 @@ def config_json(config: ReplicaConfig) -> dict[str, Any]:
     return {name: getattr(config, name) for name in _CONFIG_FIELDS}
 
 
+PORTS_TAKEN = 409  # the agent's answer to a start whose chosen ports are in use on its machine
 KEPT_CONNECTIONS = 4  # connections to one agent kept open; calls beyond that many at once open one for themselves
 
 
@@ -69,6 +76,18 @@ class AgentError(RuntimeError):
 
 class AgentUnreachable(AgentError):
     """An agent did not answer, or has been silent: its machine may be down or cut off."""
+
+
+class AgentRefused(AgentError):
+    """An agent answered with an HTTP error status (``status``)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AgentPortsTaken(AgentRefused, PortsTaken):
+    """The agent refused a start: a port the cluster chose from the range it lent is in use on its machine."""
 
 
 @dataclass
@@ -92,14 +111,20 @@ class RemoteReplica:
 class RemoteHost:
     """A host run by a ``notebookos agent`` at ``url`` (its API), whose replicas bind ``address``."""
 
-    def __init__(self, name: str, address: str, url: str, token: str, verify: str | bool = True) -> None:
-        """``verify``: the certificate file an https agent is checked against (True: the system's CAs)."""
+    def __init__(
+        self, name: str, address: str, url: str, token: str, verify: str | bool = True, lent_ports: range | None = None
+    ) -> None:
+        """``verify``: the certificate file an https agent is checked against (True: the system's CAs).
+        ``lent_ports``: the range of its machine's ports the agent lent the cluster to choose its replicas' ports
+        from (None: an agent that lends none is asked for them, one more call per replica)."""
         self.name = name
         self.address = address
         self.url, self.token, self.verify = "", token, verify
         self._path = ""  # the path the agent's API sits under in its URL, if any
         self._set_url(url)
         self.replicas: dict[tuple[str, int], RemoteReplica] = {}
+        self.ports: KernelPorts | None = None
+        self.lend(lent_ports)
         self.last_heartbeat = time.monotonic()
         self.period_s = HEARTBEAT_S  # the heartbeat period the cluster told the agent last
         self.reported = False  # a heartbeat has come since this proxy was made (what it knows of replicas is news)
@@ -115,24 +140,54 @@ class RemoteHost:
             self._pool = urllib3.connection_from_url(self.url, maxsize=KEPT_CONNECTIONS, retries=False, **trust)
         return self._pool
 
-    def rejoined(self, url: str, token: str, verify: str | bool) -> None:
-        """The agent joined again (it, or the service, restarted): its API may have moved, its token has changed."""
+    def rejoined(self, url: str, token: str, verify: str | bool, lent_ports: range | None = None) -> None:
+        """The agent joined again (it, or the service, restarted): its API may have moved, its token has changed,
+        it may lend another range of ports."""
         self.token, self.verify = token, verify
         self._set_url(url)
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        if lent_ports != self.lent_ports:
+            self.lend(lent_ports)
+
+    @property
+    def lent_ports(self) -> range | None:
+        return self.ports.pool.ports if self.ports is not None else None
+
+    def lend(self, lent_ports: range | None) -> None:
+        """Choose replicas' ports from ``lent_ports`` from now on, those of the replicas known here held."""
+        if lent_ports is None:
+            self.ports = None
+            return
+        self.ports = KernelPorts(PortPool(lent_ports, self.address, probe=False))
+        for (kernel_id, _), replica in self.replicas.items():
+            self.ports.hold(kernel_id, replica_ports(replica.config, replica.connection))
 
     def _set_url(self, url: str) -> None:
         self.url = url.rstrip("/")
         self._path = (urllib3.util.parse_url(self.url).path or "") if self.url else ""  # "": a lost host's stand-in
 
     def take_ports(self, kernel_id: str, count: int) -> list[int]:
+        """From the range the agent lent, without a call; else the agent's own choice."""
+        if self.ports is not None:
+            return self.ports.take(kernel_id, count)
         ports = self._call("POST", f"/kernels/{kernel_id}/ports", {"count": count}, timeout=QUICK_CALL_TIMEOUT_S)
         return list(ports["ports"])
 
     def start_replica(self, config: ReplicaConfig, connection: dict) -> RemoteReplica:
-        report = self._call("POST", "/replicas", {"config": config_json(config), "connection": connection})
+        """The agent starts it; AgentPortsTaken if a port chosen from its lent range is in use on its machine."""
+        try:
+            report = self._call(
+                "POST",
+                "/replicas",
+                {"config": config_json(config), "connection": connection},
+                timeout=START_CALL_TIMEOUT_S,
+            )
+        except AgentRefused as err:
+            if err.status == PORTS_TAKEN:
+                raise AgentPortsTaken(str(err), err.status) from None
+            raise
         started = RemoteReplica(ReplicaConfig.from_json(report["config"]), report["connection"])
         started.update(report)
         self.replicas[(config.kernel_id, config.replica)] = started
@@ -149,6 +204,14 @@ class RemoteHost:
             self._call("DELETE", f"/kernels/{kernel_id}")
         for key in [k for k in self.replicas if k[0] == kernel_id]:
             del self.replicas[key]
+        if self.ports is not None:
+            self.ports.free(kernel_id)
+
+    def forget_replica(self, kernel_id: str, replica: int) -> None:
+        """The replica was placed elsewhere: its agent stops it at its next heartbeat, its ports are free again."""
+        known = self.replicas.pop((kernel_id, replica), None)
+        if known is not None and self.ports is not None:
+            self.ports.free(kernel_id, replica_ports(known.config, known.connection))
 
     def stop_all(self) -> None:
         for kernel_id in {k for k, _ in self.replicas}:
@@ -158,6 +221,8 @@ class RemoteHost:
         """A replica the cluster placed here before it restarted, taken for alive until the agent reports."""
         replica = RemoteReplica(config, connection, ready=True)
         self.replicas[(config.kernel_id, config.replica)] = replica
+        if self.ports is not None:
+            self.ports.hold(config.kernel_id, replica_ports(config, connection))
         return replica
 
     def heartbeat(self, reports: list[dict[str, Any]]) -> None:
@@ -213,5 +278,7 @@ class RemoteHost:
                 detail = json.loads(text).get("error", text)
             except (ValueError, AttributeError):
                 detail = text
-            raise AgentError(f"the agent of host {self.name} refused {method} {path} ({response.status}): {detail}")
+            raise AgentRefused(
+                f"the agent of host {self.name} refused {method} {path} ({response.status}): {detail}", response.status
+            )
         return json.loads(text) if text else None

@@ -22,7 +22,7 @@ from ..embedded import LAUNCHES, EmbeddedCluster, KernelLaunch, KernelRequest, P
 from ..agent.remote import AgentError, AgentUnreachable
 from ..host_agent import ReplicaView
 from ..json_api import log_request
-from ..ports import PortsExhausted
+from ..ports import PortsExhausted, PortsTaken
 from ..providers import ProviderError
 from .changes import ChangeThread
 from .handlers import routes
@@ -98,10 +98,13 @@ class ClusterService:
                     started = await self._on_worker(cluster.launch_replicas, launch)
             except Exception as err:
                 await self.run(cluster.abandon_launch, launch, err)
-                if retry or not isinstance(err, AgentUnreachable):
+                if retry or not isinstance(err, (AgentUnreachable, PortsTaken)):
                     raise _refusal(err) from None
-                # A machine died within its host time-out, before the cluster noticed: place the kernel elsewhere.
-                log.warning("placing kernel %s again without the host that did not answer: %s", request.kernel_id, err)
+                # A machine died within its host time-out, before the cluster noticed, or a program there took a port
+                # the cluster chose: place the kernel again, without that host, or with other ports.
+                unheard = isinstance(err, AgentUnreachable)
+                how = "without the host that did not answer" if unheard else "with other ports"
+                log.warning("placing kernel %s again %s: %s", request.kernel_id, how, err)
                 continue
             return await self.run(cluster.admit_kernel, launch, started)
         raise AssertionError("unreachable: the second try returns or raises")

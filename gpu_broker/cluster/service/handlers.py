@@ -182,6 +182,9 @@ class ServiceAgentsHandler(ServiceHandler):
         cert_pem = data.get("cert_pem")
         if cert_pem is not None and not fields["url"].startswith("https:"):
             raise tornado.web.HTTPError(400, reason="cert_pem is the PEM certificate of an agent serving https")
+        lent = data.get("ports")
+        if lent is not None and lent["first"] > lent["last"]:
+            raise tornado.web.HTTPError(400, reason="ports: first must not come after last")
         try:
             joined = await self.service.run(
                 self.service.cluster.join_agent,
@@ -192,6 +195,7 @@ class ServiceAgentsHandler(ServiceHandler):
                 fields["token"],
                 replicas,
                 cert_pem,
+                None if lent is None else range(lent["first"], lent["last"] + 1),
             )
         except AgentRemoved as err:
             raise tornado.web.HTTPError(410, reason=str(err)) from None

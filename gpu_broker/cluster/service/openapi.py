@@ -33,6 +33,14 @@ _HOST_NAME = {
     "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
     "description": "1 to 63 letters, digits, '.', '_' or '-'",
 }
+_PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+_LENT_PORTS = {
+    "type": "object",
+    "properties": {"first": _PORT, "last": _PORT},
+    "required": ["first", "last"],
+    "description": "the range of its machine's ports (first to last, both included) the agent lends the cluster to "
+    "choose its replicas' ports from; without it, the cluster asks the agent for each replica's ports",
+}
 _REPLICA_REPORTS = {"type": "array", "items": {"type": "object"}, "description": "the replicas the agent runs"}
 
 
@@ -130,6 +138,7 @@ DOCUMENT: dict[str, Any] = {
                         "gpus": MACHINE_GPUS,
                         "replicas": _REPLICA_REPORTS,
                         "cert_pem": {**_TEXT, "description": "the PEM certificate of an agent serving https"},
+                        "ports": _LENT_PORTS,
                     },
                     ("name", "address", "url", "token"),
                 ),
