@@ -282,8 +282,12 @@ class ReplicaKernel(IPythonKernel):
         ):
             # A cell is on: a replica that leaves now, before its state is needed, costs the kernel nothing.
             self._leave_if_state_folder_full()
-        if isinstance(entry, ExecutionRecord):
-            await self._fetch_objects(NamespaceTracker.referenced_keys(entry.delta))
+        delta = None
+        if isinstance(entry, ExecutionRecord) and entry.cell not in self._own_records:
+            # A record to apply here (not this replica's own in flight, whose changes its namespace holds already):
+            # parsed once, for the objects it points to and then for the apply.
+            delta = StateDelta.from_bytes(entry.delta)
+            await self._fetch_objects(NamespaceTracker.referenced_keys(delta))
         try:
             if isinstance(entry, Proposal):
                 vote = self.book.on_proposal(entry)
@@ -292,7 +296,7 @@ class ReplicaKernel(IPythonKernel):
             elif isinstance(entry, Vote):
                 self.book.on_vote(entry)
             elif isinstance(entry, ExecutionRecord):
-                self._on_record(entry)
+                self._on_record(entry, delta)
                 self._collect_garbage()
             elif isinstance(entry, MembershipChanged):
                 self._peer_urls[entry.replica] = entry.peer_url
@@ -469,7 +473,8 @@ class ReplicaKernel(IPythonKernel):
             if not fut.done():
                 fut.set_exception(AttemptAbandoned(cell))
 
-    def _on_record(self, record: ExecutionRecord) -> None:
+    def _on_record(self, record: ExecutionRecord, delta: StateDelta | None) -> None:
+        """``delta``: the record's, parsed; None for this replica's own record in flight, which it does not apply."""
         accepted = self.book.accepts(record)
         own = self._own_records.pop(record.cell, None)
         if own is not None and not own.done():
@@ -481,11 +486,10 @@ class ReplicaKernel(IPythonKernel):
             return
         installs = _install_lines(record.source)
         self._installs = _latest_last(self._installs + installs)
-        if own is not None:
+        if own is not None or delta is None:
             return
         self.records_applied += 1
         self._run_installs(installs)
-        delta = StateDelta.from_bytes(record.delta)
         try:
             extra = self.tracker.apply(delta, self._shell.user_ns)
             self._set_rng(extra)
