@@ -77,7 +77,7 @@ from cell_latency import progress_bar, run_in_workdir
 from latency_report import Target, load_snapshot, machine_context, print_tables, stats_table, summarize, targets_table
 from latency_report import write_results
 
-from notebookos.gpu_broker.cluster.agent.remote import HEARTBEAT_S
+from notebookos.gpu_broker.cluster.agent.remote import HEARTBEAT_S, config_json
 from notebookos.gpu_broker.cluster.host_agent import JOURNAL_FILE, public_connection
 from notebookos.gpu_broker.cluster.join_token import read_token
 from notebookos.gpu_broker.cluster.json_api import JsonHandler
@@ -227,7 +227,7 @@ class SyntheticAgent:
             "connection": public_connection({**connection, "ip": ADDRESS, "curve_publickey": _public_key()}),
         }
         self.replicas[(config.kernel_id, config.replica)] = report
-        return {**report, "config": dataclasses.asdict(config)}
+        return {**report, "config": config_json(config)}
 
     def stop_kernel(self, kernel_id: str) -> None:
         for key in [k for k in self.replicas if k[0] == kernel_id]:

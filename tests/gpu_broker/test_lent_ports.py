@@ -152,6 +152,7 @@ def agent_api(tmp_path: Path) -> Iterator[tuple[str, HostAgent]]:
     yield served["url"], host
     served["loop"].call_soon_threadsafe(served["loop"].stop)
     thread.join()
+    host.stop_all()  # a start that should have been refused must not leave a replica behind
 
 
 def test_the_agent_refuses_a_start_on_a_port_in_use_on_its_machine_and_starts_nothing(

@@ -17,13 +17,13 @@ Every call runs on the agent's one worker thread, so two never interleave on the
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
 
 from ....kernels.replica_config import ReplicaConfig
 from ..json_api import JsonHandler
+from .remote import config_json
 from ..ports import PortsExhausted, PortsTaken
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class AgentReplicasHandler(AgentHandler):
         if not isinstance(connection, dict):
             raise tornado.web.HTTPError(400, reason="connection must be a JSON object (the replica's channels)")
         proc = await self.run(self.agent.host.start_replica, config, connection)
-        self.finish({**proc.describe(), "config": dataclasses.asdict(proc.config)})
+        self.finish({**proc.describe(), "config": config_json(proc.config)})
 
 
 class AgentPortsHandler(AgentHandler):

@@ -62,7 +62,7 @@ _CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(ReplicaConfig)
 def config_json(config: ReplicaConfig) -> dict[str, Any]:
     """A replica's configuration as JSON-ready fields (its tuples encode as lists): the same JSON as
     ``dataclasses.asdict``, whose deep copy cost 20 times as much; the service pays it for each replica it starts
-    and each kernel it saves."""
+    and each kernel it saves, an agent for each start it answers."""
     return {name: getattr(config, name) for name in _CONFIG_FIELDS}
 
 
