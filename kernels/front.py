@@ -134,6 +134,7 @@ class Cell:
     attempt: int = 0
     leads: tuple[int, ...] = ()  # the replicas invited to lead this attempt, the only ones it is sent to
     executor: int | None = None
+    busy: bool = False  # a busy status for this cell went to the client
     reply: Frames | None = None  # this attempt's executor's execute_reply, held until its idle (_finish_if_complete)
     replied: bool = False  # an execute_reply went to the client
     all_yield: set[int] = field(default_factory=set)
@@ -380,11 +381,13 @@ class KernelFront:
             self.iopub.send_multipart(raw)
 
     def _forward_cell_iopub(self, cell: Cell, raw: list[bytes], frames: Frames, header: dict) -> None:
-        if header["msg_type"] == "status" and frames.content().get("execution_state") == "idle":
-            # The reply (shell socket) and the idle (IOPub) race; the cell is over only when both have gone out.
-            cell.idle = raw
-            self._finish_if_complete(cell)
-            return
+        if header["msg_type"] == "status":
+            if frames.content().get("execution_state") == "idle":
+                # The reply (shell socket) and the idle (IOPub) race; the cell is over only when both have gone out.
+                cell.idle = raw
+                self._finish_if_complete(cell)
+                return
+            cell.busy = True
         self.iopub.send_multipart(raw)
 
     def _finish_if_complete(self, cell: Cell) -> None:
@@ -502,11 +505,16 @@ class KernelFront:
                 leads = [r.index for r in alive]  # after a failover, every survivor may lead; the log decides
             cell.leads = tuple(leads)
             cell.executor = None
+            solo = cell.attempt == 0 and cell.leads == (self._solo_replica,)
             cell.all_yield = set()
             cell.buffered = {}
             cell.reply = cell.idle = None
             cell.outcome = asyncio.get_running_loop().create_future()
-            self._send_attempt(cell, alive, devices)
+            self._send_attempt(cell, alive, devices, solo)
+            if solo:
+                # The replica that ran the previous cell runs this one, alone invited: it says nothing more about it
+                # (protocol.EXECUTOR_ANNOUNCEMENT), so that its output streams from its first message.
+                self._elected(cell, leads[0], None)
             try:
                 outcome = await cell.outcome
             finally:
@@ -652,9 +660,11 @@ class KernelFront:
         decision, are told to stop, so that they take the next attempt at once (protocol.ATTEMPT_ABANDONED)."""
         self._tell_replicas(self.session.msg(ATTEMPT_ABANDONED, {"msg_id": cell.msg_id, "attempt": cell.attempt}))
 
-    def _send_attempt(self, cell: Cell, alive: list[ReplicaLink], devices: tuple[int, ...]) -> None:
+    def _send_attempt(self, cell: Cell, alive: list[ReplicaLink], devices: tuple[int, ...], solo: bool) -> None:
         """Send the attempt to its invited leads only: a single lead decides alone (election.py), and the other
-        replicas learn the cell's outcome from the log, so neither they nor the front handle the request."""
+        replicas learn the cell's outcome from the log, so neither they nor the front handle the request. ``solo``:
+        the lead ran the previous cell to its end and has not been lost since, so it may run this one without an
+        election."""
         for replica in alive:
             if replica.index not in cell.leads:
                 continue
@@ -667,7 +677,7 @@ class KernelFront:
                 "attempt": cell.attempt,
                 "lead": True,
                 "leads": len(cell.leads),
-                "solo": cell.attempt == 0 and cell.leads == (self._solo_replica,),
+                "solo": solo,
                 "voters": cell.leads,
                 "devices": devices,
                 "gpus": self.gpus,
@@ -806,7 +816,7 @@ class KernelFront:
 
     def _fail_cell(self, cell: Cell, ename: str, evalue: str) -> None:
         """End a cell that no replica will answer: the error shows in the cell, like any error."""
-        if cell.executor is None:
+        if not cell.busy:
             self._status(cell.msg, "busy")  # no executor's busy was forwarded for this cell
         error = {"ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"]}
         self.session.send(self.iopub, "error", error, parent=cell.msg)

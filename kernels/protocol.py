@@ -14,7 +14,8 @@ import enum
 NOTEBOOKOS_META = "notebookos"
 
 # IOPub message by which the elected executor of an attempt announces itself, so that the front knows whose
-# output to forward to the client. Never forwarded to clients.
+# output to forward to the client. Never forwarded to clients. A cell run without an election (``solo``) is not
+# announced: the front sent it to that replica alone and took it for the executor when it did.
 EXECUTOR_ANNOUNCEMENT = "notebookos_executor"
 
 # IOPub message a standby publishes after applying a cell's committed state (content: replica, attempt, applied_at

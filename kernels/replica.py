@@ -624,12 +624,13 @@ class ReplicaKernel(IPythonKernel):
         # ``from_log``: the cell finished (attempt, executor) before its executor was lost; the front shows what
         # that attempt printed instead of a re-run's output.
         from_log = None if done is None else {"attempt": done.cell.attempt, "executor": done.executor}
-        self._session.send(
-            self.iopub_socket,
-            EXECUTOR_ANNOUNCEMENT,
-            {"replica": self.replica_config.replica, "host": self.replica_config.host, "from_log": from_log},
-            parent,
-        )
+        if after is None:  # a cell run solo was sent to this replica alone, and the front took it for its executor
+            self._session.send(
+                self.iopub_socket,
+                EXECUTOR_ANNOUNCEMENT,
+                {"replica": self.replica_config.replica, "host": self.replica_config.host, "from_log": from_log},
+                parent,
+            )
         if done is not None:
             # A previous attempt finished and committed before its executor was lost: answer from the log.
             self._send_execute_reply(stream, ident, parent, done.reply, ReplicaRole.EXECUTOR, from_log)
