@@ -29,8 +29,10 @@ CONNECT_TIMEOUT_S = 3.0
 QUICK_CALL_TIMEOUT_S = 5.0
 # A replica's start answers once its process, or its container, exists: well under a second for a process, a second
 # or two for a container (its image is checked when the agent starts). The same bound, then, on a machine lost since
-# the last call, whose answer never comes: the kernel is placed again without it.
-START_CALL_TIMEOUT_S = 10.0
+# the last call, whose answer never comes: the kernel is placed again without it. No longer than the default host
+# time-out, so that a start on a machine cut off unnoticed fails before the machine is declared lost, as the ports
+# call that came first used to.
+START_CALL_TIMEOUT_S = QUICK_CALL_TIMEOUT_S
 # An agent heartbeats every second while the cluster is small. Past MAX_HEARTBEATS_PER_S agents, the service tells
 # each (in its answer) to heartbeat less often, so that heartbeats never take more of it than that many a second, as
 # Nomad paces its clients: at 200 agents, every 4 s. Everything that waits on heartbeats counts in periods.
