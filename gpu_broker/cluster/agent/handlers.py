@@ -9,8 +9,8 @@
 | `DELETE /kernels/{id}` | stop the kernel's replicas here, free their ports, delete their folder |
 
 The agent lends the service a range of its ports when it joins, and the service chooses a replica's ports from it;
-``POST /replicas`` answers 409 when one of them is in use here. ``POST /kernels/{id}/ports`` serves a service that
-chooses none itself.
+``POST /replicas`` answers 409 when one of them is in use here. ``POST /kernels/{id}/ports`` is for a service that
+does not choose ports itself (an earlier version).
 
 Every call runs on the agent's one worker thread, so two never interleave on the host agent.
 """
