@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 from collections.abc import Callable
 
-
 from ...kernels.replica_config import ReplicaConfig
 from .agent.remote import (
     HEARTBEAT_S,
