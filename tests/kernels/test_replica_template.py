@@ -8,12 +8,15 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 from jupyter_client.manager import start_new_kernel
 
+from notebookos.gpu_broker.cluster.runtime import process
 from notebookos.gpu_broker.cluster.runtime.base import LaunchSpec
 from notebookos.gpu_broker.cluster.runtime.process import ForkedReplica, LocalProcess, ProcessRuntime
 from notebookos.kernels.replica_template import REPLICA_MODULE, TEMPLATE_MODULE
@@ -145,6 +148,43 @@ def test_a_forked_replica_that_fails_reports_its_exit_code_and_output(template, 
     assert forked.exit_code not in (None, 0)
     assert forked.exit_reason.startswith("exited with code")
     assert "/nonexistent/config.json" in (tmp_path / "replica.log").read_text()
+
+
+def test_a_stopped_forked_replica_is_over_only_once_its_exit_status_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process on its way out is neither a replica nor a zombie to ``/proc`` for an instant, before its template
+    has written its exit status. A stop that returned then let the status land later in the folder where the
+    kernel's next replica had started (a start placed again at once), which then passed for dead. Here the exit
+    window is held open (``/proc`` never shows the zombie) and the stand-in template writes the status late: the
+    wait returns only once it is written."""
+    monkeypatch.setattr(process, "_zombie", lambda pid: False)
+    exit_file = tmp_path / "replica.exit"
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()", REPLICA_MODULE], stdin=subprocess.PIPE
+    )
+    replica = ForkedReplica(child.pid, exit_file)
+    started_by = time.monotonic() + 10
+    while not replica.alive and time.monotonic() < started_by:  # until the child has exec'd (its command line)
+        time.sleep(0.01)
+    assert replica.alive
+
+    def template() -> None:  # as the template does, slowly: the child ended, its status is written, it is reaped
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+        time.sleep(0.3)
+        exit_file.write_text("0")
+        child.wait()
+
+    writer = threading.Thread(target=template)
+    writer.start()
+    assert child.stdin is not None
+    child.stdin.close()  # the replica ends
+    try:
+        assert replica.wait(10)
+        assert exit_file.exists(), "the stop returned before the template wrote the replica's exit status"
+    finally:
+        writer.join()
+    assert replica.exit_code == 0
 
 
 def test_the_runtime_starts_from_scratch_until_its_template_is_ready(tmp_path: Path) -> None:

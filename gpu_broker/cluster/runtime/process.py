@@ -114,15 +114,18 @@ class ForkedReplica(RunningReplica):
                 pass
 
     def wait(self, timeout: float) -> bool:
-        """Whether it ended within ``timeout``. The template writes the exit status, then reaps the child: that is
-        waited for too (briefly), so that a stopped replica's pid is gone when its stop returns, as a Popen's is."""
+        """Whether it ended within ``timeout``. The template writes the exit status, then reaps the child: both are
+        waited for too (briefly). A process on its way out is no replica any more to ``/proc`` (its command line is
+        gone) an instant before it is a zombie, and before its status is written; a stop that returned then let the
+        kernel's next replica in the same folder (a start placed again at once) find this one's status as its own,
+        and pass for dead. So when a stop returns, the status is written and the pid is gone, as a Popen's is."""
         deadline = time.monotonic() + timeout
         while self.alive and time.monotonic() < deadline:
             time.sleep(0.05)
         if self.alive:
             return False
-        reaped_by = time.monotonic() + EXIT_STATUS_WAIT_S
-        while _zombie(self._pid) and time.monotonic() < reaped_by:
+        settled_by = time.monotonic() + EXIT_STATUS_WAIT_S
+        while (not self.exit_file.exists() or _zombie(self._pid)) and time.monotonic() < settled_by:
             time.sleep(0.01)
         return True
 
