@@ -19,11 +19,12 @@ import tornado.web
 
 from notebookos.gpu_broker.cluster.agent.handlers import routes
 from notebookos.gpu_broker.cluster.agent.remote import AgentPortsTaken, RemoteHost
+from notebookos.gpu_broker.cluster.embedded import _PORTS_PER_REPLICA, _connection
 from notebookos.gpu_broker.cluster.host_agent import HostAgent
 from notebookos.gpu_broker.cluster.ports import PortPool, default_range, is_free
 from notebookos.kernels.replica_config import ReplicaConfig
 
-PER_REPLICA = 7  # Raft, the five Jupyter channels, the peer API
+PER_REPLICA = _PORTS_PER_REPLICA  # Raft, the five Jupyter channels, the peer API
 AGENT_TOKEN = "agent-token"
 
 
@@ -59,9 +60,7 @@ def replica_config(kernel_id: str, ports: list[int], address: str = "127.0.0.1")
     config = ReplicaConfig(
         kernel_id, 0, "h", raft, (raft,), "secret", "", "", cwd=None, peer_urls=(f"http://{address}:{ports[-1]}",)
     )
-    channels = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
-    connection = {**dict(zip(channels, ports[1:6])), "transport": "tcp", "key": "k", "signature_scheme": "hmac-sha256"}
-    return config, connection
+    return config, _connection(ports, "k", "hmac-sha256")
 
 
 def test_a_host_whose_agent_lent_ports_chooses_them_without_calling_it() -> None:
