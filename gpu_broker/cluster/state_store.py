@@ -9,6 +9,11 @@ replica processes (:meth:`..host_agent.HostAgent.adopt`).
 
 Writes never fail the change that made them: a full or broken disk is logged (and the service goes on with the
 state in memory); the next write tries again with everything written since.
+
+A change's transaction only appends to the write-ahead log, without an fsync (``synchronous=NORMAL``). Copying the
+log into the database file (a checkpoint, with its fsyncs) happens on a thread of its own (:class:`Checkpointer`),
+not inside the commit that crosses SQLite's mark, where the cluster's thread and every change queued behind it
+waited for it: 7 ms every two thirds of a second at 100 kernel starts a second, up to 190 ms when the disk was busy.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ log = logging.getLogger(__name__)
 
 DB_FILE = "cluster.db"
 EVENTS_KEPT = 10_000  # as many as the event log keeps in memory
+# Transactions between two checkpoints: 2 to 8 MB of log at the service's sizes (a change rewrites a few pages), as
+# SQLite's own mark of 1,000 pages.
+CHECKPOINT_EVERY = 200
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -61,7 +69,10 @@ class ClusterStateStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a power cut may lose the last change, never
         self._db.executescript(_SCHEMA)  # corrupt the file; a process crash loses nothing
+        self._db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's job
         self._lock = threading.Lock()
+        self._commits = 0
+        self._checkpointer = Checkpointer(self.path, self._lock)
         self._hosts: dict[str, dict[str, Any] | None] = {}
         self._kernels: dict[str, dict[str, Any] | None] = {}
         self._events: list[dict[str, Any]] = []
@@ -146,6 +157,9 @@ class ClusterStateStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self._commits += 1
+        if self._commits % CHECKPOINT_EVERY == 0:
+            self._checkpointer.due()
 
     def clear(self) -> None:
         """Forget everything: the service stopped its kernels and hosts, a next one starts anew."""
@@ -154,5 +168,62 @@ class ClusterStateStore:
             self._db.executescript("DELETE FROM hosts; DELETE FROM kernels; DELETE FROM events; DELETE FROM settings;")
 
     def close(self) -> None:
+        self._checkpointer.close()
         with self._lock:
-            self._db.close()
+            self._db.close()  # the last connection: SQLite checkpoints what is left and removes the log
+
+
+class Checkpointer:
+    """Copies the write-ahead log into the database file, on its own thread and connection, when told it is due.
+
+    A passive checkpoint never holds up a writer, so the cluster's commits go on meanwhile. The log starts over from
+    its beginning only at a commit after a checkpoint that copied all of it, though, and under steady load a commit
+    always lands during the copy: the log would grow for as long as the load lasts. So a second pass, with the
+    store's writes held (``write_lock``), copies the few pages committed during the first, in about a millisecond,
+    and the log stays the size of the changes between two checkpoints."""
+
+    def __init__(self, path: Path, write_lock: threading.Lock) -> None:
+        self.path = path
+        self._write_lock = write_lock
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._due = threading.Event()
+        self._closing = False
+        self.failing: str | None = None  # why the last checkpoint failed, until one succeeds
+        self._thread = threading.Thread(target=self._serve, name="state-checkpoint", daemon=True)
+        self._thread.start()
+
+    def due(self) -> None:
+        self._due.set()
+
+    def _serve(self) -> None:
+        while True:
+            self._due.wait()
+            self._due.clear()
+            if self._closing:
+                return
+            try:
+                self._checkpoint()
+                with self._write_lock:
+                    self._checkpoint()
+            except sqlite3.Error as err:
+                if self.failing != str(err):
+                    log.error(
+                        "cannot copy the cluster's write-ahead log into %s: %s; its changes are safe in the log, "
+                        "which grows until this succeeds (free space there, or move --state-dir)",
+                        self.path,
+                        err,
+                    )
+                self.failing = str(err)
+                continue
+            if self.failing is not None:
+                log.info("the cluster's write-ahead log is copied into %s again", self.path)
+                self.failing = None
+
+    def _checkpoint(self) -> None:
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def close(self) -> None:
+        self._closing = True
+        self._due.set()
+        self._thread.join()
+        self._db.close()
