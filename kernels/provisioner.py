@@ -28,9 +28,21 @@ from traitlets import Float, Integer
 
 from ..gpu_broker.cluster.client import CLUSTER_FILE_ENV, ClusterClient, ClusterError, discovery_file
 from ..gpu_broker.cluster.launcher import ensure_cluster
+from ..gpu_broker.cluster.ports import PortPool, front_range
 from ..server_extension.permissions import kernel_owner
 from .front import CLAIM_REPLY, CLAIM_REQUEST, RESTART_GRACE_ENV
 from .watched_process import WatchedProcess
+
+
+FRONT_PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
+_FRONT_PORT_POOLS: dict[str, PortPool] = {}  # by address: the ports this process's kernel fronts hold
+
+
+def _front_ports(address: str) -> PortPool:
+    pool = _FRONT_PORT_POOLS.get(address)
+    if pool is None:
+        pool = _FRONT_PORT_POOLS[address] = PortPool(front_range(), address, spread=True)
+    return pool
 
 
 class NotebookOSProvisioner(LocalProvisioner):
@@ -74,6 +86,9 @@ class NotebookOSProvisioner(LocalProvisioner):
         answers), write what it answered to the replicas file beside the connection file, and add to the front's
         command line and environment what it needs to find them and the cluster. Returns the keyword arguments that
         ``launch_kernel`` receives; raises RuntimeError, which fails the start, when the replicas cannot be placed."""
+        km = self.parent
+        if km is not None and km.transport == "tcp" and km.cache_ports and not self.ports_cached:
+            self._take_front_ports(km)
         kwargs = await super().pre_launch(**kwargs)
         self._cluster = await ensure_cluster()
         info = self.connection_info
@@ -108,12 +123,26 @@ class NotebookOSProvisioner(LocalProvisioner):
         kwargs["cmd"] = [*kwargs["cmd"], "--kernel-id", self.kernel_id, "--replicas", str(self._replicas_file)]
         return kwargs
 
+    def _take_front_ports(self, km: Any) -> None:
+        """The front's five ports from ``front_range()``, below the ephemeral range, instead of from jupyter_client's
+        ``LocalPortCache``: that binds port 0, lets the port go, and the front binds it a second or more later, by
+        when an outgoing connection of any program of this machine may have been given it (CI saw the front die at
+        its start with "Address already in use"). Marked cached, so LocalProvisioner skips its own choice and the
+        kernel keeps them across restarts; :meth:`cleanup` gives them back."""
+        pool = _front_ports(km.ip)
+        for name in FRONT_PORT_NAMES:
+            setattr(km, name, pool.take())
+        self.ports_cached = True
+
     async def cleanup(self, restart: bool = False) -> None:
         """Called by ``KernelManager.cleanup_resources()`` once the front has exited, at every shutdown and restart
         (``restart`` True: ``pre_launch`` places fresh replicas next), and by the restoring Jupyter server for a
         kernel whose front did not take its claim: stop following an adopted front, remove the replicas file and
         delete the kernel in the cluster, which stops its replicas (a kernel the cluster no longer knows is not an
         error: its front removed it when no server claimed it)."""
+        info: dict[str, Any] = dict(self.connection_info)
+        if self.ports_cached and not restart and info:
+            _front_ports(str(info["ip"])).release(int(info[name]) for name in FRONT_PORT_NAMES)
         await super().cleanup(restart)
         if self._adopted is not None:
             self._adopted.close()

@@ -22,7 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-DEFAULT_LOW = 20000  # the pool's first port, unless the ephemeral range starts lower
+DEFAULT_LOW = 20000  # the replicas' first port, unless the ephemeral range starts lower
+FRONT_PORTS = 1000  # just below the replicas' ports, for the kernel fronts of this machine: 200 fronts' 5 ports
 
 
 class PortsExhausted(RuntimeError):
@@ -34,31 +35,50 @@ class PortsTaken(RuntimeError):
     the replica's machine; the message names them."""
 
 
-def default_range() -> range:
-    """Ports between DEFAULT_LOW and the start of the ephemeral range; above it where that leaves too few."""
+def _unclaimed_ports() -> range:
+    """Ports the operating system never hands out by itself: from FRONT_PORTS below DEFAULT_LOW up to the start of
+    the ephemeral range; above that range where this leaves too few."""
     try:
         low, high = (int(v) for v in EPHEMERAL_RANGE_FILE.read_text().split())
     except (OSError, ValueError):
         low, high = 32768, 60999  # Linux's default
     if low - DEFAULT_LOW >= 1000:
-        return range(DEFAULT_LOW, low)
+        return range(DEFAULT_LOW - FRONT_PORTS, low)
     return range(high + 1, 65536)
+
+
+def default_range() -> range:
+    """The replicas' ports: DEFAULT_LOW up to the ephemeral range (above it where that leaves too few)."""
+    unclaimed = _unclaimed_ports()
+    return range(unclaimed.start + FRONT_PORTS, unclaimed.stop)
+
+
+def front_range() -> range:
+    """The kernel fronts' ports (``kernels/provisioner.py``): the FRONT_PORTS ports below the replicas'. Outside the
+    ephemeral range for the same reason, and apart from the replicas' so that a front and a replica started at the
+    same moment (each pool checks a port is free when it hands it out, not when it is bound) never get the same."""
+    unclaimed = _unclaimed_ports()
+    return range(unclaimed.start, unclaimed.start + FRONT_PORTS)
 
 
 class PortPool:
     """Ports of one network address: loopback for the embedded cluster, the machine's address for an agent.
 
     ``probe``: check with a bind that a port is free before handing it out. False for the ports of another machine
-    (the range an agent lent the cluster service), which only that machine can check; such a pool starts at a random
-    port of its range, so that a restarted service does not first hand out the ports it handed out last (their
-    replicas may still be stopping)."""
+    (the range an agent lent the cluster service), which only that machine can check.
+    ``spread``: start at a random port of the range, not its first: for a pool of another machine's ports (default),
+    so that a restarted service does not first hand out the ports it handed out last (their replicas may still be
+    stopping), and for one that other processes of this machine draw from too (kernel fronts of several Jupyter
+    servers), so that they do not all try the same ports first."""
 
-    def __init__(self, ports: range | None = None, address: str = "127.0.0.1", probe: bool = True) -> None:
+    def __init__(
+        self, ports: range | None = None, address: str = "127.0.0.1", probe: bool = True, spread: bool | None = None
+    ) -> None:
         self.ports = ports or default_range()
         self.address = address
         self.probe = probe
         self._in_use: set[int] = set()
-        self._next = self.ports.start if probe else random.choice(self.ports)
+        self._next = random.choice(self.ports) if (not probe if spread is None else spread) else self.ports.start
         self._lock = threading.Lock()
 
     def take(self) -> int:
