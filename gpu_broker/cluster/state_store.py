@@ -57,6 +57,24 @@ class StoredState:
         return not (self.hosts or self.kernels)
 
 
+class DiskTrouble:
+    """A write that keeps failing (a full disk fails every one) is logged once per reason, and its end once."""
+
+    def __init__(self) -> None:
+        self.why: str | None = None  # why the last try failed, until one succeeds
+
+    def failed(self, err: Exception, message: str, path: Path) -> None:
+        """``message`` takes the path and the error, in that order."""
+        if self.why != str(err):
+            log.error(message, path, err)
+        self.why = str(err)
+
+    def over(self, message: str, path: Path) -> None:
+        if self.why is not None:
+            log.info(message, path)
+            self.why = None
+
+
 class ClusterStateStore:
     """Thread-safe: changes are written from the cluster's thread, events arrive from any thread."""
 
@@ -77,7 +95,7 @@ class ClusterStateStore:
         self._kernels: dict[str, dict[str, Any] | None] = {}
         self._events: list[dict[str, Any]] = []
         self._settings: dict[str, str] = {}
-        self.failing: str | None = None  # why the last write failed, until one succeeds
+        self.trouble = DiskTrouble()
 
     def settings(self) -> dict[str, str]:
         """The service's own settings alone (token, address, port): what it needs before the cluster loads."""
@@ -122,19 +140,14 @@ class ClusterStateStore:
             try:
                 self._write()
             except sqlite3.Error as err:
-                if self.failing != str(err):
-                    log.error(
-                        "cannot write the cluster's state to %s: %s; the service goes on with it in memory "
-                        "(free space there, or move --state-dir): a restart now would lose what changed "
-                        "since",
-                        self.path,
-                        err,
-                    )
-                self.failing = str(err)
+                self.trouble.failed(
+                    err,
+                    "cannot write the cluster's state to %s: %s; the service goes on with it in memory (free space "
+                    "there, or move --state-dir): a restart now would lose what changed since",
+                    self.path,
+                )
                 return
-            if self.failing is not None:
-                log.info("the cluster's state is written to %s again", self.path)
-                self.failing = None
+            self.trouble.over("the cluster's state is written to %s again", self.path)
             self._hosts, self._kernels, self._events, self._settings = {}, {}, [], {}
 
     def _write(self) -> None:
@@ -188,7 +201,7 @@ class Checkpointer:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._due = threading.Event()
         self._closing = False
-        self.failing: str | None = None  # why the last checkpoint failed, until one succeeds
+        self.trouble = DiskTrouble()
         self._thread = threading.Thread(target=self._serve, name="state-checkpoint", daemon=True)
         self._thread.start()
 
@@ -206,18 +219,14 @@ class Checkpointer:
                 with self._write_lock:
                     self._checkpoint()
             except sqlite3.Error as err:
-                if self.failing != str(err):
-                    log.error(
-                        "cannot copy the cluster's write-ahead log into %s: %s; its changes are safe in the log, "
-                        "which grows until this succeeds (free space there, or move --state-dir)",
-                        self.path,
-                        err,
-                    )
-                self.failing = str(err)
+                self.trouble.failed(
+                    err,
+                    "cannot copy the cluster's write-ahead log into %s: %s; its changes are safe in the log, which "
+                    "grows until this succeeds (free space there, or move --state-dir)",
+                    self.path,
+                )
                 continue
-            if self.failing is not None:
-                log.info("the cluster's write-ahead log is copied into %s again", self.path)
-                self.failing = None
+            self.trouble.over("the cluster's write-ahead log is copied into %s again", self.path)
 
     def _checkpoint(self) -> None:
         self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
