@@ -83,6 +83,8 @@ if TYPE_CHECKING:
 # kernel has lost its majority. Generous: a Raft leader election after a crash takes about a second.
 COMMIT_TIMEOUT_S = 30.0
 READY_POLL_S = 0.05
+# A replica not caught up after this long says why, once (a replacement with a 100 MB namespace takes 5 to 10 s).
+NOT_CAUGHT_UP_WARNING_S = 30.0
 # A peer on another machine silent this long (it died, or its link is down) is given up for the next one.
 PEER_SILENCE_S = 5.0
 # Abandoned attempts remembered, for an abandon that arrives before its execute_request (control and shell are
@@ -251,7 +253,17 @@ class ReplicaKernel(IPythonKernel):
         """Tell the host agent (through a marker file) once this replica has applied what its group had committed
         when it joined: pysyncobj's ready flag, and nothing left in the apply queue. Checked every 50 ms; a
         restarted replica replaying a long journal takes seconds."""
+        since, told = self._loop.time(), False
         while not (self.raft.isReady() and self._entries.empty()):
+            if not told and self._loop.time() - since > NOT_CAUGHT_UP_WARNING_S:
+                # Nothing else would say why: the front and the cluster only see a replica that is alive, not ready.
+                self.log.warning(
+                    "replica %d has not caught up after %.0f s: %s",
+                    self.replica_config.replica,
+                    NOT_CAUGHT_UP_WARNING_S,
+                    self.raft.standing(),
+                )
+                told = True
             await asyncio.sleep(READY_POLL_S)
         self._caught_up = True
         # What it took to get here, for operators and tests: a replica restored from a snapshot applies few records.

@@ -155,6 +155,7 @@ class KernelLog(SyncObj):
     _SyncObj__raftElectionDeadline: float
     _SyncObj__newAppendEntriesTime: float
     _SyncObj__pipeNotifier: Any
+    _SyncObj__transport: Any
 
     def __init__(
         self,
@@ -334,6 +335,24 @@ class KernelLog(SyncObj):
         """
         if self._isLeader() and 0 <= executor < len(self._peers) and self._peers[executor] != self.selfNode.id:
             self.transferLeadership(self._peers[executor])
+
+    def standing(self) -> str:
+        """Where this node stands in its group, for a replica that does not catch up: whether it listens at all
+        (pysyncobj retries a port it cannot bind every second, forever and without a word, and until then it cannot
+        connect to anyone either), the members it is connected to, its Raft state and the leader it follows, and how
+        far it has applied. pysyncobj's thread owns these fields: a read from another thread may be a tick old."""
+        status = self.getStatus()
+        prefix = "partner_node_status_server_"
+        members = [key.removeprefix(prefix) for key in status if key.startswith(prefix)]
+        connected = [member for member in members if status[prefix + member] == 2]
+        listening = "listens" if self._SyncObj__transport.ready else "cannot listen (its port is taken?)"
+        committed = status["leader_commit_idx"]
+        return (
+            f"Raft on {self.selfNode.address} {listening}; connected to {len(connected)} of {len(members)} other "
+            f"member(s) ({', '.join(connected) or 'none'}); {_STATES.get(status['state'], status['state'])} in term "
+            f"{status['raft_term']}, leader {status['leader'] or 'unknown'}; applied up to entry "
+            f"{status['last_applied']}, the leader's commit index {'not heard yet' if committed is None else committed}"
+        )
 
     def append(self, entry: LogEntry, done: Callable[[BaseException | None], None] | None = None) -> None:
         """Append without blocking; ``done`` is called from pysyncobj's thread once the entry is applied here."""
