@@ -22,6 +22,7 @@ from queue import Empty
 from typing import Any
 
 from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.connect import port_names
 from jupyter_client.provisioning import LocalProvisioner
 from jupyter_core.paths import secure_write
 from traitlets import Float, Integer
@@ -34,7 +35,6 @@ from .front import CLAIM_REPLY, CLAIM_REQUEST, RESTART_GRACE_ENV
 from .watched_process import WatchedProcess
 
 
-FRONT_PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
 _FRONT_PORT_POOLS: dict[str, PortPool] = {}  # by address: the ports this process's kernel fronts hold
 
 
@@ -130,7 +130,7 @@ class NotebookOSProvisioner(LocalProvisioner):
         its start with "Address already in use"). Marked cached, so LocalProvisioner skips its own choice and the
         kernel keeps them across restarts; :meth:`cleanup` gives them back."""
         pool = _front_ports(km.ip)
-        for name in FRONT_PORT_NAMES:
+        for name in port_names:
             setattr(km, name, pool.take())
         self.ports_cached = True
 
@@ -142,7 +142,7 @@ class NotebookOSProvisioner(LocalProvisioner):
         error: its front removed it when no server claimed it)."""
         info: dict[str, Any] = dict(self.connection_info)
         if self.ports_cached and not restart and info:
-            _front_ports(str(info["ip"])).release(int(info[name]) for name in FRONT_PORT_NAMES)
+            _front_ports(str(info["ip"])).release(int(info[name]) for name in port_names)
         await super().cleanup(restart)
         if self._adopted is not None:
             self._adopted.close()

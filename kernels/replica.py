@@ -636,7 +636,9 @@ class ReplicaKernel(IPythonKernel):
         # ``from_log``: the cell finished (attempt, executor) before its executor was lost; the front shows what
         # that attempt printed instead of a re-run's output.
         from_log = None if done is None else {"attempt": done.cell.attempt, "executor": done.executor}
-        if after is None:  # a cell run solo was sent to this replica alone, and the front took it for its executor
+        # An elected executor announces itself; a cell run solo (``after``) is not announced: the front sent it to this
+        # replica alone and took it for its executor then.
+        if after is None:
             self._session.send(
                 self.iopub_socket,
                 EXECUTOR_ANNOUNCEMENT,

@@ -78,7 +78,9 @@ class PortPool:
         self.address = address
         self.probe = probe
         self._in_use: set[int] = set()
-        self._next = random.choice(self.ports) if (not probe if spread is None else spread) else self.ports.start
+        if spread is None:
+            spread = not probe
+        self._next = random.choice(self.ports) if spread else self.ports.start
         self._lock = threading.Lock()
 
     def take(self) -> int:

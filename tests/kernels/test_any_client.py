@@ -10,11 +10,12 @@ from pathlib import Path
 
 import nbformat
 import psutil
+from jupyter_client.connect import port_names
 from nbclient import NotebookClient
 
 from notebookos.gpu_broker.cluster.client import CLUSTER_FILE_ENV, discovery_file
 from notebookos.gpu_broker.cluster.ports import EPHEMERAL_RANGE_FILE, default_range, front_range
-from notebookos.kernels.provisioner import FRONT_PORT_NAMES, NotebookOSProvisioner
+from notebookos.kernels.provisioner import NotebookOSProvisioner
 
 from .driver import cluster_kernel, replicas_of, wait_until
 
@@ -80,8 +81,8 @@ def test_the_fronts_ports_come_from_below_the_range_the_system_hands_out(noteboo
     """jupyter_client's own choice (bind port 0, let go, the front binds it later) is a port of the ephemeral range,
     which any outgoing connection of the machine may take in between: the front then dies at its start."""
     info = notebook.km.get_connection_info()
-    ports = [info[name] for name in FRONT_PORT_NAMES]
+    ports = [info[name] for name in port_names]
     low, high = (int(v) for v in EPHEMERAL_RANGE_FILE.read_text().split())
-    assert len(set(ports)) == len(FRONT_PORT_NAMES)
+    assert len(set(ports)) == len(port_names)
     assert all(port in front_range() and not low <= port <= high for port in ports), ports
     assert not set(ports) & set(default_range())  # never a port the cluster may give a replica
