@@ -52,6 +52,7 @@ from .protocol import (
     STATE_APPLIED,
     ReplicaRole,
 )
+from .loop_socket import LoopSocket
 from .replica_link import HEARTBEAT_DEAD_AFTER_S, HEARTBEAT_PERIOD_S, START_TIMEOUT_S, ReplicaLink, endpoint_of
 
 log = logging.getLogger("notebookos.front")
@@ -194,28 +195,27 @@ class KernelFront:
     def bind(self) -> None:
         c = self.connection
         url = f"{c['transport']}://{c['ip']}:"
-        self.shell = self.ctx.socket(zmq.ROUTER)
-        self.control = self.ctx.socket(zmq.ROUTER)
-        self.stdin = self.ctx.socket(zmq.ROUTER)
-        self.iopub = self.ctx.socket(zmq.XPUB)
-        self.hb = self.ctx.socket(zmq.REP)
-        for sock, port in (
-            (self.shell, "shell_port"),
-            (self.control, "control_port"),
-            (self.stdin, "stdin_port"),
-            (self.iopub, "iopub_port"),
-            (self.hb, "hb_port"),
-        ):
-            sock.setsockopt(zmq.LINGER, 1000)
-            sock.bind(url + str(c[port]))
+        self.shell = self._bound(zmq.ROUTER, url, c["shell_port"], "client shell")
+        self.control = self._bound(zmq.ROUTER, url, c["control_port"], "client control")
+        self.stdin = self._bound(zmq.ROUTER, url, c["stdin_port"], "client stdin")
+        self.iopub = self._bound(zmq.XPUB, url, c["iopub_port"], "client iopub")
+        self.hb = self.ctx.socket(zmq.REP)  # awaited by _heartbeat: a beat is one message, not a cell's ten
+        self.hb.setsockopt(zmq.LINGER, 1000)
+        self.hb.bind(url + str(c["hb_port"]))
+
+    def _bound(self, kind: int, url: str, port: int, name: str) -> LoopSocket:
+        sock = zmq.Socket(self.ctx, kind)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.bind(url + str(port))
+        return LoopSocket(sock, name)
 
     async def run(self) -> int:
         self.bind()
+        self.shell.on_recv(_guarded(lambda f: self._on_client_request(self.shell, f)))
+        self.control.on_recv(_guarded(lambda f: self._on_client_request(self.control, f)))
+        self.stdin.on_recv(_guarded(self._on_client_stdin))
+        self.iopub.on_recv(_guarded(self._on_subscription))
         tasks = [
-            self._loop(self.shell, lambda f: self._on_client_request(self.shell, f)),
-            self._loop(self.control, lambda f: self._on_client_request(self.control, f)),
-            self._loop(self.stdin, self._on_client_stdin),
-            self._loop(self.iopub, self._on_subscription),
             self._heartbeat(),
             self._run_cells(),
             self._watch_parent(),
@@ -229,33 +229,18 @@ class KernelFront:
             t.cancel()
         for r in self.replicas:
             r.close()
+        for sock in (self.shell, self.control, self.stdin, self.iopub):
+            sock.close()
         self.ctx.destroy(linger=500)
         return self.exit_code
 
     def _start_link(self, r: ReplicaLink) -> None:
         """Listen to a replica's sockets and watch its heartbeat, until the front exits or the link is replaced."""
-        self._link_tasks[r.index] = [
-            asyncio.ensure_future(t)
-            for t in (
-                self._loop(r.shell, lambda f: self._on_replica_reply(r, f)),
-                self._loop(r.control, lambda f: self._on_replica_reply(r, f)),
-                self._loop(r.stdin, lambda f: self._on_replica_stdin(r, f)),
-                self._loop(r.iopub, lambda f: self._on_replica_iopub(r, f)),
-                r.watch_heartbeat(self._on_liveness),
-            )
-        ]
-
-    async def _loop(self, sock: zmq.asyncio.Socket, handler: Any) -> None:
-        while True:
-            frames = await sock.recv_multipart()
-            try:
-                result = handler(frames)
-                if asyncio.iscoroutine(result):
-                    await result
-            except MalformedMessage as err:  # not a Jupyter peer (a port scanner, a stray reconnect): one line
-                log.warning("ignored %s", err)
-            except Exception:
-                log.exception("failed to handle a message")
+        r.shell.on_recv(_guarded(lambda f: self._on_replica_reply(r, f)))
+        r.control.on_recv(_guarded(lambda f: self._on_replica_reply(r, f)))
+        r.stdin.on_recv(_guarded(lambda f: self._on_replica_stdin(r, f)))
+        r.iopub.on_recv(_guarded(lambda f: self._on_replica_iopub(r, f)))
+        self._link_tasks[r.index] = [asyncio.ensure_future(r.watch_heartbeat(self._on_liveness))]
 
     async def _heartbeat(self) -> None:
         while True:
@@ -264,11 +249,11 @@ class KernelFront:
     def _on_subscription(self, frames: list[bytes]) -> None:
         event = frames[0]
         if event[:1] == b"\x01":
-            self.session.send(self.iopub, "iopub_welcome", {"subscription": event[1:].decode(errors="replace")})
+            self._send(self.iopub, "iopub_welcome", {"subscription": event[1:].decode(errors="replace")})
 
     # --------------------------------------------------------------------------------- client requests
 
-    def _on_client_request(self, client_sock: Any, raw: list[bytes]) -> None:
+    def _on_client_request(self, client_sock: LoopSocket, raw: list[bytes]) -> None:
         """A request on the client's shell or control channel: cells are queued (shell only), shutdown is the
         front's own, anything else goes to one replica."""
         frames = Frames.split(raw)
@@ -291,7 +276,7 @@ class KernelFront:
         )
         target.stdin.send_multipart(frames.body)
 
-    def _route(self, client_sock: Any, frames: Frames, header: dict) -> None:
+    def _route(self, client_sock: LoopSocket, frames: Frames, header: dict) -> None:
         """Send a non-execute request to one replica, remembering where its reply goes."""
         replica = self._target_for(header["msg_type"])
         self.routes[header["msg_id"]] = (client_sock, frames.idents, replica.index)
@@ -819,7 +804,7 @@ class KernelFront:
         if not cell.busy:
             self._status(cell.msg, "busy")  # no executor's busy was forwarded for this cell
         error = {"ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"]}
-        self.session.send(self.iopub, "error", error, parent=cell.msg)
+        self._send(self.iopub, "error", error, parent=cell.msg)
         if not cell.replied:
             self._reply(cell, {"status": "error", **error, "execution_count": None})
         self._status(cell.msg, "idle")
@@ -887,29 +872,35 @@ class KernelFront:
             log.info("claimed by the Jupyter server %d", pid)
             busy = self.pending is not None or not self.cells.empty()
             content = {"status": "ok", "execution_state": "busy" if busy else "idle"}
-        self.session.send(self.control, CLAIM_REPLY, content, parent=msg, ident=frames.idents)
+        self._send(self.control, CLAIM_REPLY, content, parent=msg, ident=frames.idents)
 
     # ----------------------------------------------------------------------------------- own messages
 
+    def _send(
+        self, sock: LoopSocket, msg_type: str, content: dict, parent: dict | None = None, ident: list | None = None
+    ) -> None:
+        """One of the front's own messages: what ``Session.send`` does for a message without buffers."""
+        sock.send_multipart(self.session.serialize(self.session.msg(msg_type, content, parent=parent), ident))
+
     def _reply(self, cell: Cell, content: dict) -> None:
         cell.replied = True
-        self.session.send(self.shell, "execute_reply", content, parent=cell.msg, ident=cell.frames.idents)
+        self._send(self.shell, "execute_reply", content, parent=cell.msg, ident=cell.frames.idents)
 
     def _status(self, parent: dict, state: str) -> None:
-        self.session.send(self.iopub, "status", {"execution_state": state}, parent=parent)
+        self._send(self.iopub, "status", {"execution_state": state}, parent=parent)
 
     def _notice(self, parent: dict, text: str, clear: bool = False) -> None:
         if clear:
-            self.session.send(self.iopub, "clear_output", {"wait": False}, parent=parent)
-        self.session.send(self.iopub, "stream", {"name": "stderr", "text": text}, parent=parent)
+            self._send(self.iopub, "clear_output", {"wait": False}, parent=parent)
+        self._send(self.iopub, "stream", {"name": "stderr", "text": text}, parent=parent)
 
-    def _shutdown(self, client_sock: Any, frames: Frames) -> None:
+    def _shutdown(self, client_sock: LoopSocket, frames: Frames) -> None:
         msg = self.session.deserialize(_strip_delim(frames.body), content=True)
         for replica in self._alive():
             replica.control.send_multipart(frames.body)
         content = {"status": "ok", "restart": bool(msg["content"].get("restart", False))}
-        self.session.send(client_sock, "shutdown_reply", content, parent=msg, ident=frames.idents)
-        self.session.send(self.iopub, "shutdown_reply", content, parent=msg)
+        self._send(client_sock, "shutdown_reply", content, parent=msg, ident=frames.idents)
+        self._send(self.iopub, "shutdown_reply", content, parent=msg)
         self._exit(0)
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -932,6 +923,19 @@ def _restart_grace_s() -> float:
             raw,
         )
         return 0.0
+
+
+def _guarded(handler: Callable[[list[bytes]], None]) -> Callable[[list[bytes]], None]:
+    """``handler`` for a channel's messages, saying in one line that a message was not a Jupyter peer's (a port
+    scanner, a stray reconnect) instead of logging a traceback for it."""
+
+    def handle(frames: list[bytes]) -> None:
+        try:
+            handler(frames)
+        except MalformedMessage as err:
+            log.warning("ignored %s", err)
+
+    return handle
 
 
 def _strip_delim(body: list[bytes]) -> list[bytes]:

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 import zmq
 import zmq.asyncio
 
+from .loop_socket import LoopSocket
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT_PERIOD_S = 0.2
@@ -38,7 +40,8 @@ def endpoint_of(connection: dict) -> str:
 
 class ReplicaLink:
     """DEALER sockets for shell, control and stdin (one identity, as ipykernel routes stdin by the shell
-    identity), a SUB socket for IOPub and a REQ socket for heartbeats."""
+    identity), a SUB socket for IOPub, all read by callbacks (:class:`.LoopSocket`), and a REQ socket for
+    heartbeats, awaited by :meth:`watch_heartbeat`."""
 
     def __init__(self, ctx: zmq.asyncio.Context, index: int, host: str, connection: dict, identity: bytes) -> None:
         self.index = index
@@ -57,9 +60,11 @@ class ReplicaLink:
         self.shell = self._dealer("shell_port")
         self.control = self._dealer("control_port")
         self.stdin = self._dealer("stdin_port")
-        self.iopub = self._socket(zmq.SUB)
-        self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.iopub.connect(self._url("iopub_port"))
+        iopub = zmq.Socket(ctx, zmq.SUB)
+        self._secure(iopub)
+        iopub.setsockopt(zmq.SUBSCRIBE, b"")
+        iopub.connect(self._url("iopub_port"))
+        self.iopub = LoopSocket(iopub, f"{self} iopub")
         self._last_beat = time.monotonic()
         self._answered = False
         self._busy = asyncio.Event()  # cleared while the notebook is idle; setting it ends the pinger's idle wait
@@ -88,26 +93,26 @@ class ReplicaLink:
     def _url(self, port_name: str) -> str:
         return f"tcp://{self.connection['ip']}:{self.connection[port_name]}"
 
-    def _socket(self, kind: int) -> zmq.asyncio.Socket:
-        """A socket of ``kind``, a CurveZMQ client of the replica when its channels are encrypted."""
-        sock = self._ctx.socket(kind)
+    def _secure(self, sock: zmq.Socket) -> None:
+        """Make ``sock`` a CurveZMQ client of the replica when its channels are encrypted."""
         if self._curve is not None:
             sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = self._curve
-        return sock
 
-    def _dealer(self, port_name: str) -> zmq.asyncio.Socket:
-        sock = self._socket(zmq.DEALER)
+    def _dealer(self, port_name: str) -> LoopSocket:
+        sock = zmq.Socket(self._ctx, zmq.DEALER)
+        self._secure(sock)
         sock.setsockopt(zmq.IDENTITY, self._identity)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(self._url(port_name))
-        return sock
+        return LoopSocket(sock, f"{self} {port_name.removesuffix('_port')}")
 
     async def watch_heartbeat(self, on_change: Callable[[ReplicaLink, bool], Awaitable[None]]) -> None:
         """Ping forever; call ``on_change(self, alive)`` when the replica is lost or answers again."""
         sock = None
         while True:
             if sock is None:
-                sock = self._socket(zmq.REQ)
+                sock = self._ctx.socket(zmq.REQ)
+                self._secure(sock)
                 sock.setsockopt(zmq.LINGER, 0)
                 sock.connect(self._url("hb_port"))
             started = time.monotonic()
