@@ -34,6 +34,7 @@ EVENTS_KEPT = 10_000  # as many as the event log keeps in memory
 # Transactions between two checkpoints: 2 to 8 MB of log at the service's sizes (a change rewrites a few pages), as
 # SQLite's own mark of 1,000 pages.
 CHECKPOINT_EVERY = 200
+CATCH_UP_PASSES = 8  # passive passes per checkpoint, while commits land during them
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -191,9 +192,11 @@ class Checkpointer:
 
     A passive checkpoint never holds up a writer, so the cluster's commits go on meanwhile. The log starts over from
     its beginning only at a commit after a checkpoint that copied all of it, though, and under steady load a commit
-    always lands during the copy: the log would grow for as long as the load lasts. So a second pass, with the
-    store's writes held (``write_lock``), copies the few pages committed during the first, in about a millisecond,
-    and the log stays the size of the changes between two checkpoints."""
+    often lands during the copy: the log would grow for as long as the load lasts. So passes follow one another
+    while commits land during them, each copying only what the last one left (a few pages, a millisecond), until one
+    finds no commit behind it. Only when :data:`CATCH_UP_PASSES` of them could not (a service that commits without
+    a pause) does one more pass hold the store's writes (``write_lock``): it waits on the disk's flush, and the
+    changes queued behind it wait too (up to 57 ms at 100 kernel starts a second, when every checkpoint ended so)."""
 
     def __init__(self, path: Path, write_lock: threading.Lock) -> None:
         self.path = path
@@ -215,9 +218,7 @@ class Checkpointer:
             if self._closing:
                 return
             try:
-                self._checkpoint()
-                with self._write_lock:
-                    self._checkpoint()
+                self._catch_up()
             except sqlite3.Error as err:
                 self.trouble.failed(
                     err,
@@ -228,8 +229,23 @@ class Checkpointer:
                 continue
             self.trouble.over("the cluster's write-ahead log is copied into %s again", self.path)
 
-    def _checkpoint(self) -> None:
-        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    def _catch_up(self) -> None:
+        """Passes until one finds the log as the previous one began with it, all copied (nothing was committed
+        meanwhile: the next commit starts the log over), or :data:`CATCH_UP_PASSES`; then one holding the writes."""
+        began_with = -1
+        for _ in range(CATCH_UP_PASSES):
+            logged, copied = self._checkpoint()
+            if logged == began_with and copied >= logged:
+                return
+            began_with = logged
+        with self._write_lock:
+            self._checkpoint()
+
+    def _checkpoint(self) -> tuple[int, int]:
+        """One passive pass: the frames in the log when it began (SQLite reports the log as the pass found it), and
+        how many of them are in the database file now."""
+        _busy, logged, copied = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return logged, copied
 
     def close(self) -> None:
         self._closing = True
