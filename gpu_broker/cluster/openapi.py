@@ -8,6 +8,12 @@ converted from text by their schema's type and checked, query parameters the ope
 the JSON body checked against the operation's ``requestBody``. A request that fails gets 400 with
 :class:`RequestInvalid`'s message, which names the field and says why.
 
+A value is first checked by a validator fastjsonschema compiled from the same schema (1 µs for a request, where
+jsonschema took 20 to 250 µs: an agent's heartbeat, 50 a second at 200 machines, carries a report per replica);
+only a value that fails goes through jsonschema, for its message. The documents use a small set of keywords
+(``type``, ``properties``, ``required``, ``items``, ``minimum``/``maximum``, ``minLength``/``maxLength``,
+``pattern``, ``format``) on which the two agree, and where jsonschema finds no error the value is taken.
+
 The fields both layers take (GPU counts, the event log's query, the history's window) are defined once, below, and
 both documents use these definitions: a host's GPU count means the same through the extension as at the service.
 """
@@ -18,11 +24,12 @@ import ipaddress
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
+import fastjsonschema
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError, best_match
 
@@ -98,6 +105,15 @@ def _ip_address(value: object) -> bool:
     return True
 
 
+def _is_ip_address(value: str) -> bool:
+    """``ip-address`` for fastjsonschema, which calls a format's function with strings alone."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
 class RequestInvalid(ValueError):
     """A request its document does not allow: the message names the field or parameter and says why (HTTP 400)."""
 
@@ -150,7 +166,7 @@ class RequestChecker:
                 self._operations.append(
                     (method.upper(), _Operation(pattern, params, body, bool(op.get("requestBody", {}).get("required"))))
                 )
-        self._validators: dict[int, Draft202012Validator] = {}
+        self._validators: dict[int, tuple[Callable[[Any], Any], Draft202012Validator]] = {}  # by id(schema): fast, then full
 
     def check(self, method: str, path: str, query: Mapping[str, list[bytes]], body: bytes | None) -> Checked:
         """The request's checked values, or RequestInvalid. ``path`` as sent (percent-encoded), relative to the
@@ -198,12 +214,26 @@ class RequestChecker:
         return Checked(values["path"], values["query"], data)
 
     def _validate(self, value: Any, schema: dict, what: str) -> None:
-        validator = self._validators.get(id(schema))
-        if validator is None:
-            validator = self._validators[id(schema)] = Draft202012Validator(schema, format_checker=_FORMATS)
-        error = best_match(validator.iter_errors(value))
+        validators = self._validators.get(id(schema))
+        if validators is None:
+            validators = self._validators[id(schema)] = compiled_validators(schema)
+        fast, full = validators
+        try:
+            fast(value)
+            return
+        except fastjsonschema.JsonSchemaException:
+            pass
+        error = best_match(full.iter_errors(value))
         if error is not None:
             raise RequestInvalid(_message(error, what))
+
+
+def compiled_validators(schema: dict) -> tuple[Callable[[Any], Any], Draft202012Validator]:
+    """The fast validator (raises ``fastjsonschema.JsonSchemaException``) and jsonschema's, for one schema."""
+    return (
+        fastjsonschema.compile(schema, formats={"ip-address": _is_ip_address}),
+        Draft202012Validator(schema, format_checker=_FORMATS),
+    )
 
 
 def _message(error: ValidationError, what: str) -> str:

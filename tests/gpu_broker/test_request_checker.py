@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 
+import fastjsonschema
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 from jsonschema import Draft202012Validator
 
-from notebookos.gpu_broker.cluster.openapi import HOST_GPUS, RequestChecker, RequestInvalid
+from notebookos.gpu_broker.cluster.openapi import HOST_GPUS, RequestChecker, RequestInvalid, compiled_validators
 from notebookos.gpu_broker.cluster.service.openapi import DOCUMENT as SERVICE
 from notebookos.server_extension.api.openapi import DOCUMENT as EXTENSION
 
@@ -108,3 +111,81 @@ def test_bodies_that_are_not_json_objects_and_agents_that_are_not_addresses() ->
 def test_a_route_the_document_does_not_describe_is_a_bug_not_a_free_pass() -> None:
     with pytest.raises(LookupError, match="describes no operation GET /nowhere"):
         SERVICE_CHECKER.check("GET", "/nowhere", {"x": [b"1"]}, b"junk")
+
+
+def _schemas(checker: RequestChecker) -> list[tuple[str, dict]]:
+    """Every schema a checker validates with: each operation's body and parameters."""
+    found = []
+    for method, op in checker._operations:
+        where = f"{method} {op.template.pattern}"
+        if op.body is not None:
+            found.append((f"{where} body", op.body))
+        found += [(f"{where} {p['name']}", p["schema"]) for p in op.parameters if "schema" in p]
+    return found
+
+
+SCHEMAS = _schemas(SERVICE_CHECKER) + _schemas(EXTENSION_CHECKER)
+EDGE_NUMBERS = st.sampled_from([0, 1, -1, 1.0, 0.5, 1024, 1025, 10**15, 10**16, -(10**15), 86400, 86400.5, 1e308])
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    EDGE_NUMBERS,
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=30),
+)
+JSON = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+STRINGS = st.sampled_from(["", "x", "10.0.0.7", "::1", "not an address", "host-1", "http://10.0.0.7:8000", "-" * 201])
+OF_TYPE: dict[str, st.SearchStrategy] = {
+    "string": STRINGS | st.text(max_size=30),
+    "integer": EDGE_NUMBERS | st.integers(),
+    "number": EDGE_NUMBERS | st.floats(allow_nan=True, allow_infinity=True),
+    "boolean": st.booleans(),
+    "null": st.none(),
+}
+
+
+def _values_for(schema: dict) -> st.SearchStrategy:
+    """Values near what ``schema`` takes, at its edges (its required fields there, each of its own type or of
+    another), and now and then any JSON at all."""
+    kinds = schema.get("type", [])
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    near = [OF_TYPE[kind] for kind in kinds if kind in OF_TYPE]
+    if "array" in kinds:
+        near.append(st.lists(_values_for(schema.get("items", {})), max_size=3))
+    if "object" in kinds or "properties" in schema:
+        fields = {name: _values_for(sub) for name, sub in schema.get("properties", {}).items()}
+        required = set(schema.get("required", ()))
+        near.append(
+            st.fixed_dictionaries(
+                {name: v for name, v in fields.items() if name in required},
+                optional={name: v for name, v in fields.items() if name not in required},
+            )
+        )
+    return st.one_of(*near, JSON) if near else JSON
+
+
+@pytest.mark.parametrize(("what", "schema"), SCHEMAS, ids=[what for what, _ in SCHEMAS])
+def test_the_fast_validator_takes_only_what_jsonschema_takes(what: str, schema: dict) -> None:
+    """The checker takes a value on the word of fastjsonschema's validator: it must never take one that jsonschema,
+    whose messages the checker gives, refuses. Refusing one that jsonschema takes only costs the slow check."""
+    fast, full = compiled_validators(schema)
+
+    @hypothesis.settings(max_examples=100, deadline=None, derandomize=True)
+    @hypothesis.given(_values_for(schema))
+    def agree(value: object) -> None:
+        try:
+            fast(value)
+        except fastjsonschema.JsonSchemaException:
+            fast_takes = False
+        else:
+            fast_takes = True
+        assert fast_takes == full.is_valid(value), (what, value)
+
+    agree()
