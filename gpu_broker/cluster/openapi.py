@@ -166,7 +166,8 @@ class RequestChecker:
                 self._operations.append(
                     (method.upper(), _Operation(pattern, params, body, bool(op.get("requestBody", {}).get("required"))))
                 )
-        self._validators: dict[int, tuple[Callable[[Any], Any], Draft202012Validator]] = {}  # by id(schema): fast, then full
+        # By id(schema): the fast validator, then the full one.
+        self._validators: dict[int, tuple[Callable[[Any], Any], Draft202012Validator]] = {}
 
     def check(self, method: str, path: str, query: Mapping[str, list[bytes]], body: bytes | None) -> Checked:
         """The request's checked values, or RequestInvalid. ``path`` as sent (percent-encoded), relative to the
