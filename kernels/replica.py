@@ -55,7 +55,7 @@ from ..replication.namespace import NamespaceTracker, StateApplyError, StateDelt
 from ..replication.object_store import LocalDirectoryStore, ObjectStore, ObjectStoreError, open_store
 from ..replication.peer_store import ObjectServer, PeerStore
 from ..replication.raft_log import AppendFailed, KernelLog
-from ..replication.snapshots import Restore, SnapshotAccepted
+from ..replication.snapshots import DumpWritten, Restore, SnapshotAccepted
 from . import rng_state
 from .replica_config import ReplicaConfig
 from .front_control import front_request
@@ -123,7 +123,7 @@ class ReplicaKernel(IPythonKernel):
         cfg = self.replica_config
         self._leave_if_state_folder_full()
         self._loop = asyncio.get_event_loop()
-        self._entries: asyncio.Queue[LogEntry | Restore | SnapshotAccepted] = asyncio.Queue()
+        self._entries: asyncio.Queue[LogEntry | Restore | SnapshotAccepted | DumpWritten] = asyncio.Queue()
         self._waiters: dict[CellKey, list[asyncio.Future[int]]] = {}
         self._abandoned: collections.deque[CellKey] = collections.deque(maxlen=ABANDONED_KEPT)
         # This replica's own records in flight -> whether the log accepted them (its namespace already holds them).
@@ -273,7 +273,7 @@ class ReplicaKernel(IPythonKernel):
 
     # ----------------------------------------------------------------------------------------------- the log
 
-    def _on_commit(self, entry: LogEntry | Restore | SnapshotAccepted) -> None:
+    def _on_commit(self, entry: LogEntry | Restore | SnapshotAccepted | DumpWritten) -> None:
         """pysyncobj's thread: hand the entry (or a restore) to the kernel's own loop, preserving log order."""
         self._loop.call_soon_threadsafe(self._entries.put_nowait, entry)
 
@@ -285,6 +285,8 @@ class ReplicaKernel(IPythonKernel):
                 await self._restore(item)
             elif isinstance(item, SnapshotAccepted):
                 await self._on_snapshot(item)
+            elif isinstance(item, DumpWritten):
+                self._collect_garbage()  # the last cells may have been applied before the dump: no record follows
             else:
                 await self._apply(item)
 
@@ -428,8 +430,8 @@ class ReplicaKernel(IPythonKernel):
     def _collect_garbage(self) -> None:
         """Once per accepted snapshot or dump written, delete the objects of this replica's own store that neither
         its dump and the entries after it (what its restart replays) nor its latest snapshot and the entries after
-        that need, past a grace period, off the main thread. Runs on the main thread after a record was applied, so
-        every earlier record's objects have been used already."""
+        that need, past a grace period, off the main thread. Runs on the main thread after a record was applied, or
+        a dump written, so every earlier record's objects have been used already."""
         state = self.raft.snapshots
         if not self.replica_config.owns_store or (state.snapshot, state.dumps) == self._collected_at:
             return

@@ -37,7 +37,7 @@ import pysyncobj.transport
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 
 from .entries import ExecutionRecord, LogEntry, MembershipChanged, Snapshot
-from .snapshots import Restore, SnapshotAccepted, SnapshotState, dump_path
+from .snapshots import DumpWritten, Restore, SnapshotAccepted, SnapshotState, dump_path
 
 
 # pysyncobj draws its election timeouts (and a few delays) from the process-wide `random` generator, which is also
@@ -163,13 +163,14 @@ class KernelLog(SyncObj):
         peer_addresses: list[str],
         password: str,
         journal_path: str | None,
-        on_commit: Callable[[LogEntry | Restore | SnapshotAccepted], None],
+        on_commit: Callable[[LogEntry | Restore | SnapshotAccepted | DumpWritten], None],
         compact_after: int = COMPACT_AFTER_ENTRIES,
         new_group: bool = False,
     ) -> None:
         """``on_commit`` receives, in log order, every committed entry to apply, a :class:`SnapshotAccepted` for
-        each snapshot entry that became the latest and, when a dump replaces this replica's state (its own at start,
-        or the leader's), one :class:`Restore` in place of the entries it covers.
+        each snapshot entry that became the latest, a :class:`DumpWritten` after this replica compacted its log and,
+        when a dump replaces this replica's state (its own at start, or the leader's), one :class:`Restore` in place
+        of the entries it covers.
 
         ``new_group``: the members of a new kernel, all starting now: the first election comes after
         ``FIRST_ELECTION_S`` rather than a busy time-out (a replica that restarts or joins a running group keeps the
@@ -179,7 +180,7 @@ class KernelLog(SyncObj):
         # the entries queued before it.
         self._order = threading.RLock()
         self._peers = list(peer_addresses)  # in replica order: an entry's replica index names its node
-        self.snapshots = SnapshotState(self._restored)
+        self.snapshots = SnapshotState(self._restored, self._dumped)
         if journal_path:
             Path(journal_path).parent.mkdir(parents=True, exist_ok=True)
             if Path(dump_path(journal_path)).is_file():
@@ -217,6 +218,10 @@ class KernelLog(SyncObj):
         it), in order with the entries: it reaches exactly as far as the entries handed on before it."""
         with self._order:
             self._on_commit(self.snapshots.committed())
+
+    def _dumped(self) -> None:
+        with self._order:
+            self._on_commit(DumpWritten())
 
     def _map_member(self, change: MembershipChanged) -> None:
         if 0 <= change.replica < len(self._peers):

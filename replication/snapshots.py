@@ -48,6 +48,12 @@ class SnapshotAccepted:
 
 
 @dataclass(frozen=True)
+class DumpWritten:
+    """This replica wrote its dump (log compaction): objects only the previous dump pointed to may go now. Handed on
+    after every entry the dump covers, so a replica that applies it has used their objects already."""
+
+
+@dataclass(frozen=True)
 class Restore:
     """Replace the replica's whole state by ``snapshot`` (None: the empty namespace), then apply ``tail``.
 
@@ -64,11 +70,13 @@ class Restore:
 class SnapshotState:
     """The latest snapshot and the entries after it, updated on pysyncobj's thread only.
 
-    ``on_restore`` receives a :class:`Restore` when a dump newer than what this replica applied replaces its state.
+    ``on_restore`` receives a :class:`Restore` when a dump newer than what this replica applied replaces its state;
+    ``on_dumped`` is called once this replica has written its own dump.
     """
 
-    def __init__(self, on_restore: Callable[[Restore], None]) -> None:
+    def __init__(self, on_restore: Callable[[Restore], None], on_dumped: Callable[[], None] = lambda: None) -> None:
         self._on_restore = on_restore
+        self._on_dumped = on_dumped
         self.applied = 0  # log index of the last entry applied here
         self.snapshot: Snapshot | None = None
         self.tail: list[LogEntry] = []
@@ -138,6 +146,7 @@ class SnapshotState:
             f.flush()
             os.fsync(f.fileno())
         self._dumped_now()
+        self._on_dumped()
 
     def deserialize(self, file_name: str) -> tuple[Any, ...]:
         """pysyncobj's deserializer: adopt the dump in ``file_name`` if it is newer than this replica's state, and

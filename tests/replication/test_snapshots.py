@@ -12,7 +12,7 @@ from notebookos.replication.entries import CellKey, ExecutionRecord, MembershipC
 from notebookos.replication.namespace import NamespaceTracker
 from notebookos.replication.object_store import LocalDirectoryStore
 from notebookos.replication.raft_log import KernelLog
-from notebookos.replication.snapshots import Restore, SnapshotState, dump_path
+from notebookos.replication.snapshots import DumpWritten, Restore, SnapshotState, dump_path
 
 
 def record(n: int) -> ExecutionRecord:
@@ -190,6 +190,9 @@ def test_a_one_node_log_compacts_and_restarts_from_its_dump(tmp_path: Path) -> N
         assert raft.snapshots.applied == raft.raftLastApplied
         assert Path(dump_path(journal)).is_file()
         assert [i for i in seen.items if isinstance(i, ExecutionRecord)] == [record(n) for n in range(1, 61)]
+        # Each dump is told, for the replica's garbage collector, after the entries it covers.
+        assert raft.snapshots.dumps >= 2
+        assert sum(isinstance(i, DumpWritten) for i in seen.items) == raft.snapshots.dumps
     finally:
         raft.destroy_synchronous()  # its journal closed, as after a replica's exit
 
