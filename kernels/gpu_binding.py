@@ -245,7 +245,7 @@ class DeviceBinder:
             raise RuntimeError("release() without a bind()")
         try:
             start = time.perf_counter()
-            found = self._walk(user_ns)
+            found = self._walk(user_ns) if bound or self._device_tensors_may_exist() else _Found()
             groups: dict[Any, list[tuple[torch.Tensor, str]]] = {}
             for tensor, name in found.tensors:
                 groups.setdefault(_storage_key(tensor), []).append((tensor, name))
@@ -293,6 +293,11 @@ class DeviceBinder:
         return self._timings
 
     # -- helpers -------------------------------------------------------------------------------------------------
+
+    def _device_tensors_may_exist(self) -> bool:
+        """Whether a cell bound to no device can have left tensors on one: not before this process initialized
+        CUDA (no CUDA tensor exists without it), so a ``%gpus 0`` cell then costs no walk of the namespace."""
+        return self._type != "cuda" or torch.cuda.is_initialized()
 
     def _check_devices(self, devices: Sequence[int]) -> tuple[int, ...]:
         given = tuple(devices)

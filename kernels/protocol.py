@@ -28,7 +28,8 @@ STATE_APPLIED = "notebookos_state_applied"
 ANNOUNCE_APPLIED = "notebookos_announce_applied"
 
 # IOPub message the executor publishes once a cell's GPUs are released (content: bind_s, release_s, seconds), before
-# its idle; the front passes the times to the cluster with the release. Never forwarded to clients.
+# its idle; the front passes the times to the cluster with the release. Not sent for a cell that had no GPUs. Never
+# forwarded to clients.
 GPU_RELEASED = "notebookos_gpu_released"
 
 

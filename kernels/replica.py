@@ -675,7 +675,7 @@ class ReplicaKernel(IPythonKernel):
             if binder is not None and binder.bound is not None:
                 timings = binder.release(ns)
                 self._parked_since_capture = timings.moved_objects > 0
-                self._report_release(parent, timings)
+                self._report_release(parent, timings, bool(devices))
         if delta is not None:
             await self._commit_state(parent, cell, delta, after)
         else:
@@ -690,10 +690,14 @@ class ReplicaKernel(IPythonKernel):
             self._binder = DeviceBinder()
         return self._binder
 
-    def _report_release(self, parent: dict[str, Any], timings: BindTimings) -> None:
-        self._session.send(
-            self.iopub_socket, GPU_RELEASED, {"bind_s": timings.bind_s, "release_s": timings.release_s}, parent
-        )
+    def _report_release(self, parent: dict[str, Any], timings: BindTimings, had_devices: bool) -> None:
+        """The bind and release times for the front, which gives them to the cluster with the GPUs (a cell that had
+        none gives nothing back, and its front is not told: a message less per cell); what held device memory after
+        the cell, for the user."""
+        if had_devices:
+            self._session.send(
+                self.iopub_socket, GPU_RELEASED, {"bind_s": timings.bind_s, "release_s": timings.release_s}, parent
+            )
         if timings.unparked:
             listed = "; ".join(f"{n}: {why}" for n, why in sorted(timings.unparked.items()))
             self._notify(parent, f"notebookos: GPU memory still held after the cell by: {listed}\n")

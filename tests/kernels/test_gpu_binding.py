@@ -262,6 +262,25 @@ def test_cuda_binder_on_a_host_without_cuda_is_accounting_only() -> None:
     assert {id(t): where(t) for t in all_tensors(ns)} == before
 
 
+@pytest.mark.skipif(torch.cuda.is_initialized(), reason="this process has initialized CUDA: device tensors may exist")
+def test_a_cell_without_gpus_walks_no_namespace_before_cuda_exists_in_the_process(monkeypatch) -> None:
+    """Every cell of a replica that has loaded torch is bound and released, most with no device: until the process
+    initializes CUDA no tensor can be on one, so the release looks at nothing (the walk of a large namespace was
+    paid by every trivial cell). A cell given devices still walks, to park what it made there."""
+    walks: list[int] = []
+    real_walk = DeviceBinder._walk
+    monkeypatch.setattr(DeviceBinder, "_walk", lambda self, ns: walks.append(len(ns)) or real_walk(self, ns))
+    ns = make_training_namespace(torch.device("cpu"))
+    binder = DeviceBinder()
+    binder.bind(ns, ())
+    train_step(ns)
+    timings = binder.release(ns)
+    assert walks == [] and (timings.moved_objects, timings.leftover_bytes, dict(timings.unparked)) == (0, None, {})
+    binder.bind(ns, (0,))
+    binder.release(ns)
+    assert walks == [len(ns)]
+
+
 # -- reachability ---------------------------------------------------------------------------------------------------
 
 
