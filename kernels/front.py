@@ -571,12 +571,12 @@ class KernelFront:
         return grant
 
     async def _until_usable(self, index: int) -> None:
-        """Until replica ``index`` takes part in cells (:meth:`_alive`: it answers heartbeats and, a replacement,
-        has caught up), through whichever link it has by then (a replacement on another machine gets a new one);
-        bounded, as a start is. A grant for a replacement still catching up used to be given back and asked for
-        again at once, and the scheduler granted the same replica: 180 requests a second until it had caught up."""
+        """Until replica ``index`` takes part in cells (:attr:`.ReplicaLink.usable`: it answers heartbeats and, a
+        replacement, has caught up), through whichever link it has by then (a replacement on another machine gets a
+        new one); bounded, as a start is. A grant for a replacement still catching up used to be given back and asked
+        for again at once, and the scheduler granted the same replica: 180 requests a second until it caught up."""
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not _usable(self._replica(index)) and time.monotonic() < deadline:
+        while not self._replica(index).usable and time.monotonic() < deadline:
             await asyncio.sleep(HEARTBEAT_PERIOD_S / 2)
 
     def _cluster(self) -> ClusterClient:
@@ -908,7 +908,7 @@ class KernelFront:
     # ------------------------------------------------------------------------------------------ helpers
 
     def _alive(self) -> list[ReplicaLink]:
-        return [r for r in self.replicas if _usable(r)]
+        return [r for r in self.replicas if r.usable]
 
     def _replica(self, index: int) -> ReplicaLink:
         return self.replicas[index]
@@ -925,11 +925,6 @@ def _restart_grace_s() -> float:
             raw,
         )
         return 0.0
-
-
-def _usable(replica: ReplicaLink) -> bool:
-    """Whether the replica takes part in cells: it answers heartbeats and is not a replacement still catching up."""
-    return replica.alive and not replica.joining
 
 
 def _guarded(handler: Callable[[list[bytes]], None]) -> Callable[[list[bytes]], None]:

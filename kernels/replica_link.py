@@ -74,6 +74,11 @@ class ReplicaLink:
         return f"replica {self.index} on {self.host}"
 
     @property
+    def usable(self) -> bool:
+        """Whether it takes part in cells: it answers heartbeats and is not a replacement still catching up."""
+        return self.alive and not self.joining
+
+    @property
     def idle(self) -> bool:
         """Whether the notebook is idle, so heartbeats can be slow: the front sets it."""
         return not self._busy.is_set()
