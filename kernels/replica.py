@@ -54,7 +54,7 @@ from ..replication.membership import members_route, request_join
 from ..replication.namespace import NamespaceTracker, StateApplyError, StateDelta
 from ..replication.object_store import LocalDirectoryStore, ObjectStore, ObjectStoreError, open_store
 from ..replication.peer_store import ObjectServer, PeerStore
-from ..replication.raft_log import AppendFailed, KernelLog
+from ..replication.raft_log import AppendFailed, Committed, KernelLog
 from ..replication.snapshots import DumpWritten, Restore, SnapshotAccepted
 from . import rng_state
 from .replica_config import ReplicaConfig
@@ -123,7 +123,7 @@ class ReplicaKernel(IPythonKernel):
         cfg = self.replica_config
         self._leave_if_state_folder_full()
         self._loop = asyncio.get_event_loop()
-        self._entries: asyncio.Queue[LogEntry | Restore | SnapshotAccepted | DumpWritten] = asyncio.Queue()
+        self._entries: asyncio.Queue[Committed] = asyncio.Queue()
         self._waiters: dict[CellKey, list[asyncio.Future[int]]] = {}
         self._abandoned: collections.deque[CellKey] = collections.deque(maxlen=ABANDONED_KEPT)
         # This replica's own records in flight -> whether the log accepted them (its namespace already holds them).
@@ -273,7 +273,7 @@ class ReplicaKernel(IPythonKernel):
 
     # ----------------------------------------------------------------------------------------------- the log
 
-    def _on_commit(self, entry: LogEntry | Restore | SnapshotAccepted | DumpWritten) -> None:
+    def _on_commit(self, entry: Committed) -> None:
         """pysyncobj's thread: hand the entry (or a restore) to the kernel's own loop, preserving log order."""
         self._loop.call_soon_threadsafe(self._entries.put_nowait, entry)
 

@@ -95,6 +95,10 @@ LEADER_LAG_S = 2.0
 COMPACT_AFTER_ENTRIES = 400
 
 
+# What a replica's ``on_commit`` receives from :class:`KernelLog`, in log order.
+Committed = LogEntry | Restore | SnapshotAccepted | DumpWritten
+
+
 class AppendFailed(RuntimeError):
     """An entry could not be committed (no Raft majority, or the entry was discarded by a leader change)."""
 
@@ -163,7 +167,7 @@ class KernelLog(SyncObj):
         peer_addresses: list[str],
         password: str,
         journal_path: str | None,
-        on_commit: Callable[[LogEntry | Restore | SnapshotAccepted | DumpWritten], None],
+        on_commit: Callable[[Committed], None],
         compact_after: int = COMPACT_AFTER_ENTRIES,
         new_group: bool = False,
     ) -> None:
